@@ -1,0 +1,119 @@
+"""The few interfaces the rest of the project is written against.
+
+Kept small and in one place (see STYLE.md). Concrete types live in `rollout.types`.
+
+- `Sandbox`: one acquired slot. The agent's tools, a task's `prepare` and `verify` only ever
+  see this, so the same code runs against a local SlotPool, a Ray actor handle, or a test double.
+- `Backend`: provisions and retires sandbox hosts (one slot server each) for a SlotPool.
+- `TaskEnv`: how one kind of task (SWE-smith, ...) prompts, prepares a slot and scores it.
+- `Policy` / `Conversation`: a model endpoint, and one trajectory's token-exact dialogue with it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rollout.types import Completion, ExecResult, Host, Task, TokenRecord, Verdict
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One slot held by one trajectory. Paths are relative to the slot's workspace.
+
+    Errors of the sandbox itself (dead host, lost slot) raise `rollout.types.SandboxError`;
+    a command that fails is a normal `ExecResult` with a non-zero exit code.
+    """
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: float = 60.0,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult: ...
+
+    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes: ...
+
+    async def write_file(self, path: str, data: bytes) -> None: ...
+
+    async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
+        """Extract a tar.gz into the workspace (at `path`)."""
+        ...
+
+
+class Backend(Protocol):
+    """Provisions and retires sandbox hosts. One file per backend (local, nomad, modal).
+
+    A host may be remote, slow to start (seconds to minutes) and bound to one image.
+    """
+
+    name: str
+
+    async def start_host(self, image: str | None, slots: int) -> Host:
+        """Start one slot server; return once it answers its health check."""
+        ...
+
+    async def stop_host(self, host: Host) -> None:
+        """Stop a host. Idempotent; never raises for an already-dead host."""
+        ...
+
+    async def host_alive(self, host: Host) -> bool:
+        """Cheap liveness check from the provisioner's view. Never raises."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every host this backend started (the teardown backstop)."""
+        ...
+
+
+class TaskEnv(Protocol):
+    """How one kind of task uses a slot: the prompt, the setup, the score."""
+
+    def messages(self, task: Task) -> list[dict[str, Any]]:
+        """The opening chat messages (system + user) for this task."""
+        ...
+
+    def tools(self, task: Task) -> list[dict[str, Any]]:
+        """OpenAI-style tool schemas offered to the model."""
+        ...
+
+    async def prepare(self, task: Task, sandbox: Sandbox) -> None:
+        """Make the slot's workspace ready for the agent (raises SandboxError on failure)."""
+        ...
+
+    async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
+        """Score the workspace as the agent left it. Runs in the same slot."""
+        ...
+
+
+class Conversation(Protocol):
+    """One trajectory's dialogue with a policy, holding its exact token record."""
+
+    async def sample(self, *, timeout: float) -> Completion:
+        """Ask the model for the next assistant turn and append it to the record."""
+        ...
+
+    def add_tool_results(self, messages: list[dict[str, Any]]) -> None:
+        """Append tool-response messages (role 'tool') to the record."""
+        ...
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def record(self) -> TokenRecord:
+        """The trajectory's tokens, masks, inference logprobs and messages so far."""
+        ...
+
+
+class Policy(Protocol):
+    """A model endpoint. `open` starts one trajectory's conversation."""
+
+    name: str
+
+    def open(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], task: Task
+    ) -> Conversation: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,159 @@
+"""Plain data types shared across the project. No Ray, no I/O.
+
+Everything here is a dataclass that pickles (Ray passes these between actors) and has a
+`to_dict` for JSON where it is written to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SandboxError(Exception):
+    """The sandbox itself failed (dead host, lost slot, server error), not the command."""
+
+
+class PolicyError(Exception):
+    """The policy endpoint failed after retries (unreachable, 4xx, malformed reply)."""
+
+
+# --- sandbox -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """One slot server: where it listens, how to authenticate, what it runs."""
+
+    host_id: str
+    url: str  # e.g. http://127.0.0.1:41234
+    token: str = field(repr=False)
+    image: str | None
+    slots: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A lease on one workspace of one host. `lease` changes on every acquire."""
+
+    host_id: str
+    index: int
+    image: str | None
+    lease: str
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """A normalized, backend-agnostic task.
+
+    `kind` selects the TaskEnv (e.g. "swe_smith"); `data` holds the source-specific fields
+    (for SWE-smith: repo, patch, FAIL_TO_PASS, PASS_TO_PASS, ...).
+    """
+
+    task_id: str
+    kind: str
+    instruction: str
+    image: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Task:
+        return cls(**d)
+
+
+@dataclass
+class Verdict:
+    """A task's score for one workspace, with per-check details for the metadata."""
+
+    score: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --- agent ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    call_id: str = ""
+
+
+@dataclass
+class ToolResult:
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass
+class Completion:
+    """One sampled assistant turn."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"  # stop | length | tool_calls
+    tool_calls: list[ToolCall] | None = None  # set when the endpoint parsed them (OpenAI chat)
+
+
+@dataclass
+class TokenRecord:
+    """The exact training sequence of a trajectory.
+
+    tokens: prompt + every sampled id + every tokenized observation suffix, in order.
+    masks: -100 where not sampled, else the token id. logprobs: 1.0 where masked.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    masks: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    logprobs_available: bool = True
+
+
+class Outcome(str, enum.Enum):
+    DONE = "done"
+    MAX_TURNS = "max_turns"
+    CONTEXT_FULL = "context_full"
+    TIMEOUT = "timeout"
+    POLICY_ERROR = "policy_error"
+    SANDBOX_ERROR = "sandbox_error"
+
+
+@dataclass
+class Trajectory:
+    task_id: str
+    trajectory_id: str
+    outcome: Outcome
+    record: TokenRecord
+    score: float = 0.0
+    turns: int = 0
+    llm_time: float = 0.0
+    tool_time: float = 0.0
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
