@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rollout.types import Completion, ExecResult, Host, Task, TokenRecord, Verdict
+    from rollout.types import Completion, ExecResult, Host, Task, TokenRecord, ToolCall, Verdict
 
 
 @runtime_checkable
@@ -85,6 +85,10 @@ class TaskEnv(Protocol):
 
     async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
         """Score the workspace as the agent left it. Runs in the same slot."""
+        ...
+
+    def reference_solution(self, task: Task) -> list[ToolCall]:
+        """Tool calls that solve the task (what the `gold` policy replays)."""
         ...
 
 
