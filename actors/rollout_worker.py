@@ -1,0 +1,197 @@
+"""RolloutWorker: leases tasks, runs each task's group of trajectories, hands groups on.
+
+Guarantees:
+- A leased task ends in exactly one call: queue.complete (group accepted, or a duplicate of
+  one that was), queue.drop (the sink refused the group, with its reason) or queue.fail
+  (infrastructure failure or shutdown: the task goes back for another attempt).
+- Leases are renewed while their group runs, so only a dead worker's leases expire.
+- Every acquired slot is released, on success, error and cancellation alike.
+- `stop()` stops leasing; groups in flight finish. `cancel()` cancels them (their leases are
+  failed back to the queue, their slots released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.sandbox_pool import ActorSandbox
+from rollout.agent import AgentConfig
+from rollout.leases import Lease
+from rollout.policy import PolicyConfig, make_policy
+from rollout.rollout import run_rollout
+from rollout.scored import ScoredGroup
+from rollout.tasks import make_env
+from rollout.types import Outcome, TokenRecord, Trajectory
+
+log = logging.getLogger(__name__)
+
+# Outcomes that say the infrastructure failed, not the model: the group is retried, not scored.
+RETRY_OUTCOMES = {Outcome.SANDBOX_ERROR, Outcome.POLICY_ERROR}
+
+
+@dataclass
+class WorkerSettings:
+    group_size: int
+    groups_in_flight: int = 2
+    include_messages: bool = False
+    acquire_timeout: float = 300.0
+    lease_renew_interval: float = 10.0
+    pace_poll_interval: float = 0.5
+    task_kind: str = "swe_smith"
+    task_env: dict[str, Any] | None = None
+
+
+@ray.remote(num_cpus=0, max_concurrency=1024)
+class RolloutWorker:
+    def __init__(self, worker_id: str, settings: WorkerSettings, policy: PolicyConfig,
+                 agent: AgentConfig, pools: list[Any], queue: Any, sink: Any) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.worker_id = worker_id
+        self.s = settings
+        self._policy_cfg = policy
+        self._agent = agent
+        self._pools = pools
+        self._queue = queue
+        self._sink = sink
+        self._env = make_env(settings.task_kind, settings.task_env or {})
+        self._policy: Any = None
+        self._stopping = False
+        self._groups: dict[str, asyncio.Task[None]] = {}
+        self._rr = hash(worker_id)
+        self._stats = {"groups_done": 0, "groups_failed": 0, "trajectories_done": 0,
+                       "trajectories_in_flight": 0, "llm_time": 0.0, "tool_time": 0.0,
+                       "outcomes": {}}
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats, groups_in_flight=len(self._groups))
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def cancel(self) -> int:
+        self._stopping = True
+        tasks = list(self._groups.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
+    async def run(self) -> dict[str, Any]:
+        """Lease and run groups until the queue is finished or `stop()` is called."""
+        self._policy = make_policy(self._policy_cfg, self._env)
+        try:
+            while not self._stopping:
+                if len(self._groups) >= self.s.groups_in_flight:
+                    await asyncio.wait(list(self._groups.values()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not await self._sink.may_start.remote():
+                    await asyncio.sleep(self.s.pace_poll_interval)
+                    continue
+                leases: list[Lease] = await self._queue.lease.remote(self.worker_id, 1)
+                if leases:
+                    lease = leases[0]
+                    self._groups[lease.lease_id] = asyncio.create_task(self._run_group(lease))
+                    continue
+                if self._groups:
+                    await asyncio.wait(list(self._groups.values()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                progress = await self._queue.progress.remote()
+                if progress["finished"]:
+                    break
+                # Other workers hold the remaining leases; theirs may come back to us.
+                await asyncio.sleep(self.s.pace_poll_interval)
+            if self._groups:
+                await asyncio.gather(*self._groups.values(), return_exceptions=True)
+        finally:
+            await self._policy.close()
+        return self.stats()
+
+    async def _renew(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.s.lease_renew_interval)
+            lost = await self._queue.renew.remote([lease.lease_id])
+            if lost:
+                log.warning("lease %s of task %s was lost", lease.lease_id, lease.task.task_id)
+                return
+
+    async def _run_group(self, lease: Lease) -> None:
+        task = lease.task
+        renew = asyncio.create_task(self._renew(lease))
+        try:
+            trajs = await asyncio.gather(
+                *(self._run_one(lease, i) for i in range(self.s.group_size))
+            )
+            bad = [t for t in trajs if t.outcome in RETRY_OUTCOMES]
+            if bad:
+                reason = f"{bad[0].outcome.value}: {bad[0].error}"
+                self._stats["groups_failed"] += 1
+                await self._queue.fail.remote(lease.lease_id, reason)
+                return
+            group = ScoredGroup(task_id=task.task_id, trajectories=list(trajs))
+            result = await self._sink.submit.remote(
+                task.task_id, group.to_atropos(include_messages=self.s.include_messages)
+            )
+            if result in ("accepted", "duplicate"):
+                await self._queue.complete.remote(lease.lease_id, result)
+            else:
+                await self._queue.drop.remote(lease.lease_id, result)
+            self._stats["groups_done"] += 1
+        except asyncio.CancelledError:
+            await asyncio.shield(self._queue.fail.remote(lease.lease_id, "cancelled at shutdown"))
+            raise
+        except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
+            log.exception("group of task %s failed", task.task_id)
+            self._stats["groups_failed"] += 1
+            await self._queue.fail.remote(lease.lease_id, f"worker error: {type(e).__name__}: {e}")
+        finally:
+            renew.cancel()
+            self._groups.pop(lease.lease_id, None)
+
+    def _pick_pool(self) -> Any:
+        self._rr += 1
+        return self._pools[self._rr % len(self._pools)]
+
+    async def _run_one(self, lease: Lease, index: int) -> Trajectory:
+        task = lease.task
+        traj_id = f"{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
+        pool = self._pick_pool()
+        self._stats["trajectories_in_flight"] += 1
+        slot = None
+        try:
+            slot = await pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout)
+            traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
+                                     self._agent, trajectory_id=traj_id)
+        except Exception as e:
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
+                              outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
+                              error=f"{type(e).__name__}: {e}")
+        finally:
+            self._stats["trajectories_in_flight"] -= 1
+            if slot is not None:
+                await asyncio.shield(_release(pool, slot))
+        self._stats["trajectories_done"] += 1
+        self._stats["llm_time"] += traj.llm_time
+        self._stats["tool_time"] += traj.tool_time
+        oc = self._stats["outcomes"]
+        oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
+        return traj
+
+
+async def _release(pool: Any, slot: Any) -> None:
+    t0 = time.monotonic()
+    try:
+        await pool.release.remote(slot)
+    except Exception as e:  # the host may be gone; the pool has already retired it
+        log.warning("release of %s failed after %.1fs: %s", slot, time.monotonic() - t0, e)
+

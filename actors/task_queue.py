@@ -1,0 +1,68 @@
+"""TaskQueue: a Ray actor over a TaskLedger, persisting its cursor in the run dir."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rollout.leases import Lease, TaskLedger
+from rollout.types import Task
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_concurrency=1)
+class TaskQueue:
+    """Serial actor: every call sees and leaves a consistent ledger, saved after each change."""
+
+    def __init__(self, tasks: list[Task], state_path: str, lease_seconds: float,
+                 max_attempts: int) -> None:
+        self._ledger = TaskLedger(tasks, lease_seconds=lease_seconds, max_attempts=max_attempts)
+        self._path = Path(state_path)
+        if self._ledger.load(self._path):
+            p = self._ledger.progress()
+            log.info("resuming: %d completed, %d dropped, %d to go",
+                     p["completed"], p["dropped"], p["pending"])
+
+    def _save(self) -> None:
+        self._ledger.save(self._path)
+
+    def lease(self, holder: str, n: int = 1) -> list[Lease]:
+        out = self._ledger.lease(holder, n)
+        if out:
+            self._save()  # attempts count across restarts
+        return out
+
+    def renew(self, lease_ids: list[str]) -> list[str]:
+        return self._ledger.renew(lease_ids)
+
+    def complete(self, lease_id: str, how: str = "delivered") -> bool:
+        ok = self._ledger.complete(lease_id, how)
+        self._save()
+        return ok
+
+    def drop(self, lease_id: str, reason: str) -> bool:
+        ok = self._ledger.drop(lease_id, reason)
+        self._save()
+        return ok
+
+    def fail(self, lease_id: str, reason: str) -> bool:
+        ok = self._ledger.fail(lease_id, reason)
+        self._save()
+        return ok
+
+    def release_holder(self, holder: str, reason: str = "worker died") -> int:
+        n = self._ledger.release_holder(holder, reason)
+        self._save()
+        return n
+
+    def progress(self) -> dict[str, Any]:
+        if self._ledger.expire():
+            self._save()
+        return self._ledger.progress()
+
+    def outcomes(self) -> dict[str, Any]:
+        return {"completed": dict(self._ledger.completed), "dropped": dict(self._ledger.dropped)}
