@@ -95,8 +95,12 @@ class TaskEnv(Protocol):
 class Conversation(Protocol):
     """One trajectory's dialogue with a policy, holding its exact token record."""
 
-    async def sample(self, *, timeout: float) -> Completion:
-        """Ask the model for the next assistant turn and append it to the record."""
+    async def sample(self, *, timeout: float, max_tokens: int | None = None) -> Completion:
+        """Ask the model for the next assistant turn and append it to the record.
+
+        `max_tokens` (optional) caps this turn below the policy's own limit, so the agent can
+        keep a trajectory inside its context budget.
+        """
         ...
 
     def add_tool_results(self, messages: list[dict[str, Any]]) -> None:
