@@ -1,0 +1,187 @@
+"""The SWE-smith task environment: prompt, tools, slot preparation and grading.
+
+Isolation from the answer: the slot receives a plain tree of the instance branch's HEAD
+(the bug, with the F2P test files removed) via `git archive` + `upload_archive`, then a fresh
+one-commit git repo is made in the slot so the agent can `git diff`. The mirror's history,
+whose `main` holds the clean code, never enters the slot.
+
+Grading runs in the same slot: the instance's test files (F2P + P2P files, and files the
+"Remove F2P Tests" commit deleted), conftest files and root config files are restored from
+HEAD~1 on the worker side, planted conftest/ini/sitecustomize files are removed, then pytest
+runs hardened as described in `rollout.tasks.grading`.
+
+Only `Sandbox.exec/read_file/write_file/upload_archive` are used, so this works over a local
+SlotPool, a Ray actor handle or a remote host alike. Safe for many concurrent tasks: all
+shared state lives in `RepoCache` (whose guarantees are documented there) and a memo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.protocols import Sandbox
+from rollout.tasks.config import TaskSourceConfig
+from rollout.tasks.grading import grade, node_files, pytest_command
+from rollout.tasks.loader import BUNDLED_DIR
+from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
+from rollout.tasks.tools import READ_FILE, TERMINAL, WRITE_FILE, tool_schemas
+from rollout.types import ExecResult, SandboxError, Task, ToolCall, Verdict
+
+log = logging.getLogger(__name__)
+
+# Files that change how pytest or the interpreter behave; any not in the original tree is removed.
+GUARDED_NAMES = ("conftest.py", "pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg",
+                 "pyproject.toml", "sitecustomize.py", "usercustomize.py")
+# pytest's own precedence for picking its config file at the rootdir.
+_INI_MARKERS = (("pytest.ini", None), (".pytest.ini", None),
+                ("pyproject.toml", b"[tool.pytest.ini_options]"), ("tox.ini", b"[pytest]"),
+                ("setup.cfg", b"[tool:pytest]"))
+GOLD_PATCH = ".gold.patch"
+
+SYSTEM_PROMPT = """You are a software engineer fixing a bug in a Python repository.
+The repository is your current working directory. You have three tools:
+- terminal(command, timeout?): run a shell command in the repository root (a fresh shell each time, no network);
+- read_file(path): read a file (paths are relative to the repository root);
+- write_file(path, content): create or overwrite a file.
+Investigate, make the smallest change to the library code that fixes the issue, and check it
+(for example by running the existing tests with `python -m pytest -q`). Do not edit or add tests.
+When you are done, reply with a short summary and no tool call."""
+
+
+@dataclass
+class InstanceFiles:
+    """What grading needs from the mirror, computed once per instance on the worker."""
+
+    restore: dict[str, bytes] = field(default_factory=dict)
+    allowed_guarded: set[str] = field(default_factory=set)
+    ini_file: str | None = None
+    has_conftest: bool = False
+
+
+class SweSmithEnv:
+    """`rollout.protocols.TaskEnv` for SWE-smith rows (kind "swe_smith")."""
+
+    def __init__(self, cfg: TaskSourceConfig | None = None, cache: RepoCache | None = None) -> None:
+        self.cfg = cfg or TaskSourceConfig()
+        self.cache = cache or RepoCache(self.cfg.cache_path, [str(BUNDLED_DIR), *self.cfg.repo_sources])
+        self._files = _Memo(1024)
+
+    # --- prompt ----------------------------------------------------------------------------
+
+    def messages(self, task: Task) -> list[dict[str, Any]]:
+        user = (
+            f"<issue>\n{task.instruction.strip()}\n</issue>\n\n"
+            "Fix this issue by editing the library code in the repository (your working "
+            "directory). Tests that reproduce the issue exist but are hidden from you."
+        )
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def tools(self, task: Task) -> list[dict[str, Any]]:
+        return tool_schemas()
+
+    def reference_solution(self, task: Task) -> list[ToolCall]:
+        """Write the bug patch and apply it in reverse, as the gold policy's tool calls."""
+        return [
+            ToolCall(WRITE_FILE, {"path": GOLD_PATCH, "content": task.data["patch"]}, "gold-1"),
+            ToolCall(TERMINAL, {"command": f"git apply -R {GOLD_PATCH} && rm -f {GOLD_PATCH}"},
+                     "gold-2"),
+        ]
+
+    # --- slot ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _head(task: Task) -> str:
+        return f"refs/heads/{task.data['instance_id']}"
+
+    async def prepare(self, task: Task, sandbox: Sandbox) -> None:
+        repo = task.data["repo"]
+        try:
+            archive = await self.cache.archive(repo, self._head(task))
+        except RepoError as e:
+            raise SandboxError(f"cannot prepare {task.task_id}: {e}") from e
+        await sandbox.upload_archive(archive)
+        res = await sandbox.exec(
+            "git init -q -b main && git add -A && "
+            "git -c user.name=rollout -c user.email=rollout@localhost -c commit.gpgsign=false "
+            "commit -q --no-verify -m 'Initial state'",
+            timeout=self.cfg.prepare_timeout,
+        )
+        if not res.ok:
+            raise SandboxError(f"cannot prepare {task.task_id}: git init in the slot failed "
+                               f"(exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
+
+    async def instance_files(self, task: Task) -> InstanceFiles:
+        return await self._files.get(task.task_id, lambda: self._compute_files(task))
+
+    async def _compute_files(self, task: Task) -> InstanceFiles:
+        repo, head = task.data["repo"], self._head(task)
+        pre = f"{head}~1"
+        tree, changed = await asyncio.gather(
+            self.cache.list_files(repo, pre), self.cache.changed_files(repo, pre, head))
+        in_tree = set(tree)
+        tests = set(node_files(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]))
+        missing = sorted(tests - in_tree)
+        if missing:
+            raise RepoError(f"{task.task_id}: test files {missing} are not in {pre}")
+        guarded = {p for p in tree if posixpath.basename(p) in GUARDED_NAMES}
+        restore_paths = sorted(tests | (set(changed) & in_tree) | guarded)
+        blobs = await asyncio.gather(*(self.cache.read_file(repo, pre, p) for p in restore_paths))
+        files = InstanceFiles(restore=dict(zip(restore_paths, blobs)), allowed_guarded=guarded,
+                              has_conftest=any(p.endswith("conftest.py") for p in guarded))
+        for name, marker in _INI_MARKERS:
+            if name in files.restore and (marker is None or marker in files.restore[name]):
+                files.ini_file = name
+                break
+        return files
+
+    async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
+        try:
+            files = await self.instance_files(task)
+        except RepoError as e:
+            raise SandboxError(f"cannot grade {task.task_id}: {e}") from e
+        await self._restore(files, sandbox)
+        tests = sorted(node_files(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]))
+        cmd = pytest_command(tests, python=self.cfg.python, ini_file=files.ini_file,
+                             allow_conftest=files.has_conftest,
+                             plugin_autoload=self.cfg.pytest_plugin_autoload)
+        result = await sandbox.exec(cmd, timeout=self.cfg.test_timeout)
+        verdict = grade(task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"], result)
+        log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
+        return verdict
+
+    async def _restore(self, files: InstanceFiles, sandbox: Sandbox) -> None:
+        """Undo whatever the agent did to the test files and the pytest configuration."""
+        res: ExecResult = await sandbox.exec(cleanup_script(files), timeout=60.0)
+        if not res.ok:
+            raise SandboxError(f"pre-grading cleanup failed (exit {res.exit_code}): "
+                               f"{(res.stderr or res.stdout)[-300:]}")
+        await asyncio.gather(*(sandbox.write_file(p, data) for p, data in files.restore.items()))
+
+
+def cleanup_script(files: InstanceFiles) -> str:
+    """Shell script: make the tree writable, clear the paths to restore (and any symlinked or
+    non-directory ancestors of them), and delete guarded files the original tree lacks."""
+    q = shlex.quote
+    lines = ["chmod -R u+w . 2>/dev/null"]
+    ancestors: set[str] = set()
+    for path in files.restore:
+        parts = path.split("/")[:-1]
+        ancestors.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    for d in sorted(ancestors, key=lambda p: p.count("/")):
+        lines.append(f"if [ -L {q(d)} ] || {{ [ -e {q(d)} ] && [ ! -d {q(d)} ]; }}; then rm -f -- {q(d)}; fi")
+    if files.restore:
+        lines.append("rm -rf -- " + " ".join(q(p) for p in sorted(files.restore)))
+    names = " -o ".join(f"-name {q(n)}" for n in GUARDED_NAMES)
+    allowed = "|".join(q(f"./{p}") for p in sorted(files.allowed_guarded))
+    keep = f"{allowed}) ;; " if allowed else ""
+    lines.append(
+        f"find . -path ./.git -prune -o \\( {names} \\) -print | while IFS= read -r f; do "
+        f'case "$f" in {keep}*) rm -rf -- "$f" ;; esac; done'
+    )
+    lines.append("true")
+    return "\n".join(lines)
