@@ -1,0 +1,116 @@
+"""`python -m sandbox_image`: start a slot server.
+
+Once listening, the server prints one line `SLOT_SERVER_READY {"url": ..., "port": ...,
+"pid": ...}` on stdout (and writes the same JSON to --ready-file if given), so a launcher
+using --port 0 learns the port without racing for it. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from sandbox_image.app import SlotServer, build_app
+from sandbox_image.config import ConfigError, ServerConfig, config_from_args
+from sandbox_image.isolation import Bubblewrap, choose_workspace_path
+
+log = logging.getLogger("sandbox_image")
+READY_PREFIX = "SLOT_SERVER_READY "
+
+
+def _resolve_isolation(cfg: ServerConfig) -> tuple[str, Bubblewrap | None, str]:
+    """-> (mode, bwrap or None, workspace path inside the sandbox)."""
+    if cfg.isolation == "none":
+        log.warning("ISOLATION DISABLED (--isolation none): commands run unsandboxed on the "
+                    "host, with only rlimits/cgroups between them and this machine")
+        return "none", None, ""
+    hide = [str(cfg.data_dir), *cfg.hide]
+    if cfg.token_file:
+        hide.append(cfg.token_file)
+    bwrap = Bubblewrap(cfg.bwrap_path, network=cfg.network, hide=hide)
+    inside = choose_workspace_path(cfg.workspace)
+    problem = bwrap.probe(inside)
+    if problem is None:
+        return "bwrap", bwrap, inside
+    if cfg.isolation in ("bwrap", "required"):
+        raise ConfigError(f"isolation={cfg.isolation} but bubblewrap is unusable: {problem}. "
+                          "Install bubblewrap (apt-get install bubblewrap) or allow "
+                          "unprivileged user namespaces.")
+    log.warning("ISOLATION DISABLED: bubblewrap is unusable (%s); commands run unsandboxed. "
+                "Use --isolation required to refuse this.", problem)
+    return "none", None, ""
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; shutting down", parent)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+async def serve(cfg: ServerConfig) -> None:
+    mode, bwrap, inside = _resolve_isolation(cfg)
+    server = SlotServer(cfg, mode, bwrap, inside)
+    runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(stop)) if cfg.exit_with_parent else None
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url_host = f"[{host}]" if ":" in host else host
+        ready = {"url": f"http://{url_host}:{port}", "port": port, "pid": os.getpid(),
+                 "isolation": mode, "workspace": inside or None}
+        if cfg.ready_file:
+            tmp = cfg.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(ready, f)
+            os.replace(tmp, cfg.ready_file)
+        sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        log.info("slot server %s: %d slots, isolation=%s, network=%s, limits=%s",
+                 ready["url"], cfg.slots, mode, "on" if cfg.network else "off",
+                 server.limits.describe())
+        await stop.wait()
+    finally:
+        if watcher:
+            watcher.cancel()
+        await runner.cleanup()
+        await server.close()
+        log.info("slot server stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, level = config_from_args(argv)
+    except ConfigError as e:
+        print(f"slot server: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(cfg))
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

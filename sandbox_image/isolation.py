@@ -1,0 +1,123 @@
+"""Bubblewrap: probing, the argv of one sandboxed command, and the default environment.
+
+Inside the sandbox a command sees: the host root read-only, a fresh /dev and /proc (its own
+pid namespace, so no host processes), a private tmpfs on /tmp, its slot's workspace
+read-write at `workspace` (and nothing else writable), no network unless enabled, no
+capabilities. The server's data dir (all slots), its token file and any `hide` paths are
+masked by empty mounts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The documented default environment of every command. Nothing else from the server's
+# environment is passed on (no tokens, no host secrets).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def default_env(home: str) -> dict[str, str]:
+    return {
+        "PATH": DEFAULT_PATH,
+        "HOME": home,
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "USER": "sandbox",
+        # git refuses to commit without an identity; give every slot a neutral one.
+        "GIT_AUTHOR_NAME": "sandbox",
+        "GIT_AUTHOR_EMAIL": "sandbox@localhost",
+        "GIT_COMMITTER_NAME": "sandbox",
+        "GIT_COMMITTER_EMAIL": "sandbox@localhost",
+    }
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+class Bubblewrap:
+    """Builds bwrap argv lists. Immutable after construction; safe to share."""
+
+    def __init__(
+        self,
+        executable: str,
+        *,
+        network: bool,
+        hide: list[str],
+    ) -> None:
+        self.executable = shutil.which(executable) or executable
+        self.network = network
+        self._prefix = [
+            self.executable,
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--tmpfs", "/tmp",
+        ]
+        for path in sorted(set(hide)):
+            # Anything under /tmp is already hidden by the private tmpfs.
+            if _under(path, "/tmp") or not os.path.lexists(path):
+                continue
+            if os.path.isdir(path):
+                self._prefix += ["--tmpfs", path]
+            else:
+                self._prefix += ["--ro-bind", "/dev/null", path]
+        self._suffix = [
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            *([] if network else ["--unshare-net"]),
+            "--hostname", "sandbox",
+            "--cap-drop", "ALL",
+            "--new-session",
+            "--die-with-parent",
+        ]
+
+    def argv(self, workspace_host: str, workspace_inside: str, cwd_inside: str,
+             command: str) -> list[str]:
+        return [
+            *self._prefix,
+            "--bind", workspace_host, workspace_inside,
+            *self._suffix,
+            "--chdir", cwd_inside,
+            "--", "/bin/sh", "-c", command,
+        ]
+
+    def probe(self, workspace_inside: str) -> str | None:
+        """Run `true` with the real flags. Returns None if usable, else why not."""
+        if not shutil.which(self.executable):
+            return f"bubblewrap not found ({self.executable!r})"
+        with tempfile.TemporaryDirectory(prefix="slot-probe-") as ws:
+            argv = self.argv(ws, workspace_inside, workspace_inside, "touch probe && true")
+            try:
+                proc = subprocess.run(argv, capture_output=True, timeout=20,
+                                      env=default_env("/tmp"), stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"bubblewrap failed to run: {e}"
+            if proc.returncode != 0:
+                return f"bubblewrap exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}"
+            if not os.path.exists(os.path.join(ws, "probe")):
+                return "bubblewrap ran but the workspace bind is not writable"
+        return None
+
+
+def choose_workspace_path(requested: str) -> str:
+    """The workspace path inside the sandbox.
+
+    bwrap cannot create a mount point on the read-only root, so the directory must exist on
+    the host; create it if we may, else fall back to a path under the private /tmp.
+    """
+    try:
+        Path(requested).mkdir(parents=True, exist_ok=True)
+        return requested
+    except OSError as e:
+        fallback = "/tmp/workspace"
+        log.warning("cannot create %s on the host (%s); using %s inside the sandbox",
+                    requested, e.strerror, fallback)
+        return fallback

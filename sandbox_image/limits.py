@@ -1,0 +1,209 @@
+"""Per-slot memory and pids limits.
+
+One cgroup per slot (v2 if its memory/pids controllers are usable, else v1 memory + pids
+hierarchies, whichever is writable), created under the server's own cgroup. Every command
+of a slot joins its slot's cgroup before exec, so a fork bomb or memory hog exhausts only
+its own slot. Without writable cgroups, rlimits are the fallback (weaker: RLIMIT_AS caps
+each process, not the slot; RLIMIT_NPROC is only set for a non-root server because it
+counts every process of the uid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PREFIX = "slot-server-"
+
+
+def _own_cgroup_paths() -> dict[str, str]:
+    """controller ('' for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    out: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_procs(group: Path) -> None:
+    kill_file = group / "cgroup.kill"
+    if kill_file.exists():
+        with contextlib.suppress(OSError):
+            kill_file.write_text("1")
+            return
+    for _ in range(5):
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _remove_tree(group: Path) -> None:
+    """rmdir a cgroup and its children (a cgroup dir can only be removed bottom-up)."""
+    if not group.is_dir():
+        return
+    for child in [p for p in group.iterdir() if p.is_dir()]:
+        _remove_tree(child)
+    _kill_procs(group)
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            # Killed processes may take a moment to leave the cgroup.
+            time.sleep(0.01)
+
+
+class SlotLimits:
+    """Creates and applies the per-slot limits. Methods are called from the event loop
+    thread; `preexec(slot)` runs in the forked child just before exec."""
+
+    def __init__(self, slots: int, memory_mb: int | None, pids: int | None) -> None:
+        self.memory_bytes = memory_mb * (1 << 20) if memory_mb else None
+        self.pids = pids
+        self.mode = "none"
+        self._groups: list[list[Path]] = [[] for _ in range(slots)]  # slot -> cgroup dirs
+        self._memory_groups: list[Path | None] = [None] * slots
+        self._server_dirs: list[Path] = []
+        if self.memory_bytes is None and self.pids is None:
+            return
+        try:
+            self._setup_v2(slots) or self._setup_v1(slots)
+        except OSError as e:
+            log.warning("cgroup setup failed (%s); falling back to rlimits", e)
+            self.cleanup()
+            self.mode = "none"
+        if self.mode == "none":
+            self.mode = "rlimit"
+            log.warning("no writable cgroups: per-command rlimits only (weaker limits)")
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _make_server_dir(self, base: Path) -> Path:
+        for stale in base.glob(_PREFIX + "*"):
+            pid = stale.name[len(_PREFIX):]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                _remove_tree(stale)
+        d = base / f"{_PREFIX}{os.getpid()}"
+        d.mkdir(exist_ok=True)
+        self._server_dirs.append(d)
+        return d
+
+    def _setup_v2(self, slots: int) -> bool:
+        own = _own_cgroup_paths().get("")
+        if own is None or not (CGROUP_ROOT / "cgroup.controllers").exists():
+            return False
+        available = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
+        if not {"memory", "pids"} <= set(available):
+            return False
+        base = CGROUP_ROOT / own.lstrip("/")
+        server = self._make_server_dir(base)
+        (server / "cgroup.subtree_control").write_text("+memory +pids")
+        for i in range(slots):
+            g = server / f"slot-{i}"
+            g.mkdir(exist_ok=True)
+            if self.memory_bytes:
+                (g / "memory.max").write_text(str(self.memory_bytes))
+                with contextlib.suppress(OSError):
+                    (g / "memory.swap.max").write_text("0")
+                self._memory_groups[i] = g
+            if self.pids:
+                (g / "pids.max").write_text(str(self.pids))
+            self._groups[i] = [g]
+        self.mode = "cgroup2"
+        return True
+
+    def _setup_v1(self, slots: int) -> bool:
+        own = _own_cgroup_paths()
+        wanted = {"memory": self.memory_bytes, "pids": self.pids}
+        for controller, limit in wanted.items():
+            if limit is None or controller not in own:
+                continue
+            root = CGROUP_ROOT / controller
+            if not (root / "cgroup.procs").exists():
+                continue
+            server = self._make_server_dir(root / own[controller].lstrip("/"))
+            for i in range(slots):
+                g = server / f"slot-{i}"
+                g.mkdir(exist_ok=True)
+                if controller == "memory":
+                    (g / "memory.limit_in_bytes").write_text(str(limit))
+                    with contextlib.suppress(OSError):
+                        (g / "memory.memsw.limit_in_bytes").write_text(str(limit))
+                    self._memory_groups[i] = g
+                else:
+                    (g / "pids.max").write_text(str(limit))
+                self._groups[i].append(g)
+            self.mode = "cgroup1"
+        return self.mode == "cgroup1"
+
+    # --- per command ----------------------------------------------------------------------
+
+    def preexec(self, slot: int) -> None:
+        """Runs in the child between fork and exec: join the slot's cgroups, set rlimits."""
+        pid = str(os.getpid()).encode()
+        for g in self._groups[slot]:
+            fd = os.open(str(g / "cgroup.procs"), os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if self.mode == "rlimit":
+            if self.memory_bytes:
+                resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
+            if self.pids and os.geteuid() != 0:
+                resource.setrlimit(resource.RLIMIT_NPROC, (self.pids, self.pids))
+
+    def oom_kills(self, slot: int) -> int:
+        """How many processes of this slot the kernel OOM-killed so far (0 if unknown)."""
+        g = self._memory_groups[slot]
+        if g is None:
+            return 0
+        name = "memory.events" if self.mode == "cgroup2" else "memory.oom_control"
+        with contextlib.suppress(OSError, ValueError):
+            for line in (g / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    def kill_slot(self, slot: int) -> None:
+        """SIGKILL every process still in the slot's cgroups (used on reset)."""
+        for g in self._groups[slot]:
+            _kill_procs(g)
+
+    def cleanup(self) -> None:
+        for d in self._server_dirs:
+            _remove_tree(d)
+        self._server_dirs.clear()
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": self.mode, "memory_bytes": self.memory_bytes, "pids": self.pids}
