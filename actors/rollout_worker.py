@@ -45,7 +45,7 @@ class WorkerSettings:
     lease_renew_interval: float = 10.0
     pace_poll_interval: float = 0.5
     task_kind: str = "swe_smith"
-    task_env: dict[str, Any] | None = None
+    task_env: Any = None  # the TaskSourceConfig (how to prepare and grade)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -60,7 +60,7 @@ class RolloutWorker:
         self._pools = pools
         self._queue = queue
         self._sink = sink
-        self._env = make_env(settings.task_kind, settings.task_env or {})
+        self._env = make_env(settings.task_kind, settings.task_env)
         self._policy: Any = None
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}

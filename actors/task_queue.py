@@ -19,8 +19,10 @@ class TaskQueue:
     """Serial actor: every call sees and leaves a consistent ledger, saved after each change."""
 
     def __init__(self, tasks: list[Task], state_path: str, lease_seconds: float,
-                 max_attempts: int) -> None:
-        self._ledger = TaskLedger(tasks, lease_seconds=lease_seconds, max_attempts=max_attempts)
+                 max_attempts: int, limit: int | None = None) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._ledger = TaskLedger(tasks, lease_seconds=lease_seconds, max_attempts=max_attempts,
+                                  limit=limit)
         self._path = Path(state_path)
         if self._ledger.load(self._path):
             p = self._ledger.progress()

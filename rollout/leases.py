@@ -6,7 +6,7 @@ Guarantees (tested in tests/test_leases.py):
   task back at the front of the pending queue; so does `fail` while attempts remain.
 - After `max_attempts` failed or expired leases a task is dropped with the last reason.
 - Every task ends in exactly one of: completed, dropped (with a reason). `finished` is true
-  once every task has.
+  once every task of this run has (all tasks, or the first `limit` unfinished ones).
 - `state_dict()` / `load_state` round-trip completed and dropped task ids and attempts, so
   a restarted run skips what is done instead of starting over. Leases in flight at a crash
   are simply pending again after a restart.
@@ -45,6 +45,7 @@ class TaskLedger:
         *,
         lease_seconds: float = 600.0,
         max_attempts: int = 3,
+        limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         ids = [t.task_id for t in tasks]
@@ -61,6 +62,13 @@ class TaskLedger:
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self._clock = clock
+        self._limit = limit
+        self._apply_limit()
+
+    def _apply_limit(self) -> None:
+        """Keep only the first `limit` unfinished tasks for this run (run.max_groups)."""
+        if self._limit is not None:
+            self._pending = collections.deque(list(self._pending)[: self._limit])
 
     # -- leasing ----------------------------------------------------------------------------
 
@@ -148,7 +156,9 @@ class TaskLedger:
 
     @property
     def finished(self) -> bool:
-        return len(self.completed) + len(self.dropped) >= len(self._tasks)
+        """No task waiting and none leased: this run has nothing more to do."""
+        live = any(t not in self.completed and t not in self.dropped for t in self._pending)
+        return not live and not self._leases
 
     def progress(self) -> dict[str, Any]:
         reasons = collections.Counter(self.dropped.values())
@@ -180,6 +190,7 @@ class TaskLedger:
         self._attempts = {k: int(v) for k, v in state.get("attempts", {}).items() if k in known}
         done = self.completed.keys() | self.dropped.keys()
         self._pending = collections.deque(t for t in self._order if t not in done)
+        self._apply_limit()
 
     def save(self, path: Path) -> None:
         """Write the cursor atomically (a crash leaves the old or the new file, never half)."""

@@ -77,3 +77,16 @@ def test_cursor_round_trip_resumes(tmp_path: Path):
 def test_duplicate_ids_rejected():
     with pytest.raises(ValueError, match="duplicate task ids"):
         TaskLedger(tasks(2) + tasks(1))
+
+
+def test_limit_takes_the_next_unfinished_tasks(tmp_path: Path):
+    led = TaskLedger(tasks(5), limit=2)
+    a = led.lease("w", 5)
+    assert [x.task.task_id for x in a] == ["t0", "t1"]
+    for x in a:
+        led.complete(x.lease_id)
+    assert led.finished
+    led.save(tmp_path / "q.json")
+    nxt = TaskLedger(tasks(5), limit=2)
+    nxt.load(tmp_path / "q.json")
+    assert [x.task.task_id for x in nxt.lease("w", 5)] == ["t2", "t3"]

@@ -1,0 +1,225 @@
+"""Wires the actors of one run together and drives it to the end.
+
+Guarantees:
+- One SandboxPool per alive Ray node (local backend), so every node adds sandbox capacity.
+- A RolloutWorker that dies has its leases returned at once and is replaced (bounded).
+- `request_stop()` stops leasing; in-flight groups get `run.shutdown_grace` seconds, then
+  are cancelled (their tasks go back to the queue for the next run). A second request
+  cancels at once. Either way teardown runs: sink drained and closed, pools stopped, actors
+  killed. Actors are named `<run_id>:<role>` in namespace "rollout" for inspection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.rollout_worker import RolloutWorker, WorkerSettings
+from actors.sandbox_pool import SandboxPool
+from actors.task_queue import TaskQueue
+from actors.trainer_sink import TrainerSink
+from rollout.config import LaunchConfig
+from rollout.trainer.sink import GroupRules
+from rollout.types import Task
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "rollout"
+
+
+@dataclass
+class Snapshot:
+    """What the progress view shows, polled from the actors."""
+
+    started: float
+    queue: dict[str, Any] = field(default_factory=dict)
+    sink: dict[str, Any] = field(default_factory=dict)
+    pools: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    worker_restarts: int = 0
+    stopping: str | None = None
+
+
+class RolloutCluster:
+    def __init__(self, cfg: LaunchConfig, tasks: list[Task], run_dir: Path,
+                 run_id: str | None = None) -> None:
+        self.cfg = cfg
+        self.tasks = tasks
+        self.run_dir = run_dir
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.pools: list[Any] = []
+        self.workers: dict[str, Any] = {}
+        self._runs: dict[Any, str] = {}  # ObjectRef of worker.run() -> worker id
+        self.queue: Any = None
+        self.sink: Any = None
+        self.snapshot = Snapshot(started=time.time())
+        self._stop_level = 0
+        self._stop_changed = asyncio.Event()
+        self._worker_seq = 0
+
+    def _name(self, role: str) -> str:
+        return f"{self.run_id}:{role}"
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.queue = TaskQueue.options(name=self._name("queue"), namespace=NAMESPACE).remote(
+            self.tasks, str(self.run_dir / "queue_state.json"), cfg.queue.lease_seconds,
+            cfg.queue.max_attempts, cfg.run.max_groups,
+        )
+        rules = GroupRules(
+            group_size=cfg.env.group_size, batch_size=cfg.env.batch_size,
+            max_batches_offpolicy=cfg.env.max_batches_offpolicy,
+            max_token_length=cfg.env.max_token_length,
+            ensure_scores_are_not_same=cfg.env.ensure_scores_are_not_same,
+        )
+        trainer = cfg.trainer
+        trainer.env_name = cfg.env.name
+        trainer.weight = cfg.env.weight
+        trainer.min_batch_allocation = cfg.env.min_batch_allocation
+        self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE).remote(
+            str(self.run_dir), trainer, rules
+        )
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        for i, node in enumerate(nodes):
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            self.pools.append(
+                SandboxPool.options(
+                    name=self._name(f"pool-{i}"), namespace=NAMESPACE,
+                    scheduling_strategy=strategy,
+                ).remote(cfg.backend, cfg.pool)
+            )
+        await asyncio.gather(self.sink.start.remote(), *(p.start.remote() for p in self.pools))
+        log.info("run %s: %d sandbox pool(s) on %d node(s), %d task(s) queued",
+                 self.run_id, len(self.pools), len(nodes), len(self.tasks))
+        for _ in range(cfg.workers.num):
+            self._spawn_worker()
+
+    def _spawn_worker(self) -> None:
+        cfg = self.cfg
+        wid = f"worker-{self._worker_seq}"
+        self._worker_seq += 1
+        settings = WorkerSettings(
+            group_size=cfg.env.group_size, groups_in_flight=cfg.workers.groups_in_flight,
+            include_messages=cfg.env.include_messages,
+            acquire_timeout=cfg.workers.acquire_timeout,
+            lease_renew_interval=cfg.workers.lease_renew_interval,
+            task_kind=cfg.tasks.kind, task_env=cfg.tasks,
+        )
+        worker = RolloutWorker.options(
+            name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",
+        ).remote(wid, settings, cfg.policy, cfg.agent, self.pools, self.queue, self.sink)
+        self.workers[wid] = worker
+        self._runs[worker.run.remote()] = wid
+
+    # -- run --------------------------------------------------------------------------------
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        self._stop_level += 1
+        self.snapshot.stopping = why if self._stop_level == 1 else f"{why} (forced)"
+        self._stop_changed.set()
+
+    async def run(self, on_tick: Callable[[Snapshot], None] | None = None,
+                  tick: float = 0.5) -> Snapshot:
+        """Run until the queue is finished or a stop is requested; always tears down."""
+        try:
+            await self._drive(on_tick, tick)
+        finally:
+            await self.teardown()
+            await self._poll(final=True)
+            if self.queue is not None:
+                ray.kill(self.queue)
+            if on_tick:
+                on_tick(self.snapshot)
+        return self.snapshot
+
+    async def _drive(self, on_tick: Callable[[Snapshot], None] | None, tick: float) -> None:
+        max_restarts = 3 * self.cfg.workers.num
+        graceful_sent = cancel_at = None
+        while self._runs:
+            done, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=0)
+            for ref in done:
+                wid = self._runs.pop(ref)
+                try:
+                    await ref
+                except Exception as e:  # the worker actor died
+                    log.error("%s died (%s); returning its leases", wid, type(e).__name__)
+                    self.workers.pop(wid, None)
+                    n = await self.queue.release_holder.remote(wid, f"{wid} died")
+                    log.info("%d lease(s) of %s back in the queue", n, wid)
+                    if not self._stop_level and self.snapshot.worker_restarts < max_restarts:
+                        self.snapshot.worker_restarts += 1
+                        self._spawn_worker()
+            if self._stop_level and graceful_sent is None:
+                graceful_sent = time.monotonic()
+                cancel_at = graceful_sent + self.cfg.run.shutdown_grace
+                await asyncio.gather(*(w.stop.remote() for w in self.workers.values()),
+                                     return_exceptions=True)
+            if self._stop_level >= 2 or (cancel_at is not None and time.monotonic() > cancel_at):
+                cancel_at = float("inf")
+                log.warning("cancelling groups still in flight")
+                await asyncio.gather(*(w.cancel.remote() for w in self.workers.values()),
+                                     return_exceptions=True)
+            await self._poll()
+            if on_tick:
+                on_tick(self.snapshot)
+            self._stop_changed.clear()
+            try:
+                await asyncio.wait_for(self._stop_changed.wait(), tick)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _poll(self, final: bool = False) -> None:
+        async def safe(ref: Any) -> Any:
+            try:
+                return await ref
+            except Exception:
+                return None
+
+        s = self.snapshot
+        if self.queue is not None:
+            s.queue = await safe(self.queue.progress.remote()) or s.queue
+        if self.sink is not None and not final:
+            s.sink = await safe(self.sink.stats.remote()) or s.sink
+        if not final:
+            pools = await asyncio.gather(*(safe(p.stats.remote()) for p in self.pools))
+            s.pools = [p for p in pools if p]
+        workers = await asyncio.gather(*(safe(w.stats.remote()) for w in self.workers.values()))
+        s.workers = [w for w in workers if w] or s.workers
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    async def teardown(self) -> None:
+        """The one teardown path. Safe to call twice; shielded from cancellation."""
+        await asyncio.shield(self._teardown())
+
+    async def _teardown(self) -> None:
+        for w in list(self.workers.values()):
+            try:
+                await w.cancel.remote()
+            except Exception:
+                pass
+        if self.sink is not None:
+            try:
+                self.snapshot.sink = await self.sink.close.remote(
+                    min(30.0, self.cfg.run.shutdown_grace)
+                )
+            except Exception as e:
+                log.error("closing the trainer sink failed: %s", e)
+        await asyncio.gather(*(p.stop.remote() for p in self.pools), return_exceptions=True)
+        for actor in [*self.workers.values(), *self.pools, self.sink]:
+            if actor is not None:
+                try:
+                    ray.kill(actor)
+                except Exception:
+                    pass
+        self.workers.clear()
