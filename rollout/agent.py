@@ -1,0 +1,180 @@
+"""The agent loop: sample a turn, parse its tool calls, run them in the slot, repeat.
+
+Every way the loop ends is a named `Outcome`:
+- done: a turn with no tool call (not even a malformed one);
+- max_turns: `max_turns` turns were sampled (the last turn's calls still run);
+- context_full: the record reached `max_context_tokens`, or a turn was cut off by it;
+- timeout: the wall-clock budget ran out, or one LLM call exceeded `llm_timeout`;
+- policy_error: the policy failed (unreachable after retries, malformed reply);
+- sandbox_error: the slot itself failed (its host died); the slot must not be reused.
+
+`run_agent` never raises for policy or sandbox failures (only cancellation propagates). The
+record is always consistent: a failed turn is not half-appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rollout.protocols import Conversation, Sandbox
+from rollout.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
+from rollout.tools import TOOL_NAMES, SandboxTools, ToolExecutor, ToolLimits
+from rollout.types import Outcome, PolicyError, SandboxError, ToolCall, ToolResult, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    max_turns: int = 30
+    max_context_tokens: int = 32_768
+    wall_clock_budget: float = 1800.0  # seconds for the whole loop
+    llm_timeout: float = 300.0  # seconds for one LLM call (retries included)
+    tool_timeout_default: float = 60.0
+    tool_timeout_min: float = 1.0
+    tool_timeout_max: float = 600.0
+    max_calls_per_turn: int = 8
+    max_argument_bytes: int = 100_000
+    max_observation_chars: int = 16_000
+    max_read_bytes: int = 1_000_000
+    workspace_root: str | None = None  # absolute path the model may use for the workspace
+    min_turn_tokens: int = 16  # below this much room left, the context counts as full
+
+    @property
+    def tool_limits(self) -> ToolLimits:
+        return ToolLimits(
+            timeout_default=self.tool_timeout_default,
+            timeout_min=self.tool_timeout_min,
+            timeout_max=self.tool_timeout_max,
+            max_observation_chars=self.max_observation_chars,
+            max_read_bytes=self.max_read_bytes,
+            workspace_root=self.workspace_root,
+        )
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_calls=self.max_calls_per_turn,
+            max_argument_bytes=self.max_argument_bytes,
+            known_tools=TOOL_NAMES,
+        )
+
+
+async def run_agent(
+    conversation: Conversation,
+    sandbox: Sandbox,
+    cfg: AgentConfig,
+    *,
+    trajectory_id: str,
+    task_id: str,
+    tools: ToolExecutor | None = None,
+    parse_limits: ParseLimits | None = None,
+) -> Trajectory:
+    """Run one trajectory's loop. `tools` defaults to the built-in tools over `sandbox`."""
+    loop = _AgentLoop(conversation, tools or SandboxTools(sandbox, cfg.tool_limits), cfg,
+                      parse_limits or cfg.parse_limits, {"trajectory": trajectory_id, "task": task_id})
+    outcome, error = await loop.run()
+    log.info("trajectory %s of %s ended: %s after %d turns%s", trajectory_id, task_id,
+             outcome.value, loop.turns, f" ({error})" if error else "")
+    return Trajectory(
+        task_id=task_id,
+        trajectory_id=trajectory_id,
+        outcome=outcome,
+        record=conversation.record(),
+        turns=loop.turns,
+        llm_time=loop.llm_time,
+        tool_time=loop.tool_time,
+        error=error,
+        metadata={"tool_calls": loop.tool_calls, "tool_errors": loop.tool_errors},
+    )
+
+
+class _AgentLoop:
+    def __init__(self, conv: Conversation, tools: ToolExecutor, cfg: AgentConfig,
+                 limits: ParseLimits, ctx: dict[str, str]) -> None:
+        self.conv, self.tools, self.cfg, self.limits, self.ctx = conv, tools, cfg, limits, ctx
+        self.turns = 0
+        self.llm_time = 0.0
+        self.tool_time = 0.0
+        self.tool_calls = 0
+        self.tool_errors = 0
+        self.deadline = time.monotonic() + cfg.wall_clock_budget
+
+    async def run(self) -> tuple[Outcome, str | None]:
+        cfg = self.cfg
+        while True:
+            if self.turns >= cfg.max_turns:
+                return Outcome.MAX_TURNS, None
+            room = cfg.max_context_tokens - self.conv.num_tokens
+            if room < max(cfg.min_turn_tokens, 1):
+                return Outcome.CONTEXT_FULL, None
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return Outcome.TIMEOUT, "wall-clock budget exhausted"
+            timeout = min(cfg.llm_timeout, remaining)
+            started = time.monotonic()
+            try:
+                completion = await self.conv.sample(timeout=timeout, max_tokens=room)
+            except TimeoutError:
+                which = "wall-clock budget" if timeout < cfg.llm_timeout else "llm_timeout"
+                return Outcome.TIMEOUT, f"LLM call exceeded the {which} ({timeout:.1f}s)"
+            except PolicyError as exc:
+                return Outcome.POLICY_ERROR, str(exc)
+            except Exception as exc:  # a client bug must not take the worker down
+                log.exception("policy failed unexpectedly (%s)", self.ctx)
+                return Outcome.POLICY_ERROR, f"{type(exc).__name__}: {exc}"
+            finally:
+                self.llm_time += time.monotonic() - started
+            self.turns += 1
+
+            parsed = parse_tool_calls(completion.text, self.limits)
+            if not parsed.attempted:
+                if completion.finish_reason == "length" and self.conv.num_tokens >= cfg.max_context_tokens:
+                    return Outcome.CONTEXT_FULL, None
+                return Outcome.DONE, None
+            try:
+                results = await self._execute(parsed.entries)
+            except SandboxError as exc:
+                return Outcome.SANDBOX_ERROR, str(exc)
+            except Exception as exc:  # an executor bug: treat the slot as unusable
+                log.exception("tool executor failed unexpectedly (%s)", self.ctx)
+                return Outcome.SANDBOX_ERROR, f"{type(exc).__name__}: {exc}"
+            if results is None:
+                return Outcome.TIMEOUT, "wall-clock budget exhausted during tool calls"
+            self.conv.add_tool_results([_tool_message(r) for r in results])
+
+    async def _execute(self, entries: list[ToolCall | ToolCallError]) -> list[ToolResult] | None:
+        """Run calls in order (a later call may depend on an earlier one); None on timeout."""
+        results: list[ToolResult] = []
+        for entry in entries:
+            if isinstance(entry, ToolCallError):
+                self.tool_errors += 1
+                results.append(ToolResult(entry.call_id, entry.name, f"Error: {entry.message}", True))
+                continue
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            started = time.monotonic()
+            try:
+                # The tool's own timeout is capped by the budget; this is the backstop for a
+                # sandbox that does not honour it.
+                result = await asyncio.wait_for(
+                    self.tools.run(entry, max_timeout=remaining), timeout=remaining + 5.0
+                )
+            except TimeoutError:
+                return None
+            finally:
+                self.tool_time += time.monotonic() - started
+            self.tool_calls += 1
+            self.tool_errors += int(result.is_error)
+            results.append(result)
+        return results
+
+
+def _tool_message(result: ToolResult) -> dict[str, Any]:
+    return {"role": "tool", "content": result.content, "tool_call_id": result.call_id,
+            "name": result.name}

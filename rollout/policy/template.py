@@ -1,0 +1,139 @@
+"""Chat-template rendering for token-exact conversations.
+
+The prompt is rendered and tokenized once. After that, nothing already in a trajectory is
+re-rendered or re-tokenized: sampled ids are appended as the server returned them, and each
+batch of tool results is appended as the *suffix* the chat template puts after an assistant
+turn (the end-of-turn marker, the tool-response block, the next generation prompt).
+
+The suffix is found by rendering the history with a sentinel assistant message followed by
+the tool messages, and taking the text after the sentinel. That text depends only on what
+follows the assistant turn, which avoids templates (Qwen3's among them) that render the last
+assistant message differently from earlier ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SENTINEL = "\u2063ROLLOUT-SENTINEL-7f3a\u2063"
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
+    """Load a Hugging Face tokenizer offline (a local dir or an already-cached hub name)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"Cannot load tokenizer {name_or_path!r} offline: {exc}. "
+            "Set policy.tokenizer to a local directory holding tokenizer.json/tokenizer_config.json."
+        ) from exc
+    if chat_template:
+        path = Path(chat_template)
+        tok.chat_template = path.read_text() if path.is_file() else chat_template
+    if not tok.chat_template:
+        raise ValueError(
+            f"Tokenizer {name_or_path!r} has no chat template; set policy.chat_template "
+            "(a Jinja file or string)."
+        )
+    return tok
+
+
+class ChatRenderer:
+    """Turns chat messages into token ids with one tokenizer's chat template."""
+
+    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template_kwargs = dict(template_kwargs or {})
+        self._added = set(tokenizer.get_added_vocab().values())
+        self.turn_end_id = self._find_turn_end_id()
+        stops = {self.turn_end_id, tokenizer.eos_token_id}
+        self.stop_ids: frozenset[int] = frozenset(i for i in stops if i is not None)
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        add_generation_prompt: bool,
+    ) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tools=tools or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **self.template_kwargs,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        return self.encode(self.render(messages, tools, add_generation_prompt=True))
+
+    def assistant_text(self, sampled_ids: list[int]) -> str:
+        """The message content of a sampled turn: its text without the end-of-turn token."""
+        ids = sampled_ids[:-1] if sampled_ids and sampled_ids[-1] in self.stop_ids else sampled_ids
+        return self.decode(ids)
+
+    def tool_suffix_ids(
+        self,
+        history: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_messages: list[dict[str, Any]],
+        sampled_ids: list[int],
+    ) -> list[int]:
+        """Token ids the template adds after an assistant turn for these tool messages.
+
+        If the turn already ended with the end-of-turn token (the model sampled it), that
+        part of the suffix is not repeated.
+        """
+        text = self._text_after_assistant(history, tools, tool_messages)
+        if sampled_ids and sampled_ids[-1] in self.stop_ids:
+            done = self.decode(sampled_ids[-1:])
+            if text.startswith(done):
+                text = text[len(done):]
+        return self.encode(text)
+
+    def turn_closing_ids(self) -> list[int]:
+        """What a template-built assistant turn ends with (the end-of-turn token)."""
+        return [self.turn_end_id] if self.turn_end_id is not None else []
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _text_after_assistant(
+        self,
+        history: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_messages: list[dict[str, Any]],
+    ) -> str:
+        probe = [*history, {"role": "assistant", "content": _SENTINEL}, *tool_messages]
+        text = self.render(probe, tools, add_generation_prompt=True)
+        at = text.rfind(_SENTINEL)
+        if at < 0:
+            raise ValueError("the chat template dropped the assistant message; cannot add tool results")
+        return text[at + len(_SENTINEL):]
+
+    def _find_turn_end_id(self) -> int | None:
+        """The special token that closes an assistant turn (e.g. <|im_end|>), if any."""
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+        try:
+            text = self.render(probe, None, add_generation_prompt=False)
+        except Exception:  # a template may reject this probe; fall back to eos
+            log.debug("could not probe the chat template for its end-of-turn token", exc_info=True)
+            return self.tokenizer.eos_token_id
+        after = text[text.rfind(_SENTINEL) + len(_SENTINEL):]
+        ids = self.encode(after) if after else []
+        if ids and ids[0] in self._added:
+            return ids[0]
+        return self.tokenizer.eos_token_id

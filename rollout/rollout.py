@@ -1,0 +1,77 @@
+"""One whole rollout in one slot: prepare, agent loop, verify.
+
+`run_rollout` never raises for sandbox, policy or task failures: each becomes the
+trajectory's outcome (score 0) with the error recorded. Verification runs in the same slot
+the agent used, unless the slot is gone (outcome sandbox_error), in which case it is skipped.
+Only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rollout.agent import AgentConfig, run_agent
+from rollout.protocols import Policy, Sandbox, TaskEnv
+from rollout.tools import ToolExecutor
+from rollout.types import Outcome, SandboxError, Task, TokenRecord, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+async def run_rollout(
+    task: Task,
+    env: TaskEnv,
+    policy: Policy,
+    sandbox: Sandbox,
+    cfg: AgentConfig,
+    *,
+    trajectory_id: str,
+    tools: ToolExecutor | None = None,
+) -> Trajectory:
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        await env.prepare(task, sandbox)
+    except Exception as exc:  # SandboxError, or a broken task row: the slot state is unknown
+        timings["prepare_time"] = time.monotonic() - started
+        log.warning("prepare failed for %s/%s: %s", task.task_id, trajectory_id, exc)
+        return _failed(task, trajectory_id, Outcome.SANDBOX_ERROR,
+                       f"prepare: {type(exc).__name__}: {exc}", timings)
+    timings["prepare_time"] = time.monotonic() - started
+
+    try:
+        conversation = policy.open(env.messages(task), env.tools(task), task)
+    except Exception as exc:  # a broken task row or a template that rejects it
+        log.warning("could not open a conversation for %s: %s", task.task_id, exc)
+        return _failed(task, trajectory_id, Outcome.POLICY_ERROR, f"open: {type(exc).__name__}: {exc}", timings)
+
+    traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
+                           task_id=task.task_id, tools=tools)
+
+    if traj.outcome != Outcome.SANDBOX_ERROR:
+        started = time.monotonic()
+        try:
+            verdict = await env.verify(task, sandbox)
+            traj.score = float(verdict.score)
+            traj.metadata["verdict"] = verdict.details
+        except SandboxError as exc:
+            traj.score = 0.0
+            traj.outcome = Outcome.SANDBOX_ERROR
+            traj.error = f"verify: {exc}"
+        except Exception as exc:  # a grader bug scores 0 and is recorded, never raised
+            log.exception("verify failed for %s/%s", task.task_id, trajectory_id)
+            traj.score = 0.0
+            traj.error = f"verify: {type(exc).__name__}: {exc}"
+        timings["verify_time"] = time.monotonic() - started
+    timings.update(llm_time=traj.llm_time, tool_time=traj.tool_time)
+    traj.metadata["timings"] = timings
+    traj.metadata["policy"] = getattr(policy, "name", type(policy).__name__)
+    return traj
+
+
+def _failed(task: Task, trajectory_id: str, outcome: Outcome, error: str,
+            timings: dict[str, float]) -> Trajectory:
+    return Trajectory(task_id=task.task_id, trajectory_id=trajectory_id, outcome=outcome,
+                      record=TokenRecord(), score=0.0, error=error,
+                      metadata={"timings": timings})

@@ -1,0 +1,228 @@
+"""The agent's tools, executed in the trajectory's own slot through the `Sandbox` protocol.
+
+- `terminal`: one stateless `sh -c` command in the workspace; its timeout is clamped to the
+  configured range.
+- `read_file`: a workspace file, optionally a line range, capped in bytes.
+- `write_file`: create or overwrite a workspace file.
+
+A failing command, a missing file or a bad argument is an observation for the model
+(`ToolResult.is_error`). Only `SandboxError` (the slot itself is gone) propagates: the agent
+ends the trajectory on it. Every observation is truncated to `max_observation_chars` with a
+visible marker, so one `cat` of a huge file cannot fill the context.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rollout.protocols import Sandbox
+from rollout.types import SandboxError, ToolCall, ToolResult
+
+log = logging.getLogger(__name__)
+
+TOOL_SCHEMAS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "terminal",
+            "description": (
+                "Run one shell command in the repository workspace (a fresh `sh -c` each "
+                "time: no state carries over between calls; use `cd dir && ...`)."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The shell command."},
+                    "timeout": {"type": "number", "description": "Seconds before it is killed."},
+                },
+                "required": ["command"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a file of the workspace, optionally only some lines.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "Path relative to the workspace."},
+                    "start_line": {"type": "integer", "description": "First line (1-based)."},
+                    "end_line": {"type": "integer", "description": "Last line (inclusive)."},
+                },
+                "required": ["path"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "write_file",
+            "description": "Create or overwrite a file of the workspace with the given content.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "Path relative to the workspace."},
+                    "content": {"type": "string", "description": "The full new content."},
+                },
+                "required": ["path", "content"],
+            },
+        },
+    },
+]
+
+TOOL_NAMES = frozenset(s["function"]["name"] for s in TOOL_SCHEMAS)
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    timeout_default: float = 60.0
+    timeout_min: float = 1.0
+    timeout_max: float = 600.0
+    max_observation_chars: int = 16_000
+    max_read_bytes: int = 1_000_000
+    workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
+
+
+class ToolExecutor(Protocol):
+    """Runs one tool call. Raises only SandboxError (the slot is gone)."""
+
+    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult: ...
+
+
+class ToolArgumentError(ValueError):
+    """A tool's arguments are unusable; the message is shown to the model."""
+
+
+class SandboxTools:
+    """The three built-in tools over one `Sandbox`. Stateless between calls."""
+
+    def __init__(self, sandbox: Sandbox, limits: ToolLimits = ToolLimits()) -> None:
+        self.sandbox = sandbox
+        self.limits = limits
+
+    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult:
+        handler = {
+            "terminal": self._terminal,
+            "read_file": self._read_file,
+            "write_file": self._write_file,
+        }.get(call.name)
+        if handler is None:
+            names = ", ".join(sorted(TOOL_NAMES))
+            return self._error(call, f"Unknown tool '{call.name}'. Available tools: {names}.")
+        try:
+            content = await handler(call.arguments, max_timeout)
+        except ToolArgumentError as exc:
+            return self._error(call, str(exc))
+        except SandboxError:
+            raise
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            return self._error(call, f"{type(exc).__name__}: {exc}")
+        return ToolResult(call.call_id, call.name, self._clip(content))
+
+    # --- tools -----------------------------------------------------------------------------
+
+    async def _terminal(self, args: dict[str, Any], max_timeout: float | None) -> str:
+        command = _arg(args, "command", str)
+        timeout = _optional(args, "timeout", (int, float))
+        timeout = self.limits.timeout_default if timeout is None else float(timeout)
+        timeout = min(max(timeout, self.limits.timeout_min), self.limits.timeout_max)
+        if max_timeout is not None:
+            timeout = max(min(timeout, max_timeout), 0.001)
+        result = await self.sandbox.exec(command, timeout=timeout)
+        parts = [result.stdout]
+        if result.stderr:
+            parts.append(result.stderr)
+        out = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
+        if result.truncated:
+            out += "[output truncated by the sandbox]\n"
+        if result.timed_out:
+            out += f"[command killed: timed out after {timeout:g}s]"
+        else:
+            out += f"[exit code: {result.exit_code}]"
+        return out
+
+    async def _read_file(self, args: dict[str, Any], max_timeout: float | None) -> str:
+        path = self._path(_arg(args, "path", str))
+        start = _optional(args, "start_line", int)
+        end = _optional(args, "end_line", int)
+        data = await self.sandbox.read_file(path, max_bytes=self.limits.max_read_bytes)
+        text = data.decode("utf-8", errors="replace")
+        if start is None and end is None:
+            return text
+        lines = text.splitlines(keepends=True)
+        lo = max(1, start or 1)
+        hi = len(lines) if end is None else min(end, len(lines))
+        if lo > hi:
+            raise ToolArgumentError(
+                f"Line range {lo}-{hi} is empty; '{path}' has {len(lines)} lines."
+            )
+        return "".join(lines[lo - 1 : hi])
+
+    async def _write_file(self, args: dict[str, Any], max_timeout: float | None) -> str:
+        path = self._path(_arg(args, "path", str))
+        content = _arg(args, "content", str)
+        data = content.encode("utf-8", errors="replace")
+        await self.sandbox.write_file(path, data)
+        return f"Wrote {len(data)} bytes to {path}."
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        """Normalise a model-given path to a workspace-relative one, or refuse it."""
+        if "\x00" in path or not path.strip():
+            raise ToolArgumentError("'path' must be a non-empty file path.")
+        root = self.limits.workspace_root
+        if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+            path = path[len(root.rstrip("/")) :]
+        if path.startswith("/"):
+            where = f" (or absolute under {root})" if root else ""
+            raise ToolArgumentError(
+                f"Path '{path}' is outside the workspace; use a path relative to it{where}."
+            )
+        norm = posixpath.normpath(path)
+        if norm == ".." or norm.startswith("../"):
+            raise ToolArgumentError(f"Path '{path}' leaves the workspace; stay inside it.")
+        return norm
+
+    def _clip(self, text: str) -> str:
+        return truncate_middle(text, self.limits.max_observation_chars)
+
+    def _error(self, call: ToolCall, message: str) -> ToolResult:
+        return ToolResult(call.call_id, call.name, self._clip(f"Error: {message}"), is_error=True)
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail (errors tend to be at the end) with a marker between."""
+    if len(text) <= max_chars:
+        return text
+    marker_room = 64
+    keep = max(max_chars - marker_room, 0)
+    head, tail = keep // 2, keep - keep // 2
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n[... {cut} characters truncated ...]\n{text[len(text) - tail:]}"
+
+
+def _arg(args: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in args:
+        raise ToolArgumentError(f"Missing required argument '{key}'.")
+    value = args[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ToolArgumentError(
+            f"Argument '{key}' must be a {kind.__name__}, got {type(value).__name__}."
+        )
+    return value
+
+
+def _optional(args: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ToolArgumentError(f"Argument '{key}' must be a {names}, got {type(value).__name__}.")
+    return value
