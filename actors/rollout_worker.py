@@ -136,7 +136,8 @@ class RolloutWorker:
                 self._stats["groups_failed"] += 1
                 await self._queue.fail.remote(lease.lease_id, reason)
                 return
-            group = ScoredGroup(task_id=task.task_id, trajectories=list(trajs))
+            group = ScoredGroup(task=task, trajectories=list(trajs),
+                                generation_params=self._generation_params())
             result = await self._sink.submit.remote(
                 task.task_id, group.to_atropos(include_messages=self.s.include_messages)
             )
@@ -155,6 +156,10 @@ class RolloutWorker:
         finally:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
+
+    def _generation_params(self) -> dict[str, Any]:
+        p = self._policy_cfg
+        return {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens}
 
     def _pick_pool(self) -> Any:
         self._rr += 1
