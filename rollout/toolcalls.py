@@ -122,7 +122,7 @@ def _parse_block(body: str) -> tuple[str, Any] | ToolCallError:
     body = body.strip()
     if not body:
         return ToolCallError(f"Empty tool call. A valid call looks like:\n{EXAMPLE}")
-    if body.startswith("{"):
+    if body[0] in "{[":
         try:
             obj = json.loads(body)
         except (json.JSONDecodeError, RecursionError) as exc:
