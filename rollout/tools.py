@@ -176,11 +176,13 @@ class SandboxTools:
         """Normalise a model-given path to a workspace-relative one, or refuse it."""
         if "\x00" in path or not path.strip():
             raise ToolArgumentError("'path' must be a non-empty file path.")
-        root = self.limits.workspace_root
-        if root and (path == root or path.startswith(root.rstrip("/") + "/")):
-            path = path[len(root.rstrip("/")) :]
+        root = (self.limits.workspace_root or "").rstrip("/")
+        if root and path == root:
+            path = "."
+        elif root and path.startswith(root + "/"):
+            path = path[len(root) + 1 :]
         if path.startswith("/"):
-            where = f" (or absolute under {root})" if root else ""
+            where = f" (or absolute under {root}/)" if root else ""
             raise ToolArgumentError(
                 f"Path '{path}' is outside the workspace; use a path relative to it{where}."
             )
