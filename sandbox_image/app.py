@@ -31,7 +31,7 @@ from sandbox_image import VERSION, files
 from sandbox_image.config import ServerConfig
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotLimits
-from sandbox_image.runner import CommandResult, run_command
+from sandbox_image.runner import CommandResult, die_with_server, run_command
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,11 @@ class SlotServer:
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
+        limits = self.limits
+
+        def preexec() -> None:
+            die_with_server()
+            limits.preexec(i)
 
         def on_start(pid: int) -> None:
             pid_box.append(pid)
@@ -130,7 +135,7 @@ class SlotServer:
             return await run_command(
                 argv, env=env, cwd=run_cwd, timeout=timeout,
                 output_cap=self.cfg.output_cap, output_kill=self.cfg.output_kill,
-                preexec=lambda: self.limits.preexec(i), on_start=on_start,
+                preexec=preexec, on_start=on_start,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
             )
         finally:

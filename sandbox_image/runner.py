@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -78,6 +79,20 @@ class _Capture(asyncio.SubprocessProtocol):
             text += f"\n[output truncated: showing {len(data)} of {total} bytes]"
             return text, True
         return text, False
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _libc = None
+
+
+def die_with_server() -> None:
+    """preexec: SIGKILL this child if the server dies (even by SIGKILL), so an outer
+    bwrap process never outlives the server that started it."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _killpg(pid: int) -> None:

@@ -1,0 +1,154 @@
+"""Async HTTP client for one slot server. The caller owns the aiohttp session (one per pool).
+
+Error mapping:
+- connection refused/reset, or no answer in time -> `HostUnreachable` (a SandboxError; the
+  pool then checks whether the host died);
+- 4xx for a bad path or argument -> `SlotRequestError` (a ValueError: the caller's input was
+  wrong, the sandbox is fine); 404 for a missing file -> FileNotFoundError;
+- anything else (401/403, 5xx, malformed reply) -> SandboxError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from rollout.types import ExecResult, SandboxError
+
+# Extra seconds over a command's own timeout before the client gives up on the server.
+EXEC_MARGIN = 30.0
+FILE_TIMEOUT = 120.0
+
+
+class HostUnreachable(SandboxError):
+    """The slot server did not answer (process gone, connection refused, timed out)."""
+
+
+class SlotRequestError(ValueError):
+    """The server refused a request as invalid (path outside the workspace, bad cwd, ...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def exec_result(d: dict[str, Any]) -> ExecResult:
+    return ExecResult(
+        exit_code=int(d["exit_code"]),
+        stdout=d.get("stdout", ""),
+        stderr=d.get("stderr", ""),
+        timed_out=bool(d.get("timed_out", False)),
+        truncated=bool(d.get("truncated", False)),
+        duration=float(d.get("duration", 0.0)),
+    )
+
+
+def _raise_for(status: int, message: str, where: str) -> None:
+    if status == 404 and "no such file" in message:
+        raise FileNotFoundError(message)
+    if status in (400, 404, 413):
+        raise SlotRequestError(message, status)
+    raise SandboxError(f"slot server {where}: {message} (HTTP {status})")
+
+
+class SlotServerClient:
+    """One slot server. Stateless apart from the address and token; safe for concurrent use."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def _request(self, method: str, path: str, *, timeout: float,
+                       raw: bool = False, **kwargs: Any) -> Any:
+        try:
+            async with self.session.request(
+                method, self.url + path, headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout), **kwargs,
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    try:
+                        message = (await resp.json(content_type=None))["error"]
+                    except (ValueError, KeyError, TypeError):
+                        message = body[:200].decode("utf-8", "replace")
+                    _raise_for(resp.status, message, self.url)
+                if raw:
+                    return body, resp.headers
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                asyncio.TimeoutError) as e:
+            raise HostUnreachable(
+                f"slot server {self.url} unreachable ({type(e).__name__}: {e})") from e
+        except ValueError as e:
+            if isinstance(e, SlotRequestError | FileNotFoundError):
+                raise
+            raise SandboxError(f"slot server {self.url}: malformed reply ({e})") from e
+
+    async def livez(self, timeout: float = 5.0) -> bool:
+        try:
+            async with self.session.get(self.url + "/livez",
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        return await self._request("GET", "/health", timeout=timeout)
+
+    async def exec(self, slot: int, command: str, *, timeout: float = 60.0,
+                   cwd: str | None = None, env: dict[str, str] | None = None) -> ExecResult:
+        body: dict[str, Any] = {"command": command, "timeout": timeout}
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env:
+            body["env"] = env
+        d = await self._request("POST", f"/slots/{slot}/exec", json=body,
+                                timeout=timeout + EXEC_MARGIN)
+        return exec_result(d)
+
+    async def exec_batch(self, items: list[dict[str, Any]]) -> list[ExecResult | Exception]:
+        """items: {slot, command, timeout?, cwd?, env?}. Per-item refusals come back as
+        SlotRequestError instances in the list (the other items still ran)."""
+        longest = max((float(i.get("timeout") or 60.0) for i in items), default=60.0)
+        d = await self._request("POST", "/exec_batch", json={"items": items},
+                                timeout=longest + EXEC_MARGIN)
+        out: list[ExecResult | Exception] = []
+        for r in d["results"]:
+            if "error" in r:
+                out.append(SlotRequestError(r["error"], int(r.get("status", 400))))
+            else:
+                out.append(exec_result(r))
+        return out
+
+    async def read_file(self, slot: int, path: str, max_bytes: int | None = None) -> bytes:
+        params = {"path": path}
+        if max_bytes is not None:
+            params["max_bytes"] = str(max_bytes)
+        body, _ = await self._request("GET", f"/slots/{slot}/file", params=params,
+                                      timeout=FILE_TIMEOUT, raw=True)
+        return body
+
+    async def write_file(self, slot: int, path: str, data: bytes) -> None:
+        await self._request("PUT", f"/slots/{slot}/file", params={"path": path}, data=data,
+                            timeout=FILE_TIMEOUT)
+
+    async def list_dir(self, slot: int, path: str = ".") -> list[dict[str, Any]]:
+        d = await self._request("GET", f"/slots/{slot}/list", params={"path": path},
+                                timeout=FILE_TIMEOUT)
+        return d["entries"]
+
+    async def archive(self, slot: int, path: str = ".") -> bytes:
+        body, _ = await self._request("GET", f"/slots/{slot}/archive", params={"path": path},
+                                      timeout=FILE_TIMEOUT, raw=True)
+        return body
+
+    async def upload_archive(self, slot: int, data: bytes, path: str = ".") -> int:
+        d = await self._request("POST", f"/slots/{slot}/upload", params={"path": path},
+                                data=data, timeout=FILE_TIMEOUT)
+        return int(d["members"])
+
+    async def reset(self, slot: int) -> None:
+        await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT)
