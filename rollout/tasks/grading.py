@@ -32,8 +32,9 @@ from rollout.types import ExecResult, Verdict
 STATUSES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 MISSING = "MISSING"
 _STATUS_ALT = "|".join(STATUSES)
-# verbose: "tests/test_x.py::test_a[1-2] PASSED    [ 50%]"
-_VERBOSE = re.compile(rf"^(?P<node>\S.*?::.*?) (?P<status>{_STATUS_ALT})(?:\s+\[\s*\d+%\])?\s*$")
+# verbose: "tests/test_x.py::test_a[1-2] PASSED    [ 50%]", "... SKIPPED (reason)    [ 60%]"
+_VERBOSE = re.compile(
+    rf"^(?P<node>\S.*?::.*?) (?P<status>{_STATUS_ALT})(?: \(.*\))?(?:\s+\[\s*\d+%\])?\s*$")
 # short summary: "FAILED tests/test_x.py::test_a - AssertionError: ..."
 _SUMMARY = re.compile(rf"^(?P<status>{_STATUS_ALT}) (?P<node>\S+?::.*?)(?: - .*)?\s*$")
 
