@@ -30,6 +30,8 @@ def _resolve_isolation(cfg: ServerConfig) -> tuple[str, Bubblewrap | None, str]:
         log.warning("ISOLATION DISABLED (--isolation none): commands run unsandboxed on the "
                     "host, with only rlimits/cgroups between them and this machine")
         return "none", None, ""
+    # The data dir must exist before the argv is built: only existing paths can be masked.
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     hide = [str(cfg.data_dir), *cfg.hide]
     if cfg.token_file:
         hide.append(cfg.token_file)
