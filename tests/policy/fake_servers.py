@@ -59,10 +59,12 @@ class FakeModelServer:
         self.fail_statuses: list[int] = []  # statuses to answer with before serving normally
         self.delay = 0.0
         self.requests = 0
+        self.auth_headers: list[str | None] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
+        self._released = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/generate", self._generate)
@@ -76,6 +78,7 @@ class FakeModelServer:
         return self.url
 
     async def stop(self) -> None:
+        self._released.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -116,17 +119,21 @@ class FakeModelServer:
 
     # --- endpoints -------------------------------------------------------------------------
 
-    async def _gate(self) -> web.Response | None:
+    async def _gate(self, request: web.Request) -> web.Response | None:
         self.requests += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.auth_headers.append(request.headers.get("Authorization"))
+        if self.delay:  # a slow model; stop() releases waiting requests at once
+            try:
+                await asyncio.wait_for(self._released.wait(), self.delay)
+            except TimeoutError:
+                pass
         if self.fail_statuses:
             status = self.fail_statuses.pop(0)
             return web.json_response({"error": {"message": f"injected {status}"}}, status=status)
         return None
 
     async def _completions(self, request: web.Request) -> web.Response:
-        if (failed := await self._gate()) is not None:
+        if (failed := await self._gate(request)) is not None:
             return failed
         body = await request.json()
         prompt = body.get("prompt")
@@ -164,7 +171,7 @@ class FakeModelServer:
         })
 
     async def _generate(self, request: web.Request) -> web.Response:
-        if (failed := await self._gate()) is not None:
+        if (failed := await self._gate(request)) is not None:
             return failed
         body = await request.json()
         prompt = body["input_ids"]
@@ -186,7 +193,7 @@ class FakeModelServer:
         })
 
     async def _chat(self, request: web.Request) -> web.Response:
-        if (failed := await self._gate()) is not None:
+        if (failed := await self._gate(request)) is not None:
             return failed
         body = await request.json()
         seen = sum(1 for m in body["messages"] if m.get("role") == "tool")
