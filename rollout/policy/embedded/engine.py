@@ -226,9 +226,10 @@ class BatchedEngine:
             self._finish(seq, "stop", stop_reason=token if token in p.stop_token_ids else None)
             return
         if p.stop:
-            text = self._decode_text(seq.tokens)
+            text = self._decode_text(seq.tokens, p)
             # Only the tail can hold a new match; earlier text was checked at earlier steps.
-            tail_from = max(0, len(text) - len(self._decode_text(seq.tokens[-1:])) - max(map(len, p.stop)))
+            newest = len(self._decode_text(seq.tokens[-1:], p))
+            tail_from = max(0, len(text) - newest - max(map(len, p.stop)))
             hits = [(text.find(s, tail_from), s) for s in p.stop]
             hits = [(i, s) for i, s in hits if i >= 0]
             if hits:
@@ -243,15 +244,15 @@ class BatchedEngine:
         seq.result = GenerationResult(
             token_ids=list(seq.tokens),
             logprobs=list(seq.logprobs),
-            text=self._decode_text(seq.tokens) if text is None else text,
+            text=self._decode_text(seq.tokens, seq.params) if text is None else text,
             finish_reason=reason,
             prompt_tokens=len(seq.prompt),
             top_logprobs=list(seq.top) if seq.params.top_logprobs else None,
             stop_reason=stop_reason,
         )
 
-    def _decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _decode_text(self, ids: list[int], params: SamplingParams) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
 
     # --- batch bookkeeping (worker thread) ------------------------------------------------------
 

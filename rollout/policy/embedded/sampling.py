@@ -35,6 +35,7 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     top_logprobs: int = 0  # alternatives per position, besides the sampled token
+    skip_special_tokens: bool = True  # for the returned text only; token ids are always complete
 
     def validate(self) -> SamplingParams:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -123,6 +124,7 @@ def params_from_request(body: dict[str, Any], *, default_max_tokens: int = 16) -
             ignore_eos=bool(body.get("ignore_eos", False)),
             include_stop_str_in_output=bool(body.get("include_stop_str_in_output", False)),
             top_logprobs=logprobs,
+            skip_special_tokens=bool(body.get("skip_special_tokens", True)),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"bad sampling parameter: {exc}") from None

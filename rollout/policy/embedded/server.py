@@ -79,7 +79,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def _health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    return web.json_response({"status": "ok", "active": engine.active, "steps": engine.steps})
+    stats = {"active": engine.active, "steps": engine.steps, "max_batch_seen": engine.max_batch_seen}
+    return web.json_response({"status": "ok", **stats})
 
 
 async def _models(request: web.Request) -> web.Response:
