@@ -18,6 +18,7 @@ shared state lives in `RepoCache` (whose guarantees are documented there) and a 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import posixpath
 import shlex
@@ -29,7 +30,7 @@ from rollout.tasks.config import TaskSourceConfig
 from rollout.tasks.grading import grade, node_files, pytest_command
 from rollout.tasks.loader import BUNDLED_DIR
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
-from rollout.tasks.tools import READ_FILE, TERMINAL, WRITE_FILE, tool_schemas
+from rollout.tools import TOOL_SCHEMAS
 from rollout.types import ExecResult, SandboxError, Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,13 @@ class SweSmithEnv:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
     def tools(self, task: Task) -> list[dict[str, Any]]:
-        return tool_schemas()
+        return copy.deepcopy(TOOL_SCHEMAS)
 
     def reference_solution(self, task: Task) -> list[ToolCall]:
         """Write the bug patch and apply it in reverse, as the gold policy's tool calls."""
         return [
-            ToolCall(WRITE_FILE, {"path": GOLD_PATCH, "content": task.data["patch"]}, "gold-1"),
-            ToolCall(TERMINAL, {"command": f"git apply -R {GOLD_PATCH} && rm -f {GOLD_PATCH}"},
+            ToolCall("write_file", {"path": GOLD_PATCH, "content": task.data["patch"]}, "gold-1"),
+            ToolCall("terminal", {"command": f"git apply -R {GOLD_PATCH} && rm -f {GOLD_PATCH}"},
                      "gold-2"),
         ]
 

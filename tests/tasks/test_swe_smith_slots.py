@@ -1,0 +1,156 @@
+"""Acceptance: every bundled instance, prepared and graded in real slots of a real SlotPool
+(slot-server processes, bubblewrap isolation), with the gold policy's tool calls executed by
+the real agent tools.
+
+For EVERY bundled instance: gold -> 1.0; no change -> 0.0; deleting or emptying the F2P
+test files (plus planted pytest cheats) -> 0.0; gold plus a change that makes pytest collect
+nothing -> 0.0. One pool, several slots, instances graded concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import textwrap
+
+import pytest
+import pytest_asyncio
+
+from rollout.sandbox import LocalBackend, PoolConfig, SlotPool
+from rollout.tasks import TaskSourceConfig, load_tasks
+from rollout.tasks.grading import node_files
+from rollout.tasks.swe_smith import SweSmithEnv
+from rollout.tools import SandboxTools
+from rollout.types import Task
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+IMAGE = "rollout-bundled:py311"
+SLOTS = 4
+
+CHEAT_CONFTEST = textwrap.dedent('''
+    import pytest
+    collect_ignore_glob = ["*"]
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        outcome = yield
+        outcome.get_result().outcome = "passed"
+''')
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pool():
+    cfg = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=SLOTS, default_image=IMAGE,
+                     isolation="bwrap")
+    p = SlotPool(LocalBackend(cfg), cfg)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cfg = TaskSourceConfig(cache_dir=str(tmp_path_factory.mktemp("repo-cache")), repo_sources=[],
+                           pytest_plugin_autoload=False)
+    return SweSmithEnv(cfg)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return load_tasks(TaskSourceConfig())
+
+
+def package_dir(task: Task) -> str:
+    return re.search(r"^diff --git a/([^/]+)/", task.data["patch"], re.M).group(1)
+
+
+async def apply_gold(env: SweSmithEnv, task: Task, sandbox) -> None:
+    tools = SandboxTools(sandbox)
+    for call in env.reference_solution(task):
+        result = await tools.run(call)
+        assert not result.is_error, result
+        if call.name == "terminal":
+            assert result.content.endswith("[exit code: 0]"), result
+
+
+async def scenario(pool, env, task: Task, name: str, index: int):
+    async with pool.session(f"{task.task_id}:{name}", image=task.image) as sb:
+        await env.prepare(task, sb)
+        f2p_files = node_files(task.data["FAIL_TO_PASS"])
+        if name == "gold":
+            await apply_gold(env, task, sb)
+        elif name == "tests_removed":
+            if index % 2:  # empty the F2P test files
+                for f in f2p_files:
+                    await sb.write_file(f, b"")
+            else:  # delete every test file there is
+                res = await sb.exec("rm -rf tests && mkdir tests")
+                assert res.ok
+            await sb.write_file("conftest.py", CHEAT_CONFTEST.encode())
+            await sb.write_file("tests/conftest.py", CHEAT_CONFTEST.encode())
+            await sb.write_file("pytest.ini", b"[pytest]\npython_files = nothing_*.py\n")
+        elif name == "collect_nothing":
+            await apply_gold(env, task, sb)
+            init = f"{package_dir(task)}/__init__.py"
+            await sb.write_file(init, b"raise ImportError('broken on purpose')\n")
+        return await env.verify(task, sb)
+
+
+EXPECTED = {"gold": 1.0, "no_change": 0.0, "tests_removed": 0.0, "collect_nothing": 0.0}
+
+
+async def test_every_bundled_instance_scores_right_under_every_scenario(pool, env, tasks):
+    assert len(tasks) >= 30
+    jobs = [(t, name, i) for i, t in enumerate(tasks) for name in EXPECTED]
+    sem = asyncio.Semaphore(SLOTS)
+
+    async def run(job):
+        async with sem:
+            return job, await scenario(pool, env, *job)
+
+    results = await asyncio.gather(*(run(j) for j in jobs))
+    wrong = [(t.task_id, name, v.score, v.details["reason"])
+             for (t, name, _), v in results if v.score != EXPECTED[name]]
+    assert not wrong, wrong
+    for (task, name, _), v in results:
+        d = v.details
+        assert set(d["fail_to_pass"]) == set(task.data["FAIL_TO_PASS"])
+        if name == "gold":
+            assert set(d["fail_to_pass"].values()) == set(d["pass_to_pass"].values()) == {"PASSED"}
+        if name == "no_change":  # the bug is real: some F2P test fails, every P2P test passes
+            assert d["f2p_passed"] < d["f2p_total"] and d["p2p_passed"] == d["p2p_total"]
+        if name == "collect_nothing":
+            assert d["reason"] == "tests missing from the pytest output"
+    stats = pool.stats()
+    assert stats["slots_in_use"] == 0 and stats["host_failures"] == 0
+
+
+async def test_grading_restores_tests_and_survives_a_read_only_workspace(pool, env, tasks):
+    task = tasks[0]
+    async with pool.session("restore", image=task.image) as sb:
+        await env.prepare(task, sb)
+        await apply_gold(env, task, sb)
+        # The agent wipes the visible tests, plants a fake F2P test file, and write-protects all.
+        res = await sb.exec("rm -rf tests && mkdir tests && for f in "
+                            + " ".join(node_files(task.data["FAIL_TO_PASS"]))
+                            + "; do echo 'def test_fake(): pass' > $f; done; chmod -R a-w .")
+        assert res.ok, res
+        verdict = await env.verify(task, sb)
+    assert verdict.score == 1.0, verdict.details
+
+
+async def test_prepared_slot_has_no_fix_and_a_fresh_git_repo(pool, env, tasks):
+    task = tasks[0]
+    async with pool.session("isolation", image=task.image) as sb:
+        await env.prepare(task, sb)
+        log = await sb.exec("git log --all --format=%s")
+        status = await sb.exec("git status --porcelain")
+        f2p_file = node_files(task.data["FAIL_TO_PASS"])[0]
+        ls = await sb.exec(f"test -e {f2p_file}; echo $?")
+    assert log.stdout.split() == ["Initial", "state"]  # one commit: no mirror history
+    assert status.stdout == ""
+    assert ls.stdout.strip() == "1"  # F2P test file hidden from the agent
+    messages = env.messages(task)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert task.instruction.strip() in messages[1]["content"]
+    assert {t["function"]["name"] for t in env.tools(task)} == {"terminal", "read_file", "write_file"}
