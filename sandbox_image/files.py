@@ -206,6 +206,9 @@ def extract(ws_real: str, ws_inside: str, path: str, data: bytes, cap: int) -> i
             for member in tar:
                 if len(members) >= MAX_ARCHIVE_MEMBERS:
                     raise PathError(f"archive has more than {MAX_ARCHIVE_MEMBERS} members")
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise PathError(f"archive member {member.name!r} has an absolute or "
+                                    "'..' path; refused")
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise PathError(f"archive member {member.name!r} is a device/FIFO; refused")
                 try:
@@ -217,8 +220,6 @@ def extract(ws_real: str, ws_inside: str, path: str, data: bytes, cap: int) -> i
                     raise PathError(f"archive unpacks to more than {8 * cap} bytes", 413)
                 members.append(checked)
         except (tarfile.TarError, EOFError, OSError) as e:
-            if isinstance(e, PathError):
-                raise
             raise PathError(f"corrupt tar archive: {e}") from e
         tar.extractall(dest, members=members, filter="data")
     return len(members)

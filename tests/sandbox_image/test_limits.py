@@ -1,0 +1,93 @@
+"""Acceptance: runaway commands end with a clear result; the server and other slots go on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+from rollout.sandbox.client import SlotServerClient
+from tests.sandbox_image.conftest import RunningServer, wait_until
+
+
+def _procs_with(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _healthy_neighbour(client: SlotServerClient) -> None:
+    r = await client.exec(3, "echo neighbour-ok")
+    assert r.ok and r.stdout == "neighbour-ok\n"
+
+
+async def test_timeout_kills_background_and_foreground(client: SlotServerClient) -> None:
+    secs = f"1000.{uuid.uuid4().int % 10**6}"  # a unique argument to find survivors by
+    r = await client.exec(0, f"sleep {secs} & sleep {secs}; echo never", timeout=1)
+    assert r.timed_out and "never" not in r.stdout
+    assert "timeout" in r.stderr
+    assert wait_until(lambda: not _procs_with(f"sleep\0{secs}")), _procs_with(secs)
+
+
+async def test_processes_do_not_outlive_their_command(client: SlotServerClient) -> None:
+    secs = f"1000.{uuid.uuid4().int % 10**6}"
+    r = await client.exec(0, f"(sleep {secs} &) ; nohup sleep {secs} >/dev/null 2>&1 & echo started")
+    assert r.ok and "started" in r.stdout
+    assert wait_until(lambda: not _procs_with(f"sleep\0{secs}"))
+
+
+async def test_fork_bomb_is_contained(client: SlotServerClient, server: RunningServer) -> None:
+    bomb = client.exec(1, "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived", timeout=20)
+    results = await asyncio.gather(bomb, _healthy_neighbour(client))
+    r = results[0]
+    assert r.exit_code is not None and not r.timed_out
+    assert "fork" in r.stderr.lower()  # the pids limit refused further forks
+    assert (await client.health())["ok"]
+    await _healthy_neighbour(client)
+
+
+async def test_memory_hog_is_killed_with_a_clear_message(client: SlotServerClient) -> None:
+    hog = client.exec(1, "python -c 'b = bytearray(1 << 30); print(len(b))'", timeout=60)
+    r, _ = await asyncio.gather(hog, _healthy_neighbour(client))
+    assert r.exit_code != 0
+    assert "memory" in r.stderr.lower()
+    assert (await client.health())["ok"]
+
+
+async def test_huge_output_is_capped_and_server_memory_stays_bounded(
+        client: SlotServerClient, server: RunningServer) -> None:
+    before = _rss_kib(server.proc.pid)
+    flood = client.exec(2, "yes | head -c 2G; echo done", timeout=120)
+    r, _ = await asyncio.gather(flood, _healthy_neighbour(client))
+    assert r.truncated
+    assert len(r.stdout) < 65536 + 200  # cap + the truncation marker
+    assert "truncated" in r.stdout
+    assert "output exceeded" in r.stderr or "done" in r.stdout
+    assert _rss_kib(server.proc.pid) - before < 64 * 1024  # far below the 2 GiB printed
+    await _healthy_neighbour(client)
+
+
+async def test_reset_kills_running_commands_and_wipes(client: SlotServerClient) -> None:
+    secs = f"1000.{uuid.uuid4().int % 10**6}"
+    await client.write_file(0, "keep/me.txt", b"x")
+    running = asyncio.ensure_future(client.exec(0, f"sleep {secs}", timeout=600))
+    assert await asyncio.to_thread(wait_until, lambda: bool(_procs_with(f"sleep\0{secs}")))
+    await client.reset(0)
+    r = await asyncio.wait_for(running, 30)
+    assert r.exit_code != 0
+    assert await client.list_dir(0) == []
+    assert wait_until(lambda: not _procs_with(f"sleep\0{secs}"))
