@@ -122,6 +122,8 @@ class SandboxTools:
             raise
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
             return self._error(call, f"{type(exc).__name__}: {exc}")
+        except ValueError as exc:  # the slot server refused the request (bad path, too big)
+            return self._error(call, str(exc))
         return ToolResult(call.call_id, call.name, self._clip(content))
 
     # --- tools -----------------------------------------------------------------------------
