@@ -1,0 +1,84 @@
+"""RepoCache: one fetch per repo under concurrent coroutines and processes; sources; errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from rollout.tasks import TaskSourceConfig, load_tasks
+from rollout.tasks.grading import node_files
+from rollout.tasks.loader import BUNDLED_DIR
+from rollout.tasks.repo_cache import RepoCache, RepoError
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_tasks(TaskSourceConfig())[0]
+
+
+def names_in(archive: bytes) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as t:
+        return {m.name for m in t.getmembers() if m.isfile()}
+
+
+async def test_many_coroutines_fetch_once_and_share_artifacts(tmp_path, task, caplog):
+    cache = RepoCache(tmp_path / "c", [str(BUNDLED_DIR)])
+    head = f"refs/heads/{task.task_id}"
+    with caplog.at_level(logging.INFO, logger="rollout.tasks.repo_cache"):
+        archives = await asyncio.gather(*(cache.archive(task.data["repo"], head) for _ in range(20)))
+    assert len({id(a) for a in archives}) == 1  # one git archive, shared
+    assert sum("cached repo" in r.message for r in caplog.records) == 1
+    files = names_in(archives[0])
+    assert not any(n.startswith(".git") for n in files)
+    f2p = set(node_files(task.data["FAIL_TO_PASS"]))
+    assert not f2p & files  # HEAD hides the F2P test files...
+    assert f2p <= set(await cache.list_files(task.data["repo"], f"{head}~1"))  # ...HEAD~1 has them
+    changed = await cache.changed_files(task.data["repo"], f"{head}~1", head)
+    assert set(changed) == f2p
+
+
+def test_several_processes_fetch_once(tmp_path, task):
+    code = (
+        "import asyncio, logging, sys\n"
+        "from rollout.tasks.repo_cache import RepoCache\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        f"c = RepoCache({str(tmp_path / 'c')!r}, [{str(BUNDLED_DIR)!r}])\n"
+        f"print(len(asyncio.run(c.archive({task.data['repo']!r}, 'refs/heads/{task.task_id}'))))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum(o.count("cached repo") for o in outs) == 1
+    assert len({o.splitlines()[-1] for o in outs}) == 1  # same archive size everywhere
+    assert not list((tmp_path / "c").glob(".*.git.*"))  # no temp clone left behind
+
+
+async def test_local_repo_and_url_template_sources(tmp_path, task):
+    name = task.data["repo_name"]
+    mirror = tmp_path / "mirrors" / name
+    subprocess.run(["git", "clone", "-q", "--mirror", str(BUNDLED_DIR / f"{name}.bundle"),
+                    str(mirror)], check=True)
+    head = f"refs/heads/{task.task_id}"
+    by_dir = RepoCache(tmp_path / "a", [str(tmp_path / "nothing-here"), str(tmp_path / "mirrors")])
+    by_url = RepoCache(tmp_path / "b", [f"file://{tmp_path}/mirrors/{{name}}"])
+    a = await by_dir.archive(task.data["repo"], head)
+    b = await by_url.archive(task.data["repo"], head)
+    assert names_in(a) == names_in(b)
+
+
+async def test_missing_repo_and_missing_ref_say_what_to_do(tmp_path, task):
+    cache = RepoCache(tmp_path / "c", [str(BUNDLED_DIR)])
+    with pytest.raises(RepoError, match="no source for repo 'swesmith/nobody__nothing.1234'.*repo_sources"):
+        await cache.ensure_repo("swesmith/nobody__nothing.1234")
+    with pytest.raises(RepoError, match="has no revision 'refs/heads/no-such-branch'"):
+        await cache.archive(task.data["repo"], "refs/heads/no-such-branch")
+    broken = RepoCache(tmp_path / "d", ["file:///nonexistent/{name}.git"])
+    with pytest.raises(RepoError, match="could not fetch repo"):
+        await broken.ensure_repo(task.data["repo"])
