@@ -356,7 +356,7 @@ class SlotPool:
         coming = self._starting[image] * self.config.slots_per_host
         if demand <= coming:
             return
-        if len(self._hosts) + sum(self._starting.values()) >= self.config.max_hosts:
+        if not self._room_for_host():
             idle = next((hs for hs in self._hosts.values()
                          if hs.image != image and hs.busy == 0), None)
             if idle is None:
@@ -438,13 +438,16 @@ class SlotPool:
             log.error("sandbox host %s (%s) %s; replacing it", hs.host.host_id, hs.host.url, why)
         else:
             log.info("sandbox host %s %s", hs.host.host_id, why)
-        with contextlib.suppress(Exception):
-            await self.backend.stop_host(hs.host)
-        if self._closed:
-            return
-        if failure:
+        # Count the replacement before awaiting anything, so the monitor's min_hosts top-up
+        # cannot start a second one meanwhile.
+        if failure and not self._closed and self._room_for_host():
             self._counts["replacements"] += 1
             self._spawn(self._provision_counted(hs.image))
+        with contextlib.suppress(Exception):
+            await self.backend.stop_host(hs.host)
+
+    def _room_for_host(self) -> bool:
+        return len(self._hosts) + sum(self._starting.values()) < self.config.max_hosts
 
     async def _monitor_loop(self) -> None:
         """Background: health-check hosts, keep min_hosts, retire long-idle extra hosts."""
@@ -465,7 +468,8 @@ class SlotPool:
             default = self.config.default_image
             have = sum(1 for hs in self._hosts.values() if hs.image == default)
             for _ in range(self.config.min_hosts - have - self._starting[default]):
-                self._spawn(self._provision_counted(default))
+                if self._room_for_host():
+                    self._spawn(self._provision_counted(default))
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
