@@ -1,0 +1,135 @@
+"""launch.py end to end, as a user runs it: a subprocess with its own local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.actors.helpers import assert_well_formed, groups_jsonl
+from tests.atropos_server import AtroposAPI, TestTrainer
+from tests.launch_config import qwen_tokenizer_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(*overrides: str, run_dir: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "conf=swe_smith", f"run.dir={run_dir}",
+         *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def our_processes(pattern: str) -> set[int]:
+    out = set()
+    for p in psutil.process_iter(["cmdline"]):
+        if pattern in " ".join(p.info.get("cmdline") or []):
+            out.add(p.pid)
+    return out
+
+
+def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    alive = {p for p in pids if psutil.pid_exists(p)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {p for p in alive if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+    return alive
+
+
+GOLD = ("policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2",
+        "workers.num=2", "backend.slots_per_host=4")
+
+
+def test_gold_streams_every_bundled_instance_to_atropos(tmp_path: Path):
+    api = AtroposAPI(log_dir=tmp_path)
+    api.start()
+    trainer = TestTrainer(api.url, batch_size=4)
+    trainer.register()
+    stop = threading.Event()
+
+    def pull_forever() -> None:
+        while not stop.is_set():
+            trainer.pull()
+            time.sleep(0.2)
+
+    puller = threading.Thread(target=pull_forever, daemon=True)
+    puller.start()
+    before = our_processes("-m sandbox_image")
+    try:
+        proc = launch(*GOLD, "trainer=atropos", f"trainer.url={api.url}",
+                      "trainer.status_interval=0.2", run_dir=tmp_path / "run")
+        out, _ = proc.communicate(timeout=1500)
+        assert proc.returncode == 0, out[-3000:]
+        deadline = time.monotonic() + 30
+        from rollout.tasks import load_tasks
+
+        expected = sorted(t.task_id for t in load_tasks({"source": "bundled"}))
+        while len(trainer.groups()) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        puller.join()
+        api.stop()
+    got = trainer.groups()
+    assert sorted(g["group_overrides"]["task_id"] for g in got) == expected
+    for g in got:
+        assert_well_formed(g, 2)
+        assert g["scores"] == [1.0, 1.0], g["group_overrides"]["task_id"]
+    for batch in trainer.batches:  # batches are whole groups summing to batch_size
+        assert sum(len(g["tokens"]) for g in batch) == 4
+    assert "run finished" in out and f"{len(expected)} completed" in out
+    assert wait_gone(our_processes("-m sandbox_image") - before) == set()
+
+
+def test_ctrl_c_finishes_in_flight_tears_down_and_resumes(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    before_servers = our_processes("-m sandbox_image")
+    before_ray = our_processes("raylet") | our_processes("gcs_server")
+    proc = launch(*GOLD, "tasks.max_items=8", "workers.num=1", "workers.groups_in_flight=1",
+                  run_dir=run_dir)
+    deadline = time.monotonic() + 300
+    while not groups_jsonl(run_dir):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no group was delivered"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert "run finished (SIGINT)" in out, out[-3000:]
+    assert proc.returncode in (0, 1)
+    first = groups_jsonl(run_dir)
+    state = json.loads((run_dir / "queue_state.json").read_text())
+    assert len(state["completed"]) == len(first) < 8
+    # Nothing left behind: no slot servers, no Ray of the run, outbox fully delivered.
+    assert wait_gone(our_processes("-m sandbox_image") - before_servers) == set()
+    after_ray = (our_processes("raylet") | our_processes("gcs_server")) - before_ray
+    assert wait_gone(after_ray) == set()
+    outbox = (run_dir / "outbox.jsonl").read_text().splitlines()
+    acked = {s for line in outbox if "ack" in line for s in json.loads(line)["ack"]}
+    assert acked == {g["seq"] for g in first}
+    # Relaunching with the same run dir does the rest, never a task twice.
+    proc = launch(*GOLD, "tasks.max_items=8", "workers.num=1", run_dir=run_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) == 8
+
+
+def test_bad_override_is_a_one_line_error(tmp_path: Path):
+    proc = launch("env.group_size=zero", run_dir=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: env.group_size must be an integer, got 'zero'" in out
+    assert "Traceback" not in out
