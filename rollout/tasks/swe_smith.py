@@ -62,6 +62,7 @@ class InstanceFiles:
     allowed_guarded: set[str] = field(default_factory=set)
     ini_file: str | None = None
     has_conftest: bool = False
+    planted_inits: list[str] = field(default_factory=list)  # must not exist when grading
 
 
 class SweSmithEnv:
@@ -130,10 +131,14 @@ class SweSmithEnv:
         if missing:
             raise RepoError(f"{task.task_id}: test files {missing} are not in {pre}")
         guarded = {p for p in tree if posixpath.basename(p) in GUARDED_NAMES}
-        restore_paths = sorted(tests | (set(changed) & in_tree) | guarded)
+        # Package inits on the way to the test files are imported by pytest during
+        # collection: keep the original ones, drop planted ones.
+        inits = {posixpath.join(d, "__init__.py") for d in _ancestors(tests) if d}
+        restore_paths = sorted(tests | (set(changed) & in_tree) | guarded | (inits & in_tree))
         blobs = await asyncio.gather(*(self.cache.read_file(repo, pre, p) for p in restore_paths))
         files = InstanceFiles(restore=dict(zip(restore_paths, blobs)), allowed_guarded=guarded,
-                              has_conftest=any(p.endswith("conftest.py") for p in guarded))
+                              has_conftest=any(p.endswith("conftest.py") for p in guarded),
+                              planted_inits=sorted(inits - in_tree))
         for name, marker in _INI_MARKERS:
             if name in files.restore and (marker is None or marker in files.restore[name]):
                 files.ini_file = name
@@ -169,14 +174,11 @@ def cleanup_script(files: InstanceFiles) -> str:
     non-directory ancestors of them), and delete guarded files the original tree lacks."""
     q = shlex.quote
     lines = ["chmod -R u+w . 2>/dev/null"]
-    ancestors: set[str] = set()
-    for path in files.restore:
-        parts = path.split("/")[:-1]
-        ancestors.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    for d in sorted(ancestors, key=lambda p: p.count("/")):
+    for d in sorted(_ancestors(files.restore), key=lambda p: p.count("/")):
         lines.append(f"if [ -L {q(d)} ] || {{ [ -e {q(d)} ] && [ ! -d {q(d)} ]; }}; then rm -f -- {q(d)}; fi")
-    if files.restore:
-        lines.append("rm -rf -- " + " ".join(q(p) for p in sorted(files.restore)))
+    doomed = sorted(files.restore) + files.planted_inits
+    if doomed:
+        lines.append("rm -rf -- " + " ".join(q(p) for p in doomed))
     names = " -o ".join(f"-name {q(n)}" for n in GUARDED_NAMES)
     allowed = "|".join(q(f"./{p}") for p in sorted(files.allowed_guarded))
     keep = f"{allowed}) ;; " if allowed else ""
@@ -186,3 +188,12 @@ def cleanup_script(files: InstanceFiles) -> str:
     )
     lines.append("true")
     return "\n".join(lines)
+
+
+def _ancestors(paths) -> set[str]:
+    """Every proper parent directory of the given relative paths ("a/b/c.py" -> a, a/b)."""
+    out: set[str] = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    return out

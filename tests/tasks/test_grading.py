@@ -135,3 +135,17 @@ def test_workspace_package_imports_but_cannot_shadow_installed_modules(project):
 
 def test_node_files():
     assert node_files(["a/t.py::x", "a/t.py::C::y[1]", "b.py::z"]) == ["a/t.py", "b.py"]
+
+
+def test_control_a_planted_tests_package_init_would_fake_results(project):
+    # Why SweSmithEnv deletes planted __init__.py files next to the tests: pytest imports them
+    # during collection, so this one turns every report into "passed" if left in place.
+    (project / "tests" / "__init__.py").write_text(textwrap.dedent('''
+        import _pytest.reports as reports
+        _init = reports.TestReport.__init__
+        def _passed(self, *args, **kwargs):
+            _init(self, *args, **kwargs)
+            self.outcome = "passed"
+        reports.TestReport.__init__ = _passed
+    '''))
+    assert parse_pytest_log(run(project).stdout)[f"{F}::test_bad"] == "PASSED"

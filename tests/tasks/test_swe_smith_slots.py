@@ -37,6 +37,18 @@ CHEAT_CONFTEST = textwrap.dedent('''
         outcome.get_result().outcome = "passed"
 ''')
 
+# Imported by pytest while collecting tests/ if left in place: rewrites every report to passed.
+CHEAT_INIT = textwrap.dedent('''
+    import _pytest.reports as reports
+    _init = reports.TestReport.__init__
+
+    def _passed(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self.outcome = "passed"
+
+    reports.TestReport.__init__ = _passed
+''')
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
@@ -89,6 +101,8 @@ async def scenario(pool, env, task: Task, name: str, index: int):
             await sb.write_file("conftest.py", CHEAT_CONFTEST.encode())
             await sb.write_file("tests/conftest.py", CHEAT_CONFTEST.encode())
             await sb.write_file("pytest.ini", b"[pytest]\npython_files = nothing_*.py\n")
+            await sb.write_file("tests/__init__.py", CHEAT_INIT.encode())
+            await sb.write_file("sitecustomize.py", b"import os\nos._exit(0)\n")
         elif name == "collect_nothing":
             await apply_gold(env, task, sb)
             init = f"{package_dir(task)}/__init__.py"
