@@ -168,3 +168,42 @@ async def test_prepared_slot_has_no_fix_and_a_fresh_git_repo(pool, env, tasks):
     assert [m["role"] for m in messages] == ["system", "user"]
     assert task.instruction.strip() in messages[1]["content"]
     assert {t["function"]["name"] for t in env.tools(task)} == {"terminal", "read_file", "write_file"}
+
+
+async def test_gold_policy_rollout_end_to_end_records_per_test_results(pool, env, tasks):
+    # The whole agent path: the gold policy's Hermes tool calls, parsed and executed by the
+    # agent loop, then graded; one instance per bundled repo.
+    from rollout.agent import AgentConfig
+    from rollout.policy import PolicyConfig, make_policy
+    from rollout.rollout import run_rollout
+    from tests.agent_support import QWEN_TOKENIZER
+
+    policy = make_policy(PolicyConfig(type="gold", tokenizer=QWEN_TOKENIZER), env)
+    picks = list({t.data["repo"]: t for t in tasks}.values())
+    assert len(picks) >= 3
+
+    async def one(task):
+        async with pool.session(f"gold-e2e-{task.task_id}", image=task.image) as sb:
+            return await run_rollout(task, env, policy, sb, AgentConfig(max_turns=5),
+                                     trajectory_id=f"gold-{task.task_id}")
+
+    trajectories = await asyncio.gather(*(one(t) for t in picks))
+    for task, traj in zip(picks, trajectories):
+        assert (traj.outcome.value, traj.score, traj.error) == ("done", 1.0, None)
+        verdict = traj.metadata["verdict"]
+        assert verdict["fail_to_pass"] == {t: "PASSED" for t in task.data["FAIL_TO_PASS"]}
+    await policy.close()
+
+
+async def test_a_hanging_test_run_is_a_timeout_and_scores_zero(pool, tasks, tmp_path):
+    quick = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
+                                         pytest_plugin_autoload=False, test_timeout=2.0))
+    task = tasks[0]
+    async with pool.session("hang", image=task.image) as sb:
+        await quick.prepare(task, sb)
+        await apply_gold(quick, task, sb)
+        init = f"{package_dir(task)}/__init__.py"
+        await sb.write_file(init, b"while True:\n    pass\n")
+        verdict = await quick.verify(task, sb)
+    assert verdict.score == 0.0
+    assert verdict.details["timed_out"] and verdict.details["reason"] == "timeout"
