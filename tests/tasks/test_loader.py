@@ -152,3 +152,13 @@ def test_row_helpers():
     assert repo_name("swesmith/a__b.123") == "a__b.123" and repo_name("a__b.123") == "a__b.123"
     with pytest.raises(RowError, match="missing repo"):
         row_to_task(good_row(0, repo=""))
+
+
+def test_make_env_builds_swe_smith_and_rejects_unknown_kinds(tmp_path):
+    from rollout.tasks import make_env
+    from rollout.tasks.swe_smith import SweSmithEnv
+
+    env = make_env("swe_smith", {"cache_dir": str(tmp_path), "test_timeout": 30})
+    assert isinstance(env, SweSmithEnv) and env.cfg.test_timeout == 30
+    with pytest.raises(ValueError, match="unknown task kind 'webshop'"):
+        make_env("webshop", {})
