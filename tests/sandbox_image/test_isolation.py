@@ -105,3 +105,11 @@ async def test_git_and_project_python_work_in_a_slot(client: SlotServerClient) -
     """, timeout=120)
     assert r.exit_code == 0, r.stderr + r.stdout
     assert "m.py" in r.stdout and "1 failed" in r.stdout
+
+
+async def test_no_capabilities_and_no_remount(client: SlotServerClient) -> None:
+    r = await client.exec(0, "grep CapEff /proc/self/status; mount -o remount,rw / 2>&1; "
+                             "touch /etc/remount-probe 2>&1; echo rc=$?")
+    assert "CapEff:\t0000000000000000" in r.stdout
+    assert "rc=0" not in r.stdout
+    assert not os.path.exists("/etc/remount-probe")
