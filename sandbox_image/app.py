@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +37,9 @@ from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
 
+# setpriv (util-linux) sets the parent-death signal before exec'ing bwrap, so a command
+# never outlives a server killed with SIGKILL.
+_SETPRIV = shutil.which("setpriv")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BATCH = 1024
 
@@ -121,11 +125,15 @@ class SlotServer:
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
-        limits = self.limits
+        preexec = None
+        if _SETPRIV:
+            argv = self.limits.wrapper(i, [_SETPRIV, "--pdeathsig", "KILL"]) + argv
+        else:  # slower fallback: a Python preexec_fn does the same in the forked child
+            limits = self.limits
 
-        def preexec() -> None:
-            die_with_server()
-            limits.preexec(i)
+            def preexec() -> None:
+                die_with_server()
+                limits.preexec(i)
 
         def on_start(pid: int) -> None:
             pid_box.append(pid)

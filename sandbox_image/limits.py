@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import resource
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -165,6 +166,22 @@ class SlotLimits:
         return self.mode == "cgroup1"
 
     # --- per command ----------------------------------------------------------------------
+
+    def wrapper(self, slot: int, pdeathsig_cmd: list[str]) -> list[str]:
+        """argv prefix that joins the slot's cgroups, sets rlimits, then execs the command.
+
+        A shell prefix instead of a Python preexec_fn: preexec forces fork() plus Python's
+        after-fork work in the child (~5-7 ms under load); two small execs cost ~1 ms.
+        """
+        steps = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125"
+                 for g in self._groups[slot]]
+        steps.append("ulimit -c 0")
+        if self.mode == "rlimit" and self.memory_bytes:
+            steps.append(f"ulimit -v {self.memory_bytes // 1024}")
+        if self.mode == "rlimit" and self.pids and os.geteuid() != 0:
+            steps.append(f"ulimit -u {self.pids} 2>/dev/null")
+        steps.append('exec "$@"')
+        return ["/bin/sh", "-c", "; ".join(steps), "slot-wrap", *pdeathsig_cmd]
 
     def preexec(self, slot: int) -> None:
         """Runs in the child between fork and exec: join the slot's cgroups, set rlimits."""

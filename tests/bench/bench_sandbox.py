@@ -94,12 +94,24 @@ async def main(n: int) -> None:
     finally:
         await pool.stop()
 
+    # The same path without per-slot cgroups: isolates the kernel's cgroup-migration cost.
+    cfg_plain = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=4, memory_mb=None, pids=None)
+    plain = SlotPool(LocalBackend(cfg_plain), cfg_plain)
+    await plain.start()
+    try:
+        via_plain = await pool_exec_loop(plain, n)
+    finally:
+        await plain.stop()
+
     print("\nexec of `true`:")
     sh50, _ = show("bare sh -c true", sh)
     bw50, bw99 = show("bare bwrap (notes flags) sh -c true", bw)
     po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", via_pool)
+    pl50, _ = show("pool.exec without cgroup limits", via_plain)
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
           f" ratio pool/bwrap p50 {po50 / bw50:.2f}x, bwrap/sh p50 {bw50 / sh50:.2f}x")
+    print(f"  without cgroups: overhead p50 {pl50 - bw50:+.2f} ms (ratio {pl50 / bw50:.2f}x);"
+          f" cgroup join costs p50 {po50 - pl50:+.2f} ms")
     print("\nwarm acquire+release, 256 concurrent acquirers, 256 slots on 2 hosts:")
     show("with workspace reset (HTTP reset per release)", ar_reset)
     show("without reset", ar_plain)

@@ -91,3 +91,28 @@ async def test_reset_kills_running_commands_and_wipes(client: SlotServerClient) 
     assert r.exit_code != 0
     assert await client.list_dir(0) == []
     assert wait_until(lambda: not _procs_with(f"sleep\0{secs}"))
+
+
+async def test_commands_die_with_a_killed_server(tmp_path) -> None:
+    """SIGKILL of the server (no cleanup code runs) must not leave its commands running."""
+    import aiohttp
+    import json
+    import signal
+
+    from tests.sandbox_image.conftest import READY, launch, stop
+
+    proc, line, token = launch(str(tmp_path), "--slots", "1", "--isolation", "required")
+    try:
+        url = json.loads(line[len(READY):])["url"]
+        secs = f"1000.{uuid.uuid4().int % 10**6}"
+        async with aiohttp.ClientSession() as session:
+            from rollout.sandbox.client import SlotServerClient
+
+            client = SlotServerClient(session, url, token)
+            running = asyncio.ensure_future(client.exec(0, f"sleep {secs}", timeout=600))
+            assert await asyncio.to_thread(wait_until, lambda: bool(_procs_with(f"sleep\0{secs}")))
+            proc.send_signal(signal.SIGKILL)
+            assert await asyncio.to_thread(wait_until, lambda: not _procs_with(f"sleep\0{secs}"))
+            running.cancel()
+    finally:
+        stop(proc)
