@@ -89,8 +89,10 @@ async def test_multi_turn_trajectory_is_token_exact(kind, fake_server, tokenizer
     if EXTERNAL_URL and kind == "sglang":
         pytest.fail("ROLLOUT_TEST_COMPLETIONS_URL is for a completions server; run -k openai_completions")
     url = EXTERNAL_URL or fake_server.url
-    policy = make_policy(PolicyConfig(type=kind, base_url=url, tokenizer=TOKENIZER, max_tokens=256, seed=1))
-    cfg = AgentConfig(max_turns=8, max_context_tokens=8192, llm_timeout=120)
+    # a real model on CPU is slow: shorter turns, longer timeout
+    max_tokens = 48 if EXTERNAL_URL else 256
+    policy = make_policy(PolicyConfig(type=kind, base_url=url, tokenizer=TOKENIZER, max_tokens=max_tokens, seed=1))
+    cfg = AgentConfig(max_turns=4 if EXTERNAL_URL else 8, max_context_tokens=8192, llm_timeout=280)
     try:
         traj, calls = await run_recorded(policy, DirSandbox(tmp_path), cfg)
     finally:
