@@ -22,7 +22,7 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def reference(checkpoint: Path) -> Any:
-    return load_model(threads=1)  # small forwards; leave the cores to the server
+    return load_model()
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,13 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loaded = await loop.run_in_executor(None, lambda: load_model(args.cache_dir, threads=args.threads))
     engine = BatchedEngine(loaded, max_batch_size=args.max_batch_size, max_context=args.max_context)
-    runner = web.AppRunner(create_app(engine, model_name=args.model_name), access_log=None)
+    # handler_cancellation: a client that hangs up cancels its generation (frees its row).
+    runner = web.AppRunner(
+        create_app(engine, model_name=args.model_name),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=5.0,
+    )
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
@@ -72,6 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
                     log.warning("parent process %d is gone; shutting down", parent)
                     break
     finally:
+        await engine.stop()  # fails requests still decoding, so their handlers return now
         await runner.cleanup()
         log.info("embedded policy stopped")
 

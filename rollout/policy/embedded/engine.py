@@ -102,11 +102,12 @@ class BatchedEngine:
                 await task
             except asyncio.CancelledError:
                 pass
+        self._executor.shutdown(wait=True)  # lets a running step finish; no new ones start
         for seq in self._waiting + self._rows:
             if not seq.future.done():
                 seq.future.set_exception(EngineError("the embedded engine stopped"))
         self._waiting.clear()
-        self._executor.shutdown(wait=True)
+        self._reset_batch()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         if self._loop_task is None:
