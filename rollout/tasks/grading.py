@@ -58,8 +58,10 @@ def pytest_command(
     ini_file: str | None = None,
     allow_conftest: bool = False,
     plugin_autoload: bool = True,
+    log_path: str | None = None,
 ) -> str:
-    """The shell command that runs the given test files with per-test verbose output."""
+    """The shell command that runs the given test files with per-test verbose output, to
+    stdout or (with `log_path`) to a file; stderr goes to the same place."""
     args = [
         "-c", ini_file or "/dev/null", "--rootdir", ".",
         "-p", "no:cacheprovider",
@@ -73,7 +75,7 @@ def pytest_command(
         env += "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "
     return f"{env}{shlex.quote(python)} -I -B -c {shlex.quote(_RUNNER)} " + " ".join(
         shlex.quote(a) for a in args
-    ) + " 2>&1"
+    ) + (f" > {shlex.quote(log_path)} 2>&1" if log_path else " 2>&1")
 
 
 def parse_pytest_log(log: str) -> dict[str, str]:

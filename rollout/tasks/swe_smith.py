@@ -43,6 +43,7 @@ _INI_MARKERS = (("pytest.ini", None), (".pytest.ini", None),
                 ("pyproject.toml", b"[tool.pytest.ini_options]"), ("tox.ini", b"[pytest]"),
                 ("setup.cfg", b"[tool:pytest]"))
 GOLD_PATCH = ".gold.patch"
+GRADE_LOG = ".rollout-grade.log"
 
 SYSTEM_PROMPT = """You are a software engineer fixing a bug in a Python repository.
 The repository is your current working directory. You have three tools:
@@ -154,8 +155,14 @@ class SweSmithEnv:
         tests = sorted(node_files(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]))
         cmd = pytest_command(tests, python=self.cfg.python, ini_file=files.ini_file,
                              allow_conftest=files.has_conftest,
-                             plugin_autoload=self.cfg.pytest_plugin_autoload)
+                             plugin_autoload=self.cfg.pytest_plugin_autoload, log_path=GRADE_LOG)
+        # The log goes to a file: a big suite's -v output can exceed the exec output cap.
         result = await sandbox.exec(cmd, timeout=self.cfg.test_timeout)
+        try:
+            result.stdout = (await sandbox.read_file(GRADE_LOG)).decode(errors="replace")
+            result.truncated = False
+        except (OSError, ValueError):  # missing, refused (e.g. over the file cap)
+            pass  # e.g. killed before the shell created it: whatever exec returned stands
         verdict = grade(task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"], result)
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
@@ -176,7 +183,7 @@ def cleanup_script(files: InstanceFiles) -> str:
     lines = ["chmod -R u+w . 2>/dev/null"]
     for d in sorted(_ancestors(files.restore), key=lambda p: p.count("/")):
         lines.append(f"if [ -L {q(d)} ] || {{ [ -e {q(d)} ] && [ ! -d {q(d)} ]; }}; then rm -f -- {q(d)}; fi")
-    doomed = sorted(files.restore) + files.planted_inits
+    doomed = sorted(files.restore) + files.planted_inits + [GRADE_LOG]
     if doomed:
         lines.append("rm -rf -- " + " ".join(q(p) for p in doomed))
     names = " -o ".join(f"-name {q(n)}" for n in GUARDED_NAMES)
