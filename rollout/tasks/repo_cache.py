@@ -91,6 +91,7 @@ class RepoCache:
         self.sources = list(sources)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._ready: set[str] = set()
+        self._refreshed: set[str] = set()
         self._memo = _Memo(memo_size)
 
     def repo_path(self, repo: str) -> Path:
@@ -153,6 +154,24 @@ class RepoCache:
                 shutil.rmtree(tmp, ignore_errors=True)
         raise RepoError(f"could not fetch repo {repo!r}: " + "; ".join(errors))
 
+    async def _refresh(self, repo: str) -> bool:
+        """Fetch new refs into a cached mirror, at most once per repo per process."""
+        name = repo_name(repo)
+        path = await self.ensure_repo(repo)
+        async with self._locks[name]:
+            if name in self._refreshed:
+                return False
+            self._refreshed.add(name)
+            lock_fd = await asyncio.to_thread(self._lock_file, name)
+            try:
+                await run_git("fetch", "--quiet", "--prune", "origin", cwd=path)
+            except RepoError as e:
+                log.warning("could not refresh %s: %s", repo, e)
+                return False
+            finally:
+                os.close(lock_fd)
+        return True
+
     async def _git(self, repo: str, *args: str) -> bytes:
         path = await self.ensure_repo(repo)
         return await run_git(*args, cwd=path)
@@ -160,11 +179,18 @@ class RepoCache:
     async def resolve(self, repo: str, rev: str) -> str:
         """The commit id of `rev` (memoized: mirrors are immutable per instance branch)."""
         async def compute() -> str:
+            args = ("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
             try:
-                out = await self._git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+                return (await self._git(repo, *args)).decode().strip()
             except RepoError:
-                raise RepoError(f"repo {repo!r} has no revision {rev!r}; is the mirror current?") from None
-            return out.decode().strip()
+                pass
+            if await self._refresh(repo):  # the cached mirror may predate this instance
+                try:
+                    return (await self._git(repo, *args)).decode().strip()
+                except RepoError:
+                    pass
+            raise RepoError(f"repo {repo!r} has no revision {rev!r} (checked its sources "
+                            f"{self.sources}); is the dataset newer than the mirror?")
         return await self._memo.get(("rev", repo_name(repo), rev), compute)
 
     async def archive(self, repo: str, rev: str) -> bytes:

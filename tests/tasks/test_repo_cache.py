@@ -82,3 +82,14 @@ async def test_missing_repo_and_missing_ref_say_what_to_do(tmp_path, task):
     broken = RepoCache(tmp_path / "d", ["file:///nonexistent/{name}.git"])
     with pytest.raises(RepoError, match="could not fetch repo"):
         await broken.ensure_repo(task.data["repo"])
+
+
+async def test_a_cached_mirror_fetches_a_branch_added_upstream(tmp_path, task):
+    name = task.data["repo_name"]
+    upstream = tmp_path / "up" / f"{name}.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", str(BUNDLED_DIR / f"{name}.bundle"),
+                    str(upstream)], check=True)
+    cache = RepoCache(tmp_path / "c", [str(tmp_path / "up")])
+    await cache.ensure_repo(task.data["repo"])
+    subprocess.run(["git", "branch", "new-instance", "main"], cwd=upstream, check=True)
+    assert await cache.resolve(task.data["repo"], "refs/heads/new-instance")
