@@ -27,20 +27,23 @@ def _fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join a cluster (returns True) or start a private local Ray on loopback (False)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, namespace="rollout", log_to_driver=False)
+        return True
     else:
         # A private local Ray on loopback: nothing listens on public interfaces.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="rollout",
                  _node_ip_address="127.0.0.1", log_to_driver=False)
+        return False
 
 
-def start_policy_server(cfg: Any, run_dir: Path) -> Any:
+def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> Any:
     """Start the embedded policy server when asked for; fill in base_url and tokenizer."""
     policy = cfg.policy
     needs_tokenizer = policy.tokenizer in ("", "embedded")
@@ -49,7 +52,7 @@ def start_policy_server(cfg: Any, run_dir: Path) -> Any:
         from rollout.policy.embedded.launcher import EmbeddedServerProcess
 
         server = EmbeddedServerProcess(log_file=run_dir / "embedded-policy.log",
-                                       host=_policy_host())
+                                       host=_policy_host(joined))
         log.info("starting the embedded policy server (first start converts the model)")
         policy.base_url = server.start()
         log.info("embedded policy at %s", policy.base_url)
@@ -60,12 +63,13 @@ def start_policy_server(cfg: Any, run_dir: Path) -> Any:
     return server
 
 
-def _policy_host() -> str:
+def _policy_host(joined: bool) -> str:
+    # Workers on other nodes of a joined cluster must reach the server; alone, stay on loopback.
+    if not joined:
+        return "127.0.0.1"
     import ray
 
-    # Workers on other nodes must reach the server; locally, stay on loopback.
-    ip = ray.util.get_node_ip_address()
-    return "127.0.0.1" if ip.startswith("127.") else ip
+    return ray.util.get_node_ip_address()
 
 
 async def run_cluster(cfg: Any, run_dir: Path) -> int:
@@ -109,10 +113,10 @@ def main(dcfg: DictConfig) -> None:
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
     server = None
     try:
-        server = start_policy_server(cfg, run_dir)
+        server = start_policy_server(cfg, run_dir, joined)
         code = asyncio.run(run_cluster(cfg, run_dir))
     finally:
         if server is not None:

@@ -18,7 +18,8 @@ from rollout.policy.conversation import TokenConversation, TokenPolicy
 from rollout.policy.template import ChatRenderer, load_tokenizer
 
 POLICY_TYPES = ("openai_completions", "sglang", "openai_chat", "gold", "scripted", "embedded")
-_NEEDS_URL = ("openai_completions", "sglang", "openai_chat", "embedded")
+# `embedded` gets its base_url from launch.py, which starts the server.
+_NEEDS_URL = ("openai_completions", "sglang", "openai_chat")
 
 
 @dataclass
@@ -77,4 +78,6 @@ def make_policy(cfg: PolicyConfig, env: Any | None = None) -> TokenPolicy:
     return ScriptedPolicy(cfg, renderer)
 
 
-__all__ = ["PolicyConfig", "make_policy", "TokenPolicy", "TokenConversation", "ChatRenderer", "load_tokenizer"]
+__all__ = [
+    "ChatRenderer", "PolicyConfig", "TokenConversation", "TokenPolicy", "load_tokenizer", "make_policy",
+]
