@@ -44,7 +44,8 @@ async def run_rollout(
         conversation = policy.open(env.messages(task), env.tools(task), task)
     except Exception as exc:  # a broken task row or a template that rejects it
         log.warning("could not open a conversation for %s: %s", task.task_id, exc)
-        return _failed(task, trajectory_id, Outcome.POLICY_ERROR, f"open: {type(exc).__name__}: {exc}", timings)
+        return _failed(task, trajectory_id, Outcome.POLICY_ERROR,
+                       f"open: {type(exc).__name__}: {exc}", timings)
 
     traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
                            task_id=task.task_id, tools=tools)

@@ -31,6 +31,7 @@ class ChatPolicy(TokenPolicy):
             api_key_env=cfg.api_key_env,
             max_connections=cfg.max_connections,
             max_retries=cfg.max_retries,
+            request_timeout=cfg.request_timeout,
         )
 
     async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:
@@ -64,7 +65,9 @@ class ChatPolicy(TokenPolicy):
             fn = call.get("function") if isinstance(call, dict) else None
             fn = fn if isinstance(fn, dict) else {}
             name, args = fn.get("name", ""), fn.get("arguments", "{}")
-            api_calls.append({"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}})
+            wire_args = args if isinstance(args, str) else json.dumps(args)
+            api_calls.append({"id": f"call_{i}", "type": "function",
+                              "function": {"name": name, "arguments": wire_args}})
             blocks.append(_hermes_block(name, args))
         text = content
         if blocks:

@@ -27,6 +27,7 @@ class CompletionsPolicy(TokenPolicy):
             api_key_env=cfg.api_key_env,
             max_connections=cfg.max_connections,
             max_retries=cfg.max_retries,
+            request_timeout=cfg.request_timeout,
         )
 
     async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:

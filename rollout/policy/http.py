@@ -34,6 +34,7 @@ class PooledHTTP:
         max_connections: int = 64,
         max_retries: int = 3,
         backoff: float = 0.5,
+        request_timeout: float = 300.0,
     ) -> None:
         if not base_url:
             raise ValueError("policy.base_url is empty; set it to the server's URL, e.g. http://host:8000")
@@ -41,6 +42,7 @@ class PooledHTTP:
         self.max_connections = max_connections
         self.max_retries = max_retries
         self.backoff = backoff
+        self.request_timeout = request_timeout
         self._headers = {"Content-Type": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -55,7 +57,11 @@ class PooledHTTP:
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.max_connections)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+            )
         return self._session
 
     async def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +92,11 @@ class PooledHTTP:
                 delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
                 log.warning("policy request to %s failed (%s); retry %d in %.2fs", url, exc, attempt, delay)
                 await asyncio.sleep(delay)
+            except TimeoutError as exc:  # the request's total limit (a caller's timeout cancels)
+                raise PolicyError(
+                    f"policy server {self.base_url} did not answer within "
+                    f"request_timeout={self.request_timeout:g}s"
+                ) from exc
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -27,7 +27,9 @@ class ReplayPolicy(TokenPolicy):
     def script_for(self, task: Task) -> list[str]:
         raise NotImplementedError
 
-    def open(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], task: Task) -> TokenConversation:
+    def open(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], task: Task
+    ) -> TokenConversation:
         conv = super().open(messages, tools, task)
         conv.script = self.script_for(task)  # type: ignore[attr-defined]
         return conv

@@ -130,3 +130,15 @@ async def test_chat_client_runs_the_same_loop_with_logprobs_marked_unavailable(f
     head = tokenizer.apply_chat_template(rec.messages[:-1], tools=TOOL_SCHEMAS, tokenize=False,
                                          add_generation_prompt=True)
     assert tokenizer.decode(rec.tokens) == head + rec.messages[-1]["content"] + "<|im_end|>"
+
+
+async def test_request_timeout_is_a_policy_error_not_a_hang(fake_server):
+    fake_server.delay = 30
+    policy = completions(fake_server.url, request_timeout=0.3)
+    try:
+        conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
+        with pytest.raises(PolicyError, match="request_timeout=0.3s"):
+            await conv.sample(timeout=60)
+    finally:
+        await policy.close()
+    assert fake_server.requests == 1
