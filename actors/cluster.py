@@ -126,6 +126,11 @@ class RolloutCluster:
     def request_stop(self, why: str = "stop requested") -> None:
         self._stop_level += 1
         self.snapshot.stopping = why if self._stop_level == 1 else f"{why} (forced)"
+        if self._stop_level == 1:
+            log.warning("%s: no new groups; in-flight groups get %.0fs to finish "
+                        "(Ctrl-C again to cancel them)", why, self.cfg.run.shutdown_grace)
+        else:
+            log.warning("%s again: cancelling in-flight groups", why)
         self._stop_changed.set()
 
     async def run(self, on_tick: Callable[[Snapshot], None] | None = None,

@@ -147,7 +147,7 @@ class RolloutWorker:
                 await self._queue.drop.remote(lease.lease_id, result)
             self._stats["groups_done"] += 1
         except asyncio.CancelledError:
-            await asyncio.shield(self._queue.fail.remote(lease.lease_id, "cancelled at shutdown"))
+            await asyncio.shield(self._queue.give_back.remote(lease.lease_id))
             raise
         except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
             log.exception("group of task %s failed", task.task_id)

@@ -56,6 +56,11 @@ class TaskQueue:
         self._save()
         return ok
 
+    def give_back(self, lease_id: str) -> bool:
+        ok = self._ledger.give_back(lease_id)
+        self._save()
+        return ok
+
     def release_holder(self, holder: str, reason: str = "worker died") -> int:
         n = self._ledger.release_holder(holder, reason)
         self._save()

@@ -129,6 +129,16 @@ class TaskLedger:
         self._requeue(lease, reason)
         return True
 
+    def give_back(self, lease_id: str) -> bool:
+        """Return a task untried (e.g. cancelled at shutdown): the attempt does not count."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        task_id = lease.task.task_id
+        self._attempts[task_id] = max(0, self._attempts.get(task_id, 1) - 1)
+        self._pending.appendleft(task_id)
+        return True
+
     def release_holder(self, holder: str, reason: str = "holder died") -> int:
         """Return every lease of a holder (e.g. a dead worker) to the queue."""
         mine = [lid for lid, lease in self._leases.items() if lease.holder == holder]

@@ -150,3 +150,30 @@ def test_main_job_on_the_embedded_policy_writes_real_logprobs(tmp_path: Path):
     assert any(lp < 0.0 for lp in sampled)  # real logprobs, not placeholders
     assert group["group_overrides"]["inference_logprobs_available"] is True
     assert "1 completed" in out
+
+
+def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    before = our_processes("-m sandbox_image")
+    proc = launch(*GOLD, "tasks.max_items=6", "workers.num=1", "workers.groups_in_flight=2",
+                  "run.shutdown_grace=600", run_dir=run_dir)
+    deadline = time.monotonic() + 300
+    while not groups_jsonl(run_dir):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no group was delivered"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    seen = []
+    for line in proc.stdout:  # the first Ctrl-C is handled before the second is sent
+        seen.append(line)
+        if "Ctrl-C again to cancel" in line:
+            break
+    else:
+        raise AssertionError("".join(seen)[-3000:])
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)  # far less than the 600 s grace
+    assert "(forced)" in out, out[-3000:]
+    state = json.loads((run_dir / "queue_state.json").read_text())
+    assert len(state["completed"]) == len(groups_jsonl(run_dir))
+    assert not state["dropped"]  # cancelled groups went back to the queue, untried
+    assert wait_gone(our_processes("-m sandbox_image") - before) == set()

@@ -90,3 +90,12 @@ def test_limit_takes_the_next_unfinished_tasks(tmp_path: Path):
     nxt = TaskLedger(tasks(5), limit=2)
     nxt.load(tmp_path / "q.json")
     assert [x.task.task_id for x in nxt.lease("w", 5)] == ["t2", "t3"]
+
+
+def test_give_back_does_not_count_an_attempt():
+    led = TaskLedger(tasks(1), max_attempts=1)
+    for _ in range(3):
+        (lease,) = led.lease("w")
+        assert lease.attempt == 1
+        assert led.give_back(lease.lease_id)
+    assert not led.dropped
