@@ -139,7 +139,8 @@ class RolloutWorker:
             group = ScoredGroup(task=task, trajectories=list(trajs),
                                 generation_params=self._generation_params())
             result = await self._sink.submit.remote(
-                task.task_id, group.to_atropos(include_messages=self.s.include_messages)
+                task.task_id, group.to_atropos(include_messages=self.s.include_messages),
+                [trajectory_summary(t) for t in trajs],
             )
             if result in ("accepted", "duplicate"):
                 await self._queue.complete.remote(lease.lease_id, result)
@@ -191,6 +192,17 @@ class RolloutWorker:
         oc = self._stats["outcomes"]
         oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
         return traj
+
+
+def trajectory_summary(t: Trajectory) -> dict[str, Any]:
+    """What a user wants to see per trajectory in groups.jsonl (not sent to the trainer)."""
+    verdict = t.metadata.get("verdict") or {}
+    return {
+        "trajectory_id": t.trajectory_id, "outcome": t.outcome.value, "score": t.score,
+        "turns": t.turns, "tokens": len(t.record.tokens), "llm_time": round(t.llm_time, 3),
+        "tool_time": round(t.tool_time, 3), "error": t.error,
+        "grading": verdict.get("reason"), "timings": t.metadata.get("timings"),
+    }
 
 
 async def _release(pool: Any, slot: Any) -> None:

@@ -20,8 +20,9 @@ class TrainerSink:
     async def start(self) -> None:
         await self._sink.start()
 
-    async def submit(self, task_id: str, group: dict[str, Any]) -> str:
-        return self._sink.submit(task_id, group)
+    async def submit(self, task_id: str, group: dict[str, Any],
+                     meta: list[dict[str, Any]] | None = None) -> str:
+        return self._sink.submit(task_id, group, meta)
 
     def may_start(self) -> bool:
         return self._sink.may_start()

@@ -30,6 +30,8 @@ from rollout.trainer.rules import drop_reason, should_pause
 
 log = logging.getLogger(__name__)
 
+META_KEY = "_meta"  # stored beside the group in the outbox / groups.jsonl; stripped on send
+
 
 @dataclass
 class TrainerConfig:
@@ -126,8 +128,13 @@ class GroupSink:
 
     # -- intake -----------------------------------------------------------------------------
 
-    def submit(self, task_id: str, group: dict[str, Any]) -> str:
-        """Accept a group (durably) or drop it. Returns "accepted" or the drop reason."""
+    def submit(self, task_id: str, group: dict[str, Any],
+               meta: list[dict[str, Any]] | None = None) -> str:
+        """Accept a group (durably) or drop it. Returns "accepted" or the drop reason.
+
+        `meta` (per-trajectory outcome, score, timings, grading summary) is kept in the outbox
+        and groups.jsonl for the user, never sent to the trainer.
+        """
         self.submitted += 1
         if self.outbox.has_task(task_id):
             return self._drop(task_id, "duplicate")
@@ -139,7 +146,7 @@ class GroupSink:
         )
         if reason is not None:
             return self._drop(task_id, reason)
-        self.outbox.append(task_id, group)
+        self.outbox.append(task_id, group if meta is None else {**group, META_KEY: meta})
         for s in group.get("scores", []):
             self.score_sum += float(s)
             self.score_n += 1
@@ -282,7 +289,7 @@ class GroupSink:
             if not ok:
                 continue
             try:
-                await client.send([g for _, _, g in ok], self.registration.env_id)
+                await client.send([_strip(g) for _, _, g in ok], self.registration.env_id)
             except RejectedError as e:
                 for seq, task_id, _ in ok:
                     self._drop(task_id, "rejected_by_api")
@@ -292,3 +299,7 @@ class GroupSink:
             self._write_groups(ok)
             self.outbox.mark_delivered([seq for seq, _, _ in ok])
             self.api_up = True
+
+
+def _strip(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != META_KEY}

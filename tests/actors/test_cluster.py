@@ -31,7 +31,11 @@ async def test_gold_run_delivers_every_task_once_and_cleans_up(ray_local, tmp_pa
     for g in groups:
         assert_well_formed(g, 2)
         assert g["scores"] == [1.0, 1.0], g["group_overrides"]
-    assert snap.queue["completed"] == 4 and snap.queue["dropped"] == 0
+        meta = g["_meta"]  # per-trajectory summaries kept for the user
+        assert [m["outcome"] for m in meta] == ["done", "done"]
+        assert all(m["grading"] == "all tests passed" and m["turns"] >= 2 for m in meta)
+    assert snap.queue["completed"] == 4
+    assert snap.pools and all(p["slots_in_use"] == 0 for p in snap.pools) and snap.queue["dropped"] == 0
     assert snap.sink["delivered"] == 4 and snap.sink["pending"] == 0
     assert max_slots_used >= 1
     # Teardown left nothing: no actors of the run, no slot servers.

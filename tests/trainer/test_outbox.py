@@ -51,3 +51,10 @@ def test_drop_rules():
 def test_pacing_rule():
     assert not should_pause(queue_size=5, group_size=4, batch_size=8, max_batches_offpolicy=3)
     assert should_pause(queue_size=6, group_size=4, batch_size=8, max_batches_offpolicy=3)
+
+
+def test_meta_is_kept_locally_but_never_sent():
+    from rollout.trainer.sink import META_KEY, _strip
+
+    g = dict(group(), **{META_KEY: [{"score": 1.0}]})
+    assert META_KEY not in _strip(g) and _strip(g)["scores"] == g["scores"]
