@@ -173,8 +173,8 @@ class SlotLimits:
         A shell prefix instead of a Python preexec_fn: preexec forces fork() plus Python's
         after-fork work in the child (~5-7 ms under load); two small execs cost ~1 ms.
         """
-        steps = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125"
-                 for g in self._groups[slot]]
+        steps = [f"echo {who} > {shlex.quote(str(path))} || exit 125"
+                 for path, who in self._join_files(slot, "$$")]
         steps.append("ulimit -c 0")
         if self.mode == "rlimit" and self.memory_bytes:
             steps.append(f"ulimit -v {self.memory_bytes // 1024}")
@@ -183,13 +183,26 @@ class SlotLimits:
         steps.append('exec "$@"')
         return ["/bin/sh", "-c", "; ".join(steps), "slot-wrap", *pdeathsig_cmd]
 
+    def _join_files(self, slot: int, pid: str) -> list[tuple[Path, str]]:
+        """(file, what to write) that moves the calling single-threaded process into the
+        slot's cgroups.
+
+        v1: "0" to `tasks` moves only the calling thread, which lets the kernel skip the
+        global threadgroup lock that a write to `cgroup.procs` takes (its write side waits
+        for an RCU grace period: 1-20 ms under load, against ~0.05 ms). For a
+        single-threaded process the result is the same. v2 has no per-thread file outside
+        threaded subtrees, so it writes the pid to `cgroup.procs`.
+        """
+        if self.mode == "cgroup1":
+            return [(g / "tasks", "0") for g in self._groups[slot]]
+        return [(g / "cgroup.procs", pid) for g in self._groups[slot]]
+
     def preexec(self, slot: int) -> None:
         """Runs in the child between fork and exec: join the slot's cgroups, set rlimits."""
-        pid = str(os.getpid()).encode()
-        for g in self._groups[slot]:
-            fd = os.open(str(g / "cgroup.procs"), os.O_WRONLY)
+        for path, who in self._join_files(slot, str(os.getpid())):
+            fd = os.open(str(path), os.O_WRONLY)
             try:
-                os.write(fd, pid)
+                os.write(fd, who.encode())
             finally:
                 os.close(fd)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
