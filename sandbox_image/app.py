@@ -32,7 +32,8 @@ from sandbox_image import VERSION, files
 from sandbox_image.config import ServerConfig
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotLimits
-from sandbox_image.runner import CommandResult, die_with_server, run_command
+from sandbox_image.runner import (CommandResult, detach_from_terminal, die_with_server,
+                                  run_command)
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class SlotServer:
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots)
         self.limits = SlotLimits(cfg.slots, cfg.memory_mb, cfg.pids)
         self._token = cfg.token.encode()
+        self._session_per_command = not detach_from_terminal()
+        if self._session_per_command:
+            log.warning("the server leads a session with a terminal: every command gets its "
+                        "own session (slower); start it with setsid or from a service manager")
         self._env_base = {i: self._base_env(i) for i in range(cfg.slots)}
 
     def _base_env(self, i: int) -> dict[str, str]:
@@ -143,7 +148,7 @@ class SlotServer:
             return await run_command(
                 argv, env=env, cwd=run_cwd, timeout=timeout,
                 output_cap=self.cfg.output_cap, output_kill=self.cfg.output_kill,
-                preexec=preexec, on_start=on_start,
+                preexec=preexec, on_start=on_start, new_session=self._session_per_command,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
             )
         finally:

@@ -76,8 +76,9 @@ class Bubblewrap:
             "--hostname", "sandbox",
             # bwrap run as root keeps every capability unless told otherwise.
             "--cap-drop", "ALL",
-            # No --new-session: the runner already setsid()s every command and stdin is
-            # /dev/null, so there is no terminal to inject into; the flag costs ~5 ms.
+            # No --new-session (a new session costs ~5-10 ms here): stdin is /dev/null and
+            # the server has dropped its controlling terminal (runner.detach_from_terminal),
+            # so there is no terminal to inject into.
             "--die-with-parent",
         ]
 

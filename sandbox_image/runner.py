@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -95,6 +97,31 @@ def die_with_server() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def detach_from_terminal() -> bool:
+    """Give up this process's controlling terminal, if any, so that no command can open
+    /dev/tty (to write to a user's terminal or inject input with TIOCSTI).
+
+    Returns True when that is done or there was none: commands then only need their own
+    process group. Returns False for a session leader that owns a terminal (giving it up
+    would hang up the session): each command must then start its own session instead,
+    which costs ~5-10 ms per command on kernels that create a scheduler autogroup per
+    session.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return True  # no controlling terminal
+    try:
+        if os.getsid(0) == os.getpid():
+            return False
+        fcntl.ioctl(fd, termios.TIOCNOTTY)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _killpg(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGKILL)
@@ -111,8 +138,12 @@ async def run_command(
     preexec: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     oom_check: Callable[[], bool] | None = None,
+    new_session: bool = False,
 ) -> CommandResult:
-    """Run argv (already wrapped in the sandbox) and collect its result."""
+    """Run argv (already wrapped in the sandbox) and collect its result.
+
+    The command gets its own process group (one killpg reaches the tree), or its own
+    session if `new_session` (see `detach_from_terminal`)."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     pid_box: list[int] = []
@@ -129,7 +160,8 @@ async def run_command(
         stderr=subprocess.PIPE,
         env=env,
         cwd=cwd,
-        start_new_session=True,  # own process group: one killpg reaches the tree
+        start_new_session=new_session,
+        process_group=None if new_session else 0,
         preexec_fn=preexec,
     )
     pid = transport.get_pid()

@@ -113,3 +113,49 @@ async def test_no_capabilities_and_no_remount(client: SlotServerClient) -> None:
     assert "CapEff:\t0000000000000000" in r.stdout
     assert "rc=0" not in r.stdout
     assert not os.path.exists("/etc/remount-probe")
+
+
+async def test_commands_cannot_reach_the_servers_terminal(tmp_path) -> None:
+    """A server started from an interactive shell has a controlling terminal; its commands
+    (own process group, not own session) must still be unable to open /dev/tty."""
+    import contextlib
+    import json
+    import pty
+    import select
+    import secrets
+    import signal
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from tests.sandbox_image.conftest import PROJECT_ROOT, READY, stop
+
+    token = secrets.token_urlsafe(24)
+    (tmp_path / "token").write_text(token)
+    master, terminal = pty.openpty()
+    server = (f"{sys.executable} -m sandbox_image --data-dir {tmp_path / 'data'} "
+              f"--token-file {tmp_path / 'token'} --port 0 --slots 1 --isolation required "
+              "--exit-with-parent")
+    # sh leads a session whose controlling terminal is the pty; the server is its child,
+    # as under an interactive shell (`; exit` keeps sh from exec'ing into the server).
+    proc = subprocess.Popen(["setsid", "--ctty", "sh", "-c", server + "; exit $?"],
+                            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": PROJECT_ROOT}, text=True)
+    os.close(terminal)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(READY), line
+        async with aiohttp.ClientSession() as session:
+            client = SlotServerClient(session, json.loads(line[len(READY):])["url"], token)
+            r = await client.exec(0, "echo injected > /dev/tty; echo rc=$?")
+        assert "rc=0" not in r.stdout, r
+        # The reply comes after the command ended: anything it wrote is in the pty already.
+        ready, _, _ = select.select([master], [], [], 0)
+        seen = os.read(master, 4096) if ready else b""
+        assert b"injected" not in seen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # sh and the server (one process group)
+        stop(proc)
+        os.close(master)
