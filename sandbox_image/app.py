@@ -38,8 +38,8 @@ from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
 
-# setpriv (util-linux) sets the parent-death signal before exec'ing bwrap, so a command
-# never outlives a server killed with SIGKILL.
+# Without bubblewrap, setpriv (util-linux) sets the parent-death signal before exec'ing
+# the command, so a command never outlives a server killed with SIGKILL.
 _SETPRIV = shutil.which("setpriv")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BATCH = 1024
@@ -131,8 +131,12 @@ class SlotServer:
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
         preexec = None
-        if _SETPRIV:
-            argv = self.limits.wrapper(i, [_SETPRIV, "--pdeathsig", "KILL"]) + argv
+        if self.bwrap is not None:
+            # bwrap --die-with-parent sets the parent-death signal on the outer bwrap process
+            # itself, so a SIGKILLed server takes its commands along with no extra exec.
+            argv = self.limits.wrapper(i) + argv
+        elif _SETPRIV:
+            argv = self.limits.wrapper(i) + [_SETPRIV, "--pdeathsig", "KILL"] + argv
         else:  # slower fallback: a Python preexec_fn does the same in the forked child
             limits = self.limits
 

@@ -116,3 +116,8 @@ async def test_commands_die_with_a_killed_server(tmp_path) -> None:
             running.cancel()
     finally:
         stop(proc)
+
+
+async def test_core_dumps_are_off(client: SlotServerClient) -> None:
+    r = await client.exec(0, "ulimit -c")
+    assert r.stdout.strip() == "0"
