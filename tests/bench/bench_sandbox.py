@@ -3,9 +3,11 @@
 Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 of:
   - bare `sh -c true`
   - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md)
-  - `true` through the pool (HTTP -> slot server -> bwrap with our flags and cgroups)
+  - `true` through the pool (HTTP -> slot server -> bwrap with our flags and cgroups),
+    and through a pool without cgroup limits
   - warm acquire+release (with workspace reset, and without) under 256 concurrent acquirers
-and the ratios measured in this one run. All numbers are from the same process and machine.
+and the ratios measured in this one run. The exec paths are interleaved (one of each per
+round), so load from other processes on the machine hits them alike.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from rollout.sandbox import LocalBackend, PoolConfig, SlotPool  # noqa: E402
+from rollout.types import Slot  # noqa: E402
 
 BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
          "--unshare-all", "--die-with-parent", "--", "sh", "-c", "true"]
@@ -37,28 +41,29 @@ def show(name: str, samples: list[float]) -> tuple[float, float]:
     return p50, p99
 
 
-async def spawn_loop(argv: list[str], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        p = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                 stderr=asyncio.subprocess.DEVNULL)
-        await p.wait()
-        out.append(time.perf_counter() - t)
-    return out
+async def spawn(argv: list[str]) -> None:
+    p = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                             stderr=asyncio.subprocess.DEVNULL)
+    await p.wait()
 
 
-async def pool_exec_loop(pool: SlotPool, n: int) -> list[float]:
-    slot = await pool.acquire("bench-exec")
-    for _ in range(20):  # warm the connection and the page cache
-        await pool.exec(slot, "true")
-    out = []
+async def exec_true(pool: SlotPool, slot: Slot) -> None:
+    r = await pool.exec(slot, "true")
+    assert r.exit_code == 0, r
+
+
+async def interleaved(paths: dict[str, Callable[[], Awaitable[None]]],
+                      n: int) -> dict[str, list[float]]:
+    """n rounds; each round times every path once, in order."""
+    for _ in range(20):  # warm connections, page cache, the servers' first requests
+        for run in paths.values():
+            await run()
+    out: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(n):
-        t = time.perf_counter()
-        r = await pool.exec(slot, "true")
-        out.append(time.perf_counter() - t)
-        assert r.exit_code == 0, r
-    await pool.release(slot)
+        for name, run in paths.items():
+            t = time.perf_counter()
+            await run()
+            out[name].append(time.perf_counter() - t)
     return out
 
 
@@ -77,37 +82,36 @@ async def acquire_release(pool: SlotPool, acquirers: int, rounds: int, reset: bo
 
 
 async def main(n: int) -> None:
-    print(f"sandbox benchmark: {os.cpu_count()} cpus, n={n}")
-    await spawn_loop(["sh", "-c", "true"], 20)
-    sh = await spawn_loop(["sh", "-c", "true"], n)
-    bw = await spawn_loop(BWRAP, n)
-
+    print(f"sandbox benchmark: {os.cpu_count()} cpus, n={n}, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     cfg = PoolConfig(min_hosts=2, max_hosts=2, slots_per_host=128, health_check_interval=30)
     pool = SlotPool(LocalBackend(cfg), cfg)
-    await pool.start()
+    # The same path without per-slot cgroups: isolates the cost of joining them.
+    cfg_plain = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=4, memory_mb=None, pids=None)
+    plain = SlotPool(LocalBackend(cfg_plain), cfg_plain)
+    await asyncio.gather(pool.start(), plain.start())
     try:
         isolation = {hs.host.meta.get("isolation") for hs in pool._hosts.values()}
-        via_pool = await pool_exec_loop(pool, n)
+        slot, plain_slot = await pool.acquire("bench-exec"), await plain.acquire("bench-exec")
+        t = await interleaved({
+            "sh": lambda: spawn(["sh", "-c", "true"]),
+            "bwrap": lambda: spawn(BWRAP),
+            "pool": lambda: exec_true(pool, slot),
+            "plain": lambda: exec_true(plain, plain_slot),
+        }, n)
+        await pool.release(slot)
+        await plain.release(plain_slot)
         await acquire_release(pool, 256, 1, reset=False)  # warm
         ar_reset = await acquire_release(pool, 256, 4, reset=True)
         ar_plain = await acquire_release(pool, 256, 4, reset=False)
     finally:
-        await pool.stop()
+        await asyncio.gather(pool.stop(), plain.stop())
 
-    # The same path without per-slot cgroups: isolates the kernel's cgroup-migration cost.
-    cfg_plain = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=4, memory_mb=None, pids=None)
-    plain = SlotPool(LocalBackend(cfg_plain), cfg_plain)
-    await plain.start()
-    try:
-        via_plain = await pool_exec_loop(plain, n)
-    finally:
-        await plain.stop()
-
-    print("\nexec of `true`:")
-    sh50, _ = show("bare sh -c true", sh)
-    bw50, bw99 = show("bare bwrap (notes flags) sh -c true", bw)
-    po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", via_pool)
-    pl50, _ = show("pool.exec without cgroup limits", via_plain)
+    print("\nexec of `true` (interleaved):")
+    sh50, sh99 = show("bare sh -c true", t["sh"])
+    bw50, bw99 = show("bare bwrap (notes flags) sh -c true", t["bwrap"])
+    po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", t["pool"])
+    pl50, _ = show("pool.exec without cgroup limits", t["plain"])
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
           f" ratio pool/bwrap p50 {po50 / bw50:.2f}x, bwrap/sh p50 {bw50 / sh50:.2f}x")
     print(f"  without cgroups: overhead p50 {pl50 - bw50:+.2f} ms (ratio {pl50 / bw50:.2f}x);"
