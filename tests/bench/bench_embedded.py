@@ -1,0 +1,89 @@
+"""Benchmark: embedded policy throughput through its HTTP server at batch 1, 4 and 8.
+
+Run on demand: `python tests/bench/bench_embedded.py [--tokens 64] [--rounds 2]`.
+Starts a real server subprocess, sends chat prompts as token ids (ignore_eos so every
+request produces exactly --tokens tokens) and prints generated tokens/s per batch size and
+the ratio to batch 1, all measured in this one run (batch sizes interleaved per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rollout.policy.embedded import EmbeddedServerProcess, ensure_checkpoint  # noqa: E402
+
+QUESTIONS = [
+    "Explain what a hash map is.",
+    "Write a haiku about the sea.",
+    "List three uses of Python decorators.",
+    "How do I reverse a linked list?",
+    "What is the boiling point of water?",
+    "Describe a cat in two sentences.",
+    "Why is the sky blue?",
+    "Give me a tip for writing tests.",
+]
+
+
+async def one(session: aiohttp.ClientSession, url: str, prompt: list[int], tokens: int, seed: int) -> int:
+    body = {"prompt": prompt, "max_tokens": tokens, "ignore_eos": True, "temperature": 1.0,
+            "seed": seed, "logprobs": 0, "return_tokens_as_token_ids": True}  # fmt: skip
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        data = await resp.json()
+    return len(data["choices"][0]["token_ids"])
+
+
+async def measure(url: str, prompts: list[list[int]], batch: int, tokens: int, seed: int) -> tuple[int, float]:
+    """(generated tokens, seconds) for `batch` concurrent requests."""
+    async with aiohttp.ClientSession() as session:
+        start = time.perf_counter()
+        jobs = [one(session, url, prompts[i % len(prompts)], tokens, seed + i) for i in range(batch)]
+        generated = sum(await asyncio.gather(*jobs))
+        return generated, time.perf_counter() - start
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_checkpoint()))
+    prompts = []
+    for q in QUESTIONS:
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+
+    server = EmbeddedServerProcess(max_batch_size=8)
+    t0 = time.perf_counter()
+    url = server.start()
+    print(f"server ready in {time.perf_counter() - t0:.1f} s (checkpoint already converted)")
+    try:
+        await measure(url, prompts, 1, 8, 0)  # warm-up
+        totals = {b: [0, 0.0] for b in (1, 4, 8)}
+        # Batch sizes interleave within each round so background load hits them alike.
+        for r in range(args.rounds):
+            for batch in totals:
+                n, secs = await measure(url, prompts, batch, args.tokens, 100 * r)
+                totals[batch][0] += n
+                totals[batch][1] += secs
+        results = {b: n / secs for b, (n, secs) in totals.items()}
+        print(f"{'batch':>5} {'tok/s':>8} {'vs batch 1':>10}   ({args.tokens} tokens/request, {args.rounds} rounds)")
+        for batch, rate in results.items():
+            print(f"{batch:>5} {rate:>8.1f} {rate / results[1]:>9.2f}x")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
