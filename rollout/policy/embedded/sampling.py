@@ -8,6 +8,8 @@ taken over the full vocabulary, *before* top_p / top_k truncation. That is the l
 of the token under the tempered policy a trainer recomputes (teacher-forced logits divided by
 the same temperature), independent of truncation. Greedy decoding (temperature 0) reports the
 untempered log_softmax(logits). Top-logprob alternatives come from the same distribution.
+(vLLM V1 by default reports the untempered distribution; at temperature 1.0 the two agree.)
+Logits are float32 from a float32 model, so a trainer's float32 recomputation agrees to ~1e-5.
 """
 
 from __future__ import annotations
