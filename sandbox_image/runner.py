@@ -17,8 +17,10 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import termios
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -95,6 +97,24 @@ def die_with_server() -> None:
     bwrap process never outlives the server that started it."""
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def use_pidfd_child_watcher() -> bool:
+    """Python 3.11 waits for each child in a new thread (ThreadedChildWatcher): a thread
+    start and GIL hand-offs per command, ~0.3 ms under load. A pidfd in the event loop
+    needs neither; 3.12+ already does this by default. Call from the running loop."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # kernel < 5.3 or pidfd_open filtered by seccomp
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+    return True
 
 
 def detach_from_terminal() -> bool:
