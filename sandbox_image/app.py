@@ -114,14 +114,17 @@ class SlotServer:
         cwd = spec.get("cwd") or "."
         if not isinstance(cwd, str):
             raise BadRequest("cwd must be a string")
-        try:
-            cwd_host = files.resolve(ws_host, self.ws_inside(i), cwd)
-        except files.PathError as e:
-            raise BadRequest(f"cwd: {e}") from None
+        if cwd == ".":  # the common case: the workspace root, already a real path
+            cwd_host = ws_host
+        else:
+            try:
+                cwd_host = files.resolve(ws_host, self.ws_inside(i), cwd)
+            except files.PathError as e:
+                raise BadRequest(f"cwd: {e}") from None
         if not os.path.isdir(cwd_host):
             raise BadRequest(f"cwd {cwd!r} is not a directory in the workspace")
         if self.bwrap is not None:
-            rel = os.path.relpath(cwd_host, ws_host)
+            rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = self.workspace_inside + ("" if rel == "." else "/" + rel)
             argv = self.bwrap.argv(ws_host, self.workspace_inside, cwd_inside, command)
             run_cwd = "/"
@@ -134,9 +137,9 @@ class SlotServer:
         if self.bwrap is not None:
             # bwrap --die-with-parent sets the parent-death signal on the outer bwrap process
             # itself, so a SIGKILLed server takes its commands along with no extra exec.
-            argv = self.limits.wrapper(i) + argv
+            argv = self.limits.wrapper_for(i) + argv
         elif _SETPRIV:
-            argv = self.limits.wrapper(i) + [_SETPRIV, "--pdeathsig", "KILL"] + argv
+            argv = self.limits.wrapper_for(i) + [_SETPRIV, "--pdeathsig", "KILL"] + argv
         else:  # slower fallback: a Python preexec_fn does the same in the forked child
             limits = self.limits
 

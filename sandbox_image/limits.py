@@ -93,6 +93,7 @@ class SlotLimits:
         self._groups: list[list[Path]] = [[] for _ in range(slots)]  # slot -> cgroup dirs
         self._memory_groups: list[Path | None] = [None] * slots
         self._server_dirs: list[Path] = []
+        self._wrappers: dict[int, list[str]] = {}
         # No core dumps from commands (a crashing test suite could fill the disk). Set once
         # on the server, whose children all inherit it, rather than per command.
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -188,6 +189,13 @@ class SlotLimits:
         steps.append('exec "$@"')
         return ["/bin/sh", "-c", "; ".join(steps), "slot-wrap"]
 
+    def wrapper_for(self, slot: int) -> list[str]:
+        """`wrapper(slot)`, built once per slot (it never changes)."""
+        cached = self._wrappers.get(slot)
+        if cached is None:
+            cached = self._wrappers[slot] = self.wrapper(slot)
+        return cached
+
     def _join_files(self, slot: int, pid: str) -> list[tuple[Path, str]]:
         """(file, what to write) that moves the calling single-threaded process into the
         slot's cgroups.
@@ -217,15 +225,24 @@ class SlotLimits:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.pids, self.pids))
 
     def oom_kills(self, slot: int) -> int:
-        """How many processes of this slot the kernel OOM-killed so far (0 if unknown)."""
+        """How many processes of this slot the kernel OOM-killed so far (0 if unknown).
+        Read twice per command, so plain os calls rather than pathlib."""
         g = self._memory_groups[slot]
         if g is None:
             return 0
         name = "memory.events" if self.mode == "cgroup2" else "memory.oom_control"
-        with contextlib.suppress(OSError, ValueError):
-            for line in (g / name).read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
+        try:
+            fd = os.open(f"{g}/{name}", os.O_RDONLY)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                with contextlib.suppress(ValueError):
                     return int(value)
         return 0
 

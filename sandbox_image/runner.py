@@ -22,7 +22,7 @@ import termios
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 # How long to wait for pipes to close after the main process exited (only matters when a
@@ -40,7 +40,8 @@ class CommandResult:
     duration: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Flat fields only: cheaper than dataclasses.asdict's recursive copy.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class _Capture(asyncio.SubprocessProtocol):
