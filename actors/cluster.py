@@ -56,6 +56,8 @@ class RolloutCluster:
         self.run_dir = run_dir
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.pools: list[Any] = []
+        self._pool_nodes: dict[str, Any] = {}  # node id -> its SandboxPool
+        self._next_node_check = 0.0
         self.workers: dict[str, Any] = {}
         self._runs: dict[Any, str] = {}  # ObjectRef of worker.run() -> worker id
         self.queue: Any = None
@@ -72,7 +74,13 @@ class RolloutCluster:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.queue = TaskQueue.options(name=self._name("queue"), namespace=NAMESPACE).remote(
+        # The queue and the sink hold the run's state and write the run dir: they live on the
+        # driver's node, so the files are where the user looks and a lost worker node
+        # cannot take them down.
+        here = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = TaskQueue.options(name=self._name("queue"), namespace=NAMESPACE,
+                                       scheduling_strategy=here).remote(
             self.tasks, str(self.run_dir / "queue_state.json"), cfg.queue.lease_seconds,
             cfg.queue.max_attempts, cfg.run.max_groups,
         )
@@ -86,23 +94,58 @@ class RolloutCluster:
         trainer.env_name = cfg.env.name
         trainer.weight = cfg.env.weight
         trainer.min_batch_allocation = cfg.env.min_batch_allocation
-        self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE).remote(
+        self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE,
+                                        scheduling_strategy=here).remote(
             str(self.run_dir), trainer, rules
         )
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        for i, node in enumerate(nodes):
-            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            self.pools.append(
-                SandboxPool.options(
-                    name=self._name(f"pool-{i}"), namespace=NAMESPACE,
-                    scheduling_strategy=strategy,
-                ).remote(cfg.backend, cfg.pool)
-            )
-        await asyncio.gather(self.sink.start.remote(), *(p.start.remote() for p in self.pools))
-        log.info("run %s: %d sandbox pool(s) on %d node(s), %d task(s) queued",
-                 self.run_id, len(self.pools), len(nodes), len(self.tasks))
+        await asyncio.gather(self.sink.start.remote(), self._add_pools())
+        log.info("run %s: %d sandbox pool(s), %d task(s) queued",
+                 self.run_id, len(self.pools), len(self.tasks))
         for _ in range(cfg.workers.num):
             self._spawn_worker()
+
+    async def _add_pools(self) -> bool:
+        """Start a SandboxPool on every alive node that has none. True if any was added."""
+        new = []
+        for node in ray.nodes():
+            nid = node["NodeID"]
+            if not node.get("Alive") or nid in self._pool_nodes:
+                continue
+            strategy = NodeAffinitySchedulingStrategy(node_id=nid, soft=False)
+            pool = SandboxPool.options(
+                name=self._name(f"pool-{nid[:8]}"), namespace=NAMESPACE,
+                scheduling_strategy=strategy,
+            ).remote(self.cfg.backend, self.cfg.pool)
+            new.append((nid, pool))
+        started = await asyncio.gather(*(p.start.remote() for _, p in new),
+                                       return_exceptions=True)
+        for (nid, pool), result in zip(new, started):
+            if isinstance(result, Exception):
+                log.error("sandbox pool on node %s failed to start: %s", nid[:8], result)
+                ray.kill(pool)
+                continue
+            self._pool_nodes[nid] = pool
+            self.pools.append(pool)
+            log.info("sandbox pool on node %s is up", nid[:8])
+        if not self.pools:
+            raise RuntimeError("no sandbox pool could start; see the log above")
+        return any(nid in self._pool_nodes for nid, _ in new)
+
+    async def _watch_nodes(self) -> None:
+        """Follow the cluster: pools for new nodes, none for dead ones; tell the workers."""
+        if time.monotonic() < self._next_node_check:
+            return
+        self._next_node_check = time.monotonic() + 5.0
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        gone = [nid for nid in self._pool_nodes if nid not in alive]
+        for nid in gone:
+            log.warning("node %s is gone; dropping its sandbox pool", nid[:8])
+            pool = self._pool_nodes.pop(nid)
+            self.pools.remove(pool)
+        added = await self._add_pools() if alive - set(self._pool_nodes) else False
+        if gone or added:
+            await asyncio.gather(*(w.set_pools.remote(self.pools) for w in self.workers.values()),
+                                 return_exceptions=True)
 
     def _spawn_worker(self) -> None:
         cfg = self.cfg
@@ -160,7 +203,12 @@ class RolloutCluster:
                     log.error("%s died (%s); returning its leases", wid, type(e).__name__)
                     self.workers.pop(wid, None)
                     n = await self.queue.release_holder.remote(wid, f"{wid} died")
-                    log.info("%d lease(s) of %s back in the queue", n, wid)
+                    freed = await asyncio.gather(
+                        *(p.release_holder.remote(f"{wid}/") for p in self.pools),
+                        return_exceptions=True)
+                    slots = sum(x for x in freed if isinstance(x, int))
+                    log.info("%d lease(s) of %s back in the queue, %d slot(s) freed",
+                             n, wid, slots)
                     if not self._stop_level and self.snapshot.worker_restarts < max_restarts:
                         self.snapshot.worker_restarts += 1
                         self._spawn_worker()
@@ -174,6 +222,8 @@ class RolloutCluster:
                 log.warning("cancelling groups still in flight")
                 await asyncio.gather(*(w.cancel.remote() for w in self.workers.values()),
                                      return_exceptions=True)
+            if not self._stop_level:
+                await self._watch_nodes()
             await self._poll()
             if on_tick:
                 on_tick(self.snapshot)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.sandbox_pool import ActorSandbox
 from rollout.agent import AgentConfig
@@ -162,13 +163,24 @@ class RolloutWorker:
         p = self._policy_cfg
         return {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens}
 
+    def set_pools(self, pools: list[Any]) -> None:
+        """The driver's current pool list (nodes come and go)."""
+        if pools:
+            self._pools = list(pools)
+
     def _pick_pool(self) -> Any:
         self._rr += 1
         return self._pools[self._rr % len(self._pools)]
 
+    def _forget_pool(self, pool: Any) -> None:
+        # Its node is gone; until the driver's next update, stop sending work there.
+        if len(self._pools) > 1 and pool in self._pools:
+            self._pools.remove(pool)
+
     async def _run_one(self, lease: Lease, index: int) -> Trajectory:
         task = lease.task
-        traj_id = f"{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
+        # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
+        traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
         pool = self._pick_pool()
         self._stats["trajectories_in_flight"] += 1
         slot = None
@@ -177,8 +189,8 @@ class RolloutWorker:
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
                                      self._agent, trajectory_id=traj_id)
         except Exception as e:
-            if isinstance(e, asyncio.CancelledError):
-                raise
+            if isinstance(e, RayActorError):
+                self._forget_pool(pool)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
                               error=f"{type(e).__name__}: {e}")

@@ -59,6 +59,9 @@ class SandboxPool:
     async def upload_archive(self, slot: Slot, data: bytes, path: str) -> None:
         await self._pool.upload_archive(slot, data, path=path)
 
+    async def release_holder(self, prefix: str) -> int:
+        return await self._pool.release_holder(prefix)
+
     def stats(self) -> dict[str, Any]:
         return dict(self._pool.stats(), node_id=self._node_id)
 

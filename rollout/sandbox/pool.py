@@ -181,6 +181,22 @@ class SlotPool:
         task.add_done_callback(_finished)
         await asyncio.shield(task)
 
+    async def release_holder(self, prefix: str) -> int:
+        """Release (with reset) every slot whose trajectory id starts with `prefix`.
+
+        For holders that died without releasing (a lost worker process): their slots would
+        otherwise stay leased forever. Returns how many slots were released.
+        """
+        mine = [Slot(host_id=hs.host.host_id, index=i, image=hs.image, lease=lease)
+                for hs in list(self._hosts.values())
+                for i, (lease, holder) in enumerate(zip(hs.leases, hs.holders))
+                if lease is not None and holder is not None and holder.startswith(prefix)]
+        results = await asyncio.gather(*(self.release(s) for s in mine), return_exceptions=True)
+        for s, r in zip(mine, results):
+            if isinstance(r, Exception):
+                log.warning("releasing %s/%d of a dead holder failed: %s", s.host_id, s.index, r)
+        return len(mine)
+
     async def _reset_and_return(self, hs: HostState, index: int) -> None:
         try:
             await hs.client.reset(index)

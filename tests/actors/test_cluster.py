@@ -46,7 +46,8 @@ async def test_gold_run_delivers_every_task_once_and_cleans_up(ray_local, tmp_pa
 
 
 async def test_killed_worker_tasks_are_released_and_run_completes(ray_local, tmp_path: Path):
-    cfg = gold_config(tmp_path, "workers.num=2", "workers.groups_in_flight=1", max_items=6)
+    cfg = gold_config(tmp_path, "workers.num=2", "workers.groups_in_flight=1",
+                      "backend.max_hosts=1", max_items=6)
     cluster = make_cluster(cfg)
     await cluster.start()
     killed: list[str] = []
@@ -67,6 +68,8 @@ async def test_killed_worker_tasks_are_released_and_run_completes(ray_local, tmp
     assert len(ids) == len(set(ids)), "a task was delivered twice"
     assert snap.queue["completed"] + snap.queue["dropped"] == 6
     assert snap.queue["pending"] == 0 and snap.queue["leased"] == 0
+    # The dead worker's slots were freed, not leaked.
+    assert snap.pools and all(p["slots_in_use"] == 0 for p in snap.pools)
 
 
 async def test_pacing_stops_starting_groups_and_resumes(ray_local, tmp_path: Path):

@@ -39,3 +39,32 @@ async def test_pools_on_both_nodes_are_used(two_nodes, tmp_path: Path):
     assert snap.queue["completed"] == 4
     assert sorted(g["task_id"] for g in groups_jsonl(tmp_path)) == sorted(
         t.task_id for t in cluster.tasks)
+
+
+async def test_node_death_and_new_node(two_nodes, tmp_path: Path):
+    """A node dies mid-run (its pool, maybe a worker, with it) and another joins: the run
+    completes with every task delivered once, and the newcomer gets a pool that is used."""
+    import asyncio
+
+    from tests.actors.helpers import wait_for
+
+    cfg = gold_config(tmp_path, "workers.num=2", "backend.slots_per_host=2",
+                      "backend.max_hosts=1", "queue.max_attempts=5", max_items=8)
+    cluster = make_cluster(cfg)
+    await cluster.start()
+    assert len(cluster.pools) == 2
+    run = asyncio.create_task(cluster.run(tick=0.2))
+    await wait_for(lambda: cluster.snapshot.sink.get("delivered", 0) >= 1, 120, "a delivery")
+    victim = [n for n in two_nodes.worker_nodes][0]
+    two_nodes.remove_node(victim)
+    newcomer = two_nodes.add_node(num_cpus=1)
+    await wait_for(lambda: newcomer.node_id in cluster._pool_nodes, 120, "a pool on the new node")
+    new_pool = cluster._pool_nodes[newcomer.node_id]
+    snap = await run
+    assert victim.node_id not in cluster._pool_nodes
+    ids = [g["task_id"] for g in groups_jsonl(tmp_path)]
+    assert sorted(ids) == sorted(t.task_id for t in cluster.tasks)
+    assert snap.queue["dropped"] == 0
+    used = [p for p in snap.pools if p["node_id"] == newcomer.node_id]
+    assert used and used[0]["acquires"] > 0, snap.pools
+    del new_pool
