@@ -38,8 +38,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     else:
         # A private local Ray on loopback: nothing listens on public interfaces.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="rollout",
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
+        # address="local": never silently join some other Ray found on this machine.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 namespace="rollout", _node_ip_address="127.0.0.1", log_to_driver=False)
         return False
 
 
