@@ -14,25 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
-from rollout.policy.http import PooledHTTP
+from rollout.policy.conversation import Generation, TokenConversation
+from rollout.policy.endpoint import EndpointPolicy
 from rollout.toolcalls import CLOSE_TAG, OPEN_TAG
 from rollout.types import PolicyError
 
 
-class ChatPolicy(TokenPolicy):
+class ChatPolicy(EndpointPolicy):
     name = "openai_chat"
     logprobs_available = False
-
-    def __init__(self, cfg: Any, renderer: Any) -> None:
-        super().__init__(cfg, renderer)
-        self.http = PooledHTTP(
-            cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            max_connections=cfg.max_connections,
-            max_retries=cfg.max_retries,
-            request_timeout=cfg.request_timeout,
-        )
 
     async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:
         c = self.cfg
@@ -78,9 +68,6 @@ class ChatPolicy(TokenPolicy):
             api_message["tool_calls"] = api_calls
         finish = choice.get("finish_reason") or "stop"
         return Generation(token_ids=ids, logprobs=None, finish_reason=finish, api_message=api_message)
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 def _hermes_block(name: Any, args: Any) -> str:

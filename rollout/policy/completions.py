@@ -10,25 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
-from rollout.policy.http import PooledHTTP
+from rollout.policy.conversation import Generation, TokenConversation
+from rollout.policy.endpoint import EndpointPolicy
 from rollout.types import PolicyError
 
 TOKEN_ID_PREFIX = "token_id:"
 
 
-class CompletionsPolicy(TokenPolicy):
+class CompletionsPolicy(EndpointPolicy):
     name = "openai_completions"
-
-    def __init__(self, cfg: Any, renderer: Any) -> None:
-        super().__init__(cfg, renderer)
-        self.http = PooledHTTP(
-            cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            max_connections=cfg.max_connections,
-            max_retries=cfg.max_retries,
-            request_timeout=cfg.request_timeout,
-        )
 
     async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:
         c = self.cfg
@@ -50,9 +40,6 @@ class CompletionsPolicy(TokenPolicy):
             payload["stop"] = list(c.stop)
         data = await self.http.post_json("/v1/completions", payload)
         return parse_completion(data)
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 def parse_completion(data: dict[str, Any]) -> Generation:

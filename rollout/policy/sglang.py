@@ -9,23 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
-from rollout.policy.http import PooledHTTP
+from rollout.policy.conversation import Generation, TokenConversation
+from rollout.policy.endpoint import EndpointPolicy
 from rollout.types import PolicyError
 
 
-class SGLangPolicy(TokenPolicy):
+class SGLangPolicy(EndpointPolicy):
     name = "sglang"
-
-    def __init__(self, cfg: Any, renderer: Any) -> None:
-        super().__init__(cfg, renderer)
-        self.http = PooledHTTP(
-            cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            max_connections=cfg.max_connections,
-            max_retries=cfg.max_retries,
-            request_timeout=cfg.request_timeout,
-        )
 
     async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:
         c = self.cfg
@@ -42,9 +32,6 @@ class SGLangPolicy(TokenPolicy):
             params["sampling_seed"] = c.seed + conv.turns
         payload = {"input_ids": conv.token_ids(), "sampling_params": params, "return_logprob": True}
         return parse_generate(await self.http.post_json("/generate", payload))
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 def parse_generate(data: dict[str, Any]) -> Generation:
