@@ -14,6 +14,7 @@ assistant message differently from earlier ones.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class ChatRenderer:
         self.turn_end_id = self._find_turn_end_id()
         stops = {self.turn_end_id, tokenizer.eos_token_id}
         self.stop_ids: frozenset[int] = frozenset(i for i in stops if i is not None)
+        self.template_renders_tools = self._renders_tools()
+        if not self.template_renders_tools:
+            log.info("the chat template ignores tools; describing them in the system message")
 
     def render(
         self,
@@ -64,6 +68,12 @@ class ChatRenderer:
         *,
         add_generation_prompt: bool,
     ) -> str:
+        if tools and not self.template_renders_tools:
+            messages, tools = with_tool_instructions(messages, tools), None
+        return self._apply(messages, tools, add_generation_prompt)
+
+    def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+               add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             messages,
             tools=tools or None,
@@ -124,6 +134,17 @@ class ChatRenderer:
             raise ValueError("the chat template dropped the assistant message; cannot add tool results")
         return text[at + len(_SENTINEL):]
 
+    def _renders_tools(self) -> bool:
+        """Whether the template shows tool schemas to the model (many small models' don't)."""
+        probe_tool = {"type": "function", "function": {
+            "name": "probe_tool_5e1d", "description": "probe",
+            "parameters": {"type": "object", "properties": {}}}}
+        try:
+            text = self._apply([{"role": "user", "content": "hi"}], [probe_tool], True)
+        except Exception:  # a template that rejects tools does not render them
+            return False
+        return "probe_tool_5e1d" in text
+
     def _find_turn_end_id(self) -> int | None:
         """The special token that closes an assistant turn (e.g. <|im_end|>), if any."""
         probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
@@ -137,3 +158,25 @@ class ChatRenderer:
         if ids and ids[0] in self._added:
             return ids[0]
         return self.tokenizer.eos_token_id
+
+
+def with_tool_instructions(messages: list[dict[str, Any]],
+                           tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Describe the tools and the Hermes call format in the system message.
+
+    For chat templates that ignore `tools=`: without this the model never learns it has tools.
+    The result is a pure function of its inputs, so every re-render of a history agrees.
+    """
+    schemas = "\n".join(json.dumps(t, sort_keys=True) for t in tools)
+    block = (
+        "You can call these tools (JSON schemas):\n<tools>\n" + schemas + "\n</tools>\n"
+        "To call a tool, reply with one block per call:\n"
+        '<tool_call>\n{"name": "<tool name>", "arguments": {<arguments as JSON>}}\n</tool_call>\n'
+        "Each result comes back in a message from the tool."
+    )
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{out[0].get('content') or ''}\n\n{block}"
+    else:
+        out.insert(0, {"role": "system", "content": block})
+    return out
