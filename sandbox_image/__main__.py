@@ -19,7 +19,6 @@ from aiohttp import web
 from sandbox_image.app import SlotServer, build_app
 from sandbox_image.config import ConfigError, ServerConfig, config_from_args
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path
-from sandbox_image.runner import use_pidfd_child_watcher
 
 log = logging.getLogger("sandbox_image")
 READY_PREFIX = "SLOT_SERVER_READY "
@@ -61,7 +60,6 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 
 async def serve(cfg: ServerConfig) -> None:
-    use_pidfd_child_watcher()
     mode, bwrap, inside = _resolve_isolation(cfg)
     server = SlotServer(cfg, mode, bwrap, inside)
     runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False)

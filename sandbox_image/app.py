@@ -32,8 +32,8 @@ from sandbox_image import VERSION, files
 from sandbox_image.config import ServerConfig
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotLimits
-from sandbox_image.runner import (CommandResult, detach_from_terminal, die_with_server,
-                                  run_command)
+from sandbox_image.runner import CommandResult, run_command
+from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class SlotServer:
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = self.workspace_inside + ("" if rel == "." else "/" + rel)
             argv = self.bwrap.argv(ws_host, self.workspace_inside, cwd_inside, command)
-            run_cwd = "/"
+            run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
         else:
             argv, run_cwd = ["/bin/sh", "-c", command], cwd_host
         running = self.workspaces.running[i]

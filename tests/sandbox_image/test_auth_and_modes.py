@@ -76,3 +76,27 @@ def test_bad_flags_exit_with_a_message(flag: str) -> None:
         assert proc.wait(30) == 2
         assert "slot server:" in proc.stderr.read()
     assert not os.path.exists(os.path.join(root, "data"))
+
+
+async def test_unisolated_mode_runs_in_the_slot_dir_and_kills_on_timeout(tmp_path) -> None:
+    """--isolation none takes the other spawn path (cwd on the host, setpriv or preexec)."""
+    import json
+    import uuid
+
+    from rollout.sandbox.client import SlotServerClient
+    from tests.sandbox_image.conftest import wait_until
+    from tests.sandbox_image.test_limits import _procs_with
+
+    proc, line, token = launch(str(tmp_path), "--slots", "1", "--isolation", "none")
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = SlotServerClient(session, json.loads(line[len(READY):])["url"], token)
+            await client.write_file(0, "sub/f.txt", b"x")
+            r = await client.exec(0, "pwd; ls; echo err >&2", cwd="sub")
+            assert r.ok and r.stdout.endswith("/slots/0/sub\nf.txt\n") and r.stderr == "err\n"
+            secs = f"1000.{uuid.uuid4().int % 10**6}"
+            r = await client.exec(0, f"sleep {secs} & sleep {secs}", timeout=1)
+            assert r.timed_out
+            assert wait_until(lambda: not _procs_with(f"sleep\0{secs}"))
+    finally:
+        stop(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 
 from rollout.sandbox.client import SlotServerClient
@@ -121,3 +122,13 @@ async def test_commands_die_with_a_killed_server(tmp_path) -> None:
 async def test_core_dumps_are_off(client: SlotServerClient) -> None:
     r = await client.exec(0, "ulimit -c")
     assert r.stdout.strip() == "0"
+
+
+async def test_commands_start_with_default_signal_handling(client: SlotServerClient) -> None:
+    # The server (Python) ignores SIGPIPE; a command must not inherit that, or `yes | head`
+    # ends with "Broken pipe" errors instead of quietly.
+    r = await client.exec(0, "grep SigIgn /proc/self/status; yes | head -c 2")
+    ignored = int(r.stdout.split()[1], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} is ignored in commands"
+    assert r.stdout.endswith("\ny\n") and r.stderr == "", r
