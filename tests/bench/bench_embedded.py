@@ -2,14 +2,16 @@
 
 Run on demand: `python tests/bench/bench_embedded.py [--tokens 64] [--rounds 2]`.
 Starts a real server subprocess, sends chat prompts as token ids (ignore_eos so every
-request produces exactly --tokens tokens) and prints generated tokens/s per batch size and
-the ratio to batch 1, all measured in this one run (batch sizes interleaved per round).
+request produces exactly --tokens tokens) and prints, per batch size, generated tokens per
+wall second and per server CPU second (robust when other jobs share the cores), each with its
+ratio to batch 1, all measured in this one run (batch sizes interleaved per round).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,13 +43,21 @@ async def one(session: aiohttp.ClientSession, url: str, prompt: list[int], token
     return len(data["choices"][0]["token_ids"])
 
 
-async def measure(url: str, prompts: list[list[int]], batch: int, tokens: int, seed: int) -> tuple[int, float]:
-    """(generated tokens, seconds) for `batch` concurrent requests."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    url: str, pid: int, prompts: list[list[int]], batch: int, tokens: int, seed: int
+) -> tuple[int, float, float]:
+    """(generated tokens, wall seconds, server CPU seconds) for `batch` concurrent requests."""
     async with aiohttp.ClientSession() as session:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(pid)
         jobs = [one(session, url, prompts[i % len(prompts)], tokens, seed + i) for i in range(batch)]
         generated = sum(await asyncio.gather(*jobs))
-        return generated, time.perf_counter() - start
+        return generated, time.perf_counter() - start, cpu_seconds(pid) - cpu
 
 
 async def main() -> None:
@@ -69,18 +79,22 @@ async def main() -> None:
     url = server.start()
     print(f"server ready in {time.perf_counter() - t0:.1f} s (checkpoint already converted)")
     try:
-        await measure(url, prompts, 1, 8, 0)  # warm-up
-        totals = {b: [0, 0.0] for b in (1, 4, 8)}
+        pid = server.proc.pid
+        await measure(url, pid, prompts, 1, 8, 0)  # warm-up
+        totals = {b: [0, 0.0, 0.0] for b in (1, 4, 8)}
         # Batch sizes interleave within each round so background load hits them alike.
         for r in range(args.rounds):
             for batch in totals:
-                n, secs = await measure(url, prompts, batch, args.tokens, 100 * r)
-                totals[batch][0] += n
-                totals[batch][1] += secs
-        results = {b: n / secs for b, (n, secs) in totals.items()}
-        print(f"{'batch':>5} {'tok/s':>8} {'vs batch 1':>10}   ({args.tokens} tokens/request, {args.rounds} rounds)")
-        for batch, rate in results.items():
-            print(f"{batch:>5} {rate:>8.1f} {rate / results[1]:>9.2f}x")
+                n, secs, cpu = await measure(url, pid, prompts, batch, args.tokens, 100 * r)
+                for i, v in enumerate((n, secs, cpu)):
+                    totals[batch][i] += v
+        wall = {b: n / secs for b, (n, secs, _) in totals.items()}
+        per_cpu = {b: n / cpu for b, (n, _, cpu) in totals.items()}
+        print(f"({args.tokens} tokens/request, {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} cores)")
+        print(f"{'batch':>5} {'tok/s':>8} {'vs b1':>7} {'tok/cpu-s':>10} {'vs b1':>7}")
+        for b in totals:
+            print(f"{b:>5} {wall[b]:>8.1f} {wall[b] / wall[1]:>6.2f}x {per_cpu[b]:>10.1f} {per_cpu[b] / per_cpu[1]:>6.2f}x")
     finally:
         server.stop()
 
