@@ -176,7 +176,7 @@ class SlotLimits:
         of the argv; [] when there is nothing to do per command.
 
         A shell prefix instead of a Python preexec_fn: preexec forces fork() plus Python's
-        after-fork work in the child (~5-7 ms under load); one small exec costs ~0.5 ms.
+        after-fork work in the child (~5-7 ms under load); one exec of sh costs ~0.25 ms.
         """
         steps = [f"echo {who} > {shlex.quote(str(path))} || exit 125"
                  for path, who in self._join_files(slot, "$$")]
@@ -226,7 +226,7 @@ class SlotLimits:
 
     def oom_kills(self, slot: int) -> int:
         """How many processes of this slot the kernel OOM-killed so far (0 if unknown).
-        Read twice per command, so plain os calls rather than pathlib."""
+        Read for every command, so plain os calls rather than pathlib."""
         g = self._memory_groups[slot]
         if g is None:
             return 0
