@@ -136,18 +136,20 @@ async def run_command(
     session if `new_session` (see spawn.detach_from_terminal)."""
     started = time.monotonic()
     capture = _Capture(output_cap, output_kill, lambda: _killpg(pid))
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    fds: list[int] = []
     try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds += (err_r, err_w)
         pid = spawn(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w,
                     new_session=new_session, preexec=preexec)
     except BaseException:
-        os.close(out_r)
-        os.close(err_r)
+        for fd in fds:
+            os.close(fd)
         raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
+    os.close(out_w)
+    os.close(err_w)
     exited = watch_exit(pid)
     pipes = _PipeReaders({1: out_r, 2: err_r}, capture)
     if on_start:

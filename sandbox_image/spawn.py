@@ -13,6 +13,7 @@ Python time per exec).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -72,8 +73,11 @@ def watch_exit(pid: int) -> asyncio.Future[int]:
             done.set_result(-signal.SIGKILL if status is None
                             else os.waitstatus_to_exitcode(status))
 
-    if _PIDFD:
-        pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid) if _PIDFD else -1
+    except OSError:  # out of fds: the thread below still reaps the child
+        pidfd = -1
+    if pidfd >= 0:
 
         def readable() -> None:
             loop.remove_reader(pidfd)
@@ -92,7 +96,7 @@ def watch_exit(pid: int) -> asyncio.Future[int]:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
             status = None
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(reap, status)
 
     threading.Thread(target=wait_in_thread, name=f"waitpid-{pid}", daemon=True).start()
