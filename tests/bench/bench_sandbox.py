@@ -2,7 +2,8 @@
 
 Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 of:
   - bare `sh -c true`
-  - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md)
+  - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md), and bare bwrap with
+    the slot server's own flags (what the pool's overhead is made of, without the pool)
   - `true` through the pool (HTTP -> slot server -> bwrap with our flags and cgroups),
     and through a pool without cgroup limits
   - warm acquire+release (with workspace reset, and without) under 256 concurrent acquirers
@@ -16,8 +17,9 @@ import argparse
 import asyncio
 import logging
 import os
-import statistics
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from rollout.sandbox import LocalBackend, PoolConfig, SlotPool  # noqa: E402
 from rollout.types import Slot  # noqa: E402
+from sandbox_image.isolation import Bubblewrap, choose_workspace_path, default_env  # noqa: E402
 
 BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
          "--unshare-all", "--die-with-parent", "--", "sh", "-c", "true"]
@@ -41,10 +44,21 @@ def show(name: str, samples: list[float]) -> tuple[float, float]:
     return p50, p99
 
 
-async def spawn(argv: list[str]) -> None:
+async def spawn(argv: list[str], env: dict[str, str] | None = None) -> None:
     p = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                             stderr=asyncio.subprocess.DEVNULL)
+                                             stderr=asyncio.subprocess.DEVNULL, env=env)
     await p.wait()
+
+
+def server_bwrap_argv(root: str) -> list[str]:
+    """The argv the slot server runs for `true`, with its masks for a LocalBackend host."""
+    for sub in ("data/slots/0", "token"):
+        path = os.path.join(root, sub)
+        os.makedirs(path) if sub != "token" else open(path, "w").close()
+    bw = Bubblewrap("bwrap", network=False,
+                    hide=[os.path.join(root, "data"), os.path.join(root, "token"), root])
+    ws = os.path.join(root, "data/slots/0")
+    return bw.argv(ws, choose_workspace_path("/workspace"), "/workspace", "true")
 
 
 async def exec_true(pool: SlotPool, slot: Slot) -> None:
@@ -93,12 +107,17 @@ async def main(n: int) -> None:
     try:
         isolation = {hs.host.meta.get("isolation") for hs in pool._hosts.values()}
         slot, plain_slot = await pool.acquire("bench-exec"), await plain.acquire("bench-exec")
+        root = tempfile.mkdtemp(prefix="bench-bwrap-", dir="/var/tmp")
+        server_argv = server_bwrap_argv(root)
+        env = default_env("/tmp")
         t = await interleaved({
             "sh": lambda: spawn(["sh", "-c", "true"]),
             "bwrap": lambda: spawn(BWRAP),
+            "bwrap_server": lambda: spawn(server_argv, env),
             "pool": lambda: exec_true(pool, slot),
             "plain": lambda: exec_true(plain, plain_slot),
         }, n)
+        shutil.rmtree(root, ignore_errors=True)
         await pool.release(slot)
         await plain.release(plain_slot)
         await acquire_release(pool, 256, 1, reset=False)  # warm
@@ -110,10 +129,13 @@ async def main(n: int) -> None:
     print("\nexec of `true` (interleaved):")
     sh50, sh99 = show("bare sh -c true", t["sh"])
     bw50, bw99 = show("bare bwrap (notes flags) sh -c true", t["bwrap"])
+    bs50, bs99 = show("bare bwrap (slot server's flags) sh -c true", t["bwrap_server"])
     po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", t["pool"])
     pl50, _ = show("pool.exec without cgroup limits", t["plain"])
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
           f" ratio pool/bwrap p50 {po50 / bw50:.2f}x, bwrap/sh p50 {bw50 / sh50:.2f}x")
+    print(f"  pool overhead over bare bwrap with the server's flags: p50 {po50 - bs50:+.2f} ms,"
+          f" p99 {po99 - bs99:+.2f} ms; ratio p50 {po50 / bs50:.2f}x")
     print(f"  without cgroups: overhead p50 {pl50 - bw50:+.2f} ms (ratio {pl50 / bw50:.2f}x);"
           f" cgroup join costs p50 {po50 - pl50:+.2f} ms")
     print("\nwarm acquire+release, 256 concurrent acquirers, 256 slots on 2 hosts:")
