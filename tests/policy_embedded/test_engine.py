@@ -58,3 +58,28 @@ async def test_cancelled_request_leaves_the_batch(small_engine, reference):
     # The engine keeps serving afterwards.
     result = await small_engine.generate(prompt, SamplingParams(max_tokens=3, ignore_eos=True))
     assert len(result.token_ids) == 3
+
+
+def _kv(n: int, layers: int = 2):
+    import torch
+
+    return [(torch.arange(n, dtype=torch.float).view(1, 1, n, 1).clone(),) * 2 for _ in range(layers)]
+
+
+def test_prefix_cache_is_bounded_and_prefers_the_longest_match():
+    from rollout.policy.embedded.prefix_cache import PrefixCache
+
+    cache = PrefixCache(max_tokens=100, min_match=4)
+    cache.put(list(range(30)), _kv(30))
+    cache.put(list(range(40)), _kv(40))  # extends the first: the first is dropped
+    assert cache.tokens == 40
+    n, kv = cache.longest_prefix(list(range(35)) + [999])
+    assert n == 35 and kv[0][0].shape[2] == 35  # cropped to the shared prefix
+    n, _ = cache.longest_prefix(list(range(40)))
+    assert n == 39  # at least one prompt token is left to prefill
+    assert cache.longest_prefix([7, 8, 9, 10, 11]) == (0, None)
+    cache.put([500 + i for i in range(50)], _kv(50))
+    cache.put([900 + i for i in range(50)], _kv(50))  # over budget: least recent goes
+    assert cache.tokens <= 100
+    assert cache.longest_prefix(list(range(20)))[0] == 0
+    assert cache.longest_prefix([900 + i for i in range(10)])[0] == 9

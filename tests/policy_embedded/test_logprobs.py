@@ -86,3 +86,21 @@ async def test_same_seed_same_tokens(base_url, reference):
     a, b, c = [await _complete(base_url, prompt, max_tokens=10, temperature=1.0, seed=s) for s in (11, 11, 12)]
     assert a["token_ids"] == b["token_ids"]
     assert a["token_ids"] != c["token_ids"]
+
+
+async def test_next_turn_reuses_the_cached_prefix_and_stays_exact(base_url, reference):
+    tok = reference.tokenizer
+    prompt = chat_ids(tok, "Pick a random fruit and describe it.")
+    first = await _complete(base_url, prompt, max_tokens=10, temperature=1.0, seed=21, ignore_eos=True)
+    before = await get(base_url, "/health")
+    # The next turn: everything so far, the reply, then a new user turn (as an agent does).
+    suffix = tok.encode("<|im_end|>\n<|im_start|>user\nAnother one.<|im_end|>\n<|im_start|>assistant\n",
+                        add_special_tokens=False)  # fmt: skip
+    second_prompt = prompt + first["token_ids"] + suffix
+    second = await _complete(base_url, second_prompt, max_tokens=10, temperature=1.0, seed=22)
+    after = await get(base_url, "/health")
+    assert after["prefix_hits"] == before["prefix_hits"] + 1
+    # Everything but the last sampled token (never fed through the model) was reused.
+    assert after["prefix_reused_tokens"] - before["prefix_reused_tokens"] >= len(prompt) + len(first["token_ids"]) - 1
+    expected = teacher_forced_logprobs(reference, second_prompt, second["token_ids"], 1.0)
+    assert max(abs(a - b) for a, b in zip(second["logprobs"]["token_logprobs"], expected)) < 1e-3

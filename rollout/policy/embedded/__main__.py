@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", type=Path, help="converted-checkpoint cache (default: $ROLLOUT_CACHE_DIR/embedded)")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-context", type=int, default=None)
+    ap.add_argument("--prefix-cache-tokens", type=int, default=32768,
+                    help="KV of finished sequences kept for prompts that extend them (0 = off)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--model-name", default=None, help="name reported by /v1/models")
     ap.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process dies")
@@ -49,7 +51,12 @@ async def serve(args: argparse.Namespace) -> None:
 
     loop = asyncio.get_running_loop()
     loaded = await loop.run_in_executor(None, lambda: load_model(args.cache_dir, threads=args.threads))
-    engine = BatchedEngine(loaded, max_batch_size=args.max_batch_size, max_context=args.max_context)
+    engine = BatchedEngine(
+        loaded,
+        max_batch_size=args.max_batch_size,
+        max_context=args.max_context,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+    )
     # handler_cancellation: a client that hangs up cancels its generation (frees its row).
     runner = web.AppRunner(
         create_app(engine, model_name=args.model_name),

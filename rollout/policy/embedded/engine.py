@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import LoadedModel
+from .prefix_cache import PrefixCache
 from .sampling import InvalidRequest, RowSampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class BatchedEngine:
         *,
         max_batch_size: int = 8,
         max_context: int | None = None,
+        prefix_cache_tokens: int = 32768,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -76,6 +78,7 @@ class BatchedEngine:
         self.max_batch_size = max_batch_size
         self.max_context = max_context or int(self.model.config.max_position_embeddings)
         self.eos_ids = loaded.eos_token_ids
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._waiting: list[_Sequence] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-engine")
@@ -176,15 +179,21 @@ class BatchedEngine:
         self._drop(lambda s: s.future.done())  # cancelled callers
         for seq in admitted:
             self._prefill(seq)
+        self._remember_finished()
         finished = self._drop(lambda s: s.result is not None)
         if self._rows:
             self._decode()
+            self._remember_finished()
             finished += self._drop(lambda s: s.result is not None)
         return finished
 
     def _prefill(self, seq: _Sequence) -> None:
-        ids = torch.tensor([seq.prompt], dtype=torch.long)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        from transformers import DynamicCache
+
+        reused, kv = self.prefix_cache.longest_prefix(seq.prompt)
+        past = DynamicCache(ddp_cache_data=kv) if kv is not None else None
+        ids = torch.tensor([seq.prompt[reused:]], dtype=torch.long)
+        out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
         cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._merge(seq, cache, len(seq.prompt))
         self._accept(len(self._rows) - 1, out.logits[0, -1])
@@ -251,6 +260,22 @@ class BatchedEngine:
             top_logprobs=list(seq.top) if seq.params.top_logprobs else None,
             stop_reason=stop_reason,
         )
+
+    def _remember_finished(self) -> None:
+        """Keep the KV of rows that just finished, for later prompts that extend them."""
+        if self.prefix_cache.max_tokens <= 0 or self._cache is None or self._mask is None:
+            return
+        for row, seq in enumerate(self._rows):
+            if seq.result is None:
+                continue
+            # The cache holds the prompt and every sampled token except the last (never fed).
+            ids = seq.prompt + seq.tokens[:-1]
+            real = int(self._mask[row].sum())
+            if real != len(ids):  # bookkeeping disagrees: never store a wrong cache
+                log.warning("prefix cache: row length %d != %d tokens; not cached", real, len(ids))
+                continue
+            start = self._mask.shape[1] - real
+            self.prefix_cache.put(ids, [(k[row : row + 1, :, start:], v[row : row + 1, :, start:]) for k, v in self._cache])
 
     def _decode_text(self, ids: list[int], params: SamplingParams) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)

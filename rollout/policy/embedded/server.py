@@ -79,7 +79,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def _health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    stats = {"active": engine.active, "steps": engine.steps, "max_batch_seen": engine.max_batch_seen}
+    stats = {
+        "active": engine.active,
+        "steps": engine.steps,
+        "max_batch_seen": engine.max_batch_seen,
+        "prefix_hits": engine.prefix_cache.hits,
+        "prefix_reused_tokens": engine.prefix_cache.reused_tokens,
+    }
     return web.json_response({"status": "ok", **stats})
 
 
