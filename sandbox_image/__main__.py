@@ -19,6 +19,7 @@ from aiohttp import web
 from sandbox_image.app import SlotServer, build_app
 from sandbox_image.config import ConfigError, ServerConfig, config_from_args
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path
+from sandbox_image.spawn import become_subreaper, reap_orphans
 
 log = logging.getLogger("sandbox_image")
 READY_PREFIX = "SLOT_SERVER_READY "
@@ -68,6 +69,11 @@ async def serve(cfg: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Reap the zombies bwrap leaves behind (see spawn.py); as PID 1 of a container the
+    # server gets every orphan even if prctl is refused.
+    if not become_subreaper() and os.getpid() != 1:
+        log.warning("cannot become a child subreaper; init reaps the sandboxes' zombies")
+    loop.add_signal_handler(signal.SIGCHLD, reap_orphans)
     watcher = asyncio.create_task(_watch_parent(stop)) if cfg.exit_with_parent else None
     try:
         site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024)

@@ -7,6 +7,12 @@ Python time per exec).
   nor a preexec function is needed, else subprocess.Popen.
 - `watch_exit` resolves a future with the exit status, reaping the child: a pidfd in the
   event loop where the kernel has them (5.3+), else one waiter thread per child.
+- `become_subreaper` / `reap_orphans`: bwrap's outer process exits before reaping the
+  sandbox's pid 1, so each command leaves an orphaned zombie. It is reparented to the
+  nearest subreaper or to init; as a subreaper the server reaps it at once. Without this,
+  a server that is PID 1 of a container never reaps them (pids leak until the slot's
+  pids limit refuses every fork), and elsewhere each zombie holds one of the slot's pids
+  until init gets round to it.
 - `detach_from_terminal` / `die_with_server`: process-wide safety for the commands.
 """
 
@@ -38,13 +44,15 @@ def _pidfd_works() -> bool:
 
 
 _PIDFD = _pidfd_works()
+# Children started by `spawn` and not yet reaped by `watch_exit`: reap_orphans leaves them.
+_OWN: set[int] = set()
 
 
 def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int, stderr: int,
           new_session: bool, preexec: Callable[[], None] | None) -> int:
     """Start argv; returns its pid. argv[0] must be a path (no PATH search)."""
     if cwd is None and preexec is None:
-        return os.posix_spawn(
+        pid = os.posix_spawn(
             argv[0], argv, env,
             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                           (os.POSIX_SPAWN_DUP2, stdout, 1),
@@ -53,12 +61,15 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int,
             setsid=new_session,
             setsigdef=_RESTORE_SIGNALS,
         )
+        _OWN.add(pid)
+        return pid
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         start_new_session=new_session, process_group=None if new_session else 0,
         preexec_fn=preexec)
     # watch_exit reaps it; tell Popen so it does not try again (or warn) when collected.
     proc.returncode = 0
+    _OWN.add(proc.pid)
     return proc.pid
 
 
@@ -69,6 +80,7 @@ def watch_exit(pid: int) -> asyncio.Future[int]:
     done: asyncio.Future[int] = loop.create_future()
 
     def reap(status: int | None) -> None:
+        _OWN.discard(pid)
         if not done.done():
             done.set_result(-signal.SIGKILL if status is None
                             else os.waitstatus_to_exitcode(status))
@@ -103,7 +115,52 @@ def watch_exit(pid: int) -> asyncio.Future[int]:
     return done
 
 
+def _child_pids() -> list[int]:
+    pids: list[int] = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                pids += map(int, f.read().split())
+        except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN: scan /proc
+            return _child_pids_by_scan()
+        except OSError:
+            continue
+    return pids
+
+
+def _child_pids_by_scan() -> list[int]:
+    me, pids = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == me:
+                pids.append(int(entry))
+    return pids
+
+
+def become_subreaper() -> bool:
+    """Orphans of this process's descendants are reparented to it (see `reap_orphans`)."""
+    return _libc is not None and _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def reap_orphans() -> None:
+    """Reap every exited child that `spawn` did not start (run on SIGCHLD)."""
+    for pid in _child_pids():
+        if pid not in _OWN:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - non-glibc platforms

@@ -41,9 +41,10 @@ class RunningServer:
         return int(self.url.rsplit(":", 1)[1])
 
 
-def launch(root: str, *flags: str, token: str | None = None,
-           wait: bool = True) -> tuple[subprocess.Popen, str, str]:
-    """Start `python -m sandbox_image`; returns (process, first stdout line, token)."""
+def launch(root: str, *flags: str, token: str | None = None, wait: bool = True,
+           prefix: list[str] | None = None) -> tuple[subprocess.Popen, str, str]:
+    """Start `python -m sandbox_image` (under `prefix`, e.g. unshare, if given); returns
+    (process, first stdout line, token)."""
     token = token if token is not None else secrets.token_urlsafe(24)
     token_file = os.path.join(root, "token")
     with open(token_file, "w") as f:
@@ -51,7 +52,7 @@ def launch(root: str, *flags: str, token: str | None = None,
     os.chmod(token_file, 0o600)
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
     env.pop("SLOT_SERVER_TOKEN", None)
-    argv = [sys.executable, "-m", "sandbox_image", "--data-dir", os.path.join(root, "data"),
+    argv = [*(prefix or []), sys.executable, "-m", "sandbox_image", "--data-dir", os.path.join(root, "data"),
             "--token-file", token_file, "--port", "0", *flags]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=env, text=True)

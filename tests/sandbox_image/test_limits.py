@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -132,3 +133,54 @@ async def test_commands_start_with_default_signal_handling(client: SlotServerCli
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         assert not ignored & (1 << (sig - 1)), f"{sig.name} is ignored in commands"
     assert r.stdout.endswith("\ny\n") and r.stderr == "", r
+
+
+async def test_server_as_pid_1_reaps_what_bwrap_leaves(tmp_path) -> None:
+    """In a container the server is PID 1 and inherits every orphan, including the zombie
+    sandbox init each bwrap command leaves; unreaped they would use up the slot's pids."""
+    import json
+
+    import aiohttp
+
+    from tests.sandbox_image.conftest import READY, launch, stop
+
+    # `unshare --pid --fork` makes the server PID 1 of a new pid namespace, as in Docker
+    # (--mount-proc: bwrap needs a /proc that matches its pid namespace).
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    proc, line, token = launch(str(tmp_path), "--slots", "1", "--isolation", "required",
+                               "--pids", "40", prefix=unshare)
+    server_pid = None
+    try:
+        assert line.startswith(READY), line
+        server_pid = _children(proc.pid)[0]
+        async with aiohttp.ClientSession() as session:
+            client = SlotServerClient(session, json.loads(line[len(READY):])["url"], token)
+            for _ in range(60):  # more commands than the slot's pids limit
+                r = await client.exec(0, "true")
+                assert r.exit_code == 0, r.stderr
+        assert wait_until(lambda: not _zombie_children(server_pid)), _zombie_children(server_pid)
+    finally:
+        if server_pid is not None:  # unshare ignores SIGTERM while it waits for its child
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGTERM)
+        stop(proc)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += map(int, f.read().split())
+    return out
+
+
+def _zombie_children(pid: int) -> list[int]:
+    zombies = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    zombies.append(child)
+        except OSError:
+            continue
+    return zombies
