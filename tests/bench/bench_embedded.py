@@ -4,7 +4,8 @@ Run on demand: `python tests/bench/bench_embedded.py [--tokens 64] [--rounds 2]`
 Starts a real server subprocess, sends chat prompts as token ids (ignore_eos so every
 request produces exactly --tokens tokens) and prints, per batch size, generated tokens per
 wall second and per server CPU second (robust when other jobs share the cores), each with its
-ratio to batch 1, all measured in this one run (batch sizes interleaved per round).
+ratio to batch 1, all measured in this one run (batch sizes interleaved per round); then the
+latency of an agent's next turn over a long history, cold vs from the prefix cache.
 """
 
 from __future__ import annotations
@@ -60,6 +61,28 @@ async def measure(
         return generated, time.perf_counter() - start, cpu_seconds(pid) - cpu
 
 
+async def next_turn(url: str, history: int = 2000) -> None:
+    """An agent's next turn over a long history: cold prefill vs the prefix cache."""
+    async with aiohttp.ClientSession() as session:
+
+        async def timed(prompt: list[int]) -> tuple[float, list[int]]:
+            body = {"prompt": prompt, "max_tokens": 4, "ignore_eos": True, "return_token_ids": True}
+            start = time.perf_counter()
+            async with session.post(f"{url}/v1/completions", json=body) as resp:
+                resp.raise_for_status()
+                ids = (await resp.json())["choices"][0]["token_ids"]
+            return time.perf_counter() - start, ids
+
+        first = list(range(1000, 1000 + history))
+        _, reply = await timed(first)
+        suffix = [198, 1, 4093, 198, 2]
+        warm, _ = await timed(first + reply + suffix)  # extends a finished sequence: cached
+        other = list(range(5000, 5000 + history + len(reply) + len(suffix)))
+        cold, _ = await timed(other)  # same length, nothing cached
+    print(f"next turn over a {history}-token history (4 new tokens): cold {cold:.2f} s, "
+          f"prefix cache {warm:.2f} s ({cold / warm:.1f}x)")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
@@ -95,6 +118,7 @@ async def main() -> None:
         print(f"{'batch':>5} {'tok/s':>8} {'vs b1':>7} {'tok/cpu-s':>10} {'vs b1':>7}")
         for b in totals:
             print(f"{b:>5} {wall[b]:>8.1f} {wall[b] / wall[1]:>6.2f}x {per_cpu[b]:>10.1f} {per_cpu[b] / per_cpu[1]:>6.2f}x")
+        await next_turn(url)
     finally:
         server.stop()
 
