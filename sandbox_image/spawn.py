@@ -115,20 +115,29 @@ def watch_exit(pid: int) -> asyncio.Future[int]:
     return done
 
 
+# Kernels without CONFIG_PROC_CHILDREN lack this file; then /proc is scanned instead.
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
 def _child_pids() -> list[int]:
+    if not _CHILDREN_FILES:
+        return _child_pids_by_scan()
     pids: list[int] = []
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
         return pids
     for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                pids += map(int, f.read().split())
-        except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN: scan /proc
-            return _child_pids_by_scan()
-        except OSError:
+        try:  # os calls, not open(): this runs after every command
+            fd = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY)
+        except OSError:  # the thread ended meanwhile
             continue
+        try:
+            pids += map(int, os.read(fd, 65536).split())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return pids
 
 

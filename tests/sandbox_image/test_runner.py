@@ -33,3 +33,18 @@ async def test_timeout_and_output_kill(exit_watch: str) -> None:
     assert r.timed_out and r.exit_code == 137 and "timeout" in r.stderr
     r = await _run("yes")
     assert r.truncated and "output exceeded" in r.stderr and len(r.stdout) < 1200
+
+
+@pytest.mark.parametrize("children_files", [True, False])
+def test_child_listing_finds_children(children_files: bool, monkeypatch) -> None:
+    """reap_orphans' child list, from /proc/<tid>/children or (old kernels) a /proc scan."""
+    import subprocess
+
+    monkeypatch.setattr(spawn, "_CHILDREN_FILES", children_files and spawn._CHILDREN_FILES)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in spawn._child_pids()
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in spawn._child_pids()
