@@ -77,6 +77,7 @@ async def test_stop_during_generation_is_graceful(checkpoint):
     assert server.proc.returncode == 0  # exited on SIGTERM by itself, not killed
     assert outcome["status"] != 200  # the in-flight request was failed, not left hanging
     assert not _alive(pid)
+    assert not server.ready_file.parent.exists()  # no temp dir left behind
     server.stop()  # idempotent
 
 

@@ -9,7 +9,8 @@ Guarantees: `start` returns only once /health answers, or raises `RuntimeError` 
 of the server log (and leaves no process behind) when the server exits or the deadline
 passes. The server runs in its own process group and exits if this process dies; `stop` sends
 SIGTERM, escalates to SIGKILL after `grace` seconds, and reaps the group. An atexit hook stops
-any server still running when the interpreter exits.
+any server still running when the interpreter exits. `stop` removes the launcher's temp dir
+(ready file, and the log unless `log_file` was given).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +109,7 @@ class EmbeddedServerProcess:
         proc = self.proc
         _LIVE.discard(self)
         if proc is None or proc.returncode is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
             return
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
@@ -123,6 +126,8 @@ class EmbeddedServerProcess:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # The ready file and (unless log_file was given) the log live here.
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
     @property
     def running(self) -> bool:
