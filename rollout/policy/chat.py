@@ -35,8 +35,8 @@ class ChatPolicy(EndpointPolicy):
         }
         if conv.tools:
             payload["tools"] = conv.tools
-        if c.seed is not None:
-            payload["seed"] = c.seed + conv.turns
+        if (seed := self.turn_seed(conv)) is not None:
+            payload["seed"] = seed
         if c.stop:
             payload["stop"] = list(c.stop)
         data = await self.http.post_json("/v1/chat/completions", payload)

@@ -34,8 +34,8 @@ class CompletionsPolicy(EndpointPolicy):
             "skip_special_tokens": False,
             "stop_token_ids": sorted(self.renderer.stop_ids),
         }
-        if c.seed is not None:
-            payload["seed"] = c.seed + conv.turns
+        if (seed := self.turn_seed(conv)) is not None:
+            payload["seed"] = seed
         if c.stop:
             payload["stop"] = list(c.stop)
         data = await self.http.post_json("/v1/completions", payload)

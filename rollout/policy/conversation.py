@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ class TokenConversation:
         self.tools = tools
         self.task = task
         self.turns = 0
+        self.index = next(policy._opened)  # which conversation of this policy (seeding)
         # What a chat API is sent (assistant turns keep their structured tool_calls there).
         self.api_messages: list[dict[str, Any]] = copy.deepcopy(messages)
         prompt = self.renderer.prompt_ids(messages, tools)
@@ -137,6 +139,17 @@ class TokenPolicy:
     def __init__(self, cfg: PolicyConfig, renderer: ChatRenderer) -> None:
         self.cfg = cfg
         self.renderer = renderer
+        self._opened = itertools.count()
+
+    def turn_seed(self, conv: TokenConversation) -> int | None:
+        """A per-conversation, per-turn seed from `cfg.seed`, or None when unseeded.
+
+        Trajectories of one group must not share seeds: identical samples would make the
+        group's scores equal and its advantages zero.
+        """
+        if self.cfg.seed is None:
+            return None
+        return (self.cfg.seed + 1_000_003 * conv.index + conv.turns) % (2**31)
 
     def open(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], task: Task

@@ -28,8 +28,8 @@ class SGLangPolicy(EndpointPolicy):
         }
         if c.stop:
             params["stop"] = list(c.stop)
-        if c.seed is not None:
-            params["sampling_seed"] = c.seed + conv.turns
+        if (seed := self.turn_seed(conv)) is not None:
+            params["sampling_seed"] = seed
         payload = {"input_ids": conv.token_ids(), "sampling_params": params, "return_logprob": True}
         return parse_generate(await self.http.post_json("/generate", payload))
 

@@ -142,3 +142,17 @@ async def test_request_timeout_is_a_policy_error_not_a_hang(fake_server):
     finally:
         await policy.close()
     assert fake_server.requests == 1
+
+
+async def test_seeded_trajectories_of_a_group_get_different_seeds(fake_server):
+    policy = completions(fake_server.url, seed=7)
+    try:
+        convs = [policy.open(MESSAGES, TOOL_SCHEMAS, TASK) for _ in range(3)]
+        for conv in convs:
+            await conv.sample(timeout=30)
+    finally:
+        await policy.close()
+    seeds = [x.request["seed"] for x in fake_server.exchanges]
+    assert len(set(seeds)) == 3  # identical seeds would make the group's samples identical
+    again = completions(fake_server.url, seed=7)
+    assert [again.turn_seed(again.open(MESSAGES, TOOL_SCHEMAS, TASK)) for _ in range(3)] == seeds
