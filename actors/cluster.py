@@ -117,8 +117,8 @@ class RolloutCluster:
                 scheduling_strategy=strategy,
             ).remote(self.cfg.backend, self.cfg.pool)
             new.append((nid, pool))
-        started = await asyncio.gather(*(p.start.remote() for _, p in new),
-                                       return_exceptions=True)
+        started = await _settle([p.start.remote() for _, p in new],
+                                self.cfg.pool.host_start_timeout + 30)
         for (nid, pool), result in zip(new, started):
             if isinstance(result, Exception):
                 log.error("sandbox pool on node %s failed to start: %s", nid[:8], result)
@@ -144,8 +144,7 @@ class RolloutCluster:
             self.pools.remove(pool)
         added = await self._add_pools() if alive - set(self._pool_nodes) else False
         if gone or added:
-            await asyncio.gather(*(w.set_pools.remote(self.pools) for w in self.workers.values()),
-                                 return_exceptions=True)
+            await _settle([w.set_pools.remote(self.pools) for w in self.workers.values()], 30)
 
     def _spawn_worker(self) -> None:
         cfg = self.cfg
@@ -203,9 +202,8 @@ class RolloutCluster:
                     log.error("%s died (%s); returning its leases", wid, type(e).__name__)
                     self.workers.pop(wid, None)
                     n = await self.queue.release_holder.remote(wid, f"{wid} died")
-                    freed = await asyncio.gather(
-                        *(p.release_holder.remote(f"{wid}/") for p in self.pools),
-                        return_exceptions=True)
+                    freed = await _settle(
+                        [p.release_holder.remote(f"{wid}/") for p in self.pools], 60)
                     slots = sum(x for x in freed if isinstance(x, int))
                     log.info("%d lease(s) of %s back in the queue, %d slot(s) freed",
                              n, wid, slots)
@@ -215,13 +213,11 @@ class RolloutCluster:
             if self._stop_level and graceful_sent is None:
                 graceful_sent = time.monotonic()
                 cancel_at = graceful_sent + self.cfg.run.shutdown_grace
-                await asyncio.gather(*(w.stop.remote() for w in self.workers.values()),
-                                     return_exceptions=True)
+                await _settle([w.stop.remote() for w in self.workers.values()], 30)
             if self._stop_level >= 2 or (cancel_at is not None and time.monotonic() > cancel_at):
                 cancel_at = float("inf")
                 log.warning("cancelling groups still in flight")
-                await asyncio.gather(*(w.cancel.remote() for w in self.workers.values()),
-                                     return_exceptions=True)
+                await _settle([w.cancel.remote() for w in self.workers.values()], 60)
             if not self._stop_level:
                 await self._watch_nodes()
             await self._poll()
@@ -236,8 +232,8 @@ class RolloutCluster:
     async def _poll(self, final: bool = False) -> None:
         async def safe(ref: Any) -> Any:
             try:
-                return await ref
-            except Exception:
+                return await asyncio.wait_for(ref, 10)
+            except Exception:  # a busy or dead actor: keep the last known figures
                 return None
 
         s = self.snapshot
@@ -258,11 +254,7 @@ class RolloutCluster:
         await asyncio.shield(self._teardown())
 
     async def _teardown(self) -> None:
-        for w in list(self.workers.values()):
-            try:
-                await w.cancel.remote()
-            except Exception:
-                pass
+        await _settle([w.cancel.remote() for w in self.workers.values()], 60)
         if self.sink is not None:
             try:
                 self.snapshot.sink = await self.sink.close.remote(
@@ -270,7 +262,7 @@ class RolloutCluster:
                 )
             except Exception as e:
                 log.error("closing the trainer sink failed: %s", e)
-        await asyncio.gather(*(p.stop.remote() for p in self.pools), return_exceptions=True)
+        await _settle([p.stop.remote() for p in self.pools], 60)
         for actor in [*self.workers.values(), *self.pools, self.sink]:
             if actor is not None:
                 try:
@@ -278,3 +270,14 @@ class RolloutCluster:
                 except Exception:
                     pass
         self.workers.clear()
+
+
+async def _settle(refs: list[Any], timeout: float) -> list[Any]:
+    """Await actor calls, each bounded by `timeout`; failures come back as exceptions.
+
+    The driver must never hang on an actor whose node vanished without Ray noticing yet.
+    """
+    async def one(ref: Any) -> Any:
+        return await asyncio.wait_for(ref, timeout)
+
+    return await asyncio.gather(*(one(r) for r in refs), return_exceptions=True)
