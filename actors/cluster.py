@@ -131,9 +131,9 @@ class RolloutCluster:
             raise RuntimeError("no sandbox pool could start; see the log above")
         return any(nid in self._pool_nodes for nid, _ in new)
 
-    async def _watch_nodes(self) -> None:
+    async def _watch_nodes(self, force: bool = False) -> None:
         """Follow the cluster: pools for new nodes, none for dead ones; tell the workers."""
-        if time.monotonic() < self._next_node_check:
+        if not force and time.monotonic() < self._next_node_check:
             return
         self._next_node_check = time.monotonic() + 5.0
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
@@ -209,6 +209,9 @@ class RolloutCluster:
                              n, wid, slots)
                     if not self._stop_level and self.snapshot.worker_restarts < max_restarts:
                         self.snapshot.worker_restarts += 1
+                        # A worker often dies with its node: drop that node's pool first so
+                        # the replacement is not handed a dead pool.
+                        await self._watch_nodes(force=True)
                         self._spawn_worker()
             if self._stop_level and graceful_sent is None:
                 graceful_sent = time.monotonic()

@@ -22,7 +22,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.sandbox_pool import ActorSandbox
+from actors.sandbox_pool import CALL_SLACK, ActorSandbox
 from rollout.agent import AgentConfig
 from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
@@ -185,11 +185,13 @@ class RolloutWorker:
         self._stats["trajectories_in_flight"] += 1
         slot = None
         try:
-            slot = await pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout)
+            slot = await asyncio.wait_for(
+                pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout),
+                self.s.acquire_timeout + CALL_SLACK)
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
                                      self._agent, trajectory_id=traj_id)
         except Exception as e:
-            if isinstance(e, RayActorError):
+            if isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
@@ -220,7 +222,7 @@ def trajectory_summary(t: Trajectory) -> dict[str, Any]:
 async def _release(pool: Any, slot: Any) -> None:
     t0 = time.monotonic()
     try:
-        await pool.release.remote(slot)
+        await asyncio.wait_for(pool.release.remote(slot), CALL_SLACK)
     except Exception as e:  # the host may be gone; the pool has already retired it
         log.warning("release of %s failed after %.1fs: %s", slot, time.monotonic() - t0, e)
 

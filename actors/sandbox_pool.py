@@ -6,6 +6,7 @@ every method awaits I/O, so one actor per node serves them all on one event loop
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -18,6 +19,8 @@ from rollout.sandbox.pool import SlotPool
 from rollout.types import ExecResult, SandboxError, Slot
 
 log = logging.getLogger(__name__)
+
+CALL_SLACK = 60.0  # seconds an actor call may take beyond the work it asks for
 
 
 def make_backend(name: str, cfg: PoolConfig) -> Any:
@@ -80,17 +83,22 @@ class ActorSandbox:
         self._pool = pool
         self.slot = slot
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, budget: float = 120.0) -> Any:
+        # Bounded: a pool whose node vanished may never answer (Ray does not always fail
+        # calls on a handle to an actor that died before this process learnt of it).
         try:
-            return await getattr(self._pool, method).remote(self.slot, *args)
+            return await asyncio.wait_for(
+                getattr(self._pool, method).remote(self.slot, *args), budget)
         except SandboxError:
             raise
         except RayActorError as e:
             raise SandboxError(f"sandbox pool actor died: {e}") from e
+        except asyncio.TimeoutError as e:
+            raise SandboxError(f"sandbox pool did not answer {method} within {budget:.0f}s") from e
 
     async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
                    env: dict[str, str] | None = None) -> ExecResult:
-        return await self._call("exec", command, timeout, cwd, env)
+        return await self._call("exec", command, timeout, cwd, env, budget=timeout + CALL_SLACK)
 
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         return await self._call("read_file", path, max_bytes)

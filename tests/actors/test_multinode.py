@@ -17,7 +17,7 @@ def two_nodes():
                       connect=False)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="rollout", log_to_driver=False)
+    ray.init(address=cluster.address, namespace="rollout", log_to_driver=True)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -49,7 +49,8 @@ async def test_node_death_and_new_node(two_nodes, tmp_path: Path):
     from tests.actors.helpers import wait_for
 
     cfg = gold_config(tmp_path, "workers.num=2", "backend.slots_per_host=2",
-                      "backend.max_hosts=1", "queue.max_attempts=5", max_items=8)
+                      "backend.max_hosts=1", "queue.max_attempts=5", "workers.acquire_timeout=30",
+                      max_items=8)
     cluster = make_cluster(cfg)
     await cluster.start()
     assert len(cluster.pools) == 2
