@@ -35,6 +35,7 @@ class SandboxPool:
         logging.basicConfig(level=logging.INFO)
         self._pool = SlotPool(make_backend(backend, cfg), cfg)
         self._node_id = ray.get_runtime_context().get_node_id()
+        self._gone: set[str] = set()  # trajectory-id prefixes of holders that died
 
     async def start(self) -> str:
         await self._pool.start()
@@ -44,7 +45,19 @@ class SandboxPool:
         return self._node_id
 
     async def acquire(self, trajectory_id: str, image: str | None, timeout: float) -> Slot:
-        return await self._pool.acquire(trajectory_id, image=image, timeout=timeout)
+        self._refuse_gone(trajectory_id)
+        slot = await self._pool.acquire(trajectory_id, image=image, timeout=timeout)
+        if self._is_gone(trajectory_id):  # its holder died while it waited for a slot
+            await self._pool.release(slot)
+            self._refuse_gone(trajectory_id)
+        return slot
+
+    def _is_gone(self, trajectory_id: str) -> bool:
+        return any(trajectory_id.startswith(p) for p in self._gone)
+
+    def _refuse_gone(self, trajectory_id: str) -> None:
+        if self._is_gone(trajectory_id):
+            raise SandboxError(f"{trajectory_id}: its holder is gone")
 
     async def release(self, slot: Slot, reset: bool = True) -> None:
         await self._pool.release(slot, reset=reset)
@@ -63,6 +76,8 @@ class SandboxPool:
         await self._pool.upload_archive(slot, data, path=path)
 
     async def release_holder(self, prefix: str) -> int:
+        """Free a dead holder's slots, and any it was still waiting for when it died."""
+        self._gone.add(prefix)
         return await self._pool.release_holder(prefix)
 
     def stats(self) -> dict[str, Any]:
