@@ -49,6 +49,15 @@ def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
     return alive
 
 
+def wait_for_first_group(proc: subprocess.Popen[str], run_dir: Path,
+                         timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not groups_jsonl(run_dir):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no group was delivered"
+        time.sleep(0.2)
+
+
 GOLD = ("policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2",
         "workers.num=2", "backend.slots_per_host=4")
 
@@ -100,11 +109,7 @@ def test_ctrl_c_finishes_in_flight_tears_down_and_resumes(tmp_path: Path):
     before_ray = our_processes("raylet") | our_processes("gcs_server")
     proc = launch(*GOLD, "tasks.max_items=8", "workers.num=1", "workers.groups_in_flight=1",
                   run_dir=run_dir)
-    deadline = time.monotonic() + 300
-    while not groups_jsonl(run_dir):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no group was delivered"
-        time.sleep(0.2)
+    wait_for_first_group(proc, run_dir)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert "run finished (SIGINT)" in out, out[-3000:]
@@ -157,11 +162,7 @@ def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):
     before = our_processes("-m sandbox_image")
     proc = launch(*GOLD, "tasks.max_items=6", "workers.num=1", "workers.groups_in_flight=2",
                   "run.shutdown_grace=600", run_dir=run_dir)
-    deadline = time.monotonic() + 300
-    while not groups_jsonl(run_dir):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no group was delivered"
-        time.sleep(0.2)
+    wait_for_first_group(proc, run_dir)
     proc.send_signal(signal.SIGINT)
     seen = []
     for line in proc.stdout:  # the first Ctrl-C is handled before the second is sent
