@@ -47,7 +47,7 @@ def render(cfg: Any, snap: Snapshot) -> Table:
     table.add_row("mean score", "-" if ms is None else f"{ms:.3f}")
     table.add_row("llm / tool time", f"{t['llm_time']:.1f}s / {t['tool_time']:.1f}s")
     table.add_row("trainer", f"delivered {s.get('delivered', 0)}, outbox {s.get('pending', 0)}"
-                             + (", PAUSED (trainer queue full)" if s.get("paused") else ""))
+                             + _trainer_state(cfg, s))
     drops = {**q.get("drop_reasons", {}), **{f"sink:{k}": v for k, v in s.get("drops", {}).items()}}
     table.add_row("drops", ", ".join(f"{k}={v}" for k, v in drops.items()) or "none")
     if t["outcomes"]:
@@ -55,6 +55,16 @@ def render(cfg: Any, snap: Snapshot) -> Table:
     if snap.stopping:
         table.add_row("stopping", snap.stopping)
     return table
+
+
+def _trainer_state(cfg: Any, s: dict[str, Any]) -> str:
+    if cfg.trainer.type != "atropos":
+        return ""
+    if s.get("env_id") is None:
+        return f", WAITING for the trainer at {cfg.trainer.url}"
+    if s.get("api_up") is False:
+        return ", API UNREACHABLE (groups wait in the outbox)"
+    return ", PAUSED (trainer queue full)" if s.get("paused") else ""
 
 
 class ProgressView:
