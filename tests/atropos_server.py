@@ -81,6 +81,11 @@ class TestTrainer:
         }, timeout=10)
         r.raise_for_status()
 
+    def start(self) -> None:
+        """Register, then pull once: the API counts the trainer as started (envs may register)."""
+        self.register()
+        self.pull()
+
     def pull(self) -> list[dict] | None:
         r = requests.get(self.url + "/batch", timeout=10)
         r.raise_for_status()

@@ -77,8 +77,7 @@ async def test_pacing_stops_starting_groups_and_resumes(ray_local, tmp_path: Pat
     api.start()
     try:
         trainer = TestTrainer(api.url, batch_size=2)
-        trainer.register()
-        trainer.pull()  # the trainer has started
+        trainer.start()
         cfg = gold_config(
             tmp_path, "trainer=atropos", f"trainer.url={api.url}", "trainer.status_interval=0.1",
             "trainer.register_poll=0.1", "env.max_batches_offpolicy=1", "workers.num=1",
@@ -125,8 +124,7 @@ async def test_api_outage_and_relaunch_resend_outbox_and_resume_cursor(ray_local
     api.start()
     try:
         trainer = TestTrainer(api.url, batch_size=2)
-        trainer.register()
-        trainer.pull()
+        trainer.start()
         common = ("trainer=atropos", f"trainer.url={api.url}", "trainer.status_interval=0.1",
                   "trainer.register_poll=0.1", "trainer.retry_backoff=0.05",
                   "env.max_batches_offpolicy=100", "workers.num=1", "workers.groups_in_flight=1",
@@ -146,8 +144,7 @@ async def test_api_outage_and_relaunch_resend_outbox_and_resume_cursor(ray_local
 
         api.start()  # a fresh API: it forgot everything; the trainer registers again
         trainer2 = TestTrainer(api.url, batch_size=2)
-        trainer2.register()
-        trainer2.pull()
+        trainer2.start()
         second = make_cluster(gold_config(tmp_path, *common, max_items=6))
         snap2 = await run_until_done(second)
         while trainer2.pull():

@@ -51,8 +51,7 @@ async def test_waits_for_trainer_then_delivers_and_paces(api: AtroposAPI, tmp_pa
         assert sink.may_start() is False
         assert len(sink.outbox) == 1
         trainer = TestTrainer(api.url, batch_size=4)
-        trainer.register()
-        await asyncio.to_thread(trainer.pull)  # marks the trainer started
+        await asyncio.to_thread(trainer.start)
         await until(lambda: sink.registration is not None, what="registration")
         await until(lambda: len(sink.outbox) == 0, what="delivery")
         await until(sink.may_start, what="pacing to allow starts")
@@ -73,8 +72,7 @@ async def test_waits_for_trainer_then_delivers_and_paces(api: AtroposAPI, tmp_pa
 
 async def test_api_down_then_back_and_restart_resends(api: AtroposAPI, tmp_path: Path):
     trainer = TestTrainer(api.url, batch_size=2)
-    trainer.register()
-    await asyncio.to_thread(trainer.pull)
+    await asyncio.to_thread(trainer.start)
     sink = make_sink(tmp_path, api.url)
     await sink.start()
     await until(lambda: sink.registration is not None, what="registration")
@@ -87,8 +85,7 @@ async def test_api_down_then_back_and_restart_resends(api: AtroposAPI, tmp_path:
     await sink.close(drain_timeout=0.2)
     api.start()  # a fresh API: it has forgotten the trainer and the env
     trainer = TestTrainer(api.url, batch_size=2)
-    trainer.register()
-    await asyncio.to_thread(trainer.pull)
+    await asyncio.to_thread(trainer.start)
     again = make_sink(tmp_path, api.url)
     assert len(again.outbox) == 3
     await again.start()
@@ -102,16 +99,14 @@ async def test_api_down_then_back_and_restart_resends(api: AtroposAPI, tmp_path:
 
 async def test_api_restart_mid_run_reregisters(api: AtroposAPI, tmp_path: Path):
     trainer = TestTrainer(api.url, batch_size=2)
-    trainer.register()
-    await asyncio.to_thread(trainer.pull)
+    await asyncio.to_thread(trainer.start)
     sink = make_sink(tmp_path, api.url)
     await sink.start()
     try:
         await until(lambda: sink.registration is not None, what="registration")
         api.restart()
         trainer = TestTrainer(api.url, batch_size=2)
-        trainer.register()
-        await asyncio.to_thread(trainer.pull)
+        await asyncio.to_thread(trainer.start)
         assert sink.submit("t9", group()) == "accepted"
         await pull_until(trainer, 1)
         assert len(sink.outbox) == 0
