@@ -29,12 +29,12 @@ from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
 from rollout.tasks import make_env
-from rollout.types import Outcome, TokenRecord, Trajectory
+from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
 
 # Outcomes that say the infrastructure failed, not the model: the group is retried, not scored.
-RETRY_OUTCOMES = {Outcome.SANDBOX_ERROR, Outcome.POLICY_ERROR}
+RETRY_OUTCOMES = INFRA_OUTCOMES
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """One whole rollout in one slot: prepare, agent loop, verify.
 
 `run_rollout` never raises for sandbox, policy or task failures: each becomes the
-trajectory's outcome (score 0) with the error recorded. Verification runs in the same slot
+trajectory's outcome (score 0) with the error recorded. Grading that did not really run
+(`GradingError`, or a bug in the grader) is `grading_error`, an infrastructure outcome whose
+group is retried, never scored. Verification runs in the same slot
 the agent used, unless the slot is gone (outcome sandbox_error), in which case it is skipped.
 Only cancellation propagates.
 """
@@ -14,7 +16,7 @@ import time
 from rollout.agent import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv
 from rollout.tools import ToolExecutor
-from rollout.types import Outcome, SandboxError, Task, TokenRecord, Trajectory
+from rollout.types import GradingError, Outcome, SandboxError, Task, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,19 @@ async def run_rollout(
             traj.score = 0.0
             traj.outcome = Outcome.SANDBOX_ERROR
             traj.error = f"verify: {exc}"
-        except Exception as exc:  # a grader bug scores 0 and is recorded, never raised
+        except GradingError as exc:  # grading did not really run: no score, never a 0.0
+            log.warning("grading failed for %s/%s (%s): %s", task.task_id, trajectory_id,
+                        exc.kind, exc)
+            traj.score = 0.0
+            traj.outcome = Outcome.GRADING_ERROR
+            traj.error = f"grading ({exc.kind}): {exc}"
+            traj.metadata["grading_error"] = exc.kind
+        except Exception as exc:  # a grader bug: a wrong reward is worse than none
             log.exception("verify failed for %s/%s", task.task_id, trajectory_id)
             traj.score = 0.0
-            traj.error = f"verify: {type(exc).__name__}: {exc}"
+            traj.outcome = Outcome.GRADING_ERROR
+            traj.error = f"grading (grader_bug): {type(exc).__name__}: {exc}"
+            traj.metadata["grading_error"] = "grader_bug"
         timings["verify_time"] = time.monotonic() - started
     timings.update(llm_time=traj.llm_time, tool_time=traj.tool_time)
     traj.metadata["timings"] = timings

@@ -7,7 +7,7 @@ are 1.0 at masked positions. Messages, when asked for, are role+content strings 
 Trajectories whose policy gave no logprobs (openai_chat, gold, scripted) are flagged in
 `overrides[i]["inference_logprobs_available"]` and, if any is missing, in
 `group_overrides["inference_logprobs_available"]` so a trainer can skip importance ratios.
-Infrastructure failures (sandbox_error, policy_error) get `set_advantage_to_zero`: the model
+Infrastructure failures (sandbox_error, policy_error, grading_error) get `set_advantage_to_zero`: the model
 should not be pushed away from what it did because a host died.
 """
 
@@ -17,9 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.types import Outcome, Task, TokenRecord, Trajectory
+from rollout.types import INFRA_OUTCOMES, Outcome, Task, TokenRecord, Trajectory
 
-_INFRA_FAILURES = (Outcome.SANDBOX_ERROR, Outcome.POLICY_ERROR)
+_INFRA_FAILURES = INFRA_OUTCOMES
 
 
 @dataclass

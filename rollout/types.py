@@ -20,6 +20,20 @@ class PolicyError(Exception):
     """The policy endpoint failed after retries (unreachable, 4xx, malformed reply)."""
 
 
+class GradingError(Exception):
+    """Grading could not produce a trustworthy score: the test command could not start
+    (exit 126/127, no interpreter, no pytest), produced no test report, or timed out.
+
+    An infrastructure outcome (`Outcome.GRADING_ERROR`): retried or dropped with a reason,
+    never turned into a 0.0 sent to the trainer. `kind` is a short machine-readable tag
+    ("cannot_run", "no_report", "timeout", "grader_bug", ...).
+    """
+
+    def __init__(self, message: str, kind: str = "cannot_run") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 # --- sandbox -------------------------------------------------------------------------------
 
 
@@ -143,6 +157,12 @@ class Outcome(str, enum.Enum):
     TIMEOUT = "timeout"
     POLICY_ERROR = "policy_error"
     SANDBOX_ERROR = "sandbox_error"
+    GRADING_ERROR = "grading_error"  # grading did not really run: never a score
+
+
+# Outcomes that say the infrastructure failed, not the model: the group is retried (or
+# dropped with the reason once its attempts are used up), never scored.
+INFRA_OUTCOMES = frozenset({Outcome.SANDBOX_ERROR, Outcome.POLICY_ERROR, Outcome.GRADING_ERROR})
 
 
 @dataclass

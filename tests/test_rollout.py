@@ -4,7 +4,7 @@ from rollout.agent import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.tools import TOOL_SCHEMAS
-from rollout.types import Outcome, SandboxError, Task, ToolCall, Verdict
+from rollout.types import INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task, ToolCall, Verdict
 from tests.agent_support import QWEN_TOKENIZER, DirSandbox
 
 TASK = Task("calc-1", "toy", "Make add() add.", data={"bug": "return a - b"})
@@ -77,13 +77,19 @@ async def test_sandbox_death_during_the_loop_skips_verify(tmp_path):
     assert traj.outcome == Outcome.SANDBOX_ERROR and traj.score == 0.0 and env.verified_in is None
 
 
-async def test_verify_failures_score_zero_without_raising(tmp_path):
+async def test_verify_failures_are_infrastructure_outcomes_without_raising(tmp_path):
     env = ToyEnv(fail_verify=SandboxError("host lost during grading"))
     traj = await run_rollout(TASK, env, gold(env), DirSandbox(tmp_path), AgentConfig(), trajectory_id="v1")
     assert traj.outcome == Outcome.SANDBOX_ERROR and traj.score == 0.0 and "grading" in traj.error
     env = ToyEnv(fail_verify=KeyError("FAIL_TO_PASS"))
     traj = await run_rollout(TASK, env, gold(env), DirSandbox(tmp_path / "b"), AgentConfig(), trajectory_id="v2")
-    assert traj.outcome == Outcome.DONE and traj.score == 0.0 and "KeyError" in traj.error
+    # a grader bug is not the model's failure: no score is sent for it
+    assert traj.outcome == Outcome.GRADING_ERROR and "KeyError" in traj.error
+    assert traj.metadata["grading_error"] == "grader_bug"
+    env = ToyEnv(fail_verify=GradingError("python: not found", "cannot_run"))
+    traj = await run_rollout(TASK, env, gold(env), DirSandbox(tmp_path / "c"), AgentConfig(), trajectory_id="v3")
+    assert traj.outcome == Outcome.GRADING_ERROR and traj.metadata["grading_error"] == "cannot_run"
+    assert traj.outcome in INFRA_OUTCOMES
 
 
 async def test_a_broken_task_row_is_recorded_not_raised(tmp_path):

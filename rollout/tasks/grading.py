@@ -1,8 +1,10 @@
 """Grading a SWE-smith workspace: the pytest command, its log parser, and the score.
 
 The score is 1.0 only if every FAIL_TO_PASS and every PASS_TO_PASS test is reported PASSED.
-A test missing from the log (collection error, deleted file, crash, truncated output), a
-timeout, or any other status (FAILED, ERROR, SKIPPED, XFAIL, XPASS) makes it 0.0. This closes
+A test missing from the log (collection error, deleted file, crash, truncated output) or any
+other status (FAILED, ERROR, SKIPPED, XFAIL, XPASS) makes it 0.0. A run that did not really
+happen (timeout, a command that cannot start, no pytest session) is a `GradingError`: an
+infrastructure outcome, never a score. This closes
 the hole in SWE-smith's own grader, which counts a missing test as passed.
 
 Hardening of the pytest run itself (what a reward-hacking agent could otherwise plant):
@@ -27,7 +29,7 @@ import re
 import shlex
 from typing import Iterable
 
-from rollout.types import ExecResult, Verdict
+from rollout.types import ExecResult, GradingError, Verdict
 
 STATUSES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 MISSING = "MISSING"
@@ -93,22 +95,42 @@ def parse_pytest_log(log: str) -> dict[str, str]:
     return statuses
 
 
+# Printed by pytest before it collects anything: without it, pytest never really started.
+_SESSION_START = re.compile(r"^=+ test session starts =+$", re.MULTILINE)
+
+
+def check_ran(result: ExecResult) -> None:
+    """Raise `GradingError` when the test command did not really run: it timed out, could
+    not start (exit 126/127: no interpreter, not executable), or pytest never began a
+    session (no pytest installed, an interpreter that died at startup). Such a run says
+    nothing about the agent's work and must never become a 0.0."""
+    tail = (result.stdout + result.stderr).strip()[-300:]
+    if result.timed_out:
+        raise GradingError(f"the test run timed out after {result.duration:.0f}s", "timeout")
+    if result.exit_code in (126, 127):
+        raise GradingError(f"the test command could not start (exit {result.exit_code}): "
+                           f"{tail or 'no output'}", "cannot_run")
+    if not _SESSION_START.search(result.stdout + "\n" + result.stderr):
+        raise GradingError(f"pytest did not start a test session (exit {result.exit_code}): "
+                           f"{tail or 'no output'}", "no_report")
+
+
 def grade(f2p: list[str], p2p: list[str], result: ExecResult) -> Verdict:
-    """Score one pytest run: 1.0 iff no timeout and every listed test is reported PASSED."""
+    """Score one pytest run: 1.0 iff every listed test is reported PASSED. A run that did
+    not really happen raises `GradingError` (see `check_ran`) instead of scoring."""
+    check_ran(result)
     statuses = parse_pytest_log(result.stdout + "\n" + result.stderr)
     per_test = {t: statuses.get(t, MISSING) for t in [*f2p, *p2p]}
     f2p_ok = sum(per_test[t] == "PASSED" for t in f2p)
     p2p_ok = sum(per_test[t] == "PASSED" for t in p2p)
     all_ok = f2p_ok == len(f2p) and p2p_ok == len(p2p)
-    if result.timed_out:
-        reason = "timeout"
-    elif all_ok:
+    if all_ok:
         reason = "all tests passed"
     elif any(s == MISSING for s in per_test.values()):
         reason = "tests missing from the pytest output"
     else:
         reason = "tests failed"
-    passed = all_ok and not result.timed_out
+    passed = all_ok
     return Verdict(
         score=1.0 if passed else 0.0,
         details={

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from rollout.tasks.grading import MISSING, grade, node_files, parse_pytest_log, pytest_command
-from rollout.types import ExecResult
+from rollout.types import ExecResult, GradingError
 
 SUITE = '''
 import pytest
@@ -94,12 +94,26 @@ def test_score_is_one_only_when_every_listed_test_passed(project):
     assert v.details["reason"] == "tests missing from the pytest output"
 
 
-def test_timeout_and_empty_output_score_zero():
+HEADER = "============================= test session starts ==============================\n"
+
+
+def test_a_run_that_did_not_happen_is_a_grading_error_not_a_zero():
     node = f"{F}::test_ok"
-    passed_log = f"{node} PASSED [100%]\n"
+    passed_log = f"{HEADER}{node} PASSED [100%]\n"
     assert grade([node], [], ExecResult(0, passed_log, "")).score == 1.0
-    assert grade([node], [], ExecResult(-9, passed_log, "", timed_out=True)).score == 0.0
-    assert grade([node], [node], ExecResult(0, "", "")).score == 0.0
+    cases = {
+        "timeout": ExecResult(-9, passed_log, "", timed_out=True),
+        "cannot_run": ExecResult(127, "", "sh: 1: python: not found"),
+        "no_report": ExecResult(1, "/usr/bin/python: No module named pytest\n", ""),
+    }
+    for kind, result in cases.items():
+        with pytest.raises(GradingError) as err:
+            grade([node], [node], result)
+        assert err.value.kind == kind
+    with pytest.raises(GradingError):
+        grade([node], [node], ExecResult(0, "", ""))
+    # a session that started but reports nothing for the test is the agent's failure
+    assert grade([node], [], ExecResult(5, HEADER + "no tests ran\n", "")).score == 0.0
 
 
 def test_collection_error_scores_zero(project):

@@ -21,7 +21,7 @@ from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.grading import node_files
 from rollout.tasks.swe_smith import SweSmithEnv
 from rollout.tools import SandboxTools
-from rollout.types import Task
+from rollout.types import GradingError, Task
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 IMAGE = "rollout-bundled:py311"
@@ -195,7 +195,7 @@ async def test_gold_policy_rollout_end_to_end_records_per_test_results(pool, env
     await policy.close()
 
 
-async def test_a_hanging_test_run_is_a_timeout_and_scores_zero(pool, tasks, tmp_path):
+async def test_a_hanging_test_run_is_a_grading_timeout_not_a_score(pool, tasks, tmp_path):
     quick = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
                                          pytest_plugin_autoload=False, test_timeout=2.0))
     task = tasks[0]
@@ -204,6 +204,6 @@ async def test_a_hanging_test_run_is_a_timeout_and_scores_zero(pool, tasks, tmp_
         await apply_gold(quick, task, sb)
         init = f"{package_dir(task)}/__init__.py"
         await sb.write_file(init, b"while True:\n    pass\n")
-        verdict = await quick.verify(task, sb)
-    assert verdict.score == 0.0
-    assert verdict.details["timed_out"] and verdict.details["reason"] == "timeout"
+        with pytest.raises(GradingError) as err:
+            await quick.verify(task, sb)
+    assert err.value.kind == "timeout"
