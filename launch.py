@@ -1,9 +1,14 @@
 """Run the rollout cluster: `python launch.py conf=swe_smith [overrides]`.
 
-Composes the Hydra config (conf/), validates it once, starts or joins Ray, starts the
-embedded policy server when `policy=embedded`, runs the actors until every task is done
-(or Ctrl-C / SIGTERM), and prints a summary. Exit code 0 on a clean run, 1 when tasks were
-left unfinished by an interrupt or a failure, 2 on a configuration error.
+Composes the Hydra config (conf/), validates it once, checks what can be checked before
+anything starts (tasks load, policy server and trainer API answer, bubblewrap is there),
+starts or joins Ray, starts the embedded policy server when `policy=embedded`, runs the
+actors until every task is done (or Ctrl-C / SIGTERM), and prints a summary (also the last
+thing in launch.log).
+
+Exit codes: 0 every task finished (delivered, or dropped by the trainer's rules); 1 tasks
+left unfinished (interrupt) or dropped for an infrastructure failure (sandbox, policy,
+grading); 2 a configuration or preflight error (one line, no traceback, no run dir left).
 """
 
 from __future__ import annotations
@@ -22,9 +27,44 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("launch")
 
 
+# What Hydra writes into a fresh run dir before our code runs.
+_HYDRA_FILES = {"hydra", "launch.log"}
+
+
 def _fail(msg: str, code: int = 2) -> None:
+    _remove_unused_run_dir()
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+def _remove_unused_run_dir() -> None:
+    """A launch that stops before it starts leaves no run dir behind: remove the one Hydra
+    made if it holds nothing but Hydra's own files (a resumed run's dir holds more)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # not under Hydra (tests calling helpers directly)
+        return
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_FILES:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir:
+                h.close()
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _log_to_file_only(text: str) -> None:
+    """Append `text` to launch.log (the run's file log) without echoing it on the console."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.acquire()
+            try:
+                h.stream.write(text + "\n")
+                h.flush()
+            finally:
+                h.release()
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -73,14 +113,31 @@ def _policy_host(joined: bool) -> str:
     return ray.util.get_node_ip_address()
 
 
-async def run_cluster(cfg: Any, run_dir: Path) -> int:
-    from actors.cluster import RolloutCluster
-    from actors.progress import ProgressView
+def preflight(cfg: Any) -> list[Any]:
+    """Everything that can be checked before Ray starts; returns the loaded tasks.
+    Raises PreflightError (or the loader's own clear errors) with a one-line message."""
+    from rollout import preflight as pf
     from rollout.tasks import load_tasks
 
+    pf.check_isolation(cfg.backend, cfg.pool.isolation)
+    pf.check_trainer(cfg.trainer)
+    pf.check_policy(cfg.policy)
     tasks = load_tasks(cfg.tasks)
-    if not tasks:
-        _fail(f"no tasks loaded from tasks.source={cfg.tasks.source!r}")
+    pf.check_tasks(tasks, cfg.tasks.source)
+    return tasks
+
+
+def exit_code(snap: Any) -> int:
+    unfinished = snap.queue.get("pending", 0) + snap.queue.get("leased", 0)
+    if unfinished or snap.stopping or snap.queue.get("infra_dropped", 0):
+        return 1
+    return 0
+
+
+async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any]) -> int:
+    from actors.cluster import RolloutCluster
+    from actors.progress import ProgressView
+
     cluster = RolloutCluster(cfg, tasks, run_dir)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,10 +148,10 @@ async def run_cluster(cfg: Any, run_dir: Path) -> int:
         await cluster.start()
         snap = await cluster.run(on_tick=view.update)
     summary = view.summary(snap)
-    print(summary)
+    print(summary, flush=True)
+    _log_to_file_only(summary)
     (run_dir / "summary.txt").write_text(summary + "\n")
-    unfinished = snap.queue.get("pending", 0) + snap.queue.get("leased", 0)
-    return 0 if unfinished == 0 and not snap.stopping else 1
+    return exit_code(snap)
 
 
 @hydra.main(config_path="conf", config_name="launch", version_base=None)
@@ -111,6 +168,12 @@ def main(dcfg: DictConfig) -> None:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         _fail(f"{key}: {first} (set it on the command line, e.g. {key}=...)" if key else first)
     logging.getLogger().setLevel(cfg.run.log_level)
+    from rollout.preflight import PreflightError
+
+    try:
+        tasks = preflight(cfg)
+    except (PreflightError, OSError, ValueError, RuntimeError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
@@ -118,7 +181,7 @@ def main(dcfg: DictConfig) -> None:
     server = None
     try:
         server = start_policy_server(cfg, run_dir, joined)
-        code = asyncio.run(run_cluster(cfg, run_dir))
+        code = asyncio.run(run_cluster(cfg, run_dir, tasks))
     finally:
         if server is not None:
             server.stop()
@@ -128,5 +191,17 @@ def main(dcfg: DictConfig) -> None:
     sys.exit(code)
 
 
+def _normalize_argv() -> None:
+    """Plain `key=value` for every documented key; unknown keys refused with a suggestion."""
+    from rollout.overrides import OverrideError, normalize_overrides
+
+    try:
+        sys.argv[1:] = normalize_overrides(sys.argv[1:])
+    except OverrideError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _normalize_argv()
     main()

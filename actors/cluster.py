@@ -45,7 +45,10 @@ class Snapshot:
     pools: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     worker_restarts: int = 0
-    stopping: str | None = None
+    stopping: str | None = None  # why the run is stopping early (Ctrl-C, SIGTERM)
+    stop_level: int = 0  # 1: grace period running, 2: cancelling
+    grace_deadline: float | None = None  # time.time() when the grace period ends
+    cancelled_groups: int = 0  # in-flight groups cancelled at shutdown (tasks back in queue)
 
 
 class RolloutCluster:
@@ -167,6 +170,7 @@ class RolloutCluster:
 
     def request_stop(self, why: str = "stop requested") -> None:
         self._stop_level += 1
+        self.snapshot.stop_level = min(self._stop_level, 2)
         self.snapshot.stopping = why if self._stop_level == 1 else f"{why} (forced)"
         if self._stop_level == 1:
             log.warning("%s: no new groups; in-flight groups get %.0fs to finish "
@@ -216,11 +220,14 @@ class RolloutCluster:
             if self._stop_level and graceful_sent is None:
                 graceful_sent = time.monotonic()
                 cancel_at = graceful_sent + self.cfg.run.shutdown_grace
+                self.snapshot.grace_deadline = time.time() + self.cfg.run.shutdown_grace
                 await _settle([w.stop.remote() for w in self.workers.values()], 30)
             if self._stop_level >= 2 or (cancel_at is not None and time.monotonic() > cancel_at):
                 cancel_at = float("inf")
+                self.snapshot.stop_level = 2
                 log.warning("cancelling groups still in flight")
-                await _settle([w.cancel.remote() for w in self.workers.values()], 60)
+                self._count_cancelled(
+                    await _settle([w.cancel.remote() for w in self.workers.values()], 60))
             if not self._stop_level:
                 await self._watch_nodes()
             await self._poll()
@@ -256,8 +263,12 @@ class RolloutCluster:
         """The one teardown path. Safe to call twice; shielded from cancellation."""
         await asyncio.shield(self._teardown())
 
+    def _count_cancelled(self, results: list[Any]) -> None:
+        self.snapshot.cancelled_groups += sum(r for r in results if isinstance(r, int))
+
     async def _teardown(self) -> None:
-        await _settle([w.cancel.remote() for w in self.workers.values()], 60)
+        self._count_cancelled(
+            await _settle([w.cancel.remote() for w in self.workers.values()], 60))
         if self.sink is not None:
             try:
                 self.snapshot.sink = await self.sink.close.remote(

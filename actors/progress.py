@@ -1,7 +1,9 @@
-"""The live terminal view of a run (rich) and its final summary."""
+"""The live terminal view of a run (rich), its plain-log equivalent, and the final summary."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from typing import Any
 
@@ -11,23 +13,80 @@ from rich.table import Table
 
 from actors.cluster import Snapshot
 
+log = logging.getLogger("progress")
+
+# What each kind of infrastructure failure means, for a user reading the summary.
+INFRA_WORDS = {
+    "sandbox_error": "the sandbox failed (a slot server died, or the repo could not be prepared)",
+    "policy_error": "the policy server failed (unreachable, or bad replies)",
+    "grading_error": "grading could not run (a timeout, a missing interpreter or pytest, "
+                     "or no test report)",
+    "worker_error": "a rollout worker hit an internal error",
+    "worker_died": "the rollout worker running it died",
+    "lease_expired": "its worker stopped answering (lease expired)",
+}
+GRADING_WORDS = {
+    "timeout": "the tests timed out",
+    "cannot_run": "the test command could not start (no interpreter?)",
+    "no_report": "pytest never started a session (pytest missing?)",
+    "grader_bug": "the grader itself failed",
+}
+PLAIN_LOG_EVERY = 30.0  # seconds between plain progress lines when stdout is not a terminal
+
 
 def _totals(snap: Snapshot) -> dict[str, Any]:
     w = snap.workers
-    slots_total = sum(p.get("slots_total", 0) for p in snap.pools)
-    slots_used = sum(p.get("slots_in_use", 0) for p in snap.pools)
     outcomes: dict[str, int] = {}
+    grading: dict[str, int] = {}
     for s in w:
         for k, v in s.get("outcomes", {}).items():
             outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in s.get("grading_errors", {}).items():
+            grading[k] = grading.get(k, 0) + v
+
+    def total(key: str) -> float:
+        return sum(s.get(key, 0.0) for s in w)
+
     return {
         "in_flight": sum(s.get("trajectories_in_flight", 0) for s in w),
         "groups_in_flight": sum(s.get("groups_in_flight", 0) for s in w),
-        "llm_time": sum(s.get("llm_time", 0.0) for s in w),
-        "tool_time": sum(s.get("tool_time", 0.0) for s in w),
-        "slots": f"{slots_used}/{slots_total}",
+        "trajectories": sum(s.get("trajectories_done", 0) for s in w),
+        "traj_time": total("traj_time"),
+        "llm_time": total("llm_time"),
+        "tool_time": total("tool_time"),
+        "prepare_time": total("prepare_time"),
+        "verify_time": total("verify_time"),
+        "acquire_time": total("acquire_time"),
+        "slots": f"{sum(p.get('slots_in_use', 0) for p in snap.pools)}/"
+                 f"{sum(p.get('slots_total', 0) for p in snap.pools)}",
         "outcomes": outcomes,
+        "grading_errors": grading,
+        "suspected_hacking": sum(s.get("suspected_hacking", 0) for s in w),
     }
+
+
+def time_shares(t: dict[str, Any]) -> str:
+    """Where a trajectory's wall-clock goes, as shares of the trajectories' own time: sums
+    over parallel trajectories are never shown as if they were serial seconds."""
+    whole = t["traj_time"]
+    if whole <= 0 or not t["trajectories"]:
+        return "-"
+    parts = [("llm", t["llm_time"]), ("tools", t["tool_time"]), ("prepare", t["prepare_time"]),
+             ("grading", t["verify_time"]), ("slot wait", t["acquire_time"])]
+    other = max(0.0, whole - sum(v for _, v in parts))
+    shown = ", ".join(f"{name} {100 * v / whole:.0f}%" for name, v in [*parts, ("other", other)])
+    return f"{shown} (mean trajectory {whole / t['trajectories']:.1f}s)"
+
+
+def _stopping(snap: Snapshot, t: dict[str, Any]) -> str | None:
+    if not snap.stopping:
+        return None
+    n = t["groups_in_flight"]
+    if snap.stop_level >= 2:
+        return f"{snap.stopping}: cancelling {n} group(s) in flight (their tasks go back to the queue)"
+    left = max(0.0, (snap.grace_deadline or time.time()) - time.time())
+    return (f"{snap.stopping}: {n} group(s) in flight get {left:.0f}s to finish; "
+            "Ctrl-C again cancels them")
 
 
 def render(cfg: Any, snap: Snapshot) -> Table:
@@ -45,15 +104,16 @@ def render(cfg: Any, snap: Snapshot) -> Table:
     table.add_row("slots in use", t["slots"])
     ms = s.get("mean_score")
     table.add_row("mean score", "-" if ms is None else f"{ms:.3f}")
-    table.add_row("llm / tool time", f"{t['llm_time']:.1f}s / {t['tool_time']:.1f}s")
+    table.add_row("time shares", time_shares(t))
     table.add_row("trainer", f"delivered {s.get('delivered', 0)}, outbox {s.get('pending', 0)}"
                              + _trainer_state(cfg, s))
     drops = {**q.get("drop_reasons", {}), **{f"sink:{k}": v for k, v in s.get("drops", {}).items()}}
     table.add_row("drops", ", ".join(f"{k}={v}" for k, v in drops.items()) or "none")
     if t["outcomes"]:
         table.add_row("outcomes", ", ".join(f"{k}={v}" for k, v in sorted(t["outcomes"].items())))
-    if snap.stopping:
-        table.add_row("stopping", snap.stopping)
+    stopping = _stopping(snap, t)
+    if stopping:
+        table.add_row("stopping", stopping)
     return table
 
 
@@ -61,44 +121,104 @@ def _trainer_state(cfg: Any, s: dict[str, Any]) -> str:
     if cfg.trainer.type != "atropos":
         return ""
     if s.get("env_id") is None:
-        return f", WAITING for the trainer at {cfg.trainer.url}"
+        if s.get("api_up") is False:
+            return (f", API UNREACHABLE at {cfg.trainer.url}: nothing answers there "
+                    "(groups wait in the outbox)")
+        return f", WAITING for the trainer to register at {cfg.trainer.url}"
     if s.get("api_up") is False:
         return ", API UNREACHABLE (groups wait in the outbox)"
     return ", PAUSED (trainer queue full)" if s.get("paused") else ""
 
 
 class ProgressView:
+    """On a terminal: a live table that leaves the screen clean when it ends (the summary is
+    printed after it). Elsewhere: plain log lines, one when the trainer's state changes and
+    one every PLAIN_LOG_EVERY seconds."""
+
     def __init__(self, cfg: Any, enabled: bool) -> None:
         self.cfg = cfg
         self.enabled = enabled
         self._live: Live | None = None
+        self._swapped: list[tuple[logging.StreamHandler, Any]] = []
+        self._last_state: str | None = None
+        self._last_line = 0.0
+        self._last_stop: str | None = None
 
     def __enter__(self) -> ProgressView:
         if self.enabled:
-            self._live = Live(console=Console(), refresh_per_second=4, transient=False)
+            self._live = Live(console=Console(), refresh_per_second=4, transient=True)
             self._live.__enter__()
+            # Log handlers captured the real stdout/stderr before the view started; send
+            # their lines through the view's redirect so they print above the table
+            # instead of tearing it.
+            for h in logging.getLogger().handlers:
+                if isinstance(h, logging.StreamHandler) and h.stream in (sys.__stdout__, sys.__stderr__):
+                    self._swapped.append((h, h.stream))
+                    h.setStream(sys.stdout if h.stream is sys.__stdout__ else sys.stderr)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.__exit__(None, None, None)
+            self._live = None
+        for h, stream in self._swapped:
+            h.setStream(stream)
+        self._swapped.clear()
 
     def update(self, snap: Snapshot) -> None:
         if self._live is not None:
             self._live.update(render(self.cfg, snap))
+            return
+        state = _trainer_state(self.cfg, snap.sink).lstrip(", ")
+        if state != self._last_state:
+            if state:
+                log.info("trainer: %s", state)
+            elif self._last_state:
+                log.info("trainer: ready")
+            self._last_state = state
+        now = time.monotonic()
+        if now - self._last_line >= PLAIN_LOG_EVERY:
+            self._last_line = now
+            q = snap.queue
+            log.info("progress: %d done, %d dropped, %d leased, %d pending of %s",
+                     q.get("completed", 0), q.get("dropped", 0), q.get("leased", 0),
+                     q.get("pending", 0), q.get("total", "?"))
+        stopping = _stopping(snap, _totals(snap))
+        if stopping and stopping.split(":")[0] != self._last_stop:
+            self._last_stop = stopping.split(":")[0]
+            log.warning("%s", stopping)
 
     def summary(self, snap: Snapshot) -> str:
         q, s, t = snap.queue, snap.sink, _totals(snap)
         ms = s.get("mean_score")
+        unfinished = q.get("pending", 0) + q.get("leased", 0)
+        infra = q.get("infra_dropped", 0)
         lines = [
             f"run finished{' (' + snap.stopping + ')' if snap.stopping else ''} "
             f"in {time.time() - snap.started:.1f}s",
-            f"  tasks: {q.get('completed', 0)} completed, {q.get('dropped', 0)} dropped, "
-            f"{q.get('pending', 0) + q.get('leased', 0)} unfinished, of {q.get('total', 0)}",
+            f"  tasks: {q.get('completed', 0)} completed, {q.get('dropped', 0)} dropped"
+            + (f" ({infra} for infrastructure failures)" if infra else "")
+            + f", {unfinished} unfinished, of {q.get('total', 0)}",
             f"  groups: {s.get('delivered', 0)} delivered, {s.get('pending', 0)} left in outbox",
             f"  mean score: {'-' if ms is None else f'{ms:.3f}'}",
-            f"  llm time {t['llm_time']:.1f}s, tool time {t['tool_time']:.1f}s",
+            f"  time shares: {time_shares(t)}",
         ]
+        for kind, n in sorted(q.get("infra_kinds", {}).items()):
+            lines.append(f"  FAILED: {n} task(s) dropped because {INFRA_WORDS.get(kind, kind)} "
+                         f"on every attempt")
+        if t["grading_errors"]:
+            lines.append("  grading did not run for " + ", ".join(
+                f"{n} trajectory(ies): {GRADING_WORDS.get(k, k)}"
+                for k, n in sorted(t["grading_errors"].items()))
+                + " (never scored; retried)")
+        if t["suspected_hacking"]:
+            lines.append(f"  suspected reward hacking: {t['suspected_hacking']} trajectory(ies) "
+                         "touched pytest internals or the report (see groups.jsonl)")
+        if snap.cancelled_groups:
+            lines.append(f"  cancelled: {snap.cancelled_groups} group(s) in flight; their tasks "
+                         "were returned untried and run again on resume (same run.dir)")
+        if unfinished and snap.stopping:
+            lines.append(f"  resume with: python launch.py ... run.dir={self.cfg.run.dir}")
         drops = {**q.get("drop_reasons", {}), **s.get("drops", {})}
         if drops:
             lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))

@@ -66,9 +66,13 @@ class RolloutWorker:
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
         self._rr = hash(worker_id)
+        # Time sums are over trajectories; the view turns them into shares of traj_time
+        # (the trajectories' own wall-clock), never adds parallel seconds up as if serial.
         self._stats = {"groups_done": 0, "groups_failed": 0, "trajectories_done": 0,
                        "trajectories_in_flight": 0, "llm_time": 0.0, "tool_time": 0.0,
-                       "outcomes": {}}
+                       "traj_time": 0.0, "prepare_time": 0.0, "verify_time": 0.0,
+                       "acquire_time": 0.0, "outcomes": {}, "grading_errors": {},
+                       "suspected_hacking": 0}
 
     def stats(self) -> dict[str, Any]:
         return dict(self._stats, groups_in_flight=len(self._groups))
@@ -184,10 +188,12 @@ class RolloutWorker:
         pool = self._pick_pool()
         self._stats["trajectories_in_flight"] += 1
         slot = None
+        started = time.monotonic()
         try:
             slot = await asyncio.wait_for(
                 pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout),
                 self.s.acquire_timeout + CALL_SLACK)
+            self._stats["acquire_time"] += time.monotonic() - started
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
                                      self._agent, trajectory_id=traj_id)
         except Exception as e:
@@ -200,12 +206,25 @@ class RolloutWorker:
             self._stats["trajectories_in_flight"] -= 1
             if slot is not None:
                 await asyncio.shield(_release(pool, slot))
-        self._stats["trajectories_done"] += 1
-        self._stats["llm_time"] += traj.llm_time
-        self._stats["tool_time"] += traj.tool_time
-        oc = self._stats["outcomes"]
-        oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
+        self._count(traj, time.monotonic() - started)
         return traj
+
+    def _count(self, traj: Trajectory, wall: float) -> None:
+        st = self._stats
+        st["trajectories_done"] += 1
+        st["traj_time"] += wall
+        st["llm_time"] += traj.llm_time
+        st["tool_time"] += traj.tool_time
+        timings = traj.metadata.get("timings") or {}
+        st["prepare_time"] += timings.get("prepare_time", 0.0)
+        st["verify_time"] += timings.get("verify_time", 0.0)
+        oc = st["outcomes"]
+        oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
+        kind = traj.metadata.get("grading_error")
+        if kind:
+            st["grading_errors"][kind] = st["grading_errors"].get(kind, 0) + 1
+        if (traj.metadata.get("verdict") or {}).get("suspected_hacking"):
+            st["suspected_hacking"] += 1
 
 
 def trajectory_summary(t: Trajectory) -> dict[str, Any]:
@@ -216,6 +235,7 @@ def trajectory_summary(t: Trajectory) -> dict[str, Any]:
         "turns": t.turns, "tokens": len(t.record.tokens), "llm_time": round(t.llm_time, 3),
         "tool_time": round(t.tool_time, 3), "error": t.error,
         "grading": verdict.get("reason"), "timings": t.metadata.get("timings"),
+        "suspected_hacking": verdict.get("suspected_hacking") or None,
     }
 
 

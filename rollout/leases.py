@@ -7,6 +7,9 @@ Guarantees (tested in tests/test_leases.py):
 - After `max_attempts` failed or expired leases a task is dropped with the last reason.
 - Every task ends in exactly one of: completed, dropped (with a reason). `finished` is true
   once every task of this run has (all tasks, or the first `limit` unfinished ones).
+- A task dropped because its attempts ran out (`fail`, expiry, a dead holder: always an
+  infrastructure failure) is also counted in `infra_dropped`, with the kind of failure;
+  `drop` (a refusal retrying cannot fix, e.g. the trainer's rules) is not.
 - `state_dict()` / `load_state` round-trip completed and dropped task ids and attempts, so
   a restarted run skips what is done instead of starting over. Leases in flight at a crash
   are simply pending again after a restart.
@@ -27,6 +30,15 @@ from typing import Any, Callable
 from rollout.types import Task
 
 log = logging.getLogger(__name__)
+
+
+def failure_kind(reason: str) -> str:
+    """The kind of an infrastructure failure reason: `sandbox_error: host lost (after 3
+    attempts)` -> `sandbox_error`; `lease expired` -> `lease_expired`."""
+    head = reason.split(":", 1)[0].split(" (", 1)[0].strip()
+    if head.endswith(" died"):
+        return "worker_died"
+    return head.replace(" ", "_") or "unknown"
 
 
 @dataclass
@@ -59,6 +71,7 @@ class TaskLedger:
         self._attempts: dict[str, int] = {}
         self.completed: dict[str, str] = {}  # task_id -> how (e.g. "delivered")
         self.dropped: dict[str, str] = {}  # task_id -> reason
+        self.infra_dropped: set[str] = set()  # dropped after attempts ran out
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self._clock = clock
@@ -157,6 +170,7 @@ class TaskLedger:
         task_id = lease.task.task_id
         if lease.attempt >= self._max_attempts:
             self.dropped[task_id] = f"{reason} (after {lease.attempt} attempts)"
+            self.infra_dropped.add(task_id)
             log.warning("task %s dropped: %s", task_id, self.dropped[task_id])
         else:
             log.info("task %s back in the queue: %s", task_id, reason)
@@ -172,6 +186,8 @@ class TaskLedger:
 
     def progress(self) -> dict[str, Any]:
         reasons = collections.Counter(self.dropped.values())
+        kinds = collections.Counter(failure_kind(self.dropped[t]) for t in self.infra_dropped
+                                    if t in self.dropped)
         return {
             "total": len(self._tasks),
             "pending": sum(
@@ -181,6 +197,8 @@ class TaskLedger:
             "completed": len(self.completed),
             "dropped": len(self.dropped),
             "drop_reasons": dict(reasons),
+            "infra_dropped": sum(kinds.values()),
+            "infra_kinds": dict(kinds),
             "finished": self.finished,
         }
 
@@ -190,6 +208,7 @@ class TaskLedger:
         return {
             "completed": self.completed,
             "dropped": self.dropped,
+            "infra_dropped": sorted(self.infra_dropped),
             "attempts": self._attempts,
         }
 
@@ -197,6 +216,7 @@ class TaskLedger:
         known = self._tasks.keys()
         self.completed = {k: v for k, v in state.get("completed", {}).items() if k in known}
         self.dropped = {k: v for k, v in state.get("dropped", {}).items() if k in known}
+        self.infra_dropped = {k for k in state.get("infra_dropped", []) if k in self.dropped}
         self._attempts = {k: int(v) for k, v in state.get("attempts", {}).items() if k in known}
         done = self.completed.keys() | self.dropped.keys()
         self._pending = collections.deque(t for t in self._order if t not in done)

@@ -9,13 +9,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rollout.config import LaunchConfig, load_config
+from rollout.overrides import normalize_overrides
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_raw(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="launch", overrides=overrides)
+        # The same rewriting launch.py applies to its command line.
+        cfg = compose(config_name="launch", overrides=normalize_overrides(overrides))
     raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert isinstance(raw, dict)
     return raw

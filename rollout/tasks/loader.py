@@ -115,19 +115,29 @@ def _in_split(task_id: str, split: str, eval_fraction: float) -> bool:
     return is_eval if split in ("eval", "test", "validation") else not is_eval
 
 
-def _read_jsonl(path: Path, report: LoadReport) -> Iterator[Any]:
+# Every row comes with where it is, the same way for every source: `<file>:<line>` for
+# JSONL (the line number an editor shows), `<file> row <n>` (1-based) otherwise.
+Located = tuple[str, Any]
+
+
+def _read_jsonl(path: Path, report: LoadReport) -> Iterator[Located]:
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
                 report.skipped["invalid JSON"] += 1
-                log.warning("%s:%d: skipped row: invalid JSON", path, lineno)
+                log.warning("%s:%d: skipped row: invalid JSON (%s)", path, lineno, e.msg)
 
 
-def _read_rows(cfg: TaskSourceConfig, report: LoadReport) -> Iterable[Any]:
+def _numbered(where: str, rows: Iterable[Any]) -> Iterator[Located]:
+    for n, row in enumerate(rows, 1):
+        yield f"{where} row {n}", row
+
+
+def _read_rows(cfg: TaskSourceConfig, report: LoadReport) -> Iterable[Located]:
     source = cfg.source
     if source == BUNDLED:
         return _read_jsonl(BUNDLED_JSONL, report)
@@ -137,8 +147,11 @@ def _read_rows(cfg: TaskSourceConfig, report: LoadReport) -> Iterable[Any]:
         if suffix == ".jsonl":
             return _read_jsonl(path, report)
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else [data]
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"task source {path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            return _numbered(str(path), data if isinstance(data, list) else [data])
         if suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
@@ -146,7 +159,7 @@ def _read_rows(cfg: TaskSourceConfig, report: LoadReport) -> Iterable[Any]:
                 raise RuntimeError(
                     f"reading {path} needs pyarrow; install it with `pip install pyarrow`"
                 ) from None
-            return pq.read_table(path).to_pylist()
+            return _numbered(str(path), pq.read_table(path).to_pylist())
         raise ValueError(f"task source {path}: unsupported file type (use .jsonl, .json or .parquet)")
     if source.endswith((".jsonl", ".json", ".parquet")) or "/" not in source:
         raise FileNotFoundError(f"task source {source!r} does not exist (a file path, 'bundled', "
@@ -166,7 +179,7 @@ def _read_hf(name: str, split: str) -> Iterable[Any]:
         ds = datasets.load_dataset(name, split=split)
     except ValueError:  # most SWE-smith datasets only have "train"; split by hash instead
         ds = datasets.load_dataset(name, split="train")
-    return iter(ds)
+    return _numbered(f"{name}[{split}]", ds)
 
 
 def load_tasks_with_report(cfg: TaskSourceConfig) -> tuple[list[Task], LoadReport]:
@@ -174,17 +187,17 @@ def load_tasks_with_report(cfg: TaskSourceConfig) -> tuple[list[Task], LoadRepor
     report = LoadReport()
     tasks: list[Task] = []
     seen: set[str] = set()
-    for i, row in enumerate(_read_rows(cfg, report)):
+    for where, row in _read_rows(cfg, report):
         try:
             task = row_to_task(row, cfg.kind)
         except RowError as e:
             report.skipped[str(e)] += 1
             rid = row.get("instance_id") if isinstance(row, dict) else None
-            log.warning("skipped row %d (%s): %s", i, rid or "?", e)
+            log.warning("%s: skipped row (%s): %s", where, rid or "?", e)
             continue
         if task.task_id in seen:
             report.skipped["duplicate instance_id"] += 1
-            log.warning("skipped row %d (%s): duplicate instance_id", i, task.task_id)
+            log.warning("%s: skipped row (%s): duplicate instance_id", where, task.task_id)
             continue
         seen.add(task.task_id)
         if cfg.filter == "python":

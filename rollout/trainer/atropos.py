@@ -49,6 +49,7 @@ class AtroposClient:
         backoff_max: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
+        self.reachable: bool | None = None  # did the API answer the last registration poll
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_retries = max_retries
         self._backoff = backoff
@@ -123,6 +124,9 @@ class AtroposClient:
                 raise asyncio.CancelledError("stopping before the trainer started")
             try:
                 reply = await self._request("POST", "/register-env", json=payload)
+                if not self.reachable:
+                    log.info("the Atropos API at %s answers", self.url)
+                self.reachable = True
                 if reply.get("status") == "success":
                     info = await self.info()
                     reg = Registration(
@@ -138,11 +142,14 @@ class AtroposClient:
                         self.url, reg.env_id, reg.wandb_name, reg.batch_size, reg.max_token_len,
                     )
                     return reg
-                what = reply.get("status", reply)
+                what = f"the API is up; the trainer has not registered yet ({reply.get('status', reply)})"
             except TransientError as e:
-                what = str(e)
+                if self.reachable is not False:
+                    log.warning("the Atropos API at %s is not reachable (%s); retrying", self.url, e)
+                self.reachable = False
+                what = f"the API is NOT reachable: {e}"
             if waited == 0.0 or int(waited) % 30 == 0:
-                log.info("waiting for the Atropos trainer at %s (%s)", self.url, what)
+                log.info("waiting for the Atropos trainer at %s: %s", self.url, what)
             await asyncio.sleep(poll_interval)
             waited += poll_interval
 

@@ -176,7 +176,10 @@ class GroupSink:
             "drops": dict(self.drops),
             "mean_score": self.score_sum / self.score_n if self.score_n else None,
             "paused": self.paused,
-            "api_up": self.api_up,
+            # Before registration: whether the API answers at all (nothing listening reads
+            # differently from "the trainer has not registered yet").
+            "api_up": self.api_up if self.registration or self._client is None
+            else self._client.reachable,
             "trainer_queue": self.last_status.get("queue_size"),
             "env_id": self.registration.env_id if self.registration else None,
         }

@@ -1,0 +1,131 @@
+"""Command-line overrides: every documented key settable as `key=value`, typos caught early.
+
+Hydra refuses `a.b=1` when the composed YAML does not list `a.b` (it wants `+a.b=1`), and
+its advice for a typo is to add the `+`. Here the typed config is the schema: an override
+of a key the schema knows becomes `++a.b=1` (set, whether or not a YAML file lists it), and
+an override of a key it does not know is refused with the closest valid key suggested.
+Group selections (`policy=gold`), Hydra's own keys (`hydra.*`) and explicit `+`/`++`/`~`
+overrides pass through untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any, Iterable
+
+# Hydra config groups under conf/ that a user selects with `group=option`.
+GROUPS = ("conf", "backend", "policy", "trainer")
+
+
+class OverrideError(ValueError):
+    """A command-line override names a key the configuration does not have."""
+
+
+def _fields(cls: Any) -> dict[str, Any] | None:
+    """Field name -> type hint of a dataclass or pydantic model class; None otherwise."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    model_fields = getattr(cls, "model_fields", None)
+    if isinstance(model_fields, dict):
+        return {name: f.annotation for name, f in model_fields.items()}
+    return None
+
+
+def _classes(hint: Any) -> list[Any]:
+    """The config classes a hint may hold (unwrapping Optional / unions / Annotated)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _classes(typing.get_args(hint)[0])
+    if origin is not None and typing.get_args(hint) and origin not in (list, tuple, dict):
+        return [c for a in typing.get_args(hint) for c in _classes(a)]
+    return [hint] if _fields(hint) is not None else []
+
+
+def _is_mapping(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated or (origin is not None and origin not in (list, tuple, dict)):
+        return any(_is_mapping(a) for a in typing.get_args(hint))
+    return hint is dict or origin is dict
+
+
+class KeySchema:
+    """The dotted keys a configuration accepts. Below a mapping-typed key (e.g.
+    `policy.template_kwargs`, `backend.env`) any sub-key is accepted."""
+
+    def __init__(self, sections: dict[str, Iterable[Any]]) -> None:
+        self.keys: set[str] = set()
+        self.open: set[str] = set()  # mapping-typed keys: free-form below
+        for section, classes in sections.items():
+            self.keys.add(section)
+            for cls in classes:
+                self._walk(section, cls)
+
+    def _walk(self, prefix: str, cls: Any) -> None:
+        for name, hint in (_fields(cls) or {}).items():
+            key = f"{prefix}.{name}"
+            self.keys.add(key)
+            if _is_mapping(hint):
+                self.open.add(key)
+            for sub in _classes(hint):
+                self._walk(key, sub)
+
+    def knows(self, key: str) -> bool:
+        if key in self.keys:
+            return True
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in self.open for i in range(1, len(parts)))
+
+    def suggest(self, key: str) -> str | None:
+        section = key.split(".", 1)[0]
+        pool = [k for k in self.keys if k.startswith(section + ".")] or sorted(self.keys)
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        return close[0] if close else None
+
+
+def launch_schema() -> KeySchema:
+    """The schema of `launch.py`'s configuration (rollout.config.load_config's sections)."""
+    from rollout.config import LaunchConfig
+
+    sections: dict[str, list[Any]] = {}
+    for name, hint in (_fields(LaunchConfig) or {}).items():
+        if name == "extra":
+            continue
+        if name == "pool":  # the backend section: its name plus the backend's own keys
+            sections.setdefault("backend", []).extend(_classes(hint))
+        elif name == "backend":
+            sections.setdefault("backend", [])
+        else:
+            sections.setdefault(name, []).extend(_classes(hint))
+    schema = KeySchema(sections)
+    schema.keys.add("backend.name")
+    return schema
+
+
+def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> list[str]:
+    """Rewrite plain `key=value` overrides of known keys to `++key=value`; refuse unknown
+    keys with a suggestion (`OverrideError`). Anything else is returned unchanged."""
+    schema = schema or launch_schema()
+    out = []
+    for arg in args:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            out.append(arg)
+            continue
+        key = arg.split("=", 1)[0].strip()
+        if key.startswith("hydra.") or key == "hydra" or key in GROUPS:
+            out.append(arg)
+            continue
+        if key == "ray":
+            raise OverrideError(
+                "ray is a config section, not a group (conf/ray/cluster.yaml is for `ray up`); "
+                "set its keys instead, e.g. ray.address=auto")
+        if not schema.knows(key):
+            hint = schema.suggest(key)
+            raise OverrideError(f"unknown key {key}" + (f"; did you mean {hint}?" if hint else
+                                f"; valid sections: {', '.join(sorted(k for k in schema.keys if '.' not in k))}"))
+        if key in schema.keys and "." not in key:
+            raise OverrideError(f"{key} is a section; set one of its keys, e.g. {key}.<key>=...")
+        out.append("++" + arg)
+    return out

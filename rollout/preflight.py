@@ -1,0 +1,85 @@
+"""Checks a launch runs before it starts Ray or writes a run dir.
+
+Each check either passes or raises `PreflightError` with one line a user can act on: what is
+wrong, and what to do. Mistakes found here cost a second, not a Ray start and an empty run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+# A failed connect to a local port is immediate; a remote host that drops packets is not.
+PROBE_TIMEOUT = 5.0
+
+
+class PreflightError(RuntimeError):
+    """A launch cannot work as configured; the message is one line."""
+
+
+def probe_http(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if an HTTP server answers at `url` (any status), else why not, in words."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered: reachable, whatever it thinks of this path
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        if isinstance(reason, socket.gaierror):
+            return f"unknown host ({reason.strerror or reason})"
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"no answer within {timeout:g}s"
+        return str(reason)
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except (OSError, ValueError) as e:
+        return str(e)
+
+
+def check_policy(policy: Any) -> None:
+    """An endpoint policy (one launch does not start itself) must be reachable."""
+    if policy.type in ("gold", "scripted") or not policy.base_url:
+        return  # replayed locally, or the embedded server launch starts itself
+    path = "/health" if policy.type == "sglang" else "/v1/models"
+    url = policy.base_url.rstrip("/") + path
+    problem = probe_http(url)
+    if problem:
+        raise PreflightError(
+            f"the policy server at policy.base_url={policy.base_url} is not reachable "
+            f"(GET {path}: {problem}); start it or fix policy.base_url")
+
+
+def check_trainer(trainer: Any) -> None:
+    """With trainer=atropos, something must listen at trainer.url (the trainer itself may
+    register later: the run waits for that, visibly)."""
+    if trainer.type != "atropos":
+        return
+    problem = probe_http(trainer.url.rstrip("/") + "/")
+    if problem:
+        raise PreflightError(
+            f"the Atropos API at trainer.url={trainer.url} is not reachable ({problem}); "
+            "start it first (`run-api`) or fix trainer.url")
+
+
+def check_isolation(backend: str, isolation: str) -> None:
+    """The local backend's slot servers need bubblewrap unless isolation=none is asked for.
+    (`auto` would otherwise run every command unsandboxed, with a warning no one reads.)"""
+    if backend != "local" or isolation == "none":
+        return
+    if shutil.which("bwrap") is None:
+        raise PreflightError(
+            "bubblewrap (bwrap) is not installed, so commands cannot be sandboxed: "
+            "`apt-get install bubblewrap` (or set backend.isolation=none to run them "
+            "unisolated, which is unsafe)")
+
+
+def check_tasks(tasks: list[Any], source: str) -> None:
+    if not tasks:
+        raise PreflightError(f"no tasks loaded from tasks.source={source!r} "
+                             "(every row was skipped or filtered out; see the warnings above)")

@@ -1,0 +1,151 @@
+"""What a new user hits first: mistakes fail fast with one line, exit codes tell the truth.
+
+Every launch here is the real `launch.py` in a subprocess, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout.overrides import OverrideError, normalize_overrides
+from tests.launch_config import compose_config, qwen_tokenizer_dir
+from tests.test_launch import GOLD, ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def run_launch(*overrides: str, run_dir: Path, env: dict[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "conf=swe_smith", f"run.dir={run_dir}",
+         *overrides],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # bound then closed: nothing listens there
+
+
+def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], run_dir: Path,
+                           *wanted: str) -> None:
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for w in wanted:
+        assert w in errors[0], errors[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+
+
+# --- overrides -----------------------------------------------------------------------------
+
+
+def test_a_typo_gets_did_you_mean():
+    with pytest.raises(OverrideError, match=r"unknown key env.group_sise; did you mean env.group_size\?"):
+        normalize_overrides(["env.group_sise=4"])
+    with pytest.raises(OverrideError, match="did you mean tasks.test_timeout"):
+        normalize_overrides(["tasks.test_timout=5"])
+    with pytest.raises(OverrideError, match="ray is a config section"):
+        normalize_overrides(["ray=cluster"])
+
+
+def test_every_documented_key_is_a_plain_override(tmp_path):
+    # None of these are in the preset YAML; all are fields of the typed config.
+    cfg = compose_config([
+        "conf=swe_smith", f"run.dir={tmp_path}", "policy=gold",
+        f"policy.tokenizer={qwen_tokenizer_dir()}", f"tasks.cache_dir={tmp_path}/cache",
+        "tasks.python=/opt/py/bin/python", "tasks.repo_sources=[/srv/mirrors]",
+        "backend.output_cap=1024", "policy.seed=7", "agent.max_calls_per_turn=3",
+        "backend.env.FOO=bar", "trainer.send_batch=2",
+    ])
+    assert cfg.tasks.cache_dir == f"{tmp_path}/cache" and cfg.tasks.python == "/opt/py/bin/python"
+    assert cfg.tasks.repo_sources == ["/srv/mirrors"] and cfg.pool.output_cap == 1024
+    assert cfg.policy.seed == 7 and cfg.agent.max_calls_per_turn == 3
+    assert cfg.pool.env == {"FOO": "bar"} and cfg.trainer.send_batch == 2
+    # Group selections, Hydra's keys and explicit +/~ pass through untouched.
+    assert normalize_overrides(["policy=gold", "hydra.verbose=true", "+x.y=1"]) == [
+        "policy=gold", "hydra.verbose=true", "+x.y=1"]
+
+
+def test_launch_refuses_a_typo_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_launch("env.group_sise=4", run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, "did you mean env.group_size?")
+
+
+# --- fail fast, before Ray -----------------------------------------------------------------
+
+
+def test_missing_task_source_fails_fast(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_launch(*GOLD, f"tasks.source={tmp_path}/nope.jsonl", run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, "nope.jsonl", "does not exist")
+
+
+def test_unreachable_policy_server_fails_fast(tmp_path):
+    run_dir = tmp_path / "run"
+    url = closed_port_url()
+    proc = run_launch("policy=openai_completions", f"policy.base_url={url}", "policy.model=m",
+                      f"policy.tokenizer={qwen_tokenizer_dir()}", run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, "policy server", url, "nothing listens")
+
+
+def test_unreachable_trainer_fails_fast(tmp_path):
+    run_dir = tmp_path / "run"
+    url = closed_port_url()
+    proc = run_launch(*GOLD, "trainer=atropos", f"trainer.url={url}", run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, "Atropos API", url, "nothing listens")
+
+
+def test_missing_bubblewrap_fails_fast(tmp_path):
+    # A PATH with git and python but no bwrap.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("git", "sh"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    run_dir = tmp_path / "run"
+    proc = run_launch(*GOLD, run_dir=run_dir, env={"PATH": str(bin_dir)})
+    assert_one_line_exit_2(proc, run_dir, "bubblewrap", "apt-get install bubblewrap")
+
+
+def test_a_config_error_leaves_no_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_launch("env.group_size=zero", run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, "env.group_size must be an integer")
+
+
+# --- honest exit codes ---------------------------------------------------------------------
+
+
+def test_grading_that_cannot_start_is_an_infra_failure_not_a_zero(tmp_path):
+    """A test command that cannot start (exit 127) is never a 0.0 sent to the trainer: the
+    group is retried, then dropped with the reason, the summary says so, exit is 1."""
+    run_dir = tmp_path / "run"
+    proc = run_launch(*GOLD, "run.max_groups=1", "queue.max_attempts=2",
+                      "tasks.python=/nonexistent/bin/python", run_dir=run_dir, timeout=500)
+    out = proc.stdout
+    assert proc.returncode == 1, (out[-3000:], proc.stderr[-3000:])
+    assert (run_dir / "groups.jsonl").read_text().strip() == ""  # nothing scored, nothing sent
+    state = json.loads((run_dir / "queue_state.json").read_text())
+    (reason,) = state["dropped"].values()
+    assert reason.startswith("grading_error") and "after 2 attempts" in reason
+    assert "1 for infrastructure failures" in out
+    assert "because grading could not run" in out
+    assert "the test command could not start" in out
+    # launch.log ends with the summary
+    log_tail = (run_dir / "launch.log").read_text().rstrip().splitlines()[-12:]
+    assert any("run finished" in line for line in log_tail)
+    assert (run_dir / "summary.txt").read_text().strip().splitlines()[-1] in log_tail
