@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from actors.sandbox_pool import SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
 from rollout.config import LaunchConfig
+from rollout.sandbox.config import PoolConfig
 from rollout.trainer.sink import GroupRules
 from rollout.types import Task
 
@@ -107,6 +109,11 @@ class RolloutCluster:
         for _ in range(cfg.workers.num):
             self._spawn_worker()
 
+    def _pool_config(self) -> PoolConfig:
+        """The pool config with the grading interpreter exposed: slots must be able to run it."""
+        pool = self.cfg.pool
+        return dataclasses.replace(pool, expose=[*pool.expose, self.cfg.tasks.python])
+
     async def _add_pools(self) -> bool:
         """Start a SandboxPool on every alive node that has none. True if any was added."""
         new = []
@@ -118,7 +125,7 @@ class RolloutCluster:
             pool = SandboxPool.options(
                 name=self._name(f"pool-{nid[:8]}"), namespace=NAMESPACE,
                 scheduling_strategy=strategy,
-            ).remote(self.cfg.backend, self.cfg.pool)
+            ).remote(self.cfg.backend, self._pool_config())
             new.append((nid, pool))
         started = await _settle([p.start.remote() for _, p in new],
                                 self.cfg.pool.host_start_timeout + 30)

@@ -36,7 +36,10 @@ def _resolve_isolation(cfg: ServerConfig) -> tuple[str, Bubblewrap | None, str]:
     hide = [str(cfg.data_dir), *cfg.hide]
     if cfg.token_file:
         hide.append(cfg.token_file)
-    bwrap = Bubblewrap(cfg.bwrap_path, network=cfg.network, hide=hide)
+    bwrap = Bubblewrap(cfg.bwrap_path, network=cfg.network, hide=hide,
+                      expose=[sys.executable, *cfg.expose])
+    if bwrap.exposed:
+        log.info("exposed read-only inside slots: %s", ", ".join(bwrap.exposed))
     inside = choose_workspace_path(cfg.workspace)
     problem = bwrap.probe(inside)
     if problem is None:

@@ -33,6 +33,7 @@ class ServerConfig:
     workspace: str = "/workspace"  # path of the workspace inside the sandbox
     extra_env: dict[str, str] = field(default_factory=dict)
     hide: tuple[str, ...] = ()  # extra host paths masked inside the sandbox
+    expose: tuple[str, ...] = ()  # host dirs shown read-only even under the private /tmp
     token_file: str | None = None
     ready_file: str | None = None
     bwrap_path: str = "bwrap"
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra default environment for commands (repeatable)")
     p.add_argument("--hide", action="append", default=[], metavar="PATH",
                    help="host path to mask inside the sandbox (repeatable)")
+    p.add_argument("--expose", action="append", default=[], metavar="PATH",
+                   help="host directory, or interpreter (its prefix), shown read-only inside "
+                        "the sandbox even where the private /tmp hides it; the server's own "
+                        "interpreter always is (repeatable)")
     p.add_argument("--ready-file", help="write {url, port, pid} JSON here once listening")
     p.add_argument("--bwrap", default="bwrap", help="bubblewrap executable")
     p.add_argument("--exit-with-parent", action="store_true",
@@ -124,6 +129,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         workspace=args.workspace.rstrip("/") or "/workspace",
         extra_env=env,
         hide=tuple(args.hide),
+        expose=tuple(args.expose),
         token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
         ready_file=args.ready_file,
         bwrap_path=args.bwrap,

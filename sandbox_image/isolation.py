@@ -4,7 +4,10 @@ Inside the sandbox a command sees: the host root read-only, a fresh /dev and /pr
 pid namespace, so no host processes), a private tmpfs on /tmp, its slot's workspace
 read-write at `workspace` (and nothing else writable), no network unless enabled, no
 capabilities. The server's data dir (all slots), its token file and any `hide` paths are
-masked by empty mounts.
+masked by empty mounts. `expose` paths are host paths bound read-only at the same place even
+where the private /tmp would hide them: the interpreter a slot is told to use (a virtualenv
+under /tmp, say) must exist inside it. Masks are applied after exposes, so an exposed tree
+never reveals the data dir or the token.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Bubblewrap:
         *,
         network: bool,
         hide: list[str],
+        expose: list[str] = (),
     ) -> None:
         self.executable = shutil.which(executable) or executable
         self.network = network
@@ -62,9 +66,14 @@ class Bubblewrap:
             "--proc", "/proc",
             "--tmpfs", "/tmp",
         ]
+        self.exposed = exposed_paths(expose)
+        for path in self.exposed:
+            self._prefix += ["--ro-bind", path, path]
         for path in sorted(set(hide)):
-            # Anything under /tmp is already hidden by the private tmpfs.
-            if _under(path, "/tmp") or not os.path.lexists(path):
+            # Anything under /tmp is already hidden by the private tmpfs, unless exposed.
+            if not os.path.lexists(path):
+                continue
+            if _under(path, "/tmp") and not any(_under(path, e) for e in self.exposed):
                 continue
             if os.path.isdir(path):
                 self._prefix += ["--tmpfs", path]
@@ -108,6 +117,39 @@ class Bubblewrap:
             if not os.path.exists(os.path.join(ws, "probe")):
                 return "bubblewrap ran but the workspace bind is not writable"
         return None
+
+
+def interpreter_dirs(path: str) -> list[str]:
+    """The directories a sandbox needs to run the interpreter `path` (a directory: itself).
+
+    `path` is a file or a command looked up on PATH. For `<prefix>/bin/python` that is
+    `<prefix>` (a virtualenv: its site-packages) and the prefix of the file the link resolves
+    to (the base installation a venv points at).
+    """
+    if os.path.isdir(path):
+        return [os.path.realpath(path)]
+    found = shutil.which(path)
+    if not found:
+        return []
+    dirs = []
+    for exe in (os.path.abspath(found), os.path.realpath(found)):
+        bin_dir = os.path.dirname(exe)
+        dirs.append(os.path.dirname(bin_dir) if os.path.basename(bin_dir) == "bin" else bin_dir)
+    return [os.path.realpath(d) for d in dict.fromkeys(dirs)]
+
+
+def exposed_paths(paths: list[str] | tuple[str, ...]) -> list[str]:
+    """The directories `paths` (directories or interpreters) need, outermost first, no nesting.
+
+    Only those the root bind does not already show need a bind of their own (under /tmp).
+    """
+    real = sorted({d for p in paths if p for d in interpreter_dirs(p)})
+    out: list[str] = []
+    for path in real:
+        if path == "/" or not _under(path, "/tmp") or any(_under(path, o) for o in out):
+            continue
+        out.append(path)
+    return out
 
 
 def choose_workspace_path(requested: str) -> str:

@@ -127,6 +127,35 @@ def test_a_config_error_leaves_no_run_dir(tmp_path):
     assert_one_line_exit_2(proc, run_dir, "env.group_size must be an integer")
 
 
+# --- the interpreter a slot is told to use --------------------------------------------------
+
+
+def make_tmp_venv(where: Path) -> Path:
+    """A virtualenv under /tmp (hidden inside slots by their private /tmp) whose packages are
+    this interpreter's, found through a .pth file, as a user's own venv would hold them."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
+                   timeout=120)
+    (site,) = where.glob("lib/python3*/site-packages")
+    (site / "this-env.pth").write_text("\n".join(p for p in sys.path if p.endswith("-packages")))
+    return where / "bin" / "python"
+
+
+def test_a_venv_under_tmp_grades_gold_one(tmp_path):
+    """`tasks.python` in a venv under /tmp: the slot sees it, so gold scores 1.0 (it used to
+    be `python: not found`, graded as a silent 0.0)."""
+    python = make_tmp_venv(Path("/tmp") / f"rollout-test-venv-{os.getpid()}")
+    try:
+        assert str(python).startswith("/tmp/")
+        run_dir = tmp_path / "run"
+        proc = run_launch(*GOLD, "run.max_groups=1", f"tasks.python={python}",
+                          run_dir=run_dir, timeout=500)
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+        (group,) = [json.loads(line) for line in (run_dir / "groups.jsonl").read_text().splitlines()]
+        assert group["scores"] and set(group["scores"]) == {1.0}
+    finally:
+        shutil.rmtree(python.parents[1], ignore_errors=True)
+
+
 # --- honest exit codes ---------------------------------------------------------------------
 
 
@@ -149,3 +178,22 @@ def test_grading_that_cannot_start_is_an_infra_failure_not_a_zero(tmp_path):
     log_tail = (run_dir / "launch.log").read_text().rstrip().splitlines()[-12:]
     assert any("run finished" in line for line in log_tail)
     assert (run_dir / "summary.txt").read_text().strip().splitlines()[-1] in log_tail
+
+
+def test_help_lists_only_selectable_groups():
+    proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    groups = proc.stdout.split("== Groups", 1)[1].split("== Config", 1)[0]
+    assert "ray" not in groups and "scripted" in groups
+    for option in (ROOT / "conf" / "policy").glob("*.yaml"):
+        assert option.stem in groups, option.stem
+
+
+def test_every_policy_option_composes(tmp_path):
+    for option in sorted((ROOT / "conf" / "policy").glob("*.yaml")):
+        extra = [] if option.stem in ("embedded", "gold", "scripted") else [
+            "policy.base_url=http://h:1", "policy.model=m"]
+        cfg = compose_config(["conf=swe_smith", f"run.dir={tmp_path}", f"policy={option.stem}",
+                              f"policy.tokenizer={qwen_tokenizer_dir()}", *extra])
+        assert cfg.policy.type == option.stem

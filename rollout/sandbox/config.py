@@ -24,6 +24,9 @@ class PoolConfig:
     host_start_timeout: float = 300.0  # remote backends may need minutes
     acquire_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)  # extra env for every command
+    # Host directories (or interpreters: their prefix is meant) that slots must see even where
+    # the private /tmp hides them. The slot server's own interpreter is always included.
+    expose: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problems = []

@@ -91,6 +91,8 @@ class LocalBackend:
             "--hide", str(self.root),
             "--exit-with-parent",
         ]
+        for path in dict.fromkeys(cfg.expose):
+            argv += ["--expose", path]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
         return argv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 
 from rollout.sandbox.client import SlotServerClient
@@ -159,3 +160,29 @@ async def test_commands_cannot_reach_the_servers_terminal(tmp_path) -> None:
             os.killpg(proc.pid, signal.SIGTERM)  # sh and the server (one process group)
         stop(proc)
         os.close(master)
+
+
+def test_exposed_dirs_under_tmp_are_read_only_and_masks_still_win(tmp_path) -> None:
+    """A virtualenv under /tmp must exist inside the sandbox (the private /tmp hid it, and every
+    grading command failed with `python: not found`); an exposed tree never shows a mask."""
+    from sandbox_image.isolation import Bubblewrap
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "tool").write_text("#!/bin/sh\necho from-the-venv\n")
+    (venv / "bin" / "tool").chmod(0o755)
+    secret = venv / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("hunter2")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    cmd = f"{venv}/bin/tool; cat {secret}/key; touch {venv}/w 2>/dev/null || echo read-only"
+    shown = Bubblewrap("bwrap", network=False, hide=[str(secret)], expose=[str(venv / "bin" / "tool")])
+    assert shown.exposed == [str(venv)]  # an interpreter path means its prefix
+    out = subprocess.run(shown.argv(str(ws), "/tmp/ws", "/tmp/ws", cmd), capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.split() == ["from-the-venv", "read-only"], out.stderr
+    hidden = Bubblewrap("bwrap", network=False, hide=[])
+    out = subprocess.run(hidden.argv(str(ws), "/tmp/ws", "/tmp/ws", cmd), capture_output=True,
+                         text=True, timeout=30)
+    assert "from-the-venv" not in out.stdout

@@ -72,6 +72,18 @@ def test_jsonl_with_malformed_rows_loads_good_ones_and_counts_the_rest(jsonl, ca
         "duplicate instance_id": 1, "filtered: not python": 1,
     }
     assert "skipped 11 rows" in caplog.text
+    # Every message names the row by its line in the file, as an editor shows it.
+    assert f"{jsonl}:4: skipped row" in caplog.text  # line 4: the first bad line
+    assert f"{jsonl}:6: skipped row (?): missing instance_id" in caplog.text
+    assert f"{jsonl}:16: skipped row ({good_row(0)['instance_id']}): duplicate" in caplog.text
+
+
+def test_json_and_parquet_rows_are_numbered_from_one(tmp_path, caplog):
+    rows = [good_row(0), good_row(1, patch="just words")]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    with caplog.at_level(logging.WARNING, logger="rollout.tasks.loader"):
+        load_tasks(TaskSourceConfig(source=str(tmp_path / "rows.json")))
+    assert f"{tmp_path / 'rows.json'} row 2: skipped row" in caplog.text
 
 
 def test_normalized_fields(jsonl):
