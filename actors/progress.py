@@ -30,6 +30,8 @@ GRADING_WORDS = {
     "cannot_run": "the test command could not start (no interpreter?)",
     "no_report": "pytest never started a session (pytest missing?)",
     "grader_bug": "the grader itself failed",
+    "killed": "the test process was killed (memory limit?) before pytest finished",
+    "report_truncated": "the test report was cut off (raise backend.output_cap)",
 }
 PLAIN_LOG_EVERY = 30.0  # seconds between plain progress lines when stdout is not a terminal
 

@@ -20,6 +20,50 @@ def default_cache_dir() -> str:
     return os.path.join(base, "rollout", "repos")
 
 
+@dataclass(frozen=True)
+class TestProfile:
+    """How one repo's tests are run when graded (SWE-smith keeps one such profile per repo).
+
+    Unset fields fall back to the `tasks.*` defaults. `paths` are appended to sys.path,
+    relative to the workspace; None means detect: the workspace, plus `src` when the tree
+    has `src/<package>/` (a src layout).
+    """
+
+    python: str | None = None
+    paths: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    plugin_autoload: bool | None = None
+    test_timeout: float | None = None
+
+    @classmethod
+    def from_mapping(cls, where: str, data: Any) -> TestProfile:
+        if isinstance(data, cls):
+            return data
+        if not hasattr(data, "items"):
+            raise ValueError(f"{where} must be a mapping, got {data!r}")
+        data = dict(data.items())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+                             f"valid keys: {', '.join(sorted(known))}")
+        if data.get("paths") is not None:
+            paths = data["paths"]
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise ValueError(f"{where}.paths must be a list of paths")
+            if any(p.startswith("/") or ".." in p.split("/") for p in paths):
+                raise ValueError(f"{where}.paths must be relative paths inside the repo")
+            data["paths"] = tuple(paths)
+        env = data.get("env") or {}
+        if not hasattr(env, "items"):
+            raise ValueError(f"{where}.env must be a mapping of variable names to values")
+        data["env"] = tuple((str(k), str(v)) for k, v in env.items())
+        timeout = data.get("test_timeout")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
+            raise ValueError(f"{where}.test_timeout must be a number > 0, got {timeout!r}")
+        return cls(**data)
+
+
 @dataclass
 class TaskSourceConfig:
     """Where tasks come from and how a SWE-smith slot is prepared and graded.
@@ -49,6 +93,15 @@ class TaskSourceConfig:
     prepare_timeout: float = 60.0
     python: str = "python"
     pytest_plugin_autoload: bool = True
+    # Per-repo test profiles, keyed by the row's repo (`owner/name`, with or without the
+    # `swesmith/` prefix, or its last component): python, paths, env, plugin_autoload, test_timeout.
+    profiles: dict[str, Any] = field(default_factory=dict)
+    # Grading runs at once per sandbox host from one worker (0 = no bound): full suites on a
+    # small host starve each other into timeouts.
+    grading_concurrency: int = 2
+    # A timed-out grading run is retried once in the same slot with this many times the
+    # timeout (0 = no retry here; the group is still retried by the queue).
+    timeout_retry_factor: float = 2.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> TaskSourceConfig:
@@ -75,8 +128,23 @@ class TaskSourceConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_items is not None and self.max_items < 0:
             raise ValueError(f"max_items must be >= 0 or None, got {self.max_items}")
-        if self.test_timeout <= 0:
+        if not self.test_timeout > 0:
             raise ValueError(f"test_timeout must be > 0, got {self.test_timeout}")
+        if self.grading_concurrency < 0:
+            raise ValueError(f"grading_concurrency must be >= 0, got {self.grading_concurrency}")
+        if not 0 <= self.timeout_retry_factor <= 100:
+            raise ValueError(f"timeout_retry_factor must be in [0, 100], got "
+                             f"{self.timeout_retry_factor}")
+        self.profiles = {str(k): TestProfile.from_mapping(f"profiles.{k}", v)
+                         for k, v in dict(self.profiles).items()}
+
+    def profile(self, repo: str) -> TestProfile:
+        """The test profile of a row's repo (exact, without `swesmith/`, or its last part)."""
+        bare = repo.removeprefix("swesmith/")
+        for key in (repo, bare, bare.rsplit("/", 1)[-1]):
+            if key in self.profiles:
+                return self.profiles[key]
+        return TestProfile()
 
     @property
     def cache_path(self) -> Path:

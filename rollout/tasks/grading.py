@@ -1,38 +1,57 @@
-"""Grading a SWE-smith workspace: the pytest command, its log parser, and the score.
+"""Grading a SWE-smith workspace: the pytest run, its out-of-band report, and the score.
 
-The score is 1.0 only if every FAIL_TO_PASS and every PASS_TO_PASS test is reported PASSED.
-A test missing from the log (collection error, deleted file, crash, truncated output) or any
-other status (FAILED, ERROR, SKIPPED, XFAIL, XPASS) makes it 0.0. A run that did not really
-happen (timeout, a command that cannot start, no pytest session) is a `GradingError`: an
-infrastructure outcome, never a score. This closes
-the hole in SWE-smith's own grader, which counts a missing test as passed.
+The score is 1.0 only if every FAIL_TO_PASS and every PASS_TO_PASS test is reported PASSED
+*and* the report is whole and consistent: pytest's session finished, its exit status, the
+runner's exit code and the process exit code are all 0, and no test failed. A test missing
+from the report (collection error, deleted file, crash) or any other status (FAILED, ERROR,
+SKIPPED, XFAIL, XPASS, a failed subtest) makes it 0.0. A run that did not really happen
+(timeout, a command that cannot start, no pytest, killed by a signal, a truncated report) is a
+`GradingError`: an infrastructure outcome, never a score. This closes the hole in
+SWE-smith's own grader, which counts a missing test as passed.
+
+The report does not come from pytest's terminal output: `grade_runner` (run with `-c`, so
+nothing of it lives in the slot) records each wanted test's outcome from pytest's report
+hooks and writes nonce-prefixed lines to a private duplicate of the stdout pipe, which the
+slot server owns; the terminal output and anything the code under test prints go to stderr.
+A file in the workspace is never read for grading, and lines without this run's nonce are
+ignored.
 
 Hardening of the pytest run itself (what a reward-hacking agent could otherwise plant):
 - `python -I -B`: isolated mode ignores PYTHON* variables and the user site, and does not put
   the workspace first on sys.path, so a planted `sitecustomize.py`, `pytest.py` or
-  `_pytest/` is never imported; the workspace is *appended* to sys.path so the package under
-  test still imports but cannot shadow installed modules.
+  `_pytest/` is never imported; the workspace (and a profile's extra paths, e.g. `src`) is
+  *appended* to sys.path so the package under test still imports but cannot shadow installed
+  modules.
 - `-c <original ini or /dev/null> --rootdir .`: a planted pytest.ini / tox.ini / setup.cfg /
   pyproject.toml cannot change options (the original config file is restored first).
 - `--noconftest` when the original tree has no conftest.py; otherwise only the original
   conftest files survive (see `SweSmithEnv.verify`).
 - `-p no:cacheprovider`: no writes into the workspace, no `--lf` state the agent could seed.
 - `PYTEST_ADDOPTS` is cleared.
-Not defended: code the agent puts in the package under test runs inside the pytest process
-and could, with enough effort, tamper with pytest's reporting. Catching that needs an
-out-of-process oracle (e.g. a second, hidden test suite).
+Not defendable in-process: the package under test is imported into the pytest process, so
+code there can patch pytest's reports (all hooks then agree, and so does the exit status),
+find the report fd and nonce in the runner's memory or /proc, or detect the test run. That
+is why `suspicious_changes` flags diffs that reach for pytest internals, `sys.modules`,
+`os._exit`, /proc or the grading files: such a trajectory scores 0.0 and is counted as
+suspected reward hacking. Closing it fully needs an out-of-process oracle (hidden extra
+tests, or running the tests against a pristine copy in a second slot).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 from rollout.types import ExecResult, GradingError, Verdict
 
 STATUSES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 MISSING = "MISSING"
+_RANK = {"PASSED": 0, "SKIPPED": 1, "XFAIL": 1, "XPASS": 1, "FAILED": 2, "ERROR": 2}
 _STATUS_ALT = "|".join(STATUSES)
 # verbose: "tests/test_x.py::test_a[1-2] PASSED    [ 50%]", "... SKIPPED (reason)    [ 60%]"
 _VERBOSE = re.compile(
@@ -40,8 +59,8 @@ _VERBOSE = re.compile(
 # short summary: "FAILED tests/test_x.py::test_a - AssertionError: ..."
 _SUMMARY = re.compile(rf"^(?P<status>{_STATUS_ALT}) (?P<node>\S+?::.*?)(?: - .*)?\s*$")
 
-# Runs pytest.main in isolated mode with the workspace appended (not prepended) to sys.path.
-_RUNNER = "import os,sys; sys.path.append(os.getcwd()); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+SPEC_FILE = ".rollout-grade.json"  # written just before the run; the runner deletes it
+_RUNNER_SOURCE = (Path(__file__).with_name("grade_runner.py")).read_text()
 
 
 def node_file(node_id: str) -> str:
@@ -53,84 +72,176 @@ def node_files(node_ids: Iterable[str]) -> list[str]:
     return sorted({node_file(n) for n in node_ids})
 
 
-def pytest_command(
+@dataclass(frozen=True)
+class GradeRun:
+    """One grading run: write `spec` to `spec_path` in the workspace, then exec `command`;
+    score its result with `grade(..., nonce=nonce)`."""
+
+    command: str
+    spec_path: str
+    spec: bytes
+    nonce: str = field(repr=False)
+
+
+def pytest_run(
     files: list[str],
+    tests: list[str],
     *,
     python: str = "python",
     ini_file: str | None = None,
     allow_conftest: bool = False,
     plugin_autoload: bool = True,
-    log_path: str | None = None,
-) -> str:
-    """The shell command that runs the given test files with per-test verbose output, to
-    stdout or (with `log_path`) to a file; stderr goes to the same place."""
+    paths: Iterable[str] = (".",),
+    env: dict[str, str] | None = None,
+) -> GradeRun:
+    """The grading run of `tests` (node ids) from `files`. `paths` are appended to sys.path
+    (relative to the workspace); `env` are extra variables for the test process."""
+    nonce = secrets.token_hex(16)
     args = [
         "-c", ini_file or "/dev/null", "--rootdir", ".",
         "-p", "no:cacheprovider",
-        "-v", "--tb=no", "-rfE", "--color=no", "--disable-warnings",
+        "-v", "--tb=short", "-rfE", "--color=no", "--disable-warnings",
     ]
     if not allow_conftest:
         args.append("--noconftest")
     args += ["--", *files]
-    env = "PYTEST_ADDOPTS= "
+    spec = {"nonce": nonce, "args": args, "tests": sorted(set(tests)), "paths": list(paths)}
+    variables = {"PYTEST_ADDOPTS": "", **(env or {})}
     if not plugin_autoload:
-        env += "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "
-    return f"{env}{shlex.quote(python)} -I -B -c {shlex.quote(_RUNNER)} " + " ".join(
-        shlex.quote(a) for a in args
-    ) + (f" > {shlex.quote(log_path)} 2>&1" if log_path else " 2>&1")
+        variables["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+    command = (f"{prefix} {shlex.quote(python)} -I -B -c {shlex.quote(_RUNNER_SOURCE)} "
+               f"{shlex.quote(SPEC_FILE)}")
+    return GradeRun(command, SPEC_FILE, json.dumps(spec).encode(), nonce)
+
+
+# pytest 9 subtests: "SUBFAILED(i=1) <node> - ...", "SUBFAILED[msg] (i=1) <node>" in the short
+# summary, "<node> SUBFAILED[msg] (i=1)  [ 50%]" in verbose lines; the node may *also* print
+# PASSED (unittest subTests do), so a failed subtest must fail its node.
+_SUB_SUMMARY = re.compile(
+    r"^SUB(?P<status>FAILED|PASSED|SKIPPED)(?:\[[^\]]*\])?(?:\s*\([^)]*\))?\s+(?P<node>\S+?::.*?)(?: - .*)?\s*$")
+_SUB_VERBOSE = re.compile(r"^(?P<node>\S.*?::\S.*?) SUB(?P<status>FAILED|PASSED|SKIPPED)\b")
 
 
 def parse_pytest_log(log: str) -> dict[str, str]:
-    """Per-test status from pytest output. If a test is reported more than once (a PASSED
-    call followed by a teardown ERROR), the first non-PASSED status wins."""
+    """Per-test status from pytest's verbose text output (for `make_tasks`, which validates
+    candidate bugs on the host; grading reads `grade_runner`'s report instead). A test
+    reported more than once keeps its worst status; a failed subtest fails its node."""
     statuses: dict[str, str] = {}
+
+    def put(node: str, status: str) -> None:
+        if _RANK[status] >= _RANK.get(statuses.get(node, ""), -1):
+            statuses[node] = status
+
     for raw in log.splitlines():
         line = raw.rstrip()
-        m = _VERBOSE.match(line) or _SUMMARY.match(line)
-        if not m:
+        sub = _SUB_SUMMARY.match(line) or _SUB_VERBOSE.match(line)
+        if sub:
+            if sub.group("status") == "FAILED":
+                put(sub.group("node").strip(), "FAILED")
             continue
-        node, status = m.group("node").strip(), m.group("status")
-        if statuses.get(node, "PASSED") == "PASSED":
-            statuses[node] = status
+        m = _VERBOSE.match(line) or _SUMMARY.match(line)
+        if m:
+            put(m.group("node").strip(), m.group("status"))
     return statuses
 
 
-# Printed by pytest before it collects anything: without it, pytest never really started.
-_SESSION_START = re.compile(r"^=+ test session starts =+$", re.MULTILINE)
+@dataclass
+class Report:
+    """What the runner reported, from the lines carrying this run's nonce only."""
+
+    booted: bool = False
+    started: bool = False
+    no_pytest: str | None = None
+    statuses: dict[str, str] = field(default_factory=dict)
+    end: tuple[int, int, int] | None = None  # (exit status, tests failed, tests collected)
+    runner_rc: int | None = None
+    collect_errors: list[str] = field(default_factory=list)
 
 
-def check_ran(result: ExecResult) -> None:
-    """Raise `GradingError` when the test command did not really run: it timed out, could
-    not start (exit 126/127: no interpreter, not executable), or pytest never began a
-    session (no pytest installed, an interpreter that died at startup). Such a run says
-    nothing about the agent's work and must never become a 0.0."""
-    tail = (result.stdout + result.stderr).strip()[-300:]
+
+def parse_report(text: str, nonce: str) -> Report:
+    rep = Report()
+    mark = nonce + " "
+    for line in text.splitlines():
+        if not line.startswith(mark):
+            continue
+        kind, _, rest = line[len(mark):].partition(" ")
+        if kind == "BOOT":
+            rep.booted = True
+        elif kind == "START":
+            rep.started = True
+        elif kind == "NOPYTEST":
+            rep.no_pytest = rest or "pytest cannot be imported"
+        elif kind == "T":
+            status, _, node = rest.partition(" ")
+            if status in _RANK and node:
+                # A node reported twice (a forgery attempt, say) keeps its worst status.
+                if _RANK[status] >= _RANK.get(rep.statuses.get(node, ""), -1):
+                    rep.statuses[node] = status
+        elif kind == "END":
+            try:
+                a, b, c = (int(x) for x in rest.split())
+                rep.end = (a, b, c)
+            except ValueError:
+                pass
+        elif kind == "EXIT":
+            try:
+                rep.runner_rc = int(rest)
+            except ValueError:
+                pass
+        elif kind == "COLLECTERROR":
+            rep.collect_errors.append(rest)
+    return rep
+
+
+def check_ran(result: ExecResult, rep: Report) -> None:
+    """Raise `GradingError` when the test run did not really happen: it timed out, could not
+    start (exit 126/127, no interpreter), pytest is missing or never began a session, the
+    process was killed by a signal (memory limit, say) before pytest finished, or the report
+    pipe was truncated. Such a run says nothing about the agent's work: never a 0.0."""
+    tail = (result.stderr or result.stdout).strip()[-300:]
     if result.timed_out:
         raise GradingError(f"the test run timed out after {result.duration:.0f}s", "timeout")
-    if result.exit_code in (126, 127):
+    if result.exit_code in (126, 127) or not rep.booted:
         raise GradingError(f"the test command could not start (exit {result.exit_code}): "
                            f"{tail or 'no output'}", "cannot_run")
-    if not _SESSION_START.search(result.stdout + "\n" + result.stderr):
+    if rep.no_pytest:
+        raise GradingError(f"pytest cannot be imported by the grading interpreter: "
+                           f"{rep.no_pytest}", "cannot_run")
+    if not rep.started:
         raise GradingError(f"pytest did not start a test session (exit {result.exit_code}): "
                            f"{tail or 'no output'}", "no_report")
+    if rep.end is None and (result.exit_code < 0 or result.exit_code >= 128):
+        raise GradingError(f"the test process was killed (exit {result.exit_code}) before "
+                           f"pytest finished: {tail or 'no output'}", "killed")
+    if result.truncated and rep.end is None:
+        raise GradingError("the grading report was truncated (raise backend.output_cap)",
+                           "report_truncated")
 
 
-def grade(f2p: list[str], p2p: list[str], result: ExecResult) -> Verdict:
-    """Score one pytest run: 1.0 iff every listed test is reported PASSED. A run that did
-    not really happen raises `GradingError` (see `check_ran`) instead of scoring."""
-    check_ran(result)
-    statuses = parse_pytest_log(result.stdout + "\n" + result.stderr)
-    per_test = {t: statuses.get(t, MISSING) for t in [*f2p, *p2p]}
+def grade(f2p: list[str], p2p: list[str], result: ExecResult, nonce: str) -> Verdict:
+    """Score one grading run: 1.0 iff every listed test is reported PASSED and the report is
+    whole and consistent (see the module docstring). A run that did not really happen raises
+    `GradingError` (see `check_ran`) instead of scoring."""
+    rep = parse_report(result.stdout, nonce)
+    check_ran(result, rep)
+    per_test = {t: rep.statuses.get(t, MISSING) for t in [*f2p, *p2p]}
     f2p_ok = sum(per_test[t] == "PASSED" for t in f2p)
     p2p_ok = sum(per_test[t] == "PASSED" for t in p2p)
     all_ok = f2p_ok == len(f2p) and p2p_ok == len(p2p)
-    if all_ok:
+    inconsistent = _inconsistencies(rep, result, len(per_test)) if all_ok else []
+    if rep.end is None:
+        reason = "the test process ended before pytest finished (os._exit or a crash)"
+    elif inconsistent:
+        reason = "inconsistent report: " + "; ".join(inconsistent)
+    elif all_ok:
         reason = "all tests passed"
     elif any(s == MISSING for s in per_test.values()):
-        reason = "tests missing from the pytest output"
+        reason = "tests missing from the pytest report"
     else:
         reason = "tests failed"
-    passed = all_ok
+    passed = all_ok and not inconsistent and rep.end is not None
     return Verdict(
         score=1.0 if passed else 0.0,
         details={
@@ -142,8 +253,66 @@ def grade(f2p: list[str], p2p: list[str], result: ExecResult) -> Verdict:
             "p2p_passed": p2p_ok,
             "p2p_total": len(p2p),
             "exit_code": result.exit_code,
+            "pytest_exit_status": rep.end[0] if rep.end else None,
+            "report_inconsistent": inconsistent,
+            "collect_errors": rep.collect_errors[:20],
             "timed_out": result.timed_out,
-            "output_truncated": result.truncated,
             "duration": result.duration,
+            "log_tail": result.stderr[-2000:],
         },
     )
+
+
+def _inconsistencies(rep: Report, result: ExecResult, wanted: int) -> list[str]:
+    """Why an all-PASSED report cannot be trusted: every other witness must agree."""
+    out = []
+    if rep.end is None:
+        return out
+    status, failed, collected = rep.end
+    if status != 0:
+        out.append(f"pytest's exit status is {status}")
+    if failed:
+        out.append(f"pytest counted {failed} failed test(s)")
+    if collected < wanted:
+        out.append(f"pytest collected {collected} test(s) for {wanted} graded")
+    if rep.runner_rc != 0:
+        out.append(f"the runner exited {rep.runner_rc}")
+    if result.exit_code != 0:
+        out.append(f"the process exited {result.exit_code}")
+    if any(s != "PASSED" for s in rep.statuses.values()):
+        out.append("a reported test did not pass")
+    return out
+
+
+# --- what a diff should not touch ------------------------------------------------------------
+
+# Added lines matching these are how code under test tampers with an in-process grader.
+_SUSPICIOUS = [
+    (re.compile(r"\b_pytest\b|\bpluggy\b|pluginmanager"), "pytest internals"),
+    (re.compile(r"\bTestReport\b|\bCallInfo\b|pytest_runtest_|pytest_sessionfinish|pytest_terminal"),
+     "pytest report hooks"),
+    (re.compile(r"^\s*(?:import pytest\b|from pytest\b)"), "pytest imported by library code"),
+    (re.compile(r"\bsys\.modules\b"), "sys.modules"),
+    (re.compile(r"\bos\._exit\b"), "os._exit"),
+    (re.compile(r"/proc/self|/dev/fd/|\bos\.(?:dup2?|fdopen)\b"), "process file descriptors"),
+    (re.compile(r"\bgc\.get_(?:objects|referrers)\b"), "the garbage collector's object lists"),
+    (re.compile(r"rollout-grade|PYTEST_"), "the grading run's own files or settings"),
+]
+
+
+def suspicious_changes(diff: str, test_files: Iterable[str] = ()) -> list[str]:
+    """Reasons a unified diff looks like reward hacking: added lines, outside the test files
+    (which are restored before grading anyway), that reach for the grader's machinery."""
+    skip = set(test_files)
+    found: dict[str, None] = {}
+    current = ""
+    for line in diff.splitlines():
+        if line.startswith("+++ "):
+            current = line[4:].removeprefix("b/")
+            continue
+        if not line.startswith("+") or current in skip:
+            continue
+        for pattern, why in _SUSPICIOUS:
+            if pattern.search(line[1:]):
+                found[f"{why} ({current})"] = None
+    return list(found)

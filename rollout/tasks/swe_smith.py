@@ -18,6 +18,7 @@ shared state lives in `RepoCache` (whose guarantees are documented there) and a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import posixpath
@@ -26,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.protocols import Sandbox
-from rollout.tasks.config import TaskSourceConfig
-from rollout.tasks.grading import grade, node_files, pytest_command
+from rollout.tasks.config import TaskSourceConfig, TestProfile
+from rollout.tasks.grading import SPEC_FILE, grade, node_files, pytest_run, suspicious_changes
 from rollout.tasks.loader import BUNDLED_DIR
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
 from rollout.tools import TOOL_SCHEMAS
-from rollout.types import ExecResult, SandboxError, Task, ToolCall, Verdict
+from rollout.types import ExecResult, GradingError, SandboxError, Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ _INI_MARKERS = (("pytest.ini", None), (".pytest.ini", None),
                 ("pyproject.toml", b"[tool.pytest.ini_options]"), ("tox.ini", b"[pytest]"),
                 ("setup.cfg", b"[tool:pytest]"))
 GOLD_PATCH = ".gold.patch"
-GRADE_LOG = ".rollout-grade.log"
+GRADE_LOG = ".rollout-grade.log"  # no longer written; removed if an agent plants one
+# The agent's changes, for the reward-hacking scan: everything against the slot's first commit.
+DIFF_COMMAND = ("git -c core.hooksPath=/dev/null add -A -N . >/dev/null 2>&1; "
+                "git --no-pager -c core.hooksPath=/dev/null diff --no-color --no-ext-diff "
+                "--no-textconv \"$(git rev-list --max-parents=0 HEAD | tail -n 1)\" -- .")
 
 SYSTEM_PROMPT = """You are a software engineer fixing a bug in a Python repository.
 The repository is your current working directory. You have three tools:
@@ -64,6 +69,7 @@ class InstanceFiles:
     ini_file: str | None = None
     has_conftest: bool = False
     planted_inits: list[str] = field(default_factory=list)  # must not exist when grading
+    src_layout: bool = False  # the tree has src/<package>/ and the package is not at the top
 
 
 class SweSmithEnv:
@@ -73,6 +79,7 @@ class SweSmithEnv:
         self.cfg = cfg or TaskSourceConfig()
         self.cache = cache or RepoCache(self.cfg.cache_path, [str(BUNDLED_DIR), *self.cfg.repo_sources])
         self._files = _Memo(1024)
+        self._grading_slots: dict[str, asyncio.Semaphore] = {}  # host id -> bound
 
     # --- prompt ----------------------------------------------------------------------------
 
@@ -140,6 +147,7 @@ class SweSmithEnv:
         files = InstanceFiles(restore=dict(zip(restore_paths, blobs)), allowed_guarded=guarded,
                               has_conftest=any(p.endswith("conftest.py") for p in guarded),
                               planted_inits=sorted(inits - in_tree))
+        files.src_layout = _is_src_layout(tree)
         for name, marker in _INI_MARKERS:
             if name in files.restore and (marker is None or marker in files.restore[name]):
                 files.ini_file = name
@@ -151,21 +159,54 @@ class SweSmithEnv:
             files = await self.instance_files(task)
         except RepoError as e:
             raise SandboxError(f"cannot grade {task.task_id}: {e}") from e
+        f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
+        tests = sorted(node_files(f2p + p2p))
+        diff = await sandbox.exec(DIFF_COMMAND, timeout=60.0)
+        suspects = suspicious_changes(diff.stdout, tests) if diff.ok else []
         await self._restore(files, sandbox)
-        tests = sorted(node_files(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]))
-        cmd = pytest_command(tests, python=self.cfg.python, ini_file=files.ini_file,
-                             allow_conftest=files.has_conftest,
-                             plugin_autoload=self.cfg.pytest_plugin_autoload, log_path=GRADE_LOG)
-        # The log goes to a file: a big suite's -v output can exceed the exec output cap.
-        result = await sandbox.exec(cmd, timeout=self.cfg.test_timeout)
-        try:
-            result.stdout = (await sandbox.read_file(GRADE_LOG)).decode(errors="replace")
-            result.truncated = False
-        except (OSError, ValueError):  # missing, refused (e.g. over the file cap)
-            pass  # e.g. killed before the shell created it: whatever exec returned stands
-        verdict = grade(task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"], result)
+        profile = self.cfg.profile(task.data["repo"])
+        timeout = profile.test_timeout or self.cfg.test_timeout
+        async with self._grading_bound(sandbox):
+            try:
+                verdict = await self._grade_once(task, files, profile, sandbox, timeout)
+            except GradingError as e:
+                if e.kind != "timeout" or not self.cfg.timeout_retry_factor:
+                    raise
+                timeout *= self.cfg.timeout_retry_factor
+                log.warning("grading %s timed out; retrying once with %.0fs", task.task_id, timeout)
+                verdict = await self._grade_once(task, files, profile, sandbox, timeout)
+        verdict.details["diff_checked"] = diff.ok
+        if suspects:
+            verdict.details["suspected_hacking"] = suspects
+            if verdict.score > 0:
+                verdict.details["reason"] = "suspected reward hacking: " + "; ".join(suspects)
+            verdict.score = 0.0
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
+
+    async def _grade_once(self, task: Task, files: InstanceFiles, profile: TestProfile,
+                          sandbox: Sandbox, timeout: float) -> Verdict:
+        f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
+        paths = profile.paths if profile.paths is not None else (
+            (".", "src") if files.src_layout else (".",))
+        autoload = (profile.plugin_autoload if profile.plugin_autoload is not None
+                    else self.cfg.pytest_plugin_autoload)
+        run = pytest_run(sorted(node_files(f2p + p2p)), [*f2p, *p2p],
+                         python=profile.python or self.cfg.python, ini_file=files.ini_file,
+                         allow_conftest=files.has_conftest, plugin_autoload=autoload,
+                         paths=paths, env=dict(profile.env))
+        await sandbox.write_file(run.spec_path, run.spec)
+        result = await sandbox.exec(run.command, timeout=timeout)
+        return grade(f2p, p2p, result, run.nonce)
+
+    def _grading_bound(self, sandbox: Sandbox) -> Any:
+        n = self.cfg.grading_concurrency
+        if n <= 0:
+            return contextlib.nullcontext()
+        host = str(getattr(getattr(sandbox, "slot", None), "host_id", ""))
+        if host not in self._grading_slots:
+            self._grading_slots[host] = asyncio.Semaphore(n)
+        return self._grading_slots[host]
 
     async def _restore(self, files: InstanceFiles, sandbox: Sandbox) -> None:
         """Undo whatever the agent did to the test files and the pytest configuration."""
@@ -183,7 +224,7 @@ def cleanup_script(files: InstanceFiles) -> str:
     lines = ["chmod -R u+w . 2>/dev/null"]
     for d in sorted(_ancestors(files.restore), key=lambda p: p.count("/")):
         lines.append(f"if [ -L {q(d)} ] || {{ [ -e {q(d)} ] && [ ! -d {q(d)} ]; }}; then rm -f -- {q(d)}; fi")
-    doomed = sorted(files.restore) + files.planted_inits + [GRADE_LOG]
+    doomed = sorted(files.restore) + files.planted_inits + [GRADE_LOG, SPEC_FILE]
     if doomed:
         lines.append("rm -rf -- " + " ".join(q(p) for p in doomed))
     names = " -o ".join(f"-name {q(n)}" for n in GUARDED_NAMES)
@@ -195,6 +236,14 @@ def cleanup_script(files: InstanceFiles) -> str:
     )
     lines.append("true")
     return "\n".join(lines)
+
+
+def _is_src_layout(tree: list[str]) -> bool:
+    """True for a tree with `src/<pkg>/__init__.py` whose package is not also at the top."""
+    src_pkgs = {p.split("/")[1] for p in tree
+                if p.startswith("src/") and p.count("/") == 2 and p.endswith("/__init__.py")}
+    top = {p.split("/")[0] for p in tree if p.count("/") == 1 and p.endswith("/__init__.py")}
+    return bool(src_pkgs - top)
 
 
 def _ancestors(paths) -> set[str]:

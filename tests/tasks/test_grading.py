@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from rollout.tasks.grading import MISSING, grade, node_files, parse_pytest_log, pytest_command
+from rollout.tasks.grading import (
+    MISSING, grade, node_files, parse_pytest_log, parse_report, pytest_run, suspicious_changes,
+)
 from rollout.types import ExecResult, GradingError
 
 SUITE = '''
@@ -52,10 +55,25 @@ class TestGroup:
 F = "tests/test_suite.py"
 
 
-def run(workdir, files=(F,), **kw) -> ExecResult:
-    cmd = pytest_command(list(files), plugin_autoload=False, **kw)
-    p = subprocess.run(["sh", "-c", cmd], cwd=workdir, capture_output=True, text=True, timeout=120)
-    return ExecResult(exit_code=p.returncode, stdout=p.stdout, stderr=p.stderr)
+ALL = [f"{F}::{n}" for n in ("test_ok", "test_bad", "test_setup_error", "test_teardown_error",
+                              "test_param[a b]", "test_param[c]", "test_skipped", "test_xfail",
+                              "TestGroup::test_method")]
+
+
+def run(workdir, tests=ALL, files=None, **kw) -> tuple[ExecResult, str]:
+    """One real grading run (as in a slot, minus the sandbox): (result, nonce)."""
+    kw.setdefault("python", sys.executable)
+    r = pytest_run(list(files or node_files(tests)), list(tests), plugin_autoload=False, **kw)
+    (workdir / r.spec_path).write_bytes(r.spec)
+    p = subprocess.run(["sh", "-c", r.command], cwd=workdir, capture_output=True, text=True,
+                       timeout=120)
+    assert not (workdir / r.spec_path).exists()  # read and deleted before pytest starts
+    return ExecResult(exit_code=p.returncode, stdout=p.stdout, stderr=p.stderr), r.nonce
+
+
+def statuses(workdir, tests=ALL, **kw) -> dict[str, str]:
+    result, nonce = run(workdir, tests, **kw)
+    return parse_report(result.stdout, nonce).statuses
 
 
 @pytest.fixture
@@ -66,9 +84,8 @@ def project(tmp_path):
     return tmp_path
 
 
-def test_parses_every_status_from_a_real_run(project):
-    statuses = parse_pytest_log(run(project).stdout)
-    assert statuses == {
+def test_reports_every_status_from_a_real_run(project):
+    assert statuses(project) == {
         f"{F}::test_ok": "PASSED",
         f"{F}::test_bad": "FAILED",
         f"{F}::test_setup_error": "ERROR",
@@ -81,46 +98,61 @@ def test_parses_every_status_from_a_real_run(project):
     }
 
 
+def grade_run(workdir, f2p, p2p):
+    result, nonce = run(workdir, [*f2p, *p2p])
+    return grade(f2p, p2p, result, nonce)
+
+
 def test_score_is_one_only_when_every_listed_test_passed(project):
-    result = run(project)
-    ok = grade([f"{F}::test_param[a b]"], [f"{F}::test_ok", f"{F}::TestGroup::test_method"], result)
+    ok = grade_run(project, [f"{F}::test_param[a b]"], [f"{F}::test_ok", f"{F}::TestGroup::test_method"])
     assert ok.score == 1.0 and ok.details["reason"] == "all tests passed"
     for bad in ("test_bad", "test_setup_error", "test_teardown_error", "test_skipped",
                 "test_xfail", "test_not_there"):
-        v = grade([f"{F}::{bad}"], [f"{F}::test_ok"], result)
+        v = grade_run(project, [f"{F}::{bad}"], [f"{F}::test_ok"])
         assert v.score == 0.0, bad
-    v = grade([f"{F}::test_ok"], [f"{F}::test_not_there"], result)
+    v = grade_run(project, [f"{F}::test_ok"], [f"{F}::test_not_there"])
     assert v.details["pass_to_pass"][f"{F}::test_not_there"] == MISSING
-    assert v.details["reason"] == "tests missing from the pytest output"
+    assert v.details["reason"] == "tests missing from the pytest report"
 
 
-HEADER = "============================= test session starts ==============================\n"
-
-
-def test_a_run_that_did_not_happen_is_a_grading_error_not_a_zero():
+def test_a_run_that_did_not_happen_is_a_grading_error_not_a_zero(project):
     node = f"{F}::test_ok"
-    passed_log = f"{HEADER}{node} PASSED [100%]\n"
-    assert grade([node], [], ExecResult(0, passed_log, "")).score == 1.0
+    result, nonce = run(project, [node])
+    assert grade([node], [], result, nonce).score == 1.0
+    n = "0123456789abcdef"
     cases = {
-        "timeout": ExecResult(-9, passed_log, "", timed_out=True),
+        "timeout": ExecResult(-9, result.stdout, "", timed_out=True),
         "cannot_run": ExecResult(127, "", "sh: 1: python: not found"),
-        "no_report": ExecResult(1, "/usr/bin/python: No module named pytest\n", ""),
+        "no_report": ExecResult(4, f"{n} BOOT\n", "ERROR: usage"),
+        "killed": ExecResult(137, f"{n} BOOT\n{n} START\n", "Killed"),
+        "report_truncated": ExecResult(0, f"{n} BOOT\n{n} START\n{n} T PASSED {node}\n", "",
+                                       truncated=True),
     }
-    for kind, result in cases.items():
+    for kind, res in cases.items():
         with pytest.raises(GradingError) as err:
-            grade([node], [node], result)
+            grade([node], [node], res, n)
         assert err.value.kind == kind
-    with pytest.raises(GradingError):
-        grade([node], [node], ExecResult(0, "", ""))
-    # a session that started but reports nothing for the test is the agent's failure
-    assert grade([node], [], ExecResult(5, HEADER + "no tests ran\n", "")).score == 0.0
+    with pytest.raises(GradingError):  # the interpreter never ran the runner
+        grade([node], [node], ExecResult(0, "", ""), n)
+    with pytest.raises(GradingError) as err:  # pytest is not installed
+        grade([node], [], ExecResult(3, f"{n} BOOT\n{n} NOPYTEST ModuleNotFoundError\n", ""), n)
+    assert err.value.kind == "cannot_run"
+
+
+def test_an_interpreter_without_pytest_is_a_grading_error(project, tmp_path_factory):
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    node = f"{F}::test_ok"
+    result, nonce = run(project, [node], python=str(venv / "bin" / "python"))
+    with pytest.raises(GradingError, match="pytest cannot be imported") as err:
+        grade([node], [], result, nonce)
+    assert err.value.kind == "cannot_run"
 
 
 def test_collection_error_scores_zero(project):
     (project / F).write_text("import mylib\nthis is not python\n")
-    result = run(project)
-    assert "ERROR" in result.stdout
-    assert grade([f"{F}::test_ok"], [], result).score == 0.0
+    v = grade_run(project, [f"{F}::test_ok"], [])
+    assert v.score == 0.0 and v.details["collect_errors"]
 
 
 def test_planted_conftest_ini_sitecustomize_and_pytest_shadow_are_ignored(project):
@@ -136,15 +168,15 @@ def test_planted_conftest_ini_sitecustomize_and_pytest_shadow_are_ignored(projec
     (project / "pytest.ini").write_text("[pytest]\npython_functions = nothing_matches\n")
     (project / "sitecustomize.py").write_text("import os; os._exit(0)\n")
     (project / "pytest.py").write_text("raise SystemExit(0)\n")
-    statuses = parse_pytest_log(run(project).stdout)
-    assert statuses[f"{F}::test_bad"] == "FAILED"
-    assert statuses[f"{F}::test_ok"] == "PASSED"
+    got = statuses(project)
+    assert got[f"{F}::test_bad"] == "FAILED"
+    assert got[f"{F}::test_ok"] == "PASSED"
 
 
 def test_workspace_package_imports_but_cannot_shadow_installed_modules(project):
     (project / F).write_text("import json, mylib\n\ndef test_ok():\n    assert mylib.VALUE == 3 and json.dumps(1) == '1'\n")
     (project / "json.py").write_text("raise ImportError('shadowed')\n")
-    assert parse_pytest_log(run(project).stdout) == {f"{F}::test_ok": "PASSED"}
+    assert statuses(project, [f"{F}::test_ok"]) == {f"{F}::test_ok": "PASSED"}
 
 
 def test_node_files():
@@ -162,4 +194,133 @@ def test_control_a_planted_tests_package_init_would_fake_results(project):
             self.outcome = "passed"
         reports.TestReport.__init__ = _passed
     '''))
-    assert parse_pytest_log(run(project).stdout)[f"{F}::test_bad"] == "PASSED"
+    assert statuses(project)[f"{F}::test_bad"] == "PASSED"
+
+
+# --- subtests (pytest 9 prints PASSED for a unittest node whose subTest failed) ------------
+
+SUBTESTS = """
+import unittest
+
+class TestTable(unittest.TestCase):
+    def test_rows(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 1)
+
+    def test_fine(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertGreaterEqual(i, 0)
+
+def test_fixture_subtests(subtests):
+    for i in range(2):
+        with subtests.test(i=i):
+            assert i == 0
+"""
+
+
+def test_a_failed_subtest_fails_its_node(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_sub.py").write_text(SUBTESTS)
+    rows, fine, fixture = (f"tests/test_sub.py::{n}" for n in
+                           ("TestTable::test_rows", "TestTable::test_fine", "test_fixture_subtests"))
+    result, nonce = run(tmp_path, [rows, fine, fixture])
+    assert parse_report(result.stdout, nonce).statuses == {
+        rows: "FAILED", fine: "PASSED", fixture: "FAILED"}
+    assert grade([rows], [fine], result, nonce).score == 0.0
+    assert grade([fixture], [], result, nonce).score == 0.0
+    result, nonce = run(tmp_path, [fine])
+    assert grade([fine], [], result, nonce).score == 1.0
+    # The text parser make_tasks uses agrees, though the verbose line says PASSED.
+    text = subprocess.run([sys.executable, "-m", "pytest", "-v", "--tb=no", "-rfE", "-p",
+                           "no:cacheprovider", "tests"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120).stdout
+    assert f"{rows} PASSED" in text
+    assert parse_pytest_log(text) == {rows: "FAILED", fine: "PASSED", fixture: "FAILED"}
+
+
+# --- code under test faking the result -------------------------------------------------------
+
+FAKER_TEST = "import mylib\n\ndef test_bad():\n    assert mylib.VALUE == 4\n"
+
+
+@pytest.fixture
+def faker(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / F).write_text(FAKER_TEST)
+    return tmp_path
+
+
+def test_fake_passed_lines_then_os_exit_score_zero(faker):
+    # The library prints what a passing run would print, then ends the process with 0.
+    (faker / "mylib.py").write_text(
+        "import os, sys\nVALUE = 3\n"
+        f"print('{F}::test_bad PASSED [100%]')\n"
+        f"sys.stdout.write('{F}::test_bad PASSED\\n'); sys.stdout.flush()\n"
+        "os.write(1, b'deadbeef T PASSED tests/test_suite.py::test_bad\\n')\n"
+        "os._exit(0)\n")
+    result, nonce = run(faker, [f"{F}::test_bad"])
+    assert result.exit_code == 0
+    v = grade([f"{F}::test_bad"], [], result, nonce)
+    assert v.score == 0.0 and "ended before pytest finished" in v.details["reason"]
+
+
+def test_rewriting_the_log_at_exit_changes_nothing(faker):
+    # An atexit hook rewrites every place a log could live, and prints fake lines.
+    (faker / "mylib.py").write_text(
+        "import atexit, glob, os\nVALUE = 3\n"
+        "def _fake():\n"
+        "    for p in glob.glob('.rollout-grade*') + ['.rollout-grade.log']:\n"
+        f"        open(p, 'w').write('{F}::test_bad PASSED\\n')\n"
+        f"    print('{F}::test_bad PASSED')\n"
+        "atexit.register(_fake)\n")
+    result, nonce = run(faker, [f"{F}::test_bad"])
+    v = grade([f"{F}::test_bad"], [], result, nonce)
+    assert v.score == 0.0 and v.details["fail_to_pass"] == {f"{F}::test_bad": "FAILED"}
+
+
+def test_patching_test_reports_is_flagged_by_the_diff_scan(faker):
+    # Undefendable in-process (every witness agrees the test passed), so the diff is scanned.
+    patch = textwrap.dedent('''
+        import _pytest.reports as _r
+        _init = _r.TestReport.__init__
+        def _passed(self, *a, **k):
+            _init(self, *a, **k)
+            self.outcome = "passed"
+        _r.TestReport.__init__ = _passed
+        VALUE = 3
+    ''')
+    (faker / "mylib.py").write_text(patch)
+    result, nonce = run(faker, [f"{F}::test_bad"])
+    assert grade([f"{F}::test_bad"], [], result, nonce).score == 1.0  # the hole, documented
+    diff = "--- a/mylib.py\n+++ b/mylib.py\n" + "".join(f"+{line}\n" for line in patch.splitlines())
+    reasons = suspicious_changes(diff)
+    assert any("pytest internals" in r for r in reasons)
+    assert any("report hooks" in r for r in reasons)
+
+
+def test_diff_scan_flags_each_tool_and_ignores_test_files_and_plain_code():
+    def diff(path, *added):
+        return f"--- a/{path}\n+++ b/{path}\n" + "".join(f"+{a}\n" for a in added)
+    for line, why in [("import sys; sys.modules['x'] = None", "sys.modules"),
+                      ("os._exit(0)", "os._exit"),
+                      ("fd = open('/proc/self/fd/3', 'w')", "descriptors"),
+                      ("os.dup2(3, 1)", "descriptors"),
+                      ("import gc; gc.get_objects()", "garbage collector"),
+                      ("open('.rollout-grade.json')", "grading run"),
+                      ("import pytest", "pytest imported")]:
+        (reason,) = suspicious_changes(diff("pkg/core.py", line))
+        assert why in reason and "pkg/core.py" in reason, (line, reason)
+    assert suspicious_changes(diff("tests/test_x.py", "import pytest"), ["tests/test_x.py"]) == []
+    removed = "--- a/pkg/core.py\n+++ b/pkg/core.py\n-import sys.modules\n+return a + b\n"
+    assert suspicious_changes(removed) == []
+
+
+def test_a_pass_with_a_nonzero_exit_is_inconsistent(project):
+    node = f"{F}::test_ok"
+    result, nonce = run(project, [node])
+    assert grade([node], [], result, nonce).score == 1.0
+    forged = ExecResult(1, result.stdout, result.stderr)
+    v = grade([node], [], forged, nonce)
+    assert v.score == 0.0 and "the process exited 1" in v.details["reason"]

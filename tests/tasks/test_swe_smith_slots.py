@@ -134,7 +134,7 @@ async def test_every_bundled_instance_scores_right_under_every_scenario(pool, en
         if name == "no_change":  # the bug is real: some F2P test fails, every P2P test passes
             assert d["f2p_passed"] < d["f2p_total"] and d["p2p_passed"] == d["p2p_total"]
         if name == "collect_nothing":
-            assert d["reason"] == "tests missing from the pytest output"
+            assert d["reason"] == "tests missing from the pytest report"
     stats = pool.stats()
     assert stats["slots_in_use"] == 0 and stats["host_failures"] == 0
 
@@ -207,3 +207,54 @@ async def test_a_hanging_test_run_is_a_grading_timeout_not_a_score(pool, tasks, 
         with pytest.raises(GradingError) as err:
             await quick.verify(task, sb)
     assert err.value.kind == "timeout"
+    assert "4s" in str(err.value)  # retried once in the slot with twice the timeout
+
+
+async def test_a_timeout_is_retried_once_and_then_scores(pool, tasks, tmp_path):
+    quick = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
+                                         pytest_plugin_autoload=False, test_timeout=3.0))
+    task = tasks[0]
+    async with pool.session("hang-once", image=task.image) as sb:
+        await quick.prepare(task, sb)
+        await apply_gold(quick, task, sb)
+        init = f"{package_dir(task)}/__init__.py"
+        original = await sb.read_file(init)
+        # Hangs on the first grading run only (it leaves a marker), as a loaded host might.
+        await sb.write_file(init, b"import pathlib\nif not pathlib.Path('.hung').exists():\n"
+                            b"    pathlib.Path('.hung').touch()\n    while True:\n        pass\n"
+                            + original)
+        verdict = await quick.verify(task, sb)
+    assert verdict.score == 1.0, verdict.details["reason"]
+
+
+FAKE_EXIT = (b"import os, sys\n"
+             b"for t in ARGS:\n"
+             b"    print(t + ' PASSED [100%]')\n"
+             b"sys.stdout.flush()\n"
+             b"os._exit(0)\n")
+PATCH_REPORTS = (b"import _pytest.reports as _r\n"
+                 b"_init = _r.TestReport.__init__\n"
+                 b"def _passed(self, *a, **k):\n"
+                 b"    _init(self, *a, **k)\n"
+                 b"    self.outcome = 'passed'\n"
+                 b"_r.TestReport.__init__ = _passed\n")
+
+
+@pytest.mark.parametrize("fake", ["fake_exit", "patch_reports"])
+async def test_code_under_test_cannot_fake_a_pass(pool, env, tasks, fake):
+    """The untouched bug plus a fake in the package: never a 1.0. Printing PASSED lines then
+    os._exit(0) ends pytest before its report; patching TestReport fools every in-process
+    witness, so the diff scan flags it."""
+    for task in tasks[:2]:
+        async with pool.session(f"{task.task_id}:{fake}", image=task.image) as sb:
+            await env.prepare(task, sb)
+            init = f"{package_dir(task)}/__init__.py"
+            original = await sb.read_file(init)
+            ids = repr(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]).encode()
+            planted = (b"ARGS = " + ids + b"\n" + FAKE_EXIT) if fake == "fake_exit" else PATCH_REPORTS
+            await sb.write_file(init, planted + original)
+            verdict = await env.verify(task, sb)
+        assert verdict.score == 0.0, (task.task_id, verdict.details["reason"])
+        assert verdict.details["suspected_hacking"], verdict.details
+        if fake == "patch_reports":
+            assert verdict.details["reason"].startswith("suspected reward hacking")
