@@ -44,8 +44,10 @@ class LoadReport:
 
 
 def repo_name(repo: str) -> str:
-    """`swesmith/owner__repo.abc12345` -> `owner__repo.abc12345` (the mirror's name)."""
-    return repo[len(REPO_PREFIX):] if repo.startswith(REPO_PREFIX) else repo
+    """The mirror's name: `swesmith/owner__repo.abc12345` -> `owner__repo.abc12345`,
+    `owner/name` -> `owner__name` (`repo_cache.mirror_name` is the validating version)."""
+    rest = repo[len(REPO_PREFIX):] if repo.startswith(REPO_PREFIX) else repo
+    return rest.replace("/", "__")
 
 
 def _test_list(row: dict[str, Any], key: str) -> list[str]:

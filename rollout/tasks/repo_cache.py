@@ -9,6 +9,10 @@ Guarantees:
   LRU); concurrent requests for the same artifact share one git invocation.
 - Nothing here talks to a sandbox: the slot only ever receives a plain tree (never the
   mirror's history, which holds the fix on `main`).
+- A row's `repo` may be a bare mirror name (`owner__proj.abc12345`), a SWE-smith name
+  (`swesmith/owner__proj.abc12345`) or any `owner/name`; it is validated (see `repo_parts`)
+  and the cached mirror and its lock file are one flat file name (`mirror_name`), never a
+  path the row chooses.
 """
 
 from __future__ import annotations
@@ -18,19 +22,70 @@ import collections
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
-from rollout.tasks.loader import repo_name
+from rollout.tasks.loader import REPO_PREFIX
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+
 
 class RepoError(RuntimeError):
     """A mirror repo or one of its refs cannot be obtained."""
+
+
+class RepoNameError(RepoError, ValueError):
+    """A row's `repo` that cannot safely name a mirror (a path, `..`, odd characters)."""
+
+
+def repo_parts(repo: str) -> tuple[str, ...]:
+    """The validated components of a row's `repo`, the `swesmith/` prefix dropped:
+    `swesmith/owner__proj.abc1` -> ("owner__proj.abc1",), `pallets/click` -> ("pallets", "click").
+
+    Raises `RepoNameError` for an empty name, an absolute path, `..`, an empty component
+    (`a//b`, a trailing `/`) or a component with characters outside [A-Za-z0-9._-].
+    """
+    if not isinstance(repo, str) or not repo.strip():
+        raise RepoNameError(f"repo name {repo!r} is empty")
+    if repo.startswith("/"):
+        raise RepoNameError(f"repo name {repo!r} is an absolute path; expected owner/name")
+    if ".." in repo:
+        raise RepoNameError(f"repo name {repo!r} contains '..'; expected owner/name")
+    rest = repo[len(REPO_PREFIX):] if repo.startswith(REPO_PREFIX) else repo
+    parts = tuple(rest.split("/"))
+    for part in parts:
+        if not part:
+            raise RepoNameError(f"repo name {repo!r} has an empty path component; "
+                                f"expected owner/name")
+        if part == "." or not _COMPONENT.fullmatch(part):
+            raise RepoNameError(f"repo name {repo!r}: component {part!r} must be made of "
+                                f"letters, digits, '.', '_' and '-' only")
+    return parts
+
+
+def mirror_name(repo: str) -> str:
+    """The single file name of a repo's cached mirror (plus `.git`) and lock file (plus
+    `.lock`): the components joined by `__`, e.g. `pallets/click` -> `pallets__click`,
+    `swesmith/owner__proj.abc1` -> `owner__proj.abc1`."""
+    return "__".join(repo_parts(repo))
+
+
+def _source_names(repo: str) -> list[str]:
+    """Relative names to look for in a source directory, most specific first:
+    `owner__name`, `owner/name` (with and without the `swesmith/` owner), then `name`."""
+    parts = repo_parts(repo)
+    full = tuple(repo.split("/"))  # validated above: the same components, prefix kept
+    out: list[str] = []
+    for cand in ("__".join(parts), "__".join(full), "/".join(full), "/".join(parts), parts[-1]):
+        if cand not in out:
+            out.append(cand)
+    return out
 
 
 async def run_git(*args: str, cwd: Path | None = None, input: bytes | None = None,
@@ -81,9 +136,13 @@ class _Memo:
 class RepoCache:
     """Bare mirror repos under `cache_dir`, fetched from the first source that has them.
 
-    `sources` entries are tried in order: a directory holding `<name>.bundle`, `<name>.git`
-    or `<name>` (a repo), or a URL/path template containing `{repo}` (the row's repo, e.g.
-    `swesmith/owner__proj.abc12345`) or `{name}` (the same without the `swesmith/` prefix).
+    `sources` entries are tried in order. A directory is searched for `<n>.bundle`,
+    `<n>.git` or `<n>` (a repo) for each name `n` of `_source_names` in turn: for
+    `pallets/click`, `pallets__click`, then `pallets/click` (an owner subdirectory), then
+    `click`; for `swesmith/owner__proj.abc1`, `owner__proj.abc1` first. Any other entry is a
+    URL/path template containing `{repo}` (the row's repo as given, e.g. `pallets/click` or
+    `swesmith/owner__proj.abc12345`) and/or `{name}` (its last component: `click`,
+    `owner__proj.abc12345`).
     """
 
     def __init__(self, cache_dir: str | Path, sources: list[str], *, memo_size: int = 512) -> None:
@@ -95,25 +154,38 @@ class RepoCache:
         self._memo = _Memo(memo_size)
 
     def repo_path(self, repo: str) -> Path:
-        return self.cache_dir / f"{repo_name(repo)}.git"
+        """Where the mirror of `repo` is cached (raises `RepoNameError` for a bad name)."""
+        return self.cache_dir / f"{mirror_name(repo)}.git"
 
     def _candidates(self, repo: str) -> list[str]:
-        name = repo_name(repo)
+        names = _source_names(repo)
+        last = repo_parts(repo)[-1]
         out = []
         for src in self.sources:
             if "{repo}" in src or "{name}" in src:
-                out.append(src.format(repo=repo, name=name))
+                out.append(src.replace("{repo}", repo).replace("{name}", last))
                 continue
-            base = Path(src).expanduser()
-            for cand in (base / f"{name}.bundle", base / f"{name}.git", base / name):
-                if cand.exists():
-                    out.append(str(cand))
-                    break
+            found = self._in_directory(Path(src).expanduser(), names)
+            if found is not None:
+                out.append(str(found))
         return out
+
+    @staticmethod
+    def _in_directory(base: Path, names: list[str]) -> Path | None:
+        """The first `<n>.bundle`, `<n>.git` or `<n>` (a git repo, bare or not) in `base`."""
+        for n in names:
+            for cand in (base / f"{n}.bundle", base / f"{n}.git"):
+                if cand.exists():
+                    return cand
+            plain = base / n
+            # A plain directory must be a repo: `<dir>/<owner>` is not one.
+            if plain.is_dir() and ((plain / "HEAD").is_file() or (plain / ".git").exists()):
+                return plain
+        return None
 
     async def ensure_repo(self, repo: str) -> Path:
         """Return the bare repo for `repo`, cloning it once if it is not cached yet."""
-        name = repo_name(repo)
+        name = mirror_name(repo)
         path = self.repo_path(repo)
         if name in self._ready:
             return path
@@ -144,7 +216,7 @@ class RepoCache:
         for src in candidates:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=self.cache_dir))
             try:
-                await run_git("clone", "--quiet", "--mirror", src, str(tmp / "repo.git"))
+                await run_git("clone", "--quiet", "--mirror", "--", src, str(tmp / "repo.git"))
                 os.replace(tmp / "repo.git", path)
                 log.info("cached repo %s from %s", repo, src)
                 return
@@ -156,7 +228,7 @@ class RepoCache:
 
     async def _refresh(self, repo: str) -> bool:
         """Fetch new refs into a cached mirror, at most once per repo per process."""
-        name = repo_name(repo)
+        name = mirror_name(repo)
         path = await self.ensure_repo(repo)
         async with self._locks[name]:
             if name in self._refreshed:
@@ -191,7 +263,7 @@ class RepoCache:
                     pass
             raise RepoError(f"repo {repo!r} has no revision {rev!r} (checked its sources "
                             f"{self.sources}); is the dataset newer than the mirror?")
-        return await self._memo.get(("rev", repo_name(repo), rev), compute)
+        return await self._memo.get(("rev", mirror_name(repo), rev), compute)
 
     async def archive(self, repo: str, rev: str) -> bytes:
         """A tar.gz of the tree at `rev` (files only, no history)."""

@@ -14,7 +14,7 @@ import pytest
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.grading import node_files
 from rollout.tasks.loader import BUNDLED_DIR
-from rollout.tasks.repo_cache import RepoCache, RepoError
+from rollout.tasks.repo_cache import RepoCache, RepoError, RepoNameError
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,74 @@ async def test_a_cached_mirror_fetches_a_branch_added_upstream(tmp_path, task):
     await cache.ensure_repo(task.data["repo"])
     subprocess.run(["git", "branch", "new-instance", "main"], cwd=upstream, check=True)
     assert await cache.resolve(task.data["repo"], "refs/heads/new-instance")
+
+
+def make_repo(root, files: dict[str, str]) -> str:
+    """A real (non-bare) git repo at `root` with one commit; returns its commit id."""
+    root.mkdir(parents=True)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    env = ["-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), *env, "commit", "-q", "-m", "one"], check=True)
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+async def test_an_owner_slash_name_repo_from_an_owner_directory(tmp_path):
+    files = {"somerepo/__init__.py": "X = 1\n", "tests/test_x.py": "def test_x(): pass\n"}
+    make_repo(tmp_path / "sources" / "someowner" / "somerepo", files)
+    cache = RepoCache(tmp_path / "cache", [str(tmp_path / "nothing-here"), str(tmp_path / "sources")])
+    archive = await cache.archive("someowner/somerepo", "main")
+    assert names_in(archive) == set(files)
+    assert sorted(await cache.list_files("someowner/somerepo", "main")) == sorted(files)
+    assert await cache.read_file("someowner/somerepo", "main", "somerepo/__init__.py") == b"X = 1\n"
+    # One flat mirror and lock file; nothing nested under the cache directory.
+    assert cache.repo_path("someowner/somerepo") == tmp_path / "cache" / "someowner__somerepo.git"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "someowner__somerepo.git", "someowner__somerepo.lock"]
+    again = RepoCache(tmp_path / "cache", [])  # a second process finds the cached mirror
+    assert names_in(await again.archive("someowner/somerepo", "main")) == set(files)
+
+
+async def test_owner_slash_name_source_layouts_and_url_templates(tmp_path):
+    flat = make_repo(tmp_path / "flat" / "work", {"a.py": "a\n"})
+    subprocess.run(["git", "clone", "-q", "--mirror", str(tmp_path / "flat" / "work"),
+                    str(tmp_path / "flat" / "pallets__click.git")], check=True)
+    by_name = make_repo(tmp_path / "byname" / "click", {"b.py": "b\n"})
+    swesmith = make_repo(tmp_path / "nested" / "swesmith" / "o__p.1234", {"c.py": "c\n"})
+    url = make_repo(tmp_path / "gh" / "pallets" / "click", {"d.py": "d\n"})
+    cases = [
+        ([str(tmp_path / "flat")], "pallets/click", flat),      # <dir>/<owner__name>.git
+        ([str(tmp_path / "byname")], "pallets/click", by_name),  # <dir>/<name>
+        ([str(tmp_path / "nested")], "swesmith/o__p.1234", swesmith),  # <dir>/<owner>/<name>
+        ([f"file://{tmp_path}/gh/{{repo}}"], "pallets/click", url),    # {repo} = owner/name
+        ([f"{tmp_path}/gh/pallets/{{name}}"], "pallets/click", url),   # {name} = name
+    ]
+    for i, (sources, repo, commit) in enumerate(cases):
+        cache = RepoCache(tmp_path / f"cache{i}", sources)
+        assert await cache.resolve(repo, "main") == commit, (sources, repo)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("../escape", "contains '..'"),
+    ("owner/../../etc", "contains '..'"),
+    ("/abs/repo", "absolute path"),
+    ("owner//name", "empty path component"),
+    ("owner/name/", "empty path component"),
+    ("swesmith/", "empty path component"),
+    ("owner/na me", "component 'na me' must be made of letters"),
+    ("owner/name;rm", "component 'name;rm'"),
+    ("own\\er/name", "component 'own\\\\\\\\er'"),
+    ("./name", "component '.'"),
+    ("", "is empty"),
+])
+async def test_unsafe_repo_names_are_rejected_before_touching_the_disk(tmp_path, bad, why):
+    cache = RepoCache(tmp_path / "cache", [str(tmp_path)])
+    with pytest.raises(RepoNameError, match=why):
+        await cache.ensure_repo(bad)
+    with pytest.raises(RepoError):  # still a RepoError for callers that catch those
+        await cache.archive(bad, "main")
+    assert not (tmp_path / "cache").exists()
