@@ -21,7 +21,7 @@ def default_cache_dir() -> str:
 
 
 @dataclass(frozen=True)
-class TestProfile:
+class GradingProfile:
     """How one repo's tests are run when graded (SWE-smith keeps one such profile per repo).
 
     Unset fields fall back to the `tasks.*` defaults. `paths` are appended to sys.path,
@@ -36,7 +36,7 @@ class TestProfile:
     test_timeout: float | None = None
 
     @classmethod
-    def from_mapping(cls, where: str, data: Any) -> TestProfile:
+    def from_mapping(cls, where: str, data: Any) -> GradingProfile:
         if isinstance(data, cls):
             return data
         if not hasattr(data, "items"):
@@ -123,6 +123,10 @@ class TaskSourceConfig:
         out.validate()
         return out
 
+    def __post_init__(self) -> None:
+        self.profiles = {str(k): GradingProfile.from_mapping(f"profiles.{k}", v)
+                         for k, v in dict(self.profiles).items()}
+
     def validate(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
@@ -135,16 +139,14 @@ class TaskSourceConfig:
         if not 0 <= self.timeout_retry_factor <= 100:
             raise ValueError(f"timeout_retry_factor must be in [0, 100], got "
                              f"{self.timeout_retry_factor}")
-        self.profiles = {str(k): TestProfile.from_mapping(f"profiles.{k}", v)
-                         for k, v in dict(self.profiles).items()}
 
-    def profile(self, repo: str) -> TestProfile:
+    def profile(self, repo: str) -> GradingProfile:
         """The test profile of a row's repo (exact, without `swesmith/`, or its last part)."""
         bare = repo.removeprefix("swesmith/")
         for key in (repo, bare, bare.rsplit("/", 1)[-1]):
             if key in self.profiles:
                 return self.profiles[key]
-        return TestProfile()
+        return GradingProfile()
 
     @property
     def cache_path(self) -> Path:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.protocols import Sandbox
-from rollout.tasks.config import TaskSourceConfig, TestProfile
+from rollout.tasks.config import TaskSourceConfig, GradingProfile
 from rollout.tasks.grading import SPEC_FILE, grade, node_files, pytest_run, suspicious_changes
 from rollout.tasks.loader import BUNDLED_DIR
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
@@ -184,7 +184,7 @@ class SweSmithEnv:
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
 
-    async def _grade_once(self, task: Task, files: InstanceFiles, profile: TestProfile,
+    async def _grade_once(self, task: Task, files: InstanceFiles, profile: GradingProfile,
                           sandbox: Sandbox, timeout: float) -> Verdict:
         f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
         paths = profile.paths if profile.paths is not None else (
