@@ -110,9 +110,10 @@ class RolloutCluster:
             self._spawn_worker()
 
     def _pool_config(self) -> PoolConfig:
-        """The pool config with the grading interpreter exposed: slots must be able to run it."""
-        pool = self.cfg.pool
-        return dataclasses.replace(pool, expose=[*pool.expose, self.cfg.tasks.python])
+        """The pool config with the grading interpreters exposed: slots must be able to run them."""
+        pool, tasks = self.cfg.pool, self.cfg.tasks
+        pythons = [tasks.python, *(p.python for p in tasks.profiles.values() if p.python)]
+        return dataclasses.replace(pool, expose=[*pool.expose, *pythons])
 
     async def _add_pools(self) -> bool:
         """Start a SandboxPool on every alive node that has none. True if any was added."""
