@@ -7,6 +7,8 @@ so the rest of the task code never touches a raw DictConfig.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,30 @@ class GradingProfile:
         if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
             raise ValueError(f"{where}.test_timeout must be a number > 0, got {timeout!r}")
         return cls(**data)
+
+
+def _profile_keys(repo: str) -> list[str]:
+    bare = repo.removeprefix("swesmith/")
+    keys = [repo, bare, bare.rsplit("/", 1)[-1]]
+    owner, sep, rest = keys[-1].partition("__")
+    if sep:
+        name = rest.rsplit(".", 1)[0] if "." in rest else rest
+        keys += [f"{owner}/{name}", name]
+    return list(dict.fromkeys(keys))
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_profiles() -> dict[str, GradingProfile]:
+    """Profiles of the bundled repos, from the file make_tasks also reads."""
+    path = Path(__file__).with_name("bundled") / "repos" / "repos.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    fields = {f.name for f in dataclasses.fields(GradingProfile)}
+    return {name: GradingProfile.from_mapping(f"{path}:{name}",
+                                              {k: v for k, v in entry.items() if k in fields})
+            for name, entry in table.items()}
 
 
 @dataclass
@@ -141,11 +167,14 @@ class TaskSourceConfig:
                              f"{self.timeout_retry_factor}")
 
     def profile(self, repo: str) -> GradingProfile:
-        """The test profile of a row's repo (exact, without `swesmith/`, or its last part)."""
-        bare = repo.removeprefix("swesmith/")
-        for key in (repo, bare, bare.rsplit("/", 1)[-1]):
-            if key in self.profiles:
-                return self.profiles[key]
+        """The test profile of a row's repo: `tasks.profiles` first, then the bundled repos'
+        own (bundled/repos/repos.json). Keys tried: the repo as given, without `swesmith/`,
+        its last part, and for SWE-smith names (`owner__name.commit`) `owner/name` and `name`."""
+        keys = _profile_keys(repo)
+        for table in (self.profiles, _bundled_profiles()):
+            for key in keys:
+                if key in table:
+                    return table[key]
         return GradingProfile()
 
     @property
