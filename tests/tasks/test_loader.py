@@ -150,10 +150,10 @@ def test_config_rejects_unknown_keys():
     assert TaskSourceConfig.from_mapping({"max_items": 2}).max_items == 2
 
 
-def test_bundled_source_has_at_least_30_valid_instances_over_3_repos():
+def test_bundled_source_has_at_least_40_valid_instances_over_6_repos():
     tasks, report = load_tasks_with_report(TaskSourceConfig())
-    assert report.total_skipped == 0 and len(tasks) >= 30
-    assert len({t.data["repo"] for t in tasks}) >= 3
+    assert report.total_skipped == 0 and len(tasks) >= 40
+    assert len({t.data["repo"] for t in tasks}) >= 6
     for t in tasks:
         assert t.data["FAIL_TO_PASS"] and t.data["PASS_TO_PASS"]
         assert t.image == "rollout-bundled:py311"

@@ -12,6 +12,8 @@ import pytest
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.bugs import MODIFIERS, candidates
 from rollout.tasks.loader import BUNDLED_DIR
+from rollout.tasks.make_tasks import (BUNDLED_REPOS, BUNDLED_SETTINGS, GeneratorConfig,
+                                      find_package, load_settings, run_tests)
 from rollout.tasks.make_tasks import main as make_tasks_main
 
 SAMPLE = textwrap.dedent('''
@@ -143,3 +145,132 @@ def test_shipped_bundles_follow_the_mirror_layout():
         for t in group:
             assert f"refs/heads/{t.task_id}\n" in heads
     assert sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.bundle")) < 200_000
+
+
+def write_tree(root, files: dict[str, str]):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text))
+    return root
+
+
+SRC_LAYOUT = {
+    "src/minisrc/__init__.py": """
+        def clamp(x, lo, hi):
+            if x < lo:
+                return lo
+            if x > hi:
+                return hi
+            return x
+    """,
+    "tests/test_clamp.py": """
+        from minisrc import clamp
+
+        def test_low():
+            assert clamp(-5, 0, 10) == 0
+
+        def test_high():
+            assert clamp(50, 0, 10) == 10
+
+        def test_inside():
+            assert clamp(5, 0, 10) == 5
+    """,
+}
+
+
+def test_a_src_layout_repo_makes_instances(tmp_path):
+    repo = write_tree(tmp_path / "minisrc", SRC_LAYOUT)
+    assert find_package(repo) == ("minisrc", "src")
+    assert find_package(BUNDLED_REPOS / "textkit") == ("textkit", "")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"minisrc": {"max_per_repo": 2}}))
+    out = tmp_path / "out"
+    assert make_tasks_main([str(repo), "--out", str(out), "--settings", str(settings)]) == 0
+    tasks = load_tasks(TaskSourceConfig(source=str(out / "instances.jsonl")))
+    assert len(tasks) == 2  # capped by the repo's setting, not --max-per-repo
+    for t in tasks:
+        assert "diff --git a/src/minisrc/__init__.py" in t.data["patch"]
+        assert "`minisrc`" in t.instruction
+        assert set(t.data["FAIL_TO_PASS"]) | set(t.data["PASS_TO_PASS"]) <= {
+            "tests/test_clamp.py::test_low", "tests/test_clamp.py::test_high",
+            "tests/test_clamp.py::test_inside"}
+
+
+SUBTESTS = """
+    import unittest
+
+    class TestParity(unittest.TestCase):
+        def test_evens(self):
+            for i in (0, 2, 3, 4):
+                with self.subTest(i=i):
+                    self.assertEqual(i % 2, 0)
+
+        def test_plain(self):
+            self.assertTrue(True)
+"""
+
+
+def test_a_failed_subtest_fails_its_test(tmp_path):
+    work = write_tree(tmp_path / "w", {"tests/test_parity.py": SUBTESTS})
+    result = run_tests(work, GeneratorConfig())
+    assert result is not None
+    statuses, text = result
+    node = "tests/test_parity.py::TestParity::test_evens"
+    assert statuses == {node: "FAILED", "tests/test_parity.py::TestParity::test_plain": "PASSED"}
+    if "SUBFAILED" in text:  # pytest >= 9 prints the node PASSED as well
+        assert f"{node} PASSED" in text
+
+
+ASYNC_TEST = """
+    import asyncio
+    import pytest
+
+    @pytest.mark.asyncio
+    async def test_sleep():
+        assert await asyncio.sleep(0, result=3) == 3
+
+    def test_sync():
+        assert True
+"""
+
+
+def test_plugin_autoload_is_off_unless_asked_for(tmp_path):
+    pytest.importorskip("pytest_asyncio")
+    work = write_tree(tmp_path / "w", {"tests/test_async.py": ASYNC_TEST})
+    off, _ = run_tests(work, GeneratorConfig())
+    on, _ = run_tests(work, GeneratorConfig(plugin_autoload=True))
+    assert off["tests/test_async.py::test_sync"] == on["tests/test_async.py::test_sync"] == "PASSED"
+    assert off.get("tests/test_async.py::test_sleep") != "PASSED"
+    assert on["tests/test_async.py::test_sleep"] == "PASSED"
+
+
+def test_settings_are_validated(tmp_path):
+    bad = tmp_path / "s.json"
+    for text, why in [('{"r": {"max_per_repo": "2"}}', "wrong type"),
+                      ('{"r": {"maxperrepo": 2}}', "unknown setting r.maxperrepo"),
+                      ('{"r": {"plugin_autoload": 1}}', "wrong type"),
+                      ('["r"]', "expected an object"), ("{", "cannot read")]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            load_settings(bad)
+    with pytest.raises(SystemExit):
+        make_tasks_main([str(tmp_path), "--out", str(tmp_path / "o"), "--settings", str(bad)])
+
+
+def test_shipped_instances_follow_the_repo_settings():
+    """bundled/repos/repos.json caps the newer repos at 2 instances; the async repo, and only
+    it, is graded with pytest plugins loaded (its repos.json entry is its grading profile)."""
+    settings = load_settings(BUNDLED_SETTINGS)
+    tasks = load_tasks(TaskSourceConfig())
+    per_repo: dict[str, int] = {}
+    for t in tasks:
+        dir_name = t.data["repo_name"].split("__", 1)[1].rsplit(".", 1)[0]
+        per_repo[dir_name] = per_repo.get(dir_name, 0) + 1
+    assert set(per_repo) == {p.name for p in BUNDLED_REPOS.iterdir() if p.is_dir()}
+    for name, count in per_repo.items():
+        assert count == settings.get(name, {}).get("max_per_repo", 12), name
+    assert sorted(n for n, s in settings.items() if s.get("plugin_autoload")) == ["workpool"]
+    cfg = TaskSourceConfig(pytest_plugin_autoload=False)
+    for t in tasks:
+        expected = True if "__workpool." in t.data["repo"] else None
+        assert cfg.profile(t.data["repo"]).plugin_autoload is expected, t.data["repo"]
