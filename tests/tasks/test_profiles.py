@@ -73,3 +73,13 @@ def test_a_src_layout_package_imports_only_with_src_on_the_path(tmp_path):
 
     assert score((".",)).score == 0.0  # `python -I` ignores PYTHONPATH: src is not importable
     assert score((".", "src")).score == 1.0
+
+
+def test_swe_smith_repo_names_find_their_profile_and_bundled_repos_have_theirs():
+    cfg = TaskSourceConfig(profiles={"pallets/click": {"paths": ["src"]}})
+    assert cfg.profile("swesmith/pallets__click.fde47b4b").paths == ("src",)
+    # The bundled async suite needs its plugin; the user's table comes first.
+    assert TaskSourceConfig().profile("swesmith/rollout__workpool.7ac578b2").plugin_autoload is True
+    mine = TaskSourceConfig(profiles={"workpool": {"plugin_autoload": False}})
+    assert mine.profile("swesmith/rollout__workpool.7ac578b2").plugin_autoload is False
+    assert TaskSourceConfig().profile("swesmith/rollout__spans.63b1ee43") == GradingProfile()

@@ -73,7 +73,7 @@ def tasks():
 
 
 def package_dir(task: Task) -> str:
-    return re.search(r"^diff --git a/([^/]+)/", task.data["patch"], re.M).group(1)
+    return re.search(r"^diff --git a/((?:src/)?[^/]+)/", task.data["patch"], re.M).group(1)
 
 
 async def apply_gold(env: SweSmithEnv, task: Task, sandbox) -> None:
