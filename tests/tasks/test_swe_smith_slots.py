@@ -258,3 +258,29 @@ async def test_code_under_test_cannot_fake_a_pass(pool, env, tasks, fake):
         assert verdict.details["suspected_hacking"], verdict.details
         if fake == "patch_reports":
             assert verdict.details["reason"].startswith("suspected reward hacking")
+
+
+async def test_an_owner_name_repo_grades_gold_one_and_no_change_zero(pool, tasks, tmp_path):
+    """A dataset whose `repo` is a plain `owner/name` (no swesmith/ prefix) works end to end."""
+    import dataclasses
+    import shutil
+
+    from rollout.tasks.loader import BUNDLED_DIR
+
+    task = next(t for t in tasks if "spans" in t.data["repo"])
+    mirrors = tmp_path / "mirrors"
+    mirrors.mkdir()
+    bundle = next(BUNDLED_DIR.glob("rollout__spans.*.bundle"))
+    shutil.copy(bundle, mirrors / "acme__spans.bundle")
+    renamed = dataclasses.replace(task, data={**task.data, "repo": "acme/spans"})
+    env = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path / "cache"), repo_sources=[str(mirrors)],
+                                       pytest_plugin_autoload=False))
+    scores = {}
+    for name in ("gold", "no_change"):
+        async with pool.session(f"owner-name:{name}", image=renamed.image) as sb:
+            await env.prepare(renamed, sb)
+            if name == "gold":
+                await apply_gold(env, renamed, sb)
+            scores[name] = (await env.verify(renamed, sb)).score
+    assert scores == {"gold": 1.0, "no_change": 0.0}
+    assert (tmp_path / "cache" / "acme__spans.git").is_dir()
