@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.protocols import Sandbox
-from rollout.tasks.config import TaskSourceConfig, GradingProfile
+from rollout.tasks.config import GradingProfile, TaskSourceConfig
 from rollout.tasks.grading import SPEC_FILE, grade, node_files, pytest_run, suspicious_changes
 from rollout.tasks.loader import BUNDLED_DIR
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
@@ -146,8 +146,8 @@ class SweSmithEnv:
         blobs = await asyncio.gather(*(self.cache.read_file(repo, pre, p) for p in restore_paths))
         files = InstanceFiles(restore=dict(zip(restore_paths, blobs)), allowed_guarded=guarded,
                               has_conftest=any(p.endswith("conftest.py") for p in guarded),
-                              planted_inits=sorted(inits - in_tree))
-        files.src_layout = _is_src_layout(tree)
+                              planted_inits=sorted(inits - in_tree),
+                              src_layout=_is_src_layout(tree))
         for name, marker in _INI_MARKERS:
             if name in files.restore and (marker is None or marker in files.restore[name]):
                 files.ini_file = name
@@ -168,13 +168,13 @@ class SweSmithEnv:
         timeout = profile.test_timeout or self.cfg.test_timeout
         async with self._grading_bound(sandbox):
             try:
-                verdict = await self._grade_once(task, files, profile, sandbox, timeout)
+                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout)
             except GradingError as e:
                 if e.kind != "timeout" or not self.cfg.timeout_retry_factor:
                     raise
                 timeout *= self.cfg.timeout_retry_factor
                 log.warning("grading %s timed out; retrying once with %.0fs", task.task_id, timeout)
-                verdict = await self._grade_once(task, files, profile, sandbox, timeout)
+                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout)
         verdict.details["diff_checked"] = diff.ok
         if suspects:
             verdict.details["suspected_hacking"] = suspects
@@ -184,14 +184,14 @@ class SweSmithEnv:
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
 
-    async def _grade_once(self, task: Task, files: InstanceFiles, profile: GradingProfile,
-                          sandbox: Sandbox, timeout: float) -> Verdict:
+    async def _grade_once(self, task: Task, tests: list[str], files: InstanceFiles,
+                          profile: GradingProfile, sandbox: Sandbox, timeout: float) -> Verdict:
         f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
         paths = profile.paths if profile.paths is not None else (
             (".", "src") if files.src_layout else (".",))
         autoload = (profile.plugin_autoload if profile.plugin_autoload is not None
                     else self.cfg.pytest_plugin_autoload)
-        run = pytest_run(sorted(node_files(f2p + p2p)), [*f2p, *p2p],
+        run = pytest_run(tests, [*f2p, *p2p],
                          python=profile.python or self.cfg.python, ini_file=files.ini_file,
                          allow_conftest=files.has_conftest, plugin_autoload=autoload,
                          paths=paths, env=dict(profile.env))

@@ -54,6 +54,16 @@ class TestGroup:
 '''
 F = "tests/test_suite.py"
 
+# Turns every test report into "passed" once imported (by collection, or by the code under test).
+REPORT_PATCH = textwrap.dedent('''
+    import _pytest.reports as reports
+    _init = reports.TestReport.__init__
+    def _passed(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self.outcome = "passed"
+    reports.TestReport.__init__ = _passed
+''')
+
 
 ALL = [f"{F}::{n}" for n in ("test_ok", "test_bad", "test_setup_error", "test_teardown_error",
                               "test_param[a b]", "test_param[c]", "test_skipped", "test_xfail",
@@ -179,6 +189,11 @@ def test_workspace_package_imports_but_cannot_shadow_installed_modules(project):
     assert statuses(project, [f"{F}::test_ok"]) == {f"{F}::test_ok": "PASSED"}
 
 
+def test_the_runner_ranks_statuses_as_the_grader_does():
+    from rollout.tasks import grade_runner, grading
+    assert grade_runner._RANK == grading._RANK
+
+
 def test_node_files():
     assert node_files(["a/t.py::x", "a/t.py::C::y[1]", "b.py::z"]) == ["a/t.py", "b.py"]
 
@@ -186,14 +201,7 @@ def test_node_files():
 def test_control_a_planted_tests_package_init_would_fake_results(project):
     # Why SweSmithEnv deletes planted __init__.py files next to the tests: pytest imports them
     # during collection, so this one turns every report into "passed" if left in place.
-    (project / "tests" / "__init__.py").write_text(textwrap.dedent('''
-        import _pytest.reports as reports
-        _init = reports.TestReport.__init__
-        def _passed(self, *args, **kwargs):
-            _init(self, *args, **kwargs)
-            self.outcome = "passed"
-        reports.TestReport.__init__ = _passed
-    '''))
+    (project / "tests" / "__init__.py").write_text(REPORT_PATCH)
     assert statuses(project)[f"{F}::test_bad"] == "PASSED"
 
 
@@ -282,15 +290,7 @@ def test_rewriting_the_log_at_exit_changes_nothing(faker):
 
 def test_patching_test_reports_is_flagged_by_the_diff_scan(faker):
     # Undefendable in-process (every witness agrees the test passed), so the diff is scanned.
-    patch = textwrap.dedent('''
-        import _pytest.reports as _r
-        _init = _r.TestReport.__init__
-        def _passed(self, *a, **k):
-            _init(self, *a, **k)
-            self.outcome = "passed"
-        _r.TestReport.__init__ = _passed
-        VALUE = 3
-    ''')
+    patch = REPORT_PATCH + "VALUE = 3\n"
     (faker / "mylib.py").write_text(patch)
     result, nonce = run(faker, [f"{F}::test_bad"])
     assert grade([f"{F}::test_bad"], [], result, nonce).score == 1.0  # the hole, documented

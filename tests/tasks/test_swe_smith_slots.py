@@ -195,9 +195,13 @@ async def test_gold_policy_rollout_end_to_end_records_per_test_results(pool, env
     await policy.close()
 
 
+def quick_env(tmp_path, test_timeout: float) -> SweSmithEnv:
+    return SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
+                                        pytest_plugin_autoload=False, test_timeout=test_timeout))
+
+
 async def test_a_hanging_test_run_is_a_grading_timeout_not_a_score(pool, tasks, tmp_path):
-    quick = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
-                                         pytest_plugin_autoload=False, test_timeout=2.0))
+    quick = quick_env(tmp_path, 2.0)
     task = tasks[0]
     async with pool.session("hang", image=task.image) as sb:
         await quick.prepare(task, sb)
@@ -211,8 +215,7 @@ async def test_a_hanging_test_run_is_a_grading_timeout_not_a_score(pool, tasks, 
 
 
 async def test_a_timeout_is_retried_once_and_then_scores(pool, tasks, tmp_path):
-    quick = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path), repo_sources=[],
-                                         pytest_plugin_autoload=False, test_timeout=3.0))
+    quick = quick_env(tmp_path, 3.0)
     task = tasks[0]
     async with pool.session("hang-once", image=task.image) as sb:
         await quick.prepare(task, sb)
@@ -232,14 +235,6 @@ FAKE_EXIT = (b"import os, sys\n"
              b"    print(t + ' PASSED [100%]')\n"
              b"sys.stdout.flush()\n"
              b"os._exit(0)\n")
-PATCH_REPORTS = (b"import _pytest.reports as _r\n"
-                 b"_init = _r.TestReport.__init__\n"
-                 b"def _passed(self, *a, **k):\n"
-                 b"    _init(self, *a, **k)\n"
-                 b"    self.outcome = 'passed'\n"
-                 b"_r.TestReport.__init__ = _passed\n")
-
-
 @pytest.mark.parametrize("fake", ["fake_exit", "patch_reports"])
 async def test_code_under_test_cannot_fake_a_pass(pool, env, tasks, fake):
     """The untouched bug plus a fake in the package: never a 1.0. Printing PASSED lines then
@@ -251,7 +246,8 @@ async def test_code_under_test_cannot_fake_a_pass(pool, env, tasks, fake):
             init = f"{package_dir(task)}/__init__.py"
             original = await sb.read_file(init)
             ids = repr(task.data["FAIL_TO_PASS"] + task.data["PASS_TO_PASS"]).encode()
-            planted = (b"ARGS = " + ids + b"\n" + FAKE_EXIT) if fake == "fake_exit" else PATCH_REPORTS
+            planted = ((b"ARGS = " + ids + b"\n" + FAKE_EXIT) if fake == "fake_exit"
+                       else CHEAT_INIT.encode())
             await sb.write_file(init, planted + original)
             verdict = await env.verify(task, sb)
         assert verdict.score == 0.0, (task.task_id, verdict.details["reason"])
