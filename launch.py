@@ -119,7 +119,7 @@ def preflight(cfg: Any) -> list[Any]:
     from rollout import preflight as pf
     from rollout.tasks import load_tasks
 
-    pf.check_isolation(cfg.backend, cfg.pool.isolation)
+    pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
     tasks = load_tasks(cfg.tasks)

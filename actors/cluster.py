@@ -1,7 +1,9 @@
 """Wires the actors of one run together and drives it to the end.
 
 Guarantees:
-- One SandboxPool per alive Ray node (local backend), so every node adds sandbox capacity.
+- Placement follows the backend: `per_node` (local) has one SandboxPool per alive Ray node,
+  so every node adds capacity; `sharded` (remote hosts) has `pool.shards` pools on the
+  driver's node sharing one global host quota, and workers route acquires by image.
 - A RolloutWorker that dies has its leases returned at once and is replaced (bounded).
 - `request_stop()` stops leasing; in-flight groups get `run.shutdown_grace` seconds, then
   are cancelled (their tasks go back to the queue for the next run). A second request
@@ -15,7 +17,6 @@ import asyncio
 import logging
 import time
 import uuid
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,11 +25,11 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.rollout_worker import RolloutWorker, WorkerSettings
-from actors.sandbox_pool import SandboxPool
+from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
 from rollout.config import LaunchConfig
-from rollout.sandbox.config import PoolConfig
+from rollout.sandbox.limits import SlotLimits
 from rollout.trainer.sink import GroupRules
 from rollout.types import Task
 
@@ -66,6 +67,7 @@ class RolloutCluster:
         self.workers: dict[str, Any] = {}
         self._runs: dict[Any, str] = {}  # ObjectRef of worker.run() -> worker id
         self.queue: Any = None
+        self.quota: Any = None  # HostQuotaActor of a sharded backend
         self.sink: Any = None
         self.snapshot = Snapshot(started=time.time())
         self._stop_level = 0
@@ -109,13 +111,45 @@ class RolloutCluster:
         for _ in range(cfg.workers.num):
             self._spawn_worker()
 
-    def _pool_config(self) -> PoolConfig:
-        """The pool config with the grading interpreters exposed: slots must be able to run them."""
-        pool, tasks = self.cfg.pool, self.cfg.tasks
+    def _limits(self) -> SlotLimits:
+        """The slot limits with the grading interpreters exposed: slots must run them."""
+        limits, tasks = self.cfg.sandbox, self.cfg.tasks
         pythons = [tasks.python, *(p.python for p in tasks.profiles.values() if p.python)]
-        return dataclasses.replace(pool, expose=[*pool.expose, *pythons])
+        return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
+
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.backend.placement == "sharded"
 
     async def _add_pools(self) -> bool:
+        if self.sharded:
+            return await self._add_shards()
+        return await self._add_node_pools()
+
+    async def _add_shards(self) -> bool:
+        """`pool.shards` pools on the driver's node, one global host quota between them."""
+        if self.pools:
+            return False
+        here = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.quota = HostQuotaActor.options(
+            name=self._name("host-quota"), namespace=NAMESPACE,
+            scheduling_strategy=here).remote(self.cfg.backend.max_hosts)
+        shards = [SandboxPool.options(name=self._name(f"pool-shard{i}"), namespace=NAMESPACE,
+                                      scheduling_strategy=here)
+                  .remote(self.cfg.backend, self._limits(), f"{self.run_id}-{i}", self.quota)
+                  for i in range(self.cfg.pool.shards)]
+        started = await _settle([p.start.remote() for p in shards],
+                                self.cfg.backend.host_start_timeout + 30)
+        failed = [r for r in started if isinstance(r, Exception)]
+        if failed:
+            for p in shards:
+                ray.kill(p)
+            raise RuntimeError(f"sandbox pool shard failed to start: {failed[0]}")
+        self.pools = shards
+        return True
+
+    async def _add_node_pools(self) -> bool:
         """Start a SandboxPool on every alive node that has none. True if any was added."""
         new = []
         for node in ray.nodes():
@@ -126,10 +160,10 @@ class RolloutCluster:
             pool = SandboxPool.options(
                 name=self._name(f"pool-{nid[:8]}"), namespace=NAMESPACE,
                 scheduling_strategy=strategy,
-            ).remote(self.cfg.backend, self._pool_config())
+            ).remote(self.cfg.backend, self._limits(), f"{self.run_id}-{nid[:8]}")
             new.append((nid, pool))
         started = await _settle([p.start.remote() for _, p in new],
-                                self.cfg.pool.host_start_timeout + 30)
+                                self.cfg.backend.host_start_timeout + 30)
         for (nid, pool), result in zip(new, started):
             if isinstance(result, Exception):
                 log.error("sandbox pool on node %s failed to start: %s", nid[:8], result)
@@ -144,7 +178,7 @@ class RolloutCluster:
 
     async def _watch_nodes(self, force: bool = False) -> None:
         """Follow the cluster: pools for new nodes, none for dead ones; tell the workers."""
-        if not force and time.monotonic() < self._next_node_check:
+        if self.sharded or (not force and time.monotonic() < self._next_node_check):
             return
         self._next_node_check = time.monotonic() + 5.0
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
@@ -166,7 +200,7 @@ class RolloutCluster:
             include_messages=cfg.env.include_messages,
             acquire_timeout=cfg.workers.acquire_timeout,
             lease_renew_interval=cfg.workers.lease_renew_interval,
-            task_kind=cfg.tasks.kind, task_env=cfg.tasks,
+            task_kind=cfg.tasks.kind, task_env=cfg.tasks, route_by_image=self.sharded,
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",
@@ -285,7 +319,7 @@ class RolloutCluster:
             except Exception as e:
                 log.error("closing the trainer sink failed: %s", e)
         await _settle([p.stop.remote() for p in self.pools], 60)
-        for actor in [*self.workers.values(), *self.pools, self.sink]:
+        for actor in [*self.workers.values(), *self.pools, self.sink, self.quota]:
             if actor is not None:
                 try:
                     ray.kill(actor)

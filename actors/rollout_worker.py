@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class WorkerSettings:
     pace_poll_interval: float = 0.5
     task_kind: str = "swe_smith"
     task_env: Any = None  # the TaskSourceConfig (how to prepare and grade)
+    route_by_image: bool = False  # sharded pools: an image always goes to the same shard
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -172,20 +174,22 @@ class RolloutWorker:
         if pools:
             self._pools = list(pools)
 
-    def _pick_pool(self) -> Any:
+    def _pick_pool(self, image: str | None) -> Any:
+        if self.s.route_by_image:  # the shard that holds (or will start) this image's hosts
+            return self._pools[shard_of(image, len(self._pools))]
         self._rr += 1
         return self._pools[self._rr % len(self._pools)]
 
     def _forget_pool(self, pool: Any) -> None:
         # Its node is gone; until the driver's next update, stop sending work there.
-        if len(self._pools) > 1 and pool in self._pools:
+        if len(self._pools) > 1 and pool in self._pools and not self.s.route_by_image:
             self._pools.remove(pool)
 
     async def _run_one(self, lease: Lease, index: int) -> Trajectory:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
-        pool = self._pick_pool()
+        pool = self._pick_pool(task.image)
         self._stats["trajectories_in_flight"] += 1
         slot = None
         started = time.monotonic()
@@ -196,6 +200,8 @@ class RolloutWorker:
             self._stats["acquire_time"] += time.monotonic() - started
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
                                      self._agent, trajectory_id=traj_id)
+            # Queued in the pool before a slot was free: on slow remote hosts, the figure.
+            traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
         except Exception as e:
             if isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
@@ -225,6 +231,11 @@ class RolloutWorker:
             st["grading_errors"][kind] = st["grading_errors"].get(kind, 0) + 1
         if (traj.metadata.get("verdict") or {}).get("suspected_hacking"):
             st["suspected_hacking"] += 1
+
+
+def shard_of(image: str | None, shards: int) -> int:
+    """The shard of an image: stable across processes and runs (not Python's hash)."""
+    return zlib.crc32((image or "").encode()) % shards
 
 
 def trajectory_summary(t: Trajectory) -> dict[str, Any]:

@@ -13,27 +13,24 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from rollout.sandbox.config import PoolConfig
-from rollout.sandbox.local import LocalBackend
+from rollout.sandbox.config import BackendConfig
+from rollout.sandbox.limits import SlotLimits
 from rollout.sandbox.pool import SlotPool
-from rollout.types import ExecResult, SandboxError, Slot
+from rollout.sandbox.slot_sandbox import SandboxOps
+from rollout.types import SandboxError, Slot
 
 log = logging.getLogger(__name__)
 
 CALL_SLACK = 60.0  # seconds an actor call may take beyond the work it asks for
 
 
-def make_backend(name: str, cfg: PoolConfig) -> Any:
-    if name == "local":
-        return LocalBackend(cfg)
-    raise ValueError(f"unknown sandbox backend {name!r} (available: local)")
-
-
 @ray.remote(max_concurrency=4096, num_cpus=0)
 class SandboxPool:
-    def __init__(self, backend: str, cfg: PoolConfig) -> None:
+    def __init__(self, cfg: BackendConfig, limits: SlotLimits, run_id: str = "",
+                 quota: Any = None) -> None:
         logging.basicConfig(level=logging.INFO)
-        self._pool = SlotPool(make_backend(backend, cfg), cfg)
+        self._pool = SlotPool.from_config(
+            cfg, limits, run_id=run_id, quota=ActorQuota(quota) if quota is not None else None)
         self._node_id = ray.get_runtime_context().get_node_id()
         self._gone: set[str] = set()  # trajectory-id prefixes of holders that died
 
@@ -62,18 +59,10 @@ class SandboxPool:
     async def release(self, slot: Slot, reset: bool = True) -> None:
         await self._pool.release(slot, reset=reset)
 
-    async def exec(self, slot: Slot, command: str, timeout: float, cwd: str | None,
-                   env: dict[str, str] | None) -> ExecResult:
-        return await self._pool.exec(slot, command, timeout=timeout, cwd=cwd, env=env)
-
-    async def read_file(self, slot: Slot, path: str, max_bytes: int | None) -> bytes:
-        return await self._pool.read_file(slot, path, max_bytes=max_bytes)
-
-    async def write_file(self, slot: Slot, path: str, data: bytes) -> None:
-        await self._pool.write_file(slot, path, data)
-
-    async def upload_archive(self, slot: Slot, data: bytes, path: str) -> None:
-        await self._pool.upload_archive(slot, data, path=path)
+    async def call(self, slot: Slot, op: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        """Every per-slot operation (`SLOT_OPS`), forwarded by name to the SlotPool."""
+        return await self._pool.call(slot, op, *args, **kwargs)
 
     async def release_holder(self, prefix: str) -> int:
         """Free a dead holder's slots, and any it was still waiting for when it died."""
@@ -87,7 +76,7 @@ class SandboxPool:
         await self._pool.stop()
 
 
-class ActorSandbox:
+class ActorSandbox(SandboxOps):
     """`rollout.protocols.Sandbox` over a SandboxPool actor handle and one held slot.
 
     A SandboxError raised in the actor arrives as one here (Ray re-raises the cause's type);
@@ -98,28 +87,52 @@ class ActorSandbox:
         self._pool = pool
         self.slot = slot
 
-    async def _call(self, method: str, *args: Any, budget: float = 120.0) -> Any:
+    async def _forward(self, op: str, *args: Any, **kwargs: Any) -> Any:
         # Bounded: a pool whose node vanished may never answer (Ray does not always fail
         # calls on a handle to an actor that died before this process learnt of it).
+        budget = float(kwargs.get("timeout") or 60.0) + CALL_SLACK if op == "exec" else 120.0
         try:
             return await asyncio.wait_for(
-                getattr(self._pool, method).remote(self.slot, *args), budget)
+                self._pool.call.remote(self.slot, op, args, kwargs), budget)
         except SandboxError:
             raise
         except RayActorError as e:
             raise SandboxError(f"sandbox pool actor died: {e}") from e
         except asyncio.TimeoutError as e:
-            raise SandboxError(f"sandbox pool did not answer {method} within {budget:.0f}s") from e
+            raise SandboxError(f"sandbox pool did not answer {op} within {budget:.0f}s") from e
 
-    async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> ExecResult:
-        return await self._call("exec", command, timeout, cwd, env, budget=timeout + CALL_SLACK)
 
-    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
-        return await self._call("read_file", path, max_bytes)
+class ActorQuota:
+    """`HostQuota` over a `HostQuotaActor` handle (the shards' shared host budget)."""
 
-    async def write_file(self, path: str, data: bytes) -> None:
-        await self._call("write_file", path, data)
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
 
-    async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
-        await self._call("upload_archive", data, path)
+    async def take(self) -> bool:
+        return await self._actor.take.remote()
+
+    async def give(self) -> None:
+        await self._actor.give.remote()
+
+
+@ray.remote(num_cpus=0, max_concurrency=1024)
+class HostQuotaActor:
+    """The global host quota of a sharded backend: at most `limit` hosts across all shards."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self) -> None:
+        self.used = max(0, self.used - 1)
+
+    def stats(self) -> dict[str, int]:
+        return {"limit": self.limit, "used": self.used, "peak": self.peak}

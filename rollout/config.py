@@ -15,7 +15,11 @@ from typing import Any
 
 from rollout.agent import AgentConfig
 from rollout.policy import PolicyConfig
-from rollout.sandbox.config import PoolConfig
+from pydantic import ValidationError
+
+from rollout.sandbox.config import BackendConfig, PoolSection
+from rollout.sandbox.limits import SlotLimits
+from rollout.sandbox.registry import UnknownBackend, backend_config
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
 
@@ -75,8 +79,9 @@ class LaunchConfig:
     workers: WorkersConfig
     queue: QueueConfig
     ray: RayConfig
-    backend: str
-    pool: PoolConfig
+    backend: BackendConfig  # the selected backend's own typed config (backend.name)
+    sandbox: SlotLimits  # what every slot enforces, whatever the backend
+    pool: PoolSection
     policy: PolicyConfig
     agent: AgentConfig
     tasks: TaskSourceConfig
@@ -157,32 +162,52 @@ def build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     return obj
 
 
+def pydantic_error(where: str, error: ValidationError) -> ConfigError:
+    """The first problem of a pydantic validation, as one line naming the dotted key."""
+    first = error.errors()[0]
+    key = ".".join([where, *(str(p) for p in first["loc"])])
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"unknown key {key}")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f", got {got!r}"
+    return ConfigError(f"{key}: {first['msg'].removeprefix('Value error, ')}{shown}")
+
+
+def _model(where: str, build_it: Any, data: Any) -> Any:
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    try:
+        return build_it(dict(data or {}))
+    except ValidationError as e:
+        raise pydantic_error(where, e) from None
+    except UnknownBackend as e:
+        raise ConfigError(str(e)) from None
+
+
 def load_config(raw: dict[str, Any]) -> LaunchConfig:
     raw = dict(raw)
     raw.pop("hydra", None)
     raw.pop("conf", None)  # the preset's name, recorded by Hydra's defaults list
-    backend = dict(raw.pop("backend", None) or {"name": "local"})
-    backend_name = backend.pop("name", "local")
     sections = {
         "run": RunSection, "env": EnvConfig, "workers": WorkersConfig, "queue": QueueConfig,
         "ray": RayConfig, "policy": PolicyConfig, "agent": AgentConfig,
         "tasks": TaskSourceConfig, "trainer": TrainerConfig,
     }
     built = {name: build(cls, raw.pop(name, None), name) for name, cls in sections.items()}
-    pool = build(PoolConfig, backend, "backend")
+    backend = _model("backend", backend_config, raw.pop("backend", None))
+    sandbox = _model("sandbox", SlotLimits.model_validate, raw.pop("sandbox", None))
+    pool = _model("pool", PoolSection.model_validate, raw.pop("pool", None))
     if raw:
         raise ConfigError(
             f"unknown top-level key(s): {', '.join(sorted(raw))}; "
-            f"valid: backend, {', '.join(sections)}"
+            f"valid: backend, sandbox, pool, {', '.join(sections)}"
         )
-    cfg = LaunchConfig(backend=backend_name, pool=pool, **built)
+    cfg = LaunchConfig(backend=backend, sandbox=sandbox, pool=pool, **built)
     _cross_check(cfg)
     return cfg
 
 
 def _cross_check(cfg: LaunchConfig) -> None:
-    if cfg.backend not in ("local",):
-        raise ConfigError(f"backend={cfg.backend!r} is not available yet (available: local)")
     if cfg.env.group_size < 1:
         raise ConfigError(f"env.group_size must be >= 1, got {cfg.env.group_size}")
     if cfg.env.group_size == 1 and cfg.env.ensure_scores_are_not_same:

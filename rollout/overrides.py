@@ -86,22 +86,20 @@ class KeySchema:
 
 
 def launch_schema() -> KeySchema:
-    """The schema of `launch.py`'s configuration (rollout.config.load_config's sections)."""
+    """The schema of `launch.py`'s configuration (rollout.config.load_config's sections);
+    `backend.*` is the union of every registered backend's keys."""
     from rollout.config import LaunchConfig
+    from rollout.sandbox.registry import config_class, names
 
     sections: dict[str, list[Any]] = {}
     for name, hint in (_fields(LaunchConfig) or {}).items():
         if name == "extra":
             continue
-        if name == "pool":  # the backend section: its name plus the backend's own keys
-            sections.setdefault("backend", []).extend(_classes(hint))
-        elif name == "backend":
-            sections.setdefault("backend", [])
+        if name == "backend":
+            sections["backend"] = [config_class(n) for n in names()]
         else:
             sections.setdefault(name, []).extend(_classes(hint))
-    schema = KeySchema(sections)
-    schema.keys.add("backend.name")
-    return schema
+    return KeySchema(sections)
 
 
 def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> list[str]:

@@ -75,7 +75,7 @@ def check_isolation(backend: str, isolation: str) -> None:
     if shutil.which("bwrap") is None:
         raise PreflightError(
             "bubblewrap (bwrap) is not installed, so commands cannot be sandboxed: "
-            "`apt-get install bubblewrap` (or set backend.isolation=none to run them "
+            "`apt-get install bubblewrap` (or set sandbox.isolation=none to run them "
             "unisolated, which is unsafe)")
 
 

@@ -44,7 +44,9 @@ class Sandbox(Protocol):
 
 
 class Backend(Protocol):
-    """Provisions and retires sandbox hosts. One file per backend (local, nomad, modal).
+    """Provisions and retires sandbox hosts (one slot server each). One file per backend
+    (local, nomad, modal) plus its `BackendConfig`; the contract is proven for every backend
+    by tests/sandbox/backend_contract.py.
 
     A host may be remote, slow to start (seconds to minutes) and bound to one image.
     """
@@ -52,19 +54,27 @@ class Backend(Protocol):
     name: str
 
     async def start_host(self, image: str | None, slots: int) -> Host:
-        """Start one slot server; return once it answers its health check."""
+        """Start one slot server; return once it answers its health check. Cancelled at any
+        point, it leaves nothing running (it cleans up itself, or `close()` reaps it)."""
         ...
 
     async def stop_host(self, host: Host) -> None:
         """Stop a host. Idempotent; never raises for an already-dead host."""
         ...
 
-    async def host_alive(self, host: Host) -> bool:
-        """Cheap liveness check from the provisioner's view. Never raises."""
+    async def hosts_alive(self, hosts: list[Host]) -> set[str]:
+        """The ids of `hosts` the provisioner still sees running: one control-plane call
+        for all of them (the fleet calls it once per monitor interval). Never raises."""
+        ...
+
+    async def discover(self) -> list[Host]:
+        """Hosts of this run already running when the fleet starts (adoption after a driver
+        restart). Hosts of other, dead runs are the backend's to reap here."""
         ...
 
     async def close(self) -> None:
-        """Stop every host this backend started (the teardown backstop)."""
+        """Stop every host this backend ever started (the teardown; an atexit or signal
+        backstop does the same if the process dies without calling it)."""
         ...
 
 

@@ -57,6 +57,8 @@ class Slot:
     index: int
     image: str | None
     lease: str
+    # Seconds the acquire waited in the pool's queue before this slot was handed out.
+    waited: float = field(default=0.0, compare=False)
 
 
 @dataclass

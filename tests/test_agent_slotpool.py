@@ -17,7 +17,7 @@ import pytest_asyncio
 from rollout.agent import AgentConfig, run_agent
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
-from rollout.sandbox import LocalBackend, PoolConfig, SlotPool
+from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.scored import ScoredGroup
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.swe_smith import SweSmithEnv
@@ -31,9 +31,9 @@ IMAGE = "rollout-bundled:py311"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
-    cfg = PoolConfig(min_hosts=1, max_hosts=2, slots_per_host=2, default_image=IMAGE,
-                     isolation="bwrap")
-    p = SlotPool(LocalBackend(cfg), cfg)
+    p = SlotPool.from_config(
+        LocalConfig(min_hosts=1, max_hosts=2, slots_per_host=2, default_image=IMAGE),
+        SlotLimits(isolation="bwrap"))
     await p.start()
     yield p
     await p.stop()

@@ -9,7 +9,7 @@ GOLD = ["policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}"]
 def test_preset_composes_into_typed_config(tmp_path):
     cfg = compose_config(["conf=swe_smith", f"run.dir={tmp_path}", *GOLD])
     assert cfg.env.group_size == 4 and cfg.trainer.type == "jsonl"
-    assert cfg.backend == "local" and cfg.pool.slots_per_host >= 1
+    assert cfg.backend.name == "local" and cfg.backend.slots_per_host >= 1
     assert cfg.tasks.source == "bundled" and cfg.policy.type == "gold"
 
 
@@ -27,7 +27,9 @@ def test_overrides_reach_the_typed_config(tmp_path):
     ("env.group_size=zero", "env.group_size must be an integer"),
     ("env.group_size=0", "env.group_size must be >= 1"),
     ("workers.num=0", "workers.num"),
-    ("backend.isolation=maybe", "isolation must be"),
+    ("sandbox.isolation=maybe", "sandbox.isolation"),
+    ("backend.max_hosts=0", "backend.max_hosts: Input should be greater than or equal to 1"),
+    ("backend.name=cloud9", "unknown backend 'cloud9' \\(available: local"),
     ("trainer.type=carrier-pigeon", "trainer.type must be"),
 ])
 def test_bad_values_get_one_line_errors(tmp_path, override, message):

@@ -68,13 +68,13 @@ def test_every_documented_key_is_a_plain_override(tmp_path):
         "conf=swe_smith", f"run.dir={tmp_path}", "policy=gold",
         f"policy.tokenizer={qwen_tokenizer_dir()}", f"tasks.cache_dir={tmp_path}/cache",
         "tasks.python=/opt/py/bin/python", "tasks.repo_sources=[/srv/mirrors]",
-        "backend.output_cap=1024", "policy.seed=7", "agent.max_calls_per_turn=3",
-        "backend.env.FOO=bar", "trainer.send_batch=2",
+        "sandbox.output_cap=1024", "policy.seed=7", "agent.max_calls_per_turn=3",
+        "sandbox.env.FOO=bar", "trainer.send_batch=2",
     ])
     assert cfg.tasks.cache_dir == f"{tmp_path}/cache" and cfg.tasks.python == "/opt/py/bin/python"
-    assert cfg.tasks.repo_sources == ["/srv/mirrors"] and cfg.pool.output_cap == 1024
+    assert cfg.tasks.repo_sources == ["/srv/mirrors"] and cfg.sandbox.output_cap == 1024
     assert cfg.policy.seed == 7 and cfg.agent.max_calls_per_turn == 3
-    assert cfg.pool.env == {"FOO": "bar"} and cfg.trainer.send_batch == 2
+    assert cfg.sandbox.env == {"FOO": "bar"} and cfg.trainer.send_batch == 2
     # Group selections, Hydra's keys and explicit +/~ pass through untouched.
     assert normalize_overrides(["policy=gold", "hydra.verbose=true", "+x.y=1"]) == [
         "policy=gold", "hydra.verbose=true", "+x.y=1"]

@@ -1,15 +1,23 @@
-"""Sandbox slots: the SlotPool, its backends and the slot-server client. No Ray here."""
+"""Sandbox slots: the SlotPool over a HostFleet, the backends and the slot-server client.
+No Ray here."""
 
 from rollout.sandbox.client import HostUnreachable, SlotRequestError, SlotServerClient
-from rollout.sandbox.config import PoolConfig
-from rollout.sandbox.local import LocalBackend
+from rollout.sandbox.config import BackendConfig, PoolSection
+from rollout.sandbox.fleet import HostFleet
+from rollout.sandbox.limits import SlotLimits
+from rollout.sandbox.local import LocalBackend, LocalConfig
 from rollout.sandbox.pool import SlotPool
-from rollout.sandbox.slot_sandbox import SlotSandbox
+from rollout.sandbox.slot_sandbox import SandboxOps, SlotSandbox
 
 __all__ = [
+    "BackendConfig",
+    "HostFleet",
     "HostUnreachable",
     "LocalBackend",
-    "PoolConfig",
+    "LocalConfig",
+    "PoolSection",
+    "SandboxOps",
+    "SlotLimits",
     "SlotPool",
     "SlotRequestError",
     "SlotSandbox",

@@ -22,6 +22,11 @@ EXEC_MARGIN = 30.0
 FILE_TIMEOUT = 120.0
 
 
+# The per-slot operations of SlotServerClient (first argument: the slot index) that pools and
+# sandbox views forward by name; `rollout.sandbox.slot_sandbox.SandboxOps` types them.
+SLOT_OPS = ("exec", "read_file", "write_file", "list_dir", "archive", "upload_archive")
+
+
 class HostUnreachable(SandboxError):
     """The slot server did not answer (process gone, connection refused, timed out)."""
 

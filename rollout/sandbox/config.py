@@ -1,52 +1,62 @@
-"""`PoolConfig`: how many hosts, how many slots each, and what every slot server enforces."""
+"""Typed config of the sandbox seam: the fleet settings every backend shares.
+
+A backend's own config subclasses `BackendConfig`, names itself with a `Literal` `name`, adds
+its own fields and says how to build the backend (`create`). The registry
+(`rollout.sandbox.registry`) finds the class for `backend.name`; the validated object is
+frozen. Per-slot limits (memory, pids, output caps, network, ...) are not here: they are one
+shared `sandbox:` section, `SlotLimits`, whatever the backend.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from rollout.protocols import Backend
+    from rollout.sandbox.limits import SlotLimits
+
+Placement = Literal["per_node", "sharded"]
 
 
-@dataclass
-class PoolConfig:
-    min_hosts: int = 1
-    max_hosts: int = 4
-    slots_per_host: int = 8
+class BackendConfig(BaseModel):
+    """How many hosts, how many slots each, how fast they may start, how they are watched."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    # `per_node`: one pool per Ray node, hosts on that node (local). `sharded`: `pool.shards`
+    # pools sharing one global host quota, acquires routed to a shard by image (remote hosts).
+    placement: ClassVar[Placement] = "per_node"
+
+    name: str
+    min_hosts: int = Field(1, ge=0)  # hosts of the default image kept up (per pool)
+    max_hosts: int = Field(4, ge=1)  # per pool (per_node) or for the whole run (sharded)
+    slots_per_host: int = Field(8, ge=1)
     default_image: str | None = None
-    isolation: str = "auto"  # auto | bwrap | required | none
-    network: bool = False
-    exec_timeout_cap: float = 1800.0  # seconds; longer requested timeouts are clamped
-    memory_mb: int | None = 4096  # per slot; None = unlimited
-    pids: int | None = 1024  # per slot; None = unlimited
-    output_cap: int = 256 * 1024  # bytes kept per stream of one command
-    file_cap: int = 64 << 20  # read_file / archive / upload size cap
-    health_check_interval: float = 5.0  # seconds between background health checks
-    idle_scale_down: float = 120.0  # retire a fully idle host above min_hosts after this
-    host_start_timeout: float = 300.0  # remote backends may need minutes
-    acquire_timeout: float = 60.0
-    env: dict[str, str] = field(default_factory=dict)  # extra env for every command
-    # Host directories (or interpreters: their prefix is meant) that slots must see even where
-    # the private /tmp hides them. The slot server's own interpreter is always included.
-    expose: list[str] = field(default_factory=list)
+    start_rate: float = Field(10.0, gt=0, allow_inf_nan=False)  # host starts per second
+    start_burst: int = Field(4, ge=1)  # starts allowed at once before the rate applies
+    max_starting: int = Field(4, ge=1)  # hosts starting at the same time
+    host_start_timeout: float = Field(300.0, gt=0, allow_inf_nan=False)
+    health_check_interval: float = Field(5.0, gt=0, allow_inf_nan=False)
+    idle_scale_down: float = Field(120.0, ge=0, allow_inf_nan=False)
+    acquire_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.min_hosts < 0:
-            problems.append("min_hosts must be >= 0")
-        if self.max_hosts < max(1, self.min_hosts):
-            problems.append("max_hosts must be >= max(1, min_hosts)")
-        if self.slots_per_host < 1:
-            problems.append("slots_per_host must be >= 1")
-        if self.isolation not in ("auto", "bwrap", "required", "none"):
-            problems.append("isolation must be auto, bwrap, required or none")
-        if self.health_check_interval <= 0:
-            problems.append("health_check_interval must be > 0")
-        if problems:
-            raise ValueError("invalid sandbox pool config: " + "; ".join(problems))
+    @model_validator(mode="after")
+    def _hosts_in_range(self) -> BackendConfig:
+        if self.max_hosts < self.min_hosts:
+            raise ValueError(f"max_hosts ({self.max_hosts}) must be >= min_hosts "
+                             f"({self.min_hosts})")
+        return self
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PoolConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown sandbox pool config keys: {sorted(unknown)}")
-        return cls(**d)
+    def create(self, limits: SlotLimits, run_id: str) -> Backend:
+        """The backend this config describes; every host it starts enforces `limits`."""
+        raise NotImplementedError(f"backend {self.name!r} does not say how to build itself")
+
+
+class PoolSection(BaseModel):
+    """`pool:`: how the run's slot pools are laid out (remote backends)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    shards: int = Field(1, ge=1)  # pool actors for a sharded backend (local: one per node)

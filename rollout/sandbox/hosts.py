@@ -1,11 +1,10 @@
-"""`HostState`: what the pool knows about one live host (leases, busy count, liveness)."""
+"""`HostState`: one live host, shared by the fleet (liveness) and the pool (its slots)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from rollout.protocols import Backend
 from rollout.sandbox.client import SlotServerClient
 from rollout.types import Host
 
@@ -13,8 +12,9 @@ PROBE_TIMEOUT = 5.0
 
 
 class HostState:
-    """Per-host bookkeeping. `busy` counts slots not on the free list (reserved, leased or
-    being reset); `leases[i]` is the lease id of slot i's holder, or None."""
+    """The fleet owns `alive` and `last_ok`; the pool owns the slot fields: `busy` counts
+    slots not on the free list (reserved, leased or being reset), `leases[i]` is the lease id
+    of slot i's holder or None."""
 
     def __init__(self, host: Host, client: SlotServerClient, image: str | None) -> None:
         self.host = host
@@ -28,28 +28,25 @@ class HostState:
         self.last_ok = time.monotonic()
         self._probe: asyncio.Future[bool] | None = None
 
-    async def check_alive(self, backend: Backend, max_age: float) -> bool:
-        """Cheap check before hand-out: the provisioner's view always, plus an HTTP health
-        probe when the last successful contact is older than `max_age` seconds."""
-        if not await backend.host_alive(self.host):
-            return False
-        if time.monotonic() - self.last_ok <= max_age:
-            return True
-        return await self.probe(backend)
+    @property
+    def host_id(self) -> str:
+        return self.host.host_id
 
-    async def probe(self, backend: Backend) -> bool:
-        """Full liveness probe; concurrent callers share one request. Never raises."""
+    def fresh(self, max_age: float) -> bool:
+        """Heard from within `max_age` seconds (a probe or the monitor said it is fine)."""
+        return time.monotonic() - self.last_ok <= max_age
+
+    async def probe(self) -> bool:
+        """The slot server's own health check; concurrent callers share one request.
+        Data plane only (no control-plane call). Never raises."""
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.ensure_future(self._run_probe(backend))
+            self._probe = asyncio.ensure_future(self._run_probe())
         return await asyncio.shield(self._probe)
 
-    async def _run_probe(self, backend: Backend) -> bool:
+    async def _run_probe(self) -> bool:
         try:
-            ok = await backend.host_alive(self.host)
-            if ok:
-                await self.client.health(timeout=PROBE_TIMEOUT)
+            await self.client.health(timeout=PROBE_TIMEOUT)
         except Exception:  # noqa: BLE001 - any failure means "not alive"
-            ok = False
-        if ok:
-            self.last_ok = time.monotonic()
-        return ok
+            return False
+        self.last_ok = time.monotonic()
+        return True

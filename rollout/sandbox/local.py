@@ -22,8 +22,13 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
-from rollout.sandbox.config import PoolConfig
+from pydantic import Field
+
+from rollout.sandbox.config import BackendConfig
+from rollout.sandbox.limits import SlotLimits
+from rollout.sandbox.registry import register
 from rollout.types import Host, SandboxError
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,18 @@ def live_server_pids() -> list[int]:
     return list(_LIVE_SERVERS)
 
 
+@register
+class LocalConfig(BackendConfig):
+    """`backend=local`: slot servers as subprocesses on every Ray node."""
+
+    name: Literal["local"] = "local"
+    start_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)  # one server's start
+    python: str = sys.executable  # the interpreter that runs the slot server
+
+    def create(self, limits: SlotLimits, run_id: str) -> LocalBackend:
+        return LocalBackend(limits, python=self.python, start_timeout=self.start_timeout)
+
+
 class LocalBackend:
     """Implements `rollout.protocols.Backend`. The image is only a label here."""
 
@@ -57,13 +74,13 @@ class LocalBackend:
 
     def __init__(
         self,
-        config: PoolConfig | None = None,
+        limits: SlotLimits | None = None,
         *,
         root_dir: str | None = None,
         python: str = sys.executable,
         start_timeout: float = 60.0,
     ) -> None:
-        self.config = config or PoolConfig()
+        self.limits = limits or SlotLimits()
         self.python = python
         self.start_timeout = start_timeout
         self.root = Path(root_dir or tempfile.mkdtemp(prefix="rollout-slots-"))
@@ -73,29 +90,19 @@ class LocalBackend:
         self._ids = itertools.count()
 
     def _argv(self, host_dir: Path, slots: int) -> list[str]:
-        cfg = self.config
-        env = {"PATH": f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}", **cfg.env}
-        argv = [
+        path = f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}"
+        return [
             self.python, "-m", "sandbox_image",
             "--host", "127.0.0.1", "--port", "0",
             "--slots", str(slots),
             "--data-dir", str(host_dir / "data"),
             "--token-file", str(host_dir / "token"),
-            "--isolation", cfg.isolation,
-            "--network", "on" if cfg.network else "off",
-            "--memory-mb", str(cfg.memory_mb or 0),
-            "--pids", str(cfg.pids or 0),
-            "--output-cap", str(cfg.output_cap),
-            "--max-timeout", str(cfg.exec_timeout_cap),
-            "--file-cap", str(cfg.file_cap),
+            *self.limits.to_argv(),
+            # After the limits' own --env flags: a user's PATH wins over the default.
+            *([] if "PATH" in self.limits.env else ["--env", f"PATH={path}"]),
             "--hide", str(self.root),
             "--exit-with-parent",
         ]
-        for path in dict.fromkeys(cfg.expose):
-            argv += ["--expose", path]
-        for key, value in env.items():
-            argv += ["--env", f"{key}={value}"]
-        return argv
 
     async def start_host(self, image: str | None, slots: int) -> Host:
         host_id = f"local-{os.getpid()}-{next(self._ids)}"
@@ -173,9 +180,12 @@ class LocalBackend:
     async def stop_host(self, host: Host) -> None:
         await self._terminate(host.host_id)
 
-    async def host_alive(self, host: Host) -> bool:
-        proc = self._procs.get(host.host_id)
-        return proc is not None and proc.returncode is None
+    async def hosts_alive(self, hosts: list[Host]) -> set[str]:
+        return {h.host_id for h in hosts
+                if (p := self._procs.get(h.host_id)) is not None and p.returncode is None}
+
+    async def discover(self) -> list[Host]:
+        return []  # servers exit with this process (--exit-with-parent): none to adopt
 
     async def close(self) -> None:
         await asyncio.gather(*(self._terminate(h) for h in list(self._procs)),

@@ -1,4 +1,6 @@
-"""`SlotSandbox`: the `rollout.protocols.Sandbox` view of one acquired slot."""
+"""`SandboxOps`: the typed per-slot operations, written once; `SlotSandbox` binds them to a
+local SlotPool, `actors.sandbox_pool.ActorSandbox` to a pool actor. A new operation is a
+client method (rollout/sandbox/client.py, listed in SLOT_OPS) plus one method here."""
 
 from __future__ import annotations
 
@@ -10,32 +12,44 @@ if TYPE_CHECKING:
     from rollout.sandbox.pool import SlotPool
 
 
-class SlotSandbox:
-    """Binds a pool and one slot; every call goes through the pool (so a stale slot or a
-    dead host raises SandboxError exactly as with the pool's own methods)."""
+class SandboxOps:
+    """Implements `rollout.protocols.Sandbox` over `_forward(op, *args, **kwargs)`."""
+
+    slot: Slot
+
+    async def _forward(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
+                   env: dict[str, str] | None = None) -> ExecResult:
+        return await self._forward("exec", command, timeout=timeout, cwd=cwd, env=env)
+
+    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        return await self._forward("read_file", path, max_bytes=max_bytes)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._forward("write_file", path, data)
+
+    async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
+        await self._forward("upload_archive", data, path=path)
+
+    async def list_dir(self, path: str = ".") -> list[dict[str, Any]]:
+        return await self._forward("list_dir", path)
+
+    async def archive(self, path: str = ".") -> bytes:
+        return await self._forward("archive", path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.slot.host_id}/{self.slot.index})"
+
+
+class SlotSandbox(SandboxOps):
+    """One slot of a local pool; every call goes through `SlotPool.call` (so a stale slot or
+    a dead host raises SandboxError exactly as with the pool's own methods)."""
 
     def __init__(self, pool: SlotPool, slot: Slot) -> None:
         self.pool = pool
         self.slot = slot
 
-    async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> ExecResult:
-        return await self.pool.exec(self.slot, command, timeout=timeout, cwd=cwd, env=env)
-
-    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
-        return await self.pool.read_file(self.slot, path, max_bytes=max_bytes)
-
-    async def write_file(self, path: str, data: bytes) -> None:
-        await self.pool.write_file(self.slot, path, data)
-
-    async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
-        await self.pool.upload_archive(self.slot, data, path=path)
-
-    async def list_dir(self, path: str = ".") -> list[dict[str, Any]]:
-        return await self.pool.list_dir(self.slot, path)
-
-    async def archive(self, path: str = ".") -> bytes:
-        return await self.pool.archive(self.slot, path)
-
-    def __repr__(self) -> str:
-        return f"SlotSandbox({self.slot.host_id}/{self.slot.index})"
+    async def _forward(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.pool.call(self.slot, op, *args, **kwargs)

@@ -5,12 +5,13 @@ import asyncio
 import pytest
 
 from actors.sandbox_pool import ActorSandbox, SandboxPool
-from rollout.sandbox.config import PoolConfig
+from rollout.sandbox import LocalConfig, SlotLimits
 from rollout.types import SandboxError
 
 
 async def test_dead_holder_slots_are_freed_even_ones_it_was_waiting_for(ray_local):
-    pool = SandboxPool.remote("local", PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=1))
+    pool = SandboxPool.remote(LocalConfig(min_hosts=1, max_hosts=1, slots_per_host=1),
+                              SlotLimits())
     await pool.start.remote()
     try:
         held = await pool.acquire.remote("w0/a", None, 30.0)

@@ -62,7 +62,7 @@ def server_bwrap_argv(root: str) -> list[str]:
 
 
 async def exec_true(pool: SlotPool, slot: Slot) -> None:
-    r = await pool.exec(slot, "true")
+    r = await pool.call(slot, "exec", "true")
     assert r.exit_code == 0, r
 
 

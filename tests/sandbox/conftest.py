@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from rollout.sandbox import LocalBackend, PoolConfig, SlotPool
+from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 
 
 def pid_alive(pid: int) -> bool:
@@ -23,14 +23,22 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def local_pool(**settings) -> SlotPool:
+    """A SlotPool over the local backend; `settings` mixes fleet keys (LocalConfig) and
+    slot limits (SlotLimits), as a user's backend.* and sandbox.* keys would."""
+    limit_keys = set(SlotLimits.model_fields)
+    limits = SlotLimits(**{k: v for k, v in settings.items() if k in limit_keys})
+    cfg = LocalConfig(**{k: v for k, v in settings.items() if k not in limit_keys})
+    return SlotPool.from_config(cfg, limits)
+
+
 @pytest.fixture
 async def make_pool() -> AsyncIterator[Callable[..., SlotPool]]:
     pools: list[SlotPool] = []
 
     def make(**overrides) -> SlotPool:
-        cfg = PoolConfig(**{"min_hosts": 1, "max_hosts": 2, "slots_per_host": 4,
-                            "memory_mb": 512, "pids": 256, **overrides})
-        pool = SlotPool(LocalBackend(cfg), cfg)
+        pool = local_pool(**{"min_hosts": 1, "max_hosts": 2, "slots_per_host": 4,
+                             "memory_mb": 512, "pids": 256, **overrides})
         pools.append(pool)
         return pool
 

@@ -47,8 +47,8 @@ async def test_500_concurrent_cycles_never_share_a_slot(make_pool) -> None:
         holders[key] = tid
         max_hosts_seen = max(max_hosts_seen, pool.stats()["hosts"])
         try:
-            await pool.write_file(slot, "owner", tid.encode())
-            r = await pool.exec(slot, "ls -A; cat owner")
+            await pool.call(slot, "write_file", "owner", tid.encode())
+            r = await pool.call(slot, "exec", "ls -A; cat owner")
             # The workspace was reset: only this holder's file is there.
             assert r.stdout == f"owner\n{tid}", r
         finally:
@@ -68,18 +68,18 @@ async def test_dead_host_fails_its_slots_and_is_replaced(make_pool) -> None:
     await pool.start()
     held = [await pool.acquire(f"t{i}") for i in range(2)]
     (old_pid,) = _server_pids(pool)
-    running = asyncio.ensure_future(pool.exec(held[1], "sleep 30", timeout=60))
+    running = asyncio.ensure_future(pool.call(held[1], "exec", "sleep 30", timeout=60))
     await asyncio.sleep(0.2)  # let the exec reach the server (it would fail either way)
     os.kill(old_pid, signal.SIGKILL)
 
     with pytest.raises(SandboxError):
         await running
     with pytest.raises(SandboxError, match="died|stale"):
-        await pool.exec(held[0], "true")
+        await pool.call(held[0], "exec", "true")
     assert await _poll(lambda: pool.stats()["replacements"] >= 1 and pool.stats()["hosts"] == 1)
     for slot in held:  # stale now: its host is gone
         with pytest.raises(SandboxError, match="stale"):
-            await pool.read_file(slot, "x")
+            await pool.call(slot, "read_file", "x")
     async with pool.session("after") as sandbox:
         r = await sandbox.exec("echo alive")
         assert r.stdout == "alive\n"
@@ -100,7 +100,7 @@ async def test_stop_leaves_no_server_and_is_idempotent(make_pool) -> None:
     assert not set(pids) & set(live_server_pids())
     assert not root.exists()
     with pytest.raises(SandboxError, match="stopped"):
-        await pool.exec(slot, "true")
+        await pool.call(slot, "exec", "true")
     with pytest.raises(SandboxError, match="stopped"):
         await pool.acquire("late")
 
@@ -120,10 +120,9 @@ async def test_stop_completes_even_if_the_caller_is_cancelled(make_pool) -> None
 
 _ORPHAN_SCRIPT = textwrap.dedent("""
     import asyncio, sys, time
-    from rollout.sandbox import LocalBackend, PoolConfig, SlotPool
+    from rollout.sandbox import LocalConfig, SlotPool
     async def main():
-        cfg = PoolConfig(min_hosts=2, max_hosts=2, slots_per_host=1)
-        pool = SlotPool(LocalBackend(cfg), cfg)
+        pool = SlotPool.from_config(LocalConfig(min_hosts=2, max_hosts=2, slots_per_host=1))
         await pool.start()
         print(" ".join(str(hs.host.meta["pid"]) for hs in pool._hosts.values()), flush=True)
         if sys.argv[1] == "hang":
@@ -159,16 +158,17 @@ async def test_stale_and_foreign_slots_raise(make_pool) -> None:
     pool = make_pool(min_hosts=1, max_hosts=1)
     slot = await pool.acquire("t")
     await pool.release(slot)
-    for call in (pool.exec(slot, "true"), pool.release(slot), pool.read_file(slot, "x"),
-                 pool.write_file(slot, "x", b""), pool.list_dir(slot, "."),
-                 pool.archive(slot, "."), pool.upload_archive(slot, b"")):
+    for call in (pool.call(slot, "exec", "true"), pool.release(slot),
+                 pool.call(slot, "read_file", "x"), pool.call(slot, "write_file", "x", b""),
+                 pool.call(slot, "list_dir", "."), pool.call(slot, "archive", "."),
+                 pool.call(slot, "upload_archive", b"")):
         with pytest.raises(SandboxError, match="not held"):
             await call
     forged = Slot(host_id=slot.host_id, index=0, image=None, lease="forged")
     with pytest.raises(SandboxError):
-        await pool.exec(forged, "true")
+        await pool.call(forged, "exec", "true")
     with pytest.raises(SandboxError, match="unknown"):
-        await pool.exec(Slot("nope", 0, None, "x"), "true")
+        await pool.call(Slot("nope", 0, None, "x"), "exec", "true")
     with pytest.raises(SandboxError):
         pool.sandbox(slot)
 

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import pytest_asyncio
 
-from rollout.sandbox import LocalBackend, PoolConfig, SlotPool
+from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.grading import node_files
 from rollout.tasks.swe_smith import SweSmithEnv
@@ -52,9 +52,9 @@ CHEAT_INIT = textwrap.dedent('''
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
-    cfg = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=SLOTS, default_image=IMAGE,
-                     isolation="bwrap")
-    p = SlotPool(LocalBackend(cfg), cfg)
+    p = SlotPool.from_config(
+        LocalConfig(min_hosts=1, max_hosts=1, slots_per_host=SLOTS, default_image=IMAGE),
+        SlotLimits(isolation="bwrap"))
     await p.start()
     yield p
     await p.stop()
