@@ -60,7 +60,7 @@ class RolloutCluster:
         self.cfg = cfg
         self.tasks = tasks
         self.run_dir = run_dir
-        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.run_id = run_id or _stable_run_id(run_dir)
         self.pools: list[Any] = []
         self._pool_nodes: dict[str, Any] = {}  # node id -> its SandboxPool
         self._next_node_check = 0.0
@@ -326,6 +326,25 @@ class RolloutCluster:
                 except Exception:
                     pass
         self.workers.clear()
+
+
+def _stable_run_id(run_dir: Path) -> str:
+    """The run's id, kept in the run dir: a resumed run has the same id, so a backend can
+    adopt the hosts it left running (and tell them from other runs' leftovers)."""
+    path = run_dir / "run_id"
+    try:
+        existing = path.read_text().strip()
+    except OSError:
+        existing = ""
+    if existing.isalnum() and len(existing) <= 32:
+        return existing
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    except OSError as e:
+        log.warning("cannot record the run id in %s: %s", path, e)
+    return run_id
 
 
 async def _settle(refs: list[Any], timeout: float) -> list[Any]:

@@ -31,7 +31,7 @@ GRADING_WORDS = {
     "no_report": "pytest never started a session (pytest missing?)",
     "grader_bug": "the grader itself failed",
     "killed": "the test process was killed (memory limit?) before pytest finished",
-    "report_truncated": "the test report was cut off (raise backend.output_cap)",
+    "report_truncated": "the test report was cut off (raise sandbox.output_cap)",
 }
 PLAIN_LOG_EVERY = 30.0  # seconds between plain progress lines when stdout is not a terminal
 

@@ -53,7 +53,7 @@ def _is_mapping(hint: Any) -> bool:
 
 class KeySchema:
     """The dotted keys a configuration accepts. Below a mapping-typed key (e.g.
-    `policy.template_kwargs`, `backend.env`) any sub-key is accepted."""
+    `policy.template_kwargs`, `sandbox.env`) any sub-key is accepted."""
 
     def __init__(self, sections: dict[str, Iterable[Any]]) -> None:
         self.keys: set[str] = set()

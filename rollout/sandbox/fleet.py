@@ -79,12 +79,14 @@ class HostFleet:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
         self._start_slots = asyncio.Semaphore(self.cfg.max_starting)
+        misfits = []
         for host in await self.backend.discover():
-            if host.slots == self.cfg.slots_per_host:
+            if host.slots == self.cfg.slots_per_host and self.room():
                 self._add(host, host.image)
                 self.counts["adopted"] += 1
             else:
-                self._spawn(self.backend.stop_host(host))
+                misfits.append(host)
+        await asyncio.gather(*(self._stop_host(h) for h in misfits))
         image = self.cfg.default_image
         have = sum(1 for hs in self.hosts.values() if hs.image == image)
         starts = [self._counted_start(image) for _ in range(self.cfg.min_hosts - have)

@@ -216,7 +216,7 @@ def check_ran(result: ExecResult, rep: Report) -> None:
         raise GradingError(f"the test process was killed (exit {result.exit_code}) before "
                            f"pytest finished: {tail or 'no output'}", "killed")
     if result.truncated and rep.end is None:
-        raise GradingError("the grading report was truncated (raise backend.output_cap)",
+        raise GradingError("the grading report was truncated (raise sandbox.output_cap)",
                            "report_truncated")
 
 

@@ -113,6 +113,7 @@ class SlowBackend:
 class VirtualConfig(BackendConfig):
     name: Literal["virtual"] = "virtual"
     start_delay: float = 0.05
+    leftover_slots: tuple[int, ...] = ()  # hosts (by slot count) "still running" at start
 
     def create(self, limits: SlotLimits, run_id: str) -> VirtualBackend:
         return VirtualBackend(self)
@@ -129,6 +130,14 @@ class VirtualBackend:
         self.running: dict[str, str | None] = {}
         self.starts: list[tuple[float, float]] = []  # loop time (began, ended)
         self.alive_calls = 0
+        self.leftovers = [self._host(f"leftover-{i}", cfg.default_image, slots)
+                          for i, slots in enumerate(cfg.leftover_slots)]
+        self.running.update({h.host_id: h.image for h in self.leftovers})
+
+    @staticmethod
+    def _host(host_id: str, image: str | None, slots: int) -> Host:
+        return Host(host_id=host_id, url="http://127.0.0.1:9", token="x" * 32, image=image,
+                    slots=slots)
 
     async def start_host(self, image: str | None, slots: int) -> Host:
         loop = asyncio.get_running_loop()
@@ -139,8 +148,7 @@ class VirtualBackend:
             self.starts.append((began, loop.time()))
         host_id = f"virtual-{next(self.ids)}"
         self.running[host_id] = image
-        return Host(host_id=host_id, url="http://127.0.0.1:9", token="x" * 32, image=image,
-                    slots=slots)
+        return self._host(host_id, image, slots)
 
     async def stop_host(self, host: Host) -> None:
         self.running.pop(host.host_id, None)
@@ -150,7 +158,7 @@ class VirtualBackend:
         return {h.host_id for h in hosts if h.host_id in self.running}
 
     async def discover(self) -> list[Host]:
-        return []
+        return [h for h in self.leftovers if h.host_id in self.running]
 
     async def close(self) -> None:
         self.running.clear()

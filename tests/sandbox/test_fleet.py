@@ -137,6 +137,25 @@ async def test_slow_flaky_cancelled_starts_leak_nothing(tmp_path) -> None:
     assert pool.stats()["hosts"] == 0 and pool.stats()["stopped"]
 
 
+async def test_hosts_left_running_by_this_run_are_adopted_or_stopped() -> None:
+    """After a driver restart the backend reports this run's hosts: a fitting one is adopted
+    (no new start for min_hosts), one of another shape is stopped."""
+    cfg = VirtualConfig(min_hosts=1, max_hosts=2, slots_per_host=2, leftover_slots=(2, 5),
+                        health_check_interval=60)
+    pool = SlotPool.from_config(cfg, LIMITS)
+    await pool.start()
+    try:
+        backend = pool.backend
+        assert pool.stats()["hosts_adopted"] == 1 and backend.starts == []
+        slot = await pool.acquire("t")
+        assert slot.host_id == "leftover-0"
+        await pool.release(slot, reset=False)
+        assert "leftover-1" not in backend.running
+    finally:
+        await pool.stop()
+    assert pool.backend.running == {}
+
+
 @pytest.mark.parametrize("key, value", [("start_rate", 0), ("max_starting", 0),
                                         ("start_rate", float("nan"))])
 def test_fleet_limits_are_validated(key: str, value: float) -> None:
