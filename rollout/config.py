@@ -1,8 +1,9 @@
-"""The launch configuration, validated once into typed dataclasses.
+"""The launch configuration, validated once into frozen pydantic models.
 
 Hydra composes a plain mapping (see conf/); `load_config` turns it into a `LaunchConfig` or
-raises `ConfigError` with a one-line message naming the bad key. Nothing past this point
-touches a raw DictConfig.
+raises `ConfigError` with a one-line message naming the bad key (see rollout/config_model.py).
+Nothing past this point touches a raw DictConfig, and nothing changes the validated config:
+what is derived later (the embedded server's URL, the trainer's env name) is a new object.
 """
 
 from __future__ import annotations
@@ -10,35 +11,36 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, InstanceOf, ValidationInfo, field_validator
 
 from rollout.agent import AgentConfig
+from rollout.config_model import ConfigError, ConfigModel, Str
 from rollout.policy import PolicyConfig
 from rollout.sandbox.config import PoolConfig
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake."""
+class RunSection(ConfigModel):
+    section: ClassVar[str] = "run"
 
-
-@dataclass
-class RunSection:
-    dir: str = "runs/default"  # reuse a run dir to resume (task cursor + outbox)
-    max_groups: int | None = None  # stop after this many tasks finished (None: all)
-    shutdown_grace: float = 60.0  # seconds in-flight groups get to finish on Ctrl-C
+    dir: Str = "runs/default"  # reuse a run dir to resume (task cursor + outbox)
+    # stop after this many tasks finished (None: all)
+    max_groups: Annotated[int, Field(ge=1)] | None = None
+    shutdown_grace: Annotated[float, Field(ge=0)] = 60.0  # seconds in-flight groups get on Ctrl-C
     progress: bool | None = None  # live view; None: only when stdout is a terminal
-    log_level: str = "INFO"
+    log_level: Str = "INFO"
 
 
-@dataclass
-class EnvConfig:
+class EnvConfig(ConfigModel):
     """Names as in Atropos's BaseEnvConfig, so Atropos users feel at home."""
 
-    name: str = "swe_smith"
-    group_size: int = 4
+    section: ClassVar[str] = "env"
+
+    name: Str = "swe_smith"
+    group_size: Annotated[int, Field(ge=1)] = 4
     batch_size: int = -1  # -1: use the trainer's
     max_batches_offpolicy: int = 3
     max_token_length: int = 8192
@@ -47,41 +49,54 @@ class EnvConfig:
     weight: float = 1.0
     min_batch_allocation: float | None = None
 
+    @field_validator("ensure_scores_are_not_same")
+    @classmethod
+    def _groups_of_one_have_equal_scores(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("group_size") == 1:
+            raise ValueError("must be false when group_size=1: it would drop every group "
+                             "(set one of them differently)")
+        return value
 
-@dataclass
-class WorkersConfig:
-    num: int = 2
-    groups_in_flight: int = 2
+
+class WorkersConfig(ConfigModel):
+    section: ClassVar[str] = "workers"
+
+    num: Annotated[int, Field(ge=1)] = 2
+    groups_in_flight: Annotated[int, Field(ge=1)] = 2
     acquire_timeout: float = 300.0
     lease_renew_interval: float = 10.0
 
 
-@dataclass
-class QueueConfig:
-    lease_seconds: float = 120.0  # a worker that stops renewing loses its tasks after this
-    max_attempts: int = 3
+class QueueConfig(ConfigModel):
+    section: ClassVar[str] = "queue"
+
+    # a worker that stops renewing loses its tasks after this
+    lease_seconds: float = 120.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
 
 
-@dataclass
-class RayConfig:
-    address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray on loopback
+class RayConfig(ConfigModel):
+    section: ClassVar[str] = "ray"
+
+    address: Str | None = None  # None: $RAY_ADDRESS if set, else a local Ray on loopback
     num_cpus: int | None = None
 
 
-@dataclass
-class LaunchConfig:
+class LaunchConfig(ConfigModel):
     run: RunSection
     env: EnvConfig
     workers: WorkersConfig
     queue: QueueConfig
     ray: RayConfig
+    # The backend part is plain (a name and a dataclass built by `build`) until the backend
+    # registry replaces it.
     backend: str
-    pool: PoolConfig
+    pool: InstanceOf[PoolConfig]
     policy: PolicyConfig
     agent: AgentConfig
     tasks: TaskSourceConfig
     trainer: TrainerConfig
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -133,7 +148,9 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
 
 
 def build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors."""
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors.
+
+    Only the backend section (`PoolConfig`, a dataclass) is still built this way."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -157,47 +174,36 @@ def build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     return obj
 
 
+SECTIONS = ("run", "env", "workers", "queue", "ray", "policy", "agent", "tasks", "trainer")
+
+
 def load_config(raw: dict[str, Any]) -> LaunchConfig:
     raw = dict(raw)
     raw.pop("hydra", None)
     raw.pop("conf", None)  # the preset's name, recorded by Hydra's defaults list
     backend = dict(raw.pop("backend", None) or {"name": "local"})
     backend_name = backend.pop("name", "local")
-    sections = {
-        "run": RunSection, "env": EnvConfig, "workers": WorkersConfig, "queue": QueueConfig,
-        "ray": RayConfig, "policy": PolicyConfig, "agent": AgentConfig,
-        "tasks": TaskSourceConfig, "trainer": TrainerConfig,
-    }
-    built = {name: build(cls, raw.pop(name, None), name) for name, cls in sections.items()}
-    pool = build(PoolConfig, backend, "backend")
+    sections = {name: {} if (data := raw.pop(name, None)) is None else data
+                for name in SECTIONS}
     if raw:
         raise ConfigError(
             f"unknown top-level key(s): {', '.join(sorted(raw))}; "
-            f"valid: backend, {', '.join(sections)}"
+            f"valid: backend, {', '.join(SECTIONS)}"
         )
-    cfg = LaunchConfig(backend=backend_name, pool=pool, **built)
+    typed = {name: LaunchConfig.model_fields[name].annotation for name in SECTIONS}
+    validated = {name: typed[name].load(data, name) for name, data in sections.items()}
+    pool = build(PoolConfig, backend, "backend")
+    cfg = LaunchConfig(backend=backend_name, pool=pool, **validated)
     _cross_check(cfg)
     return cfg
 
 
 def _cross_check(cfg: LaunchConfig) -> None:
+    """Checks across sections (each section's own checks are in its model)."""
     if cfg.backend not in ("local",):
         raise ConfigError(f"backend={cfg.backend!r} is not available yet (available: local)")
-    if cfg.env.group_size < 1:
-        raise ConfigError(f"env.group_size must be >= 1, got {cfg.env.group_size}")
-    if cfg.env.group_size == 1 and cfg.env.ensure_scores_are_not_same:
-        raise ConfigError(
-            "env.group_size=1 with env.ensure_scores_are_not_same=true would drop every group; "
-            "set one of them differently"
-        )
-    if cfg.workers.num < 1 or cfg.workers.groups_in_flight < 1:
-        raise ConfigError("workers.num and workers.groups_in_flight must be >= 1")
-    if cfg.queue.max_attempts < 1:
-        raise ConfigError("queue.max_attempts must be >= 1")
     if cfg.queue.lease_seconds <= cfg.workers.lease_renew_interval:
         raise ConfigError(
             "queue.lease_seconds must exceed workers.lease_renew_interval, or live workers "
             "would lose their leases"
         )
-    if cfg.run.max_groups is not None and cfg.run.max_groups < 1:
-        raise ConfigError("run.max_groups must be >= 1 (or null for all tasks)")

@@ -22,7 +22,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from rollout.config_model import ConfigModel, Str
 
 from rollout.trainer.atropos import AtroposClient, Registration, RejectedError, TransientError
 from rollout.trainer.outbox import Outbox
@@ -33,25 +37,28 @@ log = logging.getLogger(__name__)
 META_KEY = "_meta"  # stored beside the group in the outbox / groups.jsonl; stripped on send
 
 
-@dataclass
-class TrainerConfig:
-    type: str = "jsonl"  # jsonl | atropos
-    url: str = "http://127.0.0.1:8000"
-    env_name: str = "swe_smith"
+class TrainerConfig(ConfigModel):
+    section: ClassVar[str] = "trainer"
+
+    type: Literal["jsonl", "atropos"] = "jsonl"
+    url: Str = "http://127.0.0.1:8000"
+    # Set from env.* by the cluster (a new TrainerConfig; see actors/cluster.py).
+    env_name: Str = "swe_smith"
     weight: float = 1.0
     min_batch_allocation: float | None = None
-    status_interval: float = 1.0
-    register_poll: float = 1.0
-    send_batch: int = 8
-    request_timeout: float = 30.0
-    max_retries: int = 3
-    retry_backoff: float = 0.5
+    status_interval: Annotated[float, Field(gt=0)] = 1.0
+    register_poll: Annotated[float, Field(gt=0)] = 1.0
+    send_batch: Annotated[int, Field(ge=1)] = 8
+    request_timeout: Annotated[float, Field(gt=0)] = 30.0
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    retry_backoff: Annotated[float, Field(ge=0)] = 0.5
 
-    def validate(self) -> None:
-        if self.type not in ("jsonl", "atropos"):
-            raise ValueError(f"trainer.type must be 'jsonl' or 'atropos', got {self.type!r}")
-        if self.type == "atropos" and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"trainer.url must be an http(s) URL, got {self.url!r}")
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("type") == "atropos" and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
 
 
 @dataclass

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from rollout.agent import AgentConfig, run_agent
+from rollout.config import ConfigError
 from rollout.policy import PolicyConfig, make_policy
 from rollout.policy.completions import parse_completion
 from rollout.policy.sglang import parse_generate
@@ -70,14 +71,24 @@ def test_missing_api_key_env_is_a_clear_config_error(monkeypatch):
         make_policy(PolicyConfig(base_url="http://x", tokenizer=QWEN_TOKENIZER, api_key_env="ROLLOUT_NO_SUCH_KEY"))
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"type": "vllm", "tokenizer": QWEN_TOKENIZER}, r"policy.type must be 'openai_completions'"),
+    ({"type": "sglang", "tokenizer": QWEN_TOKENIZER}, "policy.base_url is needed by policy.type=sglang"),
+    ({"type": "scripted"}, "policy.tokenizer is empty"),
+    ({"type": "scripted", "tokenizer": QWEN_TOKENIZER, "max_tokens": 0}, "policy.max_tokens must be > 0"),
+    ({"type": "scripted", "tokenizer": QWEN_TOKENIZER, "max_retries": "3"},
+     "policy.max_retries must be an integer, got '3'"),
+])
+def test_bad_config_is_refused_when_built(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        PolicyConfig(**fields)
+
+
 @pytest.mark.parametrize("cfg, message", [
-    (PolicyConfig(type="vllm", tokenizer=QWEN_TOKENIZER), "unknown"),
-    (PolicyConfig(type="sglang", tokenizer=QWEN_TOKENIZER), "base_url"),
-    (PolicyConfig(type="scripted"), "tokenizer"),
     (PolicyConfig(type="scripted", tokenizer="/nonexistent/tok"), "offline"),
     (PolicyConfig(type="gold", tokenizer=QWEN_TOKENIZER), "task environment"),
 ])
-def test_bad_config_is_refused_clearly(cfg, message):
+def test_unusable_config_is_refused_clearly(cfg, message):
     with pytest.raises(ValueError, match=message):
         make_policy(cfg)
 
