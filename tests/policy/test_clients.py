@@ -1,5 +1,6 @@
 """Policy clients: retries, errors, secrets, the chat client, config validation."""
 
+import asyncio
 import logging
 
 import pytest
@@ -44,6 +45,60 @@ async def test_4xx_is_not_retried_and_leaves_the_record_untouched(fake_server):
     finally:
         await policy.close()
     assert fake_server.requests == 1 and conv.record() == before
+
+
+def retry_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if hasattr(r, "retry_attempt")]
+
+
+async def test_transient_failures_stop_at_max_retries_with_the_configured_backoff(fake_server, caplog):
+    fake_server.fail_statuses = [503] * 10
+    policy = completions(fake_server.url, max_retries=2)
+    policy.http.backoff = 0.02
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
+        with pytest.raises(PolicyError, match="failed after 3 attempts: HTTP 503"):
+            await conv.sample(timeout=30)
+    finally:
+        await policy.close()
+    assert fake_server.requests == 3  # the first try and max_retries=2 retries
+    retries = retry_records(caplog)
+    assert [r.retry_attempt for r in retries] == [1, 2]
+    # Retry n waits backoff * 2**(n-1) plus a jitter of at most backoff.
+    for r in retries:
+        low = 0.02 * 2 ** (r.retry_attempt - 1)
+        assert low <= r.retry_wait <= low + 0.02, (r.retry_attempt, r.retry_wait)
+
+
+async def test_connection_refused_is_transient(unused_tcp_port, caplog):
+    policy = completions(f"http://127.0.0.1:{unused_tcp_port}", max_retries=1)
+    policy.http.backoff = 0.01
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        with pytest.raises(PolicyError, match="failed after 2 attempts"):
+            await policy.open(MESSAGES, TOOL_SCHEMAS, TASK).sample(timeout=30)
+    finally:
+        await policy.close()
+    assert [r.retry_attempt for r in retry_records(caplog)] == [1]
+
+
+async def test_a_cancelled_caller_stops_retrying(fake_server, caplog):
+    fake_server.fail_statuses = [503] * 10
+    policy = completions(fake_server.url, max_retries=5)
+    policy.http.backoff = 60.0  # the first retry waits at least a minute
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        sample = asyncio.create_task(policy.open(MESSAGES, TOOL_SCHEMAS, TASK).sample(timeout=600))
+        while not retry_records(caplog):  # logged just before the wait begins
+            assert not sample.done(), sample
+            await asyncio.sleep(0.01)
+        sample.cancel()
+        done, _ = await asyncio.wait({sample}, timeout=30)  # a hang guard, not a timing
+        assert sample in done and sample.cancelled()
+    finally:
+        await policy.close()
+    assert fake_server.requests == 1 and len(retry_records(caplog)) == 1
 
 
 async def test_api_key_is_sent_but_never_logged_or_repr(fake_server, monkeypatch, caplog):
