@@ -84,10 +84,12 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
 
 
-def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> Any:
-    """Start the embedded policy server when asked for; fill in base_url and tokenizer."""
+def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> tuple[Any, Any]:
+    """Start the embedded policy server when asked for. Returns the server (or None) and the
+    config with policy.base_url and policy.tokenizer filled in: a new, validated object (the
+    loaded config is never changed)."""
     policy = cfg.policy
-    needs_tokenizer = policy.tokenizer in ("", "embedded")
+    changes: dict[str, str] = {}
     server = None
     if policy.type == "embedded" and not policy.base_url:
         from rollout.policy.embedded.launcher import EmbeddedServerProcess
@@ -95,13 +97,20 @@ def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> Any:
         server = EmbeddedServerProcess(log_file=run_dir / "embedded-policy.log",
                                        host=_policy_host(joined))
         log.info("starting the embedded policy server (first start converts the model)")
-        policy.base_url = server.start()
-        log.info("embedded policy at %s", policy.base_url)
-    if needs_tokenizer and policy.type in ("embedded", "gold", "scripted"):
-        from rollout.policy.embedded.model import ensure_checkpoint
+        changes["base_url"] = server.start()
+        log.info("embedded policy at %s", changes["base_url"])
+    try:
+        if policy.tokenizer == "embedded" and policy.type in ("embedded", "gold", "scripted"):
+            from rollout.policy.embedded.model import ensure_checkpoint
 
-        policy.tokenizer = str(ensure_checkpoint())
-    return server
+            changes["tokenizer"] = str(ensure_checkpoint())
+        if changes:
+            cfg = cfg.replace(policy=policy.replace(**changes))
+    except BaseException:  # the caller never sees the server: stop it here
+        if server is not None:
+            server.stop()
+        raise
+    return server, cfg
 
 
 def _policy_host(joined: bool) -> str:
@@ -180,7 +189,7 @@ def main(dcfg: DictConfig) -> None:
     joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
     server = None
     try:
-        server = start_policy_server(cfg, run_dir, joined)
+        server, cfg = start_policy_server(cfg, run_dir, joined)
         code = asyncio.run(run_cluster(cfg, run_dir, tasks))
     finally:
         if server is not None:

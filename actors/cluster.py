@@ -30,7 +30,7 @@ from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
 from rollout.config import LaunchConfig
 from rollout.sandbox.limits import SlotLimits
-from rollout.trainer.sink import GroupRules
+from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,22 @@ class RolloutCluster:
             max_token_length=cfg.env.max_token_length,
             ensure_scores_are_not_same=cfg.env.ensure_scores_are_not_same,
         )
-        trainer = cfg.trainer
-        trainer.env_name = cfg.env.name
-        trainer.weight = cfg.env.weight
-        trainer.min_batch_allocation = cfg.env.min_batch_allocation
         self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE,
                                         scheduling_strategy=here).remote(
-            str(self.run_dir), trainer, rules
+            str(self.run_dir), self._trainer_config(), rules
         )
         await asyncio.gather(self.sink.start.remote(), self._add_pools())
         log.info("run %s: %d sandbox pool(s), %d task(s) queued",
                  self.run_id, len(self.pools), len(self.tasks))
         for _ in range(cfg.workers.num):
             self._spawn_worker()
+
+    def _trainer_config(self) -> TrainerConfig:
+        """The trainer section with the env.* settings Atropos registers the env under
+        (a new object: the run's config is never changed)."""
+        env = self.cfg.env
+        return self.cfg.trainer.replace(env_name=env.name, weight=env.weight,
+                                        min_batch_allocation=env.min_batch_allocation)
 
     def _limits(self) -> SlotLimits:
         """The slot limits with the grading interpreters exposed: slots must run them."""

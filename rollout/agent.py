@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from rollout.config_model import ConfigModel, Str
 from rollout.protocols import Conversation, Sandbox
 from rollout.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
 from rollout.tools import TOOL_NAMES, SandboxTools, ToolExecutor, ToolLimits
@@ -28,8 +28,9 @@ from rollout.types import Outcome, PolicyError, SandboxError, ToolCall, ToolResu
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class AgentConfig:
+class AgentConfig(ConfigModel):
+    section: ClassVar[str] = "agent"
+
     max_turns: int = 30
     max_context_tokens: int = 32_768
     wall_clock_budget: float = 1800.0  # seconds for the whole loop
@@ -41,7 +42,7 @@ class AgentConfig:
     max_argument_bytes: int = 100_000
     max_observation_chars: int = 16_000
     max_read_bytes: int = 1_000_000
-    workspace_root: str | None = None  # absolute path the model may use for the workspace
+    workspace_root: Str | None = None  # absolute path the model may use for the workspace
     min_turn_tokens: int = 16  # below this much room left, the context counts as full
 
     @property

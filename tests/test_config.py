@@ -28,7 +28,7 @@ def test_overrides_reach_the_typed_config(tmp_path):
     ("env.group_size=0", "env.group_size must be >= 1"),
     ("workers.num=0", "workers.num"),
     ("sandbox.isolation=maybe", "sandbox.isolation"),
-    ("backend.max_hosts=0", "backend.max_hosts: Input should be greater than or equal to 1"),
+    ("backend.max_hosts=0", "backend.max_hosts must be >= 1, got 0"),
     ("backend.name=cloud9", "unknown backend 'cloud9' \\(available: local"),
     ("trainer.type=carrier-pigeon", "trainer.type must be"),
 ])

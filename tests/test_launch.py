@@ -179,3 +179,16 @@ def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):
     assert len(state["completed"]) == len(groups_jsonl(run_dir))
     assert not state["dropped"]  # cancelled groups went back to the queue, untried
     assert wait_gone(our_processes("-m sandbox_image") - before) == set()
+
+
+def test_filling_in_the_policy_gives_a_new_config_and_keeps_the_loaded_one(tmp_path: Path):
+    import launch
+    from tests.launch_config import compose_config
+
+    cfg = compose_config(["conf=swe_smith", f"run.dir={tmp_path}", "policy=gold"])
+    assert cfg.policy.tokenizer == "embedded"  # the preset's placeholder
+    server, filled = launch.start_policy_server(cfg, tmp_path, joined=False)
+    assert server is None  # gold needs no server
+    assert Path(filled.policy.tokenizer, "tokenizer_config.json").is_file()
+    assert cfg.policy.tokenizer == "embedded" and filled.policy.type == "gold"
+    assert filled.tasks is cfg.tasks and filled.trainer is cfg.trainer

@@ -11,58 +11,65 @@ Every client keeps a token-exact record per trajectory (see `conversation.py`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field, ValidationInfo, field_validator
+
+from rollout.config_model import ConfigModel, Str
 from rollout.policy.conversation import TokenConversation, TokenPolicy
 from rollout.policy.template import ChatRenderer, load_tokenizer
 
-POLICY_TYPES = ("openai_completions", "sglang", "openai_chat", "gold", "scripted", "embedded")
+PolicyType = Literal["openai_completions", "sglang", "openai_chat", "gold", "scripted", "embedded"]
 # `embedded` gets its base_url from launch.py, which starts the server.
 _NEEDS_URL = ("openai_completions", "sglang", "openai_chat")
 
 
-@dataclass
-class PolicyConfig:
-    type: str = "openai_completions"
-    base_url: str = ""
-    model: str = "default"
-    tokenizer: str = ""  # a local dir or a cached HF name; loaded offline
-    chat_template: str | None = None  # override: a Jinja file path or string
-    template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. enable_thinking
-    api_key_env: str | None = None  # the *name* of the env var holding the key
+class PolicyConfig(ConfigModel):
+    section: ClassVar[str] = "policy"
+
+    type: PolicyType = "openai_completions"
+    base_url: Annotated[Str, Field(validate_default=True)] = ""
+    model: Str = "default"
+    # a local dir or a cached HF name; loaded offline
+    tokenizer: Annotated[Str, Field(validate_default=True)] = ""
+    chat_template: Str | None = None  # override: a Jinja file path or string
+    template_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. enable_thinking
+    api_key_env: Str | None = None  # the *name* of the env var holding the key
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 1024
+    max_tokens: Annotated[int, Field(gt=0)] = 1024
     seed: int | None = None
-    stop: list[str] | None = None
-    request_timeout: float = 300.0
-    max_retries: int = 3
-    max_connections: int = 64
-    responses: list[str] = field(default_factory=list)  # scripted
+    stop: list[Str] | None = None
+    request_timeout: Annotated[float, Field(gt=0)] = 300.0
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    max_connections: Annotated[int, Field(ge=1)] = 64
+    responses: list[Str] = Field(default_factory=list)  # scripted
 
-    def validate(self) -> None:
-        if self.type not in POLICY_TYPES:
-            raise ValueError(f"policy.type {self.type!r} is unknown; use one of {', '.join(POLICY_TYPES)}")
-        if self.type in _NEEDS_URL and not self.base_url:
-            raise ValueError(f"policy.type={self.type} needs policy.base_url")
-        if not self.tokenizer:
-            raise ValueError("policy.tokenizer is empty; set it to the model's tokenizer (a local dir)")
-        if self.max_tokens <= 0:
-            raise ValueError("policy.max_tokens must be positive")
+    @field_validator("base_url")
+    @classmethod
+    def _endpoint_needs_url(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("type")
+        if kind in _NEEDS_URL and not value:
+            raise ValueError(f"is needed by policy.type={kind}: set it to the server's URL, "
+                             "e.g. http://host:8000")
+        return value
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_is_set(cls, value: str) -> str:
+        if not value:
+            raise ValueError("is empty; set it to the model's tokenizer (a local dir)")
+        return value
 
 
 def make_policy(cfg: PolicyConfig, env: Any | None = None) -> TokenPolicy:
     """Build the client for `cfg.type`. `env` (a TaskEnv) is needed only by `gold`."""
-    cfg.validate()
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.chat_template)
     renderer = ChatRenderer(tokenizer, cfg.template_kwargs)
     if cfg.type in ("openai_completions", "embedded"):
-        from rollout.policy.completions import CompletionsPolicy
+        from rollout.policy.completions import CompletionsPolicy, EmbeddedPolicy
 
-        policy: TokenPolicy = CompletionsPolicy(cfg, renderer)
-        policy.name = cfg.type
-        return policy
+        return (EmbeddedPolicy if cfg.type == "embedded" else CompletionsPolicy)(cfg, renderer)
     if cfg.type == "sglang":
         from rollout.policy.sglang import SGLangPolicy
 

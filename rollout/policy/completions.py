@@ -42,6 +42,12 @@ class CompletionsPolicy(EndpointPolicy):
         return parse_completion(data)
 
 
+class EmbeddedPolicy(CompletionsPolicy):
+    """The same client against the embedded CPU server (rollout/policy/embedded)."""
+
+    name = "embedded"
+
+
 def parse_completion(data: dict[str, Any]) -> Generation:
     """Sampled ids, logprobs and finish reason from a vLLM-shaped completions reply."""
     try:

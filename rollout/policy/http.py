@@ -3,23 +3,24 @@
 Guarantees:
 - one `aiohttp.ClientSession` (created lazily in the running loop) and at most
   `max_connections` concurrent connections per client;
-- retries with exponential backoff and jitter on connection errors and 5xx, never on 4xx or
-  on a malformed body (those are the caller's or the server's bug, retrying cannot help);
+- retries (rollout/retry.py: tenacity, exponential backoff with jitter, `max_retries` of
+  them) on connection errors and 5xx, never on 4xx, on a malformed body (the caller's or the
+  server's bug, retrying cannot help) or on `request_timeout`; a cancelled caller stops at
+  once, in a request or in a wait;
 - the API key is read from the environment at construction and is never logged, repr'd or
   put in an error message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import random
 from typing import Any
 
 import aiohttp
 
+from rollout.retry import retrying
 from rollout.types import PolicyError
 
 log = logging.getLogger(__name__)
@@ -67,36 +68,39 @@ class PooledHTTP:
     async def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST JSON and return the decoded object. The caller bounds the total time."""
         url = self.base_url + path
-        attempt = 0
-        while True:
+
+        def log_retry(n: int, error: BaseException, wait: float) -> None:
+            log.warning("policy request to %s failed (%s); retry %d in %.2fs", url, error, n,
+                        wait, extra={"retry_attempt": n, "retry_wait": wait})
+
+        try:
+            return await retrying(_TRANSIENT, retries=self.max_retries, backoff=self.backoff,
+                                  backoff_max=BACKOFF_MAX, on_retry=log_retry)(
+                self._post_once, url, payload)
+        except _TRANSIENT as exc:
+            raise PolicyError(
+                f"policy server {self.base_url} failed after {self.max_retries + 1} attempts: {exc}"
+            ) from exc
+        except TimeoutError as exc:  # the request's total limit (a caller's timeout cancels)
+            raise PolicyError(
+                f"policy server {self.base_url} did not answer within "
+                f"request_timeout={self.request_timeout:g}s"
+            ) from exc
+
+    async def _post_once(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        async with self._session_now().post(url, json=payload) as resp:
+            body = await resp.read()
+            if resp.status >= 500:
+                raise _Transient(f"HTTP {resp.status} from {url}: {_snippet(body)}")
+            if resp.status >= 400:
+                raise PolicyError(f"HTTP {resp.status} from {url}: {_snippet(body)}")
             try:
-                async with self._session_now().post(url, json=payload) as resp:
-                    body = await resp.read()
-                    if resp.status >= 500:
-                        raise _Transient(f"HTTP {resp.status} from {url}: {_snippet(body)}")
-                    if resp.status >= 400:
-                        raise PolicyError(f"HTTP {resp.status} from {url}: {_snippet(body)}")
-                    try:
-                        data = json.loads(body)
-                    except ValueError as exc:
-                        raise PolicyError(f"{url} returned non-JSON: {_snippet(body)}") from exc
-                    if not isinstance(data, dict):
-                        raise PolicyError(f"{url} returned {type(data).__name__}, expected an object")
-                    return data
-            except (_Transient, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                attempt += 1
-                if attempt > self.max_retries:
-                    raise PolicyError(
-                        f"policy server {self.base_url} failed after {attempt} attempts: {exc}"
-                    ) from exc
-                delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
-                log.warning("policy request to %s failed (%s); retry %d in %.2fs", url, exc, attempt, delay)
-                await asyncio.sleep(delay)
-            except TimeoutError as exc:  # the request's total limit (a caller's timeout cancels)
-                raise PolicyError(
-                    f"policy server {self.base_url} did not answer within "
-                    f"request_timeout={self.request_timeout:g}s"
-                ) from exc
+                data = json.loads(body)
+            except ValueError as exc:
+                raise PolicyError(f"{url} returned non-JSON: {_snippet(body)}") from exc
+            if not isinstance(data, dict):
+                raise PolicyError(f"{url} returned {type(data).__name__}, expected an object")
+            return data
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -106,6 +110,12 @@ class PooledHTTP:
 
 class _Transient(Exception):
     pass
+
+
+# Worth retrying: the server is down, restarting or overloaded. An exception that is both one
+# of these and a TimeoutError (aiohttp's ServerTimeoutError) is retried like them.
+_TRANSIENT = (_Transient, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+BACKOFF_MAX = 10.0  # seconds: the longest wait before one retry (plus jitter)
 
 
 def _snippet(body: bytes, limit: int = 300) -> str:

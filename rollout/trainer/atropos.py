@@ -12,11 +12,12 @@ import asyncio
 import gzip
 import json
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from rollout.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,15 @@ class AtroposClient:
             raise TransientError(f"{method} {path}: {type(e).__name__}: {e}") from e
 
     async def _retrying(self, method: str, path: str, **kw: Any) -> Any:
-        delay = self._backoff
-        for attempt in range(self._max_retries + 1):
-            try:
-                return await self._request(method, path, **kw)
-            except TransientError as e:
-                if attempt >= self._max_retries:
-                    raise
-                log.debug("atropos %s %s failed (%s); retry in %.1fs", method, path, e, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self._backoff_max)
-        raise AssertionError("unreachable")
+        """`_request`, with up to `max_retries` retries of transient failures (rollout/retry.py)."""
+
+        def log_retry(n: int, error: BaseException, wait: float) -> None:
+            log.debug("atropos %s %s failed (%s); retry %d in %.1fs", method, path, error, n,
+                      wait, extra={"retry_attempt": n, "retry_wait": wait})
+
+        return await retrying(TransientError, retries=self._max_retries, backoff=self._backoff,
+                              backoff_max=self._backoff_max, on_retry=log_retry)(
+            self._request, method, path, **kw)
 
     async def info(self) -> dict[str, Any]:
         return await self._request("GET", "/info")

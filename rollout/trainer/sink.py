@@ -9,8 +9,9 @@ Guarantees (tested in tests/trainer/ against the real atroposlib API server):
   after submitting) is dropped as a duplicate, never sent twice.
 - `may_start()` is false while the trainer's queue is full by Atropos's rule; nothing in
   flight is ever cancelled by pacing.
-- Transient API failures (down, 5xx, timeouts) only delay delivery; after the API restarts
-  (and forgets us) the sink registers again before sending.
+- Transient API failures (down, 5xx, timeouts) only delay delivery (retried without limit,
+  `trainer.retry_backoff` doubling up to 10 s, with jitter); after the API restarts (and
+  forgets us) the sink registers again before sending. `close()` stops a wait at once.
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field, ValidationInfo, field_validator
+
+from rollout.config_model import ConfigModel, Str
+
+from rollout.retry import retrying
 from rollout.trainer.atropos import AtroposClient, Registration, RejectedError, TransientError
 from rollout.trainer.outbox import Outbox
 from rollout.trainer.rules import drop_reason, should_pause
@@ -31,27 +37,31 @@ from rollout.trainer.rules import drop_reason, should_pause
 log = logging.getLogger(__name__)
 
 META_KEY = "_meta"  # stored beside the group in the outbox / groups.jsonl; stripped on send
+SINK_BACKOFF_MAX = 10.0  # seconds: the longest wait between two tries while the API is down
 
 
-@dataclass
-class TrainerConfig:
-    type: str = "jsonl"  # jsonl | atropos
-    url: str = "http://127.0.0.1:8000"
-    env_name: str = "swe_smith"
+class TrainerConfig(ConfigModel):
+    section: ClassVar[str] = "trainer"
+
+    type: Literal["jsonl", "atropos"] = "jsonl"
+    url: Str = "http://127.0.0.1:8000"
+    # Set from env.* by the cluster (a new TrainerConfig; see actors/cluster.py).
+    env_name: Str = "swe_smith"
     weight: float = 1.0
     min_batch_allocation: float | None = None
-    status_interval: float = 1.0
-    register_poll: float = 1.0
-    send_batch: int = 8
-    request_timeout: float = 30.0
-    max_retries: int = 3
-    retry_backoff: float = 0.5
+    status_interval: Annotated[float, Field(gt=0)] = 1.0
+    register_poll: Annotated[float, Field(gt=0)] = 1.0
+    send_batch: Annotated[int, Field(ge=1)] = 8
+    request_timeout: Annotated[float, Field(gt=0)] = 30.0
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    retry_backoff: Annotated[float, Field(ge=0)] = 0.5
 
-    def validate(self) -> None:
-        if self.type not in ("jsonl", "atropos"):
-            raise ValueError(f"trainer.type must be 'jsonl' or 'atropos', got {self.type!r}")
-        if self.type == "atropos" and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"trainer.url must be an http(s) URL, got {self.url!r}")
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("type") == "atropos" and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
 
 
 @dataclass
@@ -81,6 +91,7 @@ class GroupSink:
         self.paused = trainer.type == "atropos"  # until registered and the status is known
         self.api_up: bool | None = None
         self.last_status: dict[str, Any] = {}
+        self._next_status = 0.0  # monotonic time of the next /status-env poll
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -238,30 +249,34 @@ class GroupSink:
         )
 
     async def _atropos_loop(self, client: AtroposClient) -> None:
-        next_status = 0.0
-        backoff = self.cfg.retry_backoff
         while not self._closing.is_set():
-            try:
-                if self.registration is None or self.api_up is False:
-                    await self._reconnect(client)
-                if time.monotonic() >= next_status:
-                    await self._poll_status(client)
-                    next_status = time.monotonic() + self.cfg.status_interval
-                await self._send_pending(client)
-                backoff = self.cfg.retry_backoff
-            except TransientError as e:
-                if self.api_up is not False:
-                    log.warning("Atropos API unavailable (%s); groups wait in the outbox", e)
-                self.api_up = False
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
+            # While the API is unavailable, the whole step is retried (reconnecting first) with
+            # a growing wait; the next step after one that succeeded starts from the shortest.
+            await retrying(TransientError, retries=None, backoff=self.cfg.retry_backoff,
+                           backoff_max=SINK_BACKOFF_MAX, on_retry=self._api_unavailable)(
+                self._atropos_step, client)
             self._wake.clear()
             if not self.outbox.pending():
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.cfg.status_interval)
                 except asyncio.TimeoutError:
                     pass
+
+    async def _atropos_step(self, client: AtroposClient) -> None:
+        """(Re)connect if needed, poll the status when due, send what is pending."""
+        if self.registration is None or self.api_up is False:
+            await self._reconnect(client)
+        if time.monotonic() >= self._next_status:
+            await self._poll_status(client)
+            self._next_status = time.monotonic() + self.cfg.status_interval
+        await self._send_pending(client)
+
+    def _api_unavailable(self, n: int, error: BaseException, wait: float) -> None:
+        if self.api_up is not False:
+            log.warning("Atropos API unavailable (%s); groups wait in the outbox", error)
+        log.debug("Atropos API unavailable (%s); retry %d in %.1fs", error, n, wait,
+                  extra={"retry_attempt": n, "retry_wait": wait})
+        self.api_up = False
 
     async def _reconnect(self, client: AtroposClient) -> None:
         """(Re-)register when we never did, or when the API came back without our env."""

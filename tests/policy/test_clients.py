@@ -1,10 +1,12 @@
 """Policy clients: retries, errors, secrets, the chat client, config validation."""
 
+import asyncio
 import logging
 
 import pytest
 
 from rollout.agent import AgentConfig, run_agent
+from rollout.config import ConfigError
 from rollout.policy import PolicyConfig, make_policy
 from rollout.policy.completions import parse_completion
 from rollout.policy.sglang import parse_generate
@@ -45,6 +47,60 @@ async def test_4xx_is_not_retried_and_leaves_the_record_untouched(fake_server):
     assert fake_server.requests == 1 and conv.record() == before
 
 
+def retry_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if hasattr(r, "retry_attempt")]
+
+
+async def test_transient_failures_stop_at_max_retries_with_the_configured_backoff(fake_server, caplog):
+    fake_server.fail_statuses = [503] * 10
+    policy = completions(fake_server.url, max_retries=2)
+    policy.http.backoff = 0.02
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
+        with pytest.raises(PolicyError, match="failed after 3 attempts: HTTP 503"):
+            await conv.sample(timeout=30)
+    finally:
+        await policy.close()
+    assert fake_server.requests == 3  # the first try and max_retries=2 retries
+    retries = retry_records(caplog)
+    assert [r.retry_attempt for r in retries] == [1, 2]
+    # Retry n waits backoff * 2**(n-1) plus a jitter of at most backoff.
+    for r in retries:
+        low = 0.02 * 2 ** (r.retry_attempt - 1)
+        assert low <= r.retry_wait <= low + 0.02, (r.retry_attempt, r.retry_wait)
+
+
+async def test_connection_refused_is_transient(unused_tcp_port, caplog):
+    policy = completions(f"http://127.0.0.1:{unused_tcp_port}", max_retries=1)
+    policy.http.backoff = 0.01
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        with pytest.raises(PolicyError, match="failed after 2 attempts"):
+            await policy.open(MESSAGES, TOOL_SCHEMAS, TASK).sample(timeout=30)
+    finally:
+        await policy.close()
+    assert [r.retry_attempt for r in retry_records(caplog)] == [1]
+
+
+async def test_a_cancelled_caller_stops_retrying(fake_server, caplog):
+    fake_server.fail_statuses = [503] * 10
+    policy = completions(fake_server.url, max_retries=5)
+    policy.http.backoff = 60.0  # the first retry waits at least a minute
+    caplog.set_level(logging.WARNING, logger="rollout.policy.http")
+    try:
+        sample = asyncio.create_task(policy.open(MESSAGES, TOOL_SCHEMAS, TASK).sample(timeout=600))
+        while not retry_records(caplog):  # logged just before the wait begins
+            assert not sample.done(), sample
+            await asyncio.sleep(0.01)
+        sample.cancel()
+        done, _ = await asyncio.wait({sample}, timeout=30)  # a hang guard, not a timing
+        assert sample in done and sample.cancelled()
+    finally:
+        await policy.close()
+    assert fake_server.requests == 1 and len(retry_records(caplog)) == 1
+
+
 async def test_api_key_is_sent_but_never_logged_or_repr(fake_server, monkeypatch, caplog):
     secret = "sk-test-SECRET-4242"
     monkeypatch.setenv("ROLLOUT_TEST_KEY", secret)
@@ -70,14 +126,24 @@ def test_missing_api_key_env_is_a_clear_config_error(monkeypatch):
         make_policy(PolicyConfig(base_url="http://x", tokenizer=QWEN_TOKENIZER, api_key_env="ROLLOUT_NO_SUCH_KEY"))
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"type": "vllm", "tokenizer": QWEN_TOKENIZER}, r"policy.type must be 'openai_completions'"),
+    ({"type": "sglang", "tokenizer": QWEN_TOKENIZER}, "policy.base_url is needed by policy.type=sglang"),
+    ({"type": "scripted"}, "policy.tokenizer is empty"),
+    ({"type": "scripted", "tokenizer": QWEN_TOKENIZER, "max_tokens": 0}, "policy.max_tokens must be > 0"),
+    ({"type": "scripted", "tokenizer": QWEN_TOKENIZER, "max_retries": "3"},
+     "policy.max_retries must be an integer, got '3'"),
+])
+def test_bad_config_is_refused_when_built(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        PolicyConfig(**fields)
+
+
 @pytest.mark.parametrize("cfg, message", [
-    (PolicyConfig(type="vllm", tokenizer=QWEN_TOKENIZER), "unknown"),
-    (PolicyConfig(type="sglang", tokenizer=QWEN_TOKENIZER), "base_url"),
-    (PolicyConfig(type="scripted"), "tokenizer"),
     (PolicyConfig(type="scripted", tokenizer="/nonexistent/tok"), "offline"),
     (PolicyConfig(type="gold", tokenizer=QWEN_TOKENIZER), "task environment"),
 ])
-def test_bad_config_is_refused_clearly(cfg, message):
+def test_unusable_config_is_refused_clearly(cfg, message):
     with pytest.raises(ValueError, match=message):
         make_policy(cfg)
 

@@ -145,7 +145,7 @@ def test_missing_file_and_hf_without_datasets_give_clear_errors(tmp_path, monkey
 
 
 def test_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown task config keys \\['sorce'\\]"):
+    with pytest.raises(ValueError, match="unknown key tasks.sorce; valid keys: source, split"):
         TaskSourceConfig.from_mapping({"sorce": "bundled"})
     assert TaskSourceConfig.from_mapping({"max_items": 2}).max_items == 2
 

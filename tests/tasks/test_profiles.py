@@ -29,7 +29,7 @@ def test_profile_lookup_by_full_bare_or_short_repo_name():
     ({"x": {"pythn": "p"}}, "unknown key"),
     ({"x": {"paths": "src"}}, "list of paths"),
     ({"x": {"paths": ["../up"]}}, "relative paths inside the repo"),
-    ({"x": {"test_timeout": 0}}, "test_timeout must be a number > 0"),
+    ({"x": {"test_timeout": 0}}, r"tasks.profiles.x.test_timeout must be > 0, got 0"),
     ({"x": ["not", "a", "mapping"]}, "must be a mapping"),
 ])
 def test_bad_profiles_are_clear_errors(bad, message):

@@ -1,6 +1,7 @@
 """GroupSink against the real atroposlib API server (`run-api`) and a test trainer."""
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -112,3 +113,32 @@ async def test_api_restart_mid_run_reregisters(api: AtroposAPI, tmp_path: Path):
         assert len(sink.outbox) == 0
     finally:
         await sink.close(drain_timeout=1)
+
+
+async def test_an_outage_is_retried_with_growing_waits_until_close(api: AtroposAPI, tmp_path: Path,
+                                                                   caplog):
+    trainer = TestTrainer(api.url, batch_size=2)
+    await asyncio.to_thread(trainer.start)
+    caplog.set_level(logging.DEBUG, logger="rollout.trainer.sink")
+
+    def retries() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.name == "rollout.trainer.sink" and hasattr(r, "retry_attempt")]
+
+    sink = make_sink(tmp_path, api.url)  # trainer.retry_backoff=0.05
+    await sink.start()
+    try:
+        await until(lambda: sink.registration is not None, what="registration")
+        api.stop()
+        await until(lambda: len(retries()) >= 3, what="three retries while the API is down")
+    finally:
+        await sink.close(drain_timeout=0)
+    assert sink._task is not None and sink._task.done()  # close ended the waiting
+    got = retries()
+    assert [r.retry_attempt for r in got] == list(range(1, len(got) + 1))
+    for r in got[:3]:  # 0.05 doubling (the cap of 10 s is far), plus at most 0.05 of jitter
+        low = 0.05 * 2 ** (r.retry_attempt - 1)
+        assert low <= r.retry_wait <= low + 0.05, (r.retry_attempt, r.retry_wait)
+    warned = [r for r in caplog.records if r.getMessage().startswith("Atropos API unavailable (")
+              and r.levelno == logging.WARNING]
+    assert len(warned) == 1  # once per outage, not once per retry
