@@ -105,6 +105,7 @@ class SlotDisks:
         # up front so a slot that used up its inodes can still start commands.
         self._tmp_dirs = [p.strip("/") for p in tmp_mount_points if p.strip("/")]
         self._ids = itertools.count()
+        self._flip: dict[int, int] = {}  # slot -> which of its two mount points is next
         self._spares: list[str] = []
         self._refill: asyncio.Task[None] | None = None
         self._mounted: set[str] = set()
@@ -114,8 +115,15 @@ class SlotDisks:
         self._template = str(self._images / "template.img")
         self.effective: dict[str, int] = {}
         try:
+            # <data>/mnt is unbindable: bwrap's `--ro-bind / /` then leaves the slot disks out
+            # of every sandbox, so a command holds no reference to other slots' disks (an old
+            # disk would otherwise stay alive, and on the host's disk, until every command
+            # started before its reset ended).
+            mounts.mount(str(self._mnt), str(self._mnt), "", mounts.MS_BIND)
+            self._mounted.add(str(self._mnt))
+            mounts.mount("", str(self._mnt), "", mounts.MS_UNBINDABLE)
             self._format(self._template)
-            self._release(self._mount(self._new_image()))  # fail now if mounting cannot work
+            self._release(self._mount(self._new_image(), "probe"))  # fail now, not later
         except BaseException:
             self.close_sync([])
             raise
@@ -150,20 +158,19 @@ class SlotDisks:
         _sparse_copy(self._template, image)
         return image
 
-    def _mount(self, image: str) -> SlotDisk:
-        target = str(self._mnt / os.path.basename(image).removesuffix(".img"))
-        os.mkdir(target, 0o700)
+    def _mount(self, image: str, name: str) -> SlotDisk:
+        target = str(self._mnt / name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(target, 0o700)
         try:
             fd, dev = mounts.attach_loop(image)
         except OSError as e:
-            os.rmdir(target)
             raise DiskError(f"cannot attach a loop device ({e.strerror or e}); needs root "
                             "with CAP_SYS_ADMIN and /dev/loop-control") from e
         try:
             mounts.mount(dev, target, "ext4", mounts.MS_NOSUID | mounts.MS_NODEV,
                          "noinit_itable")
         except OSError as e:
-            os.rmdir(target)
             raise DiskError(f"cannot mount a slot disk ({e.strerror or e}); needs "
                             "CAP_SYS_ADMIN") from e
         finally:
@@ -183,25 +190,32 @@ class SlotDisks:
         with contextlib.suppress(OSError):
             mounts.unmount(disk.mount_point)
         self._mounted.discard(disk.mount_point)
-        with contextlib.suppress(OSError):
-            # Only after the unmount: the empty dir left must never be written through.
-            os.rmdir(disk.mount_point)
+        # The empty mount point stays (the slot's next-but-one disk goes there): removing a
+        # directory that is a mount point in another namespace would unmount it there, under
+        # the feet of a bwrap setting up. Nothing writes through it: every path the server
+        # hands out is a subdirectory of the disk (ws, tmp, shm, home).
         # The host's blocks are freed once the detached filesystem's last user is gone.
         with contextlib.suppress(OSError):
             os.unlink(disk.image)
 
     # --- event loop API ------------------------------------------------------------------
 
+    def _mount_point(self, slot: int) -> str:
+        """Each slot alternates between two mount points (no directory churn)."""
+        k = self._flip.get(slot, 0)
+        self._flip[slot] = 1 - k
+        return f"{slot}{'ab'[k]}"
+
     def create_all(self, count: int) -> list[SlotDisk]:
         """The first disk of every slot (constructor time, blocking)."""
-        return [self._mount(self._new_image()) for _ in range(count)]
+        return [self._mount(self._new_image(), self._mount_point(i)) for i in range(count)]
 
-    async def fresh(self) -> SlotDisk:
-        """A new empty mounted filesystem, from a spare image when one is ready."""
+    async def fresh(self, slot: int) -> SlotDisk:
+        """A new empty mounted filesystem for `slot`, from a spare image when one is ready."""
         image = self._spares.pop() if self._spares else await asyncio.to_thread(self._new_image)
         self._start_refill()
         try:
-            return await asyncio.to_thread(self._mount, image)
+            return await asyncio.to_thread(self._mount, image, self._mount_point(slot))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(image)
@@ -223,7 +237,7 @@ class SlotDisks:
     def close_sync(self, disks: list[SlotDisk]) -> None:
         for disk in disks:
             self._release(disk)
-        for target in list(self._mounted):
+        for target in sorted(self._mounted, key=len, reverse=True):  # children first
             with contextlib.suppress(OSError):
                 mounts.unmount(target)
         self._mounted.clear()

@@ -25,7 +25,9 @@ _libc.unshare.argtypes = [ctypes.c_int]
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_BIND = 4096
 MS_REC = 16384
+MS_UNBINDABLE = 1 << 17
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
@@ -50,8 +52,8 @@ def enter_private_mount_namespace() -> None:
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode(), flags,
-                       data.encode() or None), f"mount {fstype} on {target}")
+    _check(_libc.mount(source.encode() or None, target.encode(), fstype.encode() or None,
+                       flags, data.encode() or None), f"mount {fstype or source} on {target}")
 
 
 def unmount(target: str) -> None:

@@ -84,7 +84,7 @@ class SlotWorkspaces:
     async def reset(self, i: int, kill: Callable[[], None] = lambda: None) -> None:
         """`kill` ends every other process of the slot (its cgroups)."""
         if self.disks is not None:
-            new = await self.disks.fresh()
+            new = await self.disks.fresh(i)
             old, self._disk[i] = self._disk[i], new
             self.paths[i] = os.path.realpath(new.workspace)
             kill()
