@@ -115,13 +115,15 @@ class SlotDisks:
         self._template = str(self._images / "template.img")
         self.effective: dict[str, int] = {}
         try:
-            # <data>/mnt is unbindable: bwrap's `--ro-bind / /` then leaves the slot disks out
-            # of every sandbox, so a command holds no reference to other slots' disks (an old
-            # disk would otherwise stay alive, and on the host's disk, until every command
-            # started before its reset ended).
+            # <data>/mnt is a shared mount. Every sandbox gets a copy of it (bwrap copies the
+            # whole mount table, then rbinds /) as a slave, masked under the data dir; so an
+            # unmount here propagates into every running sandbox, and a reset slot's old
+            # disk goes at once instead of when the last command that started before the
+            # reset (in any slot) ends. (MS_UNBINDABLE would keep it out of the rbind, but
+            # bwrap turns every mount into a slave first, which clears that flag.)
             mounts.mount(str(self._mnt), str(self._mnt), "", mounts.MS_BIND)
             self._mounted.add(str(self._mnt))
-            mounts.mount("", str(self._mnt), "", mounts.MS_UNBINDABLE)
+            mounts.mount("", str(self._mnt), "", mounts.MS_SHARED)
             self._format(self._template)
             self._release(self._mount(self._new_image(), "probe"))  # fail now, not later
         except BaseException:
