@@ -21,15 +21,13 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.syncfs.argtypes = [ctypes.c_int]
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2
 MS_NODEV = 4
-MS_BIND = 4096
 MS_REC = 16384
-MS_UNBINDABLE = 1 << 17
 MS_PRIVATE = 1 << 18
-MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 _LOOP_CTL_GET_FREE = 0x4C82
@@ -50,6 +48,11 @@ def enter_private_mount_namespace() -> None:
     only moves the calling thread, and the server's worker threads must see its mounts."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+
+
+def syncfs(fd: int) -> None:
+    """Write back the filesystem that `fd` is on (not every filesystem, as sync would)."""
+    _check(_libc.syncfs(fd), "syncfs")
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:

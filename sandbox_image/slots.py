@@ -37,7 +37,8 @@ def _force_remove(path: str) -> None:
 class SlotWorkspaces:
     """Guarantee: after `reset(i)` returns, slot i's workspace (and, with slot disks, its
     /tmp and /dev/shm) is empty and no process started for slot i before the reset is
-    alive. `paths[i]` always names a directory on slot i's current disk: a reset mounts the
+    alive. The old disk is unmounted and deleted in the background right after (`close`
+    waits for that). `paths[i]` always names a directory on slot i's current disk: a reset mounts the
     new disk before it switches the path, and kills the slot's processes before it unmounts
     the old one, so nothing ever writes through an unmounted mount point onto the host."""
 
@@ -89,7 +90,12 @@ class SlotWorkspaces:
             self.paths[i] = os.path.realpath(new.workspace)
             kill()
             self.kill_running(i)
-            await self.disks.release(old)
+            # Unmount and delete the old disk off the reset's path (unmount + unlink of a
+            # used 4 GiB image: ~40 ms on a loaded 2-core machine). The slot is fresh now;
+            # the host gets the old disk's blocks back moments later.
+            task = asyncio.get_running_loop().create_task(self.disks.release(old))
+            self._cleanup_tasks.add(task)
+            task.add_done_callback(self._cleanup_tasks.discard)
             return
         kill()
         self.kill_running(i)
