@@ -21,9 +21,10 @@ Why this design (measured on the 2-core dev machine, kernel 6.18, 2026-12):
   17 ms, umount 13 ms, unlink of the used image 30 ms). A reset swaps in a fresh image
   prepared off the request path (`SlotDisks.fresh`) and releases the old one in the
   background, so the reset path pays one attach + mount; the exec path pays the one extra
-  mount per slot above. tests/bench/bench_quota.py prints both on/off ratios; one run
-  under load 8: exec 1.16x (p50 37.4 vs 32.2 ms), reset before moving the release off the
-  path 13.4x (75.8 vs 5.6 ms).
+  mount per slot above. tests/bench/bench_quota.py prints both on/off ratios (8 slots,
+  HTTP included, load average 6-8 on 2 cores from other users): exec `true` p50 1.14x
+  (36.5 vs 32.0 ms; p99 0.95x), reset p50 6.7x (29.4 vs 4.4 ms; p99 3.9x); with the
+  release still on the reset path it was 13.4x (75.8 vs 5.6 ms).
 
 Lifetime: all mounts are made inside the server's private mount namespace
 (`mounts.enter_private_mount_namespace`), so a SIGKILLed server leaves no mount and no
