@@ -14,7 +14,6 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator)
-from pydantic_core import PydanticCustomError
 
 from sandbox_image.config import ENV_KEY, SlotLimits, describe_validation_error
 
@@ -24,7 +23,10 @@ MAX_ENV_ENTRIES = 256
 MAX_ENV_KEY = 256
 MAX_ENV_BYTES = 256 * 1024  # keys + values of one request's env together
 DEFAULT_TIMEOUT = 60.0
-_TOO_LARGE = "too_large"  # error type that makes the reply a 413
+
+
+class TooLarge(ValueError):
+    """A size over a limit: the reply is a 413 rather than a 400."""
 
 
 class BadRequest(Exception):
@@ -51,10 +53,8 @@ class ExecRequest(BaseModel):
         cap = _limits(info).command_cap
         size = len(command) if len(command) * 4 <= cap else len(command.encode("utf-8", "replace"))
         if size > cap:
-            raise PydanticCustomError(
-                _TOO_LARGE, "command is {size} bytes, over this server's command_cap of {cap} "
-                "bytes; write long scripts with the file API and run the file",
-                {"size": size, "cap": cap})
+            raise TooLarge(f"command is {size} bytes, over this server's command_cap of {cap} "
+                           "bytes; write long scripts with the file API and run the file")
         if "\x00" in command:
             raise ValueError("command must not contain NUL bytes")
         return command
@@ -89,8 +89,7 @@ class ExecRequest(BaseModel):
                 raise ValueError(f"env value of {key} contains a NUL byte")
             total += len(key) + len(value.encode("utf-8", "replace")) + 2
         if total > MAX_ENV_BYTES:
-            raise PydanticCustomError(_TOO_LARGE, "env is {total} bytes, over the limit of "
-                                      "{cap} bytes", {"total": total, "cap": MAX_ENV_BYTES})
+            raise TooLarge(f"env is {total} bytes, over the limit of {MAX_ENV_BYTES} bytes")
         return env
 
     def effective_timeout(self, limits: SlotLimits) -> float:
@@ -121,7 +120,9 @@ class ReadQuery(PathQuery):
 
 
 def _fail(e: ValidationError, what: str) -> BadRequest:
-    status = 413 if any(err["type"] == _TOO_LARGE for err in e.errors()) else 400
+    too_large = any(isinstance((err.get("ctx") or {}).get("error"), TooLarge)
+                    for err in e.errors())
+    status = 413 if too_large else 400
     return BadRequest(f"bad {what}: {describe_validation_error(e)}", status)
 
 
