@@ -29,7 +29,7 @@ from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
 from rollout.config import LaunchConfig
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task
 

@@ -14,7 +14,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from rollout.sandbox.config import BackendConfig
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.pool import SlotPool
 from rollout.sandbox.slot_sandbox import SandboxOps
 from rollout.types import SandboxError, Slot

@@ -16,7 +16,7 @@ from rollout.agent import AgentConfig
 from rollout.config_model import ConfigError, ConfigModel, Str, format_error
 from rollout.policy import PolicyConfig
 from rollout.sandbox.config import BackendConfig, PoolSection
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.registry import UnknownBackend, backend_config, config_class
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig

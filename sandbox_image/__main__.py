@@ -18,39 +18,86 @@ from aiohttp import web
 
 from sandbox_image.app import SlotServer, build_app
 from sandbox_image.config import ConfigError, ServerConfig, config_from_args
-from sandbox_image.isolation import Bubblewrap, choose_workspace_path
+from sandbox_image.disks import DiskError, SlotDisks
+from sandbox_image.isolation import Bubblewrap, choose_workspace_path, exposed_paths
+from sandbox_image.mounts import enter_private_mount_namespace
 from sandbox_image.spawn import become_subreaper, reap_orphans
 
 log = logging.getLogger("sandbox_image")
 READY_PREFIX = "SLOT_SERVER_READY "
 
 
-def _resolve_isolation(cfg: ServerConfig) -> tuple[str, Bubblewrap | None, str]:
-    """-> (mode, bwrap or None, workspace path inside the sandbox)."""
-    if cfg.isolation == "none":
-        log.warning("ISOLATION DISABLED (--isolation none): commands run unsandboxed on the "
-                    "host, with only rlimits/cgroups between them and this machine")
-        return "none", None, ""
+def _enter_mount_namespace(cfg: ServerConfig) -> str | None:
+    """Before any thread exists: give the server a private mount namespace for the slot
+    disks (see disks.py: nothing mounted leaks onto the host, even after a SIGKILL).
+    Returns why that is impossible, or None."""
+    if not cfg.limits.disk_mb:
+        return None
+    try:
+        enter_private_mount_namespace()
+    except OSError as e:
+        return (f"cannot create a private mount namespace ({e.strerror}): the slot disks "
+                "need root with CAP_SYS_ADMIN (in a container: --cap-add SYS_ADMIN)")
+    return None
+
+
+def _make_disks(cfg: ServerConfig, ns_problem: str | None,
+                tmp_mount_points: list[str]) -> SlotDisks | None:
+    if not cfg.limits.disk_mb:
+        return None
+    problem = ns_problem
+    if problem is None:
+        try:
+            return SlotDisks(cfg.data_dir, cfg.limits.disk_mb, cfg.limits.inodes,
+                             tmp_mount_points)
+        except (DiskError, OSError) as e:
+            problem = str(e)
+    if cfg.limits.isolation in ("bwrap", "required"):
+        raise ConfigError(f"isolation={cfg.limits.isolation} but the per-slot disk limits "
+                          f"cannot be enforced: {problem}. Run the server as root with "
+                          "CAP_SYS_ADMIN, or pass --disk-mb 0 to run without disk limits.")
+    log.warning("DISK LIMITS DISABLED: %s; a slot can fill this host's disk. Use "
+                "--isolation required to refuse this.", problem)
+    return None
+
+
+def _tmp_relative(paths: list[str]) -> list[str]:
+    return [p[len("/tmp/"):] for p in paths if p.startswith("/tmp/")]
+
+
+def _resolve_isolation(cfg: ServerConfig, ns_problem: str | None = None
+                       ) -> tuple[str, Bubblewrap | None, str, SlotDisks | None]:
+    """-> (mode, bwrap or None, workspace path inside the sandbox, slot disks or None)."""
+    limits = cfg.limits
     # The data dir must exist before the argv is built: only existing paths can be masked.
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if limits.isolation == "none":
+        log.warning("ISOLATION DISABLED (--isolation none): commands run unsandboxed on the "
+                    "host, with only rlimits/cgroups between them and this machine")
+        return "none", None, "", _make_disks(cfg, ns_problem, [])
+    inside = choose_workspace_path(cfg.workspace)
+    expose = [sys.executable, *limits.expose]
+    disks = _make_disks(cfg, ns_problem, _tmp_relative([*exposed_paths(expose), inside]))
     hide = [str(cfg.data_dir), *cfg.hide]
     if cfg.token_file:
         hide.append(cfg.token_file)
-    bwrap = Bubblewrap(cfg.bwrap_path, network=cfg.network, hide=hide,
-                      expose=[sys.executable, *cfg.expose])
+    tmp_size = limits.disk_mb << 20 if disks is None and limits.disk_mb else None
+    bwrap = Bubblewrap(cfg.bwrap_path, network=limits.network, hide=hide, expose=expose,
+                       tmp_size=tmp_size)
     if bwrap.exposed:
         log.info("exposed read-only inside slots: %s", ", ".join(bwrap.exposed))
-    inside = choose_workspace_path(cfg.workspace)
     problem = bwrap.probe(inside)
     if problem is None:
-        return "bwrap", bwrap, inside
-    if cfg.isolation in ("bwrap", "required"):
-        raise ConfigError(f"isolation={cfg.isolation} but bubblewrap is unusable: {problem}. "
+        return "bwrap", bwrap, inside, disks
+    if disks is not None:
+        disks.close_sync([])
+    if limits.isolation in ("bwrap", "required"):
+        raise ConfigError(f"isolation={limits.isolation} but bubblewrap is unusable: {problem}. "
                           "Install bubblewrap (apt-get install bubblewrap) or allow "
                           "unprivileged user namespaces.")
     log.warning("ISOLATION DISABLED: bubblewrap is unusable (%s); commands run unsandboxed. "
                 "Use --isolation required to refuse this.", problem)
-    return "none", None, ""
+    return "none", None, "", _make_disks(cfg, ns_problem, [])
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:
@@ -63,9 +110,14 @@ async def _watch_parent(stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-async def serve(cfg: ServerConfig) -> None:
-    mode, bwrap, inside = _resolve_isolation(cfg)
-    server = SlotServer(cfg, mode, bwrap, inside)
+async def serve(cfg: ServerConfig, ns_problem: str | None = None) -> None:
+    mode, bwrap, inside, disks = _resolve_isolation(cfg, ns_problem)
+    try:
+        server = SlotServer(cfg, mode, bwrap, inside, disks)
+    except BaseException:
+        if disks is not None:
+            disks.close_sync([])
+        raise
     runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -93,8 +145,8 @@ async def serve(cfg: ServerConfig) -> None:
         sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
         sys.stdout.flush()
         log.info("slot server %s: %d slots, isolation=%s, network=%s, limits=%s",
-                 ready["url"], cfg.slots, mode, "on" if cfg.network else "off",
-                 server.limits.describe())
+                 ready["url"], cfg.slots, mode, "on" if cfg.limits.network else "off",
+                 server.health()["limits"])
         await stop.wait()
     finally:
         if watcher:
@@ -112,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ns_problem = _enter_mount_namespace(cfg)  # still single-threaded here
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, ns_problem))
     except ConfigError as e:
         log.error("%s", e)
         return 2

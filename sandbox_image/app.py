@@ -1,7 +1,10 @@
 """HTTP routes of the slot server (aiohttp) and bearer-token auth.
 
 Every route except GET /livez needs `Authorization: Bearer <token>` (missing -> 401,
-wrong -> 403). Errors are JSON `{"error": "..."}` with a 4xx/5xx status.
+wrong -> 403). Errors are JSON `{"error": "..."}` with a 4xx/5xx status. Every body and
+query is validated by the models in `api` first: a malformed request is a 400 naming the
+field, an oversized one (command, env, body) a 413 naming the limit; a write that finds the
+slot's disk full is a 507.
 
     GET  /livez                          liveness, no auth
     GET  /health                         slots, isolation, limits, workspace path, version
@@ -19,19 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hmac
 import logging
 import os
-import re
 import shutil
 from typing import Any
 
 from aiohttp import web
 
-from sandbox_image import VERSION, files
+from sandbox_image import VERSION, api, files
+from sandbox_image.api import BadRequest, ExecRequest
 from sandbox_image.config import ServerConfig
+from sandbox_image.disks import SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
-from sandbox_image.limits import SlotLimits
+from sandbox_image.limits import SlotCgroups
 from sandbox_image.runner import CommandResult, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slots import SlotWorkspaces
@@ -41,14 +46,7 @@ log = logging.getLogger(__name__)
 # Without bubblewrap, setpriv (util-linux) sets the parent-death signal before exec'ing
 # the command, so a command never outlives a server killed with SIGKILL.
 _SETPRIV = shutil.which("setpriv")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_BATCH = 1024
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SlotServer:
@@ -56,13 +54,15 @@ class SlotServer:
     state changes happen between awaits."""
 
     def __init__(self, cfg: ServerConfig, isolation: str, bwrap: Bubblewrap | None,
-                 workspace_inside: str) -> None:
+                 workspace_inside: str, disks: SlotDisks | None = None) -> None:
         self.cfg = cfg
+        self.slot_limits = cfg.limits
         self.isolation = isolation  # "bwrap" | "none"
         self.bwrap = bwrap
         self.workspace_inside = workspace_inside
-        self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots)
-        self.limits = SlotLimits(cfg.slots, cfg.memory_mb, cfg.pids)
+        self.disks = disks
+        self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks)
+        self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
         self._session_per_command = not detach_from_terminal()
         if self._session_per_command:
@@ -73,8 +73,15 @@ class SlotServer:
     def _base_env(self, i: int) -> dict[str, str]:
         home = "/tmp" if self.isolation == "bwrap" else self.workspaces.home(i)
         env = default_env(home)
-        env.update(self.cfg.extra_env)
+        scratch = self.workspaces.scratch(i)
+        if self.isolation != "bwrap" and scratch is not None:
+            env["TMPDIR"] = scratch[0]  # the slot disk's /tmp, as under bwrap
+        env.update(self.slot_limits.env)
         return env
+
+    async def reset(self, i: int) -> None:
+        await self.workspaces.reset(i, kill=lambda: self.limits.kill_slot(i))
+        self._env_base[i] = self._base_env(i)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -90,30 +97,13 @@ class SlotServer:
     def ws_inside(self, i: int) -> str:
         return self.workspace_inside if self.isolation == "bwrap" else self.workspaces.paths[i]
 
-    async def execute(self, i: int, spec: dict[str, Any]) -> CommandResult:
-        command = spec.get("command")
-        if not isinstance(command, str) or "\x00" in command:
-            raise BadRequest("command must be a string without NUL bytes")
-        try:
-            timeout = float(spec.get("timeout") or 60.0)
-        except (TypeError, ValueError):
-            raise BadRequest("timeout must be a number of seconds") from None
-        if timeout <= 0:
-            raise BadRequest("timeout must be positive")
-        timeout = min(timeout, self.cfg.max_timeout)
+    async def execute(self, i: int, req: ExecRequest) -> CommandResult:
+        timeout = req.effective_timeout(self.slot_limits)
         env = dict(self._env_base[i])
-        extra = spec.get("env") or {}
-        if not isinstance(extra, dict):
-            raise BadRequest("env must be an object of strings")
-        for key, value in extra.items():
-            if not (isinstance(key, str) and _ENV_KEY.match(key) and isinstance(value, str)
-                    and "\x00" not in value):
-                raise BadRequest(f"bad env entry {key!r}")
-            env[key] = value
+        if req.env:
+            env.update(req.env)
         ws_host = self.workspaces.paths[i]
-        cwd = spec.get("cwd") or "."
-        if not isinstance(cwd, str):
-            raise BadRequest("cwd must be a string")
+        cwd = req.cwd or "."
         if cwd == ".":  # the common case: the workspace root, already a real path
             cwd_host = ws_host
         else:
@@ -126,10 +116,11 @@ class SlotServer:
         if self.bwrap is not None:
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = self.workspace_inside + ("" if rel == "." else "/" + rel)
-            argv = self.bwrap.argv(ws_host, self.workspace_inside, cwd_inside, command)
+            argv = self.bwrap.argv(ws_host, self.workspace_inside, cwd_inside, req.command,
+                                   self.workspaces.scratch(i))
             run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
         else:
-            argv, run_cwd = ["/bin/sh", "-c", command], cwd_host
+            argv, run_cwd = ["/bin/sh", "-c", req.command], cwd_host
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
@@ -154,10 +145,16 @@ class SlotServer:
         try:
             return await run_command(
                 argv, env=env, cwd=run_cwd, timeout=timeout,
-                output_cap=self.cfg.output_cap, output_kill=self.cfg.output_kill,
+                output_cap=self.slot_limits.output_cap,
+                output_kill=self.slot_limits.output_kill,
                 preexec=preexec, on_start=on_start, new_session=self._session_per_command,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
             )
+        except OSError as e:
+            if e.errno == errno.E2BIG:  # a backstop: the models keep argv and env small
+                raise BadRequest("command and environment are over the kernel's argument "
+                                 f"size limit ({e.strerror})", 413) from None
+            raise
         finally:
             if pid_box:
                 running.discard(pid_box[0])
@@ -175,11 +172,14 @@ class SlotServer:
             "version": VERSION,
             "slots": self.cfg.slots,
             "isolation": self.isolation,
-            "network": self.cfg.network,
+            "network": self.slot_limits.network,
             "workspace": self.workspace_inside if self.isolation == "bwrap" else None,
-            "limits": self.limits.describe(),
-            "output_cap": self.cfg.output_cap,
-            "file_cap": self.cfg.file_cap,
+            "limits": {**self.limits.describe(),
+                       **(self.disks.describe() if self.disks else {"disk_mb": None})},
+            "output_cap": self.slot_limits.output_cap,
+            "file_cap": self.slot_limits.file_cap,
+            "command_cap": self.slot_limits.command_cap,
+            "exec_timeout_cap": self.slot_limits.exec_timeout_cap,
             "running": sum(len(r) for r in self.workspaces.running),
             "pid": os.getpid(),
         }
@@ -194,6 +194,10 @@ def _json_error(message: str, status: int) -> web.Response:
 
 
 def build_app(server: SlotServer) -> web.Application:
+    limits = server.slot_limits
+    exec_cap, batch_cap = api.exec_body_cap(limits), api.batch_body_cap(limits)
+    file_body_cap = limits.file_cap + (1 << 20)
+
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
@@ -207,17 +211,11 @@ def build_app(server: SlotServer) -> web.Application:
         except web.HTTPException:
             raise
         except OSError as e:
+            if e.errno in _DISK_FULL:
+                return _json_error(f"the slot's disk is full ({e.strerror}; its limit is "
+                                   f"{limits.disk_mb} MiB and {limits.inodes} inodes)", 507)
             log.exception("I/O error serving %s", request.path)
             return _json_error(f"server I/O error: {e.strerror or e}", 500)
-
-    async def body_json(request: web.Request) -> dict[str, Any]:
-        try:
-            data = await request.json()
-        except ValueError:
-            raise BadRequest("body must be JSON") from None
-        if not isinstance(data, dict):
-            raise BadRequest("body must be a JSON object")
-        return data
 
     def ws(i: int) -> tuple[str, str]:
         return server.workspaces.paths[i], server.ws_inside(i)
@@ -230,79 +228,71 @@ def build_app(server: SlotServer) -> web.Application:
 
     async def exec_one(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        result = await server.execute(i, await body_json(request))
+        body = await api.read_json(request, exec_cap, "exec request")
+        req = api.validate(ExecRequest, body, limits, "exec request")
+        result = await server.execute(i, req)
         return web.json_response(result.to_dict())
 
     async def exec_batch(request: web.Request) -> web.Response:
-        items = (await body_json(request)).get("items")
-        if not isinstance(items, list) or len(items) > MAX_BATCH:
-            raise BadRequest(f"items must be a list of at most {MAX_BATCH} commands")
+        body = await api.read_json(request, batch_cap, "exec_batch request")
+        batch = api.validate(api.BatchRequest, body, limits, "exec_batch request")
 
         async def one(item: Any) -> dict[str, Any]:
             try:
-                if not isinstance(item, dict):
-                    raise BadRequest("each item must be an object")
-                return (await server.execute(server.slot_index(item.get("slot")), item)).to_dict()
+                req = api.validate(api.BatchItem, item, limits, "exec_batch item")
+                return (await server.execute(server.slot_index(req.slot), req)).to_dict()
             except BadRequest as e:
                 return {"error": str(e), "status": e.status}
 
-        results = await asyncio.gather(*(one(item) for item in items))
+        results = await asyncio.gather(*(one(item) for item in batch.items))
         return web.json_response({"results": results})
 
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        server.limits.kill_slot(i)
-        await server.workspaces.reset(i)
+        await server.reset(i)
         return web.json_response({"ok": True})
-
-    def query_path(request: web.Request) -> str:
-        return request.query.get("path", ".")
 
     async def read_file(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        raw_max = request.query.get("max_bytes")
-        try:
-            max_bytes = int(raw_max) if raw_max is not None else None
-        except ValueError:
-            raise BadRequest("max_bytes must be an integer") from None
+        q = api.query(api.ReadQuery, request, limits)
         data, size = await asyncio.to_thread(
-            files.read_file, *ws(i), query_path(request), max_bytes, server.cfg.file_cap)
+            files.read_file, *ws(i), q.path, q.max_bytes, limits.file_cap)
         headers = {"X-File-Size": str(size)}
-        encoding = request.query.get("encoding", "raw")
-        if encoding == "raw":
+        if q.encoding == "raw":
             return web.Response(body=data, headers=headers,
                                 content_type="application/octet-stream")
-        if encoding == "text":
+        if q.encoding == "text":
             return web.json_response({"text": data.decode("utf-8", "replace"), "size": size})
-        if encoding == "base64":
-            return web.json_response({"base64": base64.b64encode(data).decode(), "size": size})
-        raise BadRequest("encoding must be raw, text or base64")
+        return web.json_response({"base64": base64.b64encode(data).decode(), "size": size})
 
     async def write_file(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        data = await request.read()
-        await asyncio.to_thread(files.write_file, *ws(i), query_path(request), data)
+        q = api.query(api.PathQuery, request, limits)
+        data = await api.read_body(request, limits.file_cap, "file")
+        await asyncio.to_thread(files.write_file, *ws(i), q.path, data)
         return web.json_response({"ok": True, "size": len(data)})
 
     async def list_dir(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        listing = await asyncio.to_thread(files.list_dir, *ws(i), query_path(request))
+        q = api.query(api.PathQuery, request, limits)
+        listing = await asyncio.to_thread(files.list_dir, *ws(i), q.path)
         return web.json_response(listing)
 
     async def archive(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        data = await asyncio.to_thread(
-            files.archive, *ws(i), query_path(request), server.cfg.file_cap)
+        q = api.query(api.PathQuery, request, limits)
+        data = await asyncio.to_thread(files.archive, *ws(i), q.path, limits.file_cap)
         return web.Response(body=data, content_type="application/gzip")
 
     async def upload(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        data = await request.read()
-        count = await asyncio.to_thread(
-            files.extract, *ws(i), query_path(request), data, server.cfg.file_cap)
+        q = api.query(api.PathQuery, request, limits)
+        data = await api.read_body(request, file_body_cap, "upload")
+        count = await asyncio.to_thread(files.extract, *ws(i), q.path, data, limits.file_cap)
         return web.json_response({"ok": True, "members": count})
 
-    app = web.Application(middlewares=[guard], client_max_size=server.cfg.file_cap + (1 << 20))
+    app = web.Application(middlewares=[guard],
+                          client_max_size=max(file_body_cap, batch_cap))
     app.add_routes([
         web.get("/livez", livez),
         web.get("/health", health),

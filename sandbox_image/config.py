@@ -1,48 +1,150 @@
-"""Command-line flags of the slot server, parsed once into a frozen `ServerConfig`."""
+"""The slot server's configuration: `SlotLimits` (every per-slot limit, THE defaults) and the
+command-line flags, parsed once into a frozen `ServerConfig`.
+
+`SlotLimits` is the single source of the limit defaults: the server's flag defaults are
+taken from `SlotLimits()`, and a launcher renders a limits object into flags with
+`SlotLimits.to_argv()` (so `config_from_args(limits.to_argv() + [...]).limits == limits`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 TOKEN_ENV = "SLOT_SERVER_TOKEN"
 ISOLATION_MODES = ("auto", "bwrap", "required", "none")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A command is run as `sh -c COMMAND`, one argv string, and the kernel refuses any single
+# argv/env string over MAX_ARG_STRLEN (32 pages = 128 KiB, counting its NUL) with E2BIG.
+MAX_ARG_STRLEN = 128 * 1024
+MiB = 1 << 20
 
 
 class ConfigError(Exception):
     """A flag combination the server cannot run with (message is shown to the user)."""
 
 
+class SlotLimits(BaseModel):
+    """Every limit the slot server enforces on each slot, with the project's defaults.
+
+    None means unlimited where a field allows it. Disk: each slot gets its own filesystem
+    of `disk_mb` MiB and `inodes` inodes holding its workspace, /tmp and /dev/shm (one
+    limit for all three; see `sandbox_image.disks` for why and what it costs).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    isolation: Literal["auto", "bwrap", "required", "none"] = Field(
+        "auto", description="auto: bubblewrap if usable, else run unsandboxed with a loud "
+        "warning; bwrap/required: refuse to start without it (and without the disk limits); "
+        "none: no sandbox")
+    network: bool = Field(False, description="commands may use the network")
+    memory_mb: int | None = Field(4096, ge=16, le=1 << 24,
+                                  description="memory per slot (cgroup); None = unlimited")
+    pids: int | None = Field(1024, ge=8, le=1 << 22,
+                             description="processes per slot (cgroup); None = unlimited")
+    output_cap: int = Field(1 * MiB, ge=1, le=256 * MiB,
+                            description="bytes of stdout and of stderr kept per command")
+    output_kill: int = Field(64 * MiB, ge=1, le=1 << 34,
+                             description="a command is killed once it printed this many bytes")
+    exec_timeout_cap: float = Field(1800.0, gt=0, le=7 * 86400,
+                                    description="longest timeout (s) a command may ask for")
+    file_cap: int = Field(64 * MiB, ge=1024, le=1 << 32,
+                          description="size cap of read_file / archive / upload bodies")
+    command_cap: int = Field(MAX_ARG_STRLEN - 1, ge=1, le=MAX_ARG_STRLEN - 1,
+                             description="longest command in UTF-8 bytes (the kernel's "
+                             "per-argument limit is the ceiling)")
+    disk_mb: int | None = Field(4096, ge=16, le=16 << 20,
+                                description="size of each slot's filesystem (workspace, /tmp, "
+                                "/dev/shm); None = no disk limit (workspace on the host disk)")
+    inodes: int | None = Field(262144, ge=1024, le=(1 << 32) - 1,
+                               description="inodes of each slot's filesystem (only with "
+                               "disk_mb); None = mkfs's default for that size")
+    env: dict[str, str] = Field(default_factory=dict, description="extra command environment")
+    expose: tuple[str, ...] = Field((), description="host dirs (or interpreters: their prefix) "
+                                    "shown read-only inside every slot")
+
+    @field_validator("env")
+    @classmethod
+    def _env_ok(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not ENV_KEY.match(key):
+                raise ValueError(f"env key {key!r} is not a shell variable name")
+            if "\x00" in value or len(value.encode()) >= MAX_ARG_STRLEN - len(key) - 1:
+                raise ValueError(f"env value of {key} has a NUL byte or is over 128 KiB")
+        return env
+
+    @field_validator("expose")
+    @classmethod
+    def _expose_ok(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for p in paths:
+            if not p or "\x00" in p:
+                raise ValueError(f"expose entry {p!r} is empty or has a NUL byte")
+        return paths
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SlotLimits:
+        if self.output_kill < self.output_cap:
+            raise ValueError(f"output_kill ({self.output_kill}) must be >= output_cap "
+                             f"({self.output_cap})")
+        return self
+
+    def to_argv(self) -> list[str]:
+        """The slot-server flags that make a server enforce exactly these limits."""
+
+        def n(v: int | None) -> str:
+            return str(v or 0)  # 0 = unlimited on the command line
+
+        argv = [
+            f"--isolation={self.isolation}",
+            f"--network={'on' if self.network else 'off'}",
+            f"--memory-mb={n(self.memory_mb)}",
+            f"--pids={n(self.pids)}",
+            f"--output-cap={self.output_cap}",
+            f"--output-kill={self.output_kill}",
+            f"--exec-timeout-cap={self.exec_timeout_cap!r}",
+            f"--file-cap={self.file_cap}",
+            f"--command-cap={self.command_cap}",
+            f"--disk-mb={n(self.disk_mb)}",
+            f"--inodes={n(self.inodes)}",
+        ]
+        argv += [f"--env={k}={v}" for k, v in self.env.items()]
+        argv += [f"--expose={p}" for p in self.expose]
+        return argv
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per problem: `field: message`."""
+    parts = []
+    for err in e.errors(include_url=False):
+        where = ".".join(str(x) for x in err["loc"]) or "value"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     token: str = field(repr=False)
+    limits: SlotLimits = field(default_factory=SlotLimits)
     host: str = "127.0.0.1"
     port: int = 0
     slots: int = 4
-    isolation: str = "auto"
-    network: bool = False
-    memory_mb: int | None = 2048
-    pids: int | None = 512
-    output_cap: int = 1 << 20  # bytes kept per stream
-    output_kill: int = 64 << 20  # total bytes after which a command is killed
-    max_timeout: float = 3600.0
-    file_cap: int = 64 << 20  # read_file / archive / upload size cap
     workspace: str = "/workspace"  # path of the workspace inside the sandbox
-    extra_env: dict[str, str] = field(default_factory=dict)
     hide: tuple[str, ...] = ()  # extra host paths masked inside the sandbox
-    expose: tuple[str, ...] = ()  # host dirs shown read-only even under the private /tmp
     token_file: str | None = None
     ready_file: str | None = None
     bwrap_path: str = "bwrap"
     exit_with_parent: bool = False
 
 
-def _positive_or_none(text: str) -> int | None:
-    value = int(text)
-    return value if value > 0 else None
+_D = SlotLimits()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,15 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--data-dir", required=True, help="holds the slot workspaces")
     p.add_argument("--token-file", help=f"file holding the bearer token (else ${TOKEN_ENV})")
-    p.add_argument("--isolation", choices=ISOLATION_MODES, default="auto")
-    p.add_argument("--network", choices=("off", "on"), default="off")
-    p.add_argument("--memory-mb", type=_positive_or_none, default=2048, help="0 = unlimited")
-    p.add_argument("--pids", type=_positive_or_none, default=512, help="0 = unlimited")
-    p.add_argument("--output-cap", type=int, default=1 << 20, help="bytes kept per stream")
-    p.add_argument("--output-kill", type=int, default=64 << 20,
+    p.add_argument("--isolation", choices=ISOLATION_MODES, default=_D.isolation)
+    p.add_argument("--network", choices=("off", "on"), default="on" if _D.network else "off")
+    p.add_argument("--memory-mb", type=int, default=_D.memory_mb or 0, help="0 = unlimited")
+    p.add_argument("--pids", type=int, default=_D.pids or 0, help="0 = unlimited")
+    p.add_argument("--output-cap", type=int, default=_D.output_cap,
+                   help="bytes kept per stream")
+    p.add_argument("--output-kill", type=int, default=_D.output_kill,
                    help="kill a command once it has printed this many bytes in total")
-    p.add_argument("--max-timeout", type=float, default=3600.0)
-    p.add_argument("--file-cap", type=int, default=64 << 20)
+    p.add_argument("--exec-timeout-cap", "--max-timeout", dest="exec_timeout_cap", type=float,
+                   default=_D.exec_timeout_cap,
+                   help="longest timeout a command may ask for (longer ones are refused)")
+    p.add_argument("--file-cap", type=int, default=_D.file_cap)
+    p.add_argument("--command-cap", type=int, default=_D.command_cap,
+                   help="longest command in bytes (at most the kernel's 128 KiB - 1)")
+    p.add_argument("--disk-mb", type=int, default=_D.disk_mb or 0,
+                   help="each slot's own filesystem (workspace, /tmp, /dev/shm); 0 = none")
+    p.add_argument("--inodes", type=int, default=_D.inodes or 0,
+                   help="inodes of each slot's filesystem; 0 = mkfs's default")
     p.add_argument("--workspace", default="/workspace",
                    help="workspace path inside the sandbox (falls back to /tmp/workspace)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -99,37 +210,54 @@ def _read_token(args: argparse.Namespace) -> str:
     return token
 
 
-def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
-    """Parse flags; returns the config and the log level."""
-    args = build_parser().parse_args(argv)
-    if args.slots < 1:
-        raise ConfigError("--slots must be at least 1")
+def limits_from_args(args: argparse.Namespace) -> SlotLimits:
     env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--env expects KEY=VALUE, got {item!r}")
         env[key] = value
+
+    def unlimited_if_zero(v: int) -> int | None:
+        return None if v == 0 else v
+
+    try:
+        return SlotLimits(
+            isolation=args.isolation,
+            network=args.network == "on",
+            memory_mb=unlimited_if_zero(args.memory_mb),
+            pids=unlimited_if_zero(args.pids),
+            output_cap=args.output_cap,
+            output_kill=args.output_kill,
+            exec_timeout_cap=args.exec_timeout_cap,
+            file_cap=args.file_cap,
+            command_cap=args.command_cap,
+            disk_mb=unlimited_if_zero(args.disk_mb),
+            inodes=unlimited_if_zero(args.inodes),
+            env=env,
+            expose=tuple(args.expose),
+        )
+    except ValidationError as e:
+        raise ConfigError(f"bad limits: {describe_validation_error(e)}") from None
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
+    """Parse flags; returns the config and the log level."""
+    args = build_parser().parse_args(argv)
+    if args.slots < 1:
+        raise ConfigError("--slots must be at least 1")
     if not args.workspace.startswith("/"):
         raise ConfigError("--workspace must be an absolute path inside the sandbox")
+    limits = limits_from_args(args)
     cfg = ServerConfig(
         data_dir=Path(args.data_dir).resolve(),
         token=_read_token(args),
+        limits=limits,
         host=args.host,
         port=args.port,
         slots=args.slots,
-        isolation=args.isolation,
-        network=args.network == "on",
-        memory_mb=args.memory_mb,
-        pids=args.pids,
-        output_cap=args.output_cap,
-        output_kill=max(args.output_kill, args.output_cap),
-        max_timeout=args.max_timeout,
-        file_cap=args.file_cap,
         workspace=args.workspace.rstrip("/") or "/workspace",
-        extra_env=env,
         hide=tuple(args.hide),
-        expose=tuple(args.expose),
         token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
         ready_file=args.ready_file,
         bwrap_path=args.bwrap,

@@ -1,9 +1,11 @@
 """Bubblewrap: probing, the argv of one sandboxed command, and the default environment.
 
 Inside the sandbox a command sees: the host root read-only, a fresh /dev and /proc (its own
-pid namespace, so no host processes), a private tmpfs on /tmp, its slot's workspace
+pid namespace, so no host processes), a private /tmp and /dev/shm, its slot's workspace
 read-write at `workspace` (and nothing else writable), no network unless enabled, no
-capabilities. The server's data dir (all slots), its token file and any `hide` paths are
+capabilities. With slot disks, /tmp and /dev/shm are the slot's own directories on its
+disk (they persist until the slot's reset and count against its disk limit); without, /tmp
+is a fresh tmpfs per command. The server's data dir (all slots), its token file and any `hide` paths are
 masked by empty mounts. `expose` paths are host paths bound read-only at the same place even
 where the private /tmp would hide them: the interpreter a slot is told to use (a virtualenv
 under /tmp, say) must exist inside it. Masks are applied after exposes, so an exposed tree
@@ -56,16 +58,20 @@ class Bubblewrap:
         network: bool,
         hide: list[str],
         expose: list[str] = (),
+        tmp_size: int | None = None,
     ) -> None:
         self.executable = shutil.which(executable) or executable
         self.network = network
-        self._prefix = [
+        self._head = [
             self.executable,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
-            "--tmpfs", "/tmp",
         ]
+        # Without slot disks /tmp is a tmpfs per command, capped at `tmp_size` bytes if given.
+        self._private_tmp = [*(["--size", str(tmp_size)] if tmp_size else []), "--tmpfs", "/tmp"]
+        # Binds onto /tmp come after /tmp itself is set up (either way).
+        self._prefix: list[str] = []
         self.exposed = exposed_paths(expose)
         for path in self.exposed:
             self._prefix += ["--ro-bind", path, path]
@@ -92,8 +98,13 @@ class Bubblewrap:
         ]
 
     def argv(self, workspace_host: str, workspace_inside: str, cwd_inside: str,
-             command: str) -> list[str]:
+             command: str, scratch: tuple[str, str] | None = None) -> list[str]:
+        """`scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp)."""
+        tmp = (self._private_tmp if scratch is None
+               else ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"])
         return [
+            *self._head,
+            *tmp,
             *self._prefix,
             "--bind", workspace_host, workspace_inside,
             *self._suffix,

@@ -82,7 +82,7 @@ def _remove_tree(group: Path) -> None:
             time.sleep(0.01)
 
 
-class SlotLimits:
+class SlotCgroups:
     """Creates and applies the per-slot limits. Methods are called from the event loop
     thread; `preexec(slot)` runs in the forked child just before exec."""
 

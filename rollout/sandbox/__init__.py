@@ -4,7 +4,7 @@ No Ray here."""
 from rollout.sandbox.client import HostUnreachable, SlotRequestError, SlotServerClient
 from rollout.sandbox.config import BackendConfig, PoolSection
 from rollout.sandbox.fleet import HostFleet
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.local import LocalBackend, LocalConfig
 from rollout.sandbox.pool import SlotPool
 from rollout.sandbox.slot_sandbox import SandboxOps, SlotSandbox

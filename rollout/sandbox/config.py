@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from rollout.protocols import Backend
-    from rollout.sandbox.limits import SlotLimits
+    from sandbox_image.config import SlotLimits
 
 Placement = Literal["per_node", "sharded"]
 

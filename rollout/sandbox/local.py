@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field
 
 from rollout.sandbox.config import BackendConfig
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.registry import register
 from rollout.types import Host, SandboxError
 

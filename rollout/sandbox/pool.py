@@ -28,7 +28,7 @@ from rollout.sandbox.client import SLOT_OPS, HostUnreachable
 from rollout.sandbox.config import BackendConfig
 from rollout.sandbox.fleet import HostFleet, HostQuota
 from rollout.sandbox.hosts import HostState
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.slot_sandbox import SlotSandbox
 from rollout.types import ExecResult, SandboxError, Slot
 

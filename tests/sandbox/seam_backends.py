@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from rollout.sandbox.config import BackendConfig, Placement
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.local import LocalBackend
 from rollout.sandbox.registry import register
 from rollout.types import Host, SandboxError

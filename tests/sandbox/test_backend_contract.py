@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.sandbox.limits import SlotLimits
+from sandbox_image.config import SlotLimits
 from rollout.sandbox.local import LocalConfig, live_server_pids
 from tests.sandbox.backend_contract import BackendContract, Harness
 from tests.sandbox.conftest import pid_alive
