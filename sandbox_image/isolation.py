@@ -1,15 +1,20 @@
 """Bubblewrap: probing, the argv of one sandboxed command, and the default environment.
 
-Inside the sandbox a command sees: the host root read-only, a fresh /dev and /proc (its own
-pid namespace, so no host processes), a private /tmp and /dev/shm, its slot's workspace
-read-write at `workspace` (and nothing else writable), no network unless enabled, no
-capabilities. With slot disks, /tmp and /dev/shm are the slot's own directories on its
-disk (they persist until the slot's reset and count against its disk limit); without, /tmp
-is a fresh tmpfs per command. The server's data dir (all slots), its token file and any `hide` paths are
-masked by empty mounts. `expose` paths are host paths bound read-only at the same place even
-where the private /tmp would hide them: the interpreter a slot is told to use (a virtualenv
-under /tmp, say) must exist inside it. Masks are applied after exposes, so an exposed tree
-never reveals the data dir or the token.
+Inside the sandbox a command sees a root filesystem that is NOT the host's: either an
+image's unpacked root (`root=<dir>`, bound read-only on /), or by default the *host view*:
+an empty read-only root holding only the host's system directories (/usr, /bin, /sbin,
+/lib*), a few files of /etc (users, name resolution, the dynamic linker, certificates) and
+the exposed interpreter prefixes. Never /root, /home, /work, /var, /opt, /srv, /mnt, caches,
+other checkouts or the repo mirrors: what a slot can read is what a model can learn to copy.
+On top: a fresh /dev and /proc (its own pid namespace), a private /tmp and /dev/shm, its
+slot's workspace read-write at `workspace` (and nothing else writable), no network unless
+enabled, no capabilities. With slot disks, /tmp and /dev/shm are the slot's own directories
+on its disk (they persist until the slot's reset and count against its disk limit); without,
+/tmp is a fresh tmpfs per command. The server's data dir (all slots), its token file and
+any `hide` paths are masked by empty mounts wherever a visible tree would show them.
+`expose` paths are host paths bound read-only at the same place: the interpreter a slot is
+told to use (a virtualenv under /tmp, a pyenv build under /root) must exist inside it.
+Masks are applied after exposes, so an exposed tree never reveals the data dir or the token.
 """
 
 from __future__ import annotations
@@ -44,6 +49,37 @@ def default_env(home: str) -> dict[str, str]:
     }
 
 
+# The host view: system directories (a symlink such as /bin -> usr/bin stays a symlink) and
+# the files of /etc that programs need to run; nothing else of the host.
+HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+HOST_ETC = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf",
+            "gai.conf", "protocols", "services", "networks", "ld.so.cache", "ld.so.conf",
+            "ld.so.conf.d", "alternatives", "ssl", "ca-certificates", "ca-certificates.conf",
+            "localtime", "timezone", "os-release", "debian_version", "mime.types", "magic",
+            "shells", "inputrc", "locale.alias", "mke2fs.conf")
+
+
+def host_view_args() -> list[str]:
+    """bwrap options that build the host view on bwrap's empty root."""
+    args: list[str] = []
+    for d in HOST_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    args += ["--dir", "/etc"]
+    for name in HOST_ETC:
+        path = f"/etc/{name}"
+        if os.path.exists(path):  # a dangling symlink (e.g. resolv.conf) is left out
+            args += ["--ro-bind", path, path]
+    args += ["--dir", "/var", "--dir", "/home"]
+    return args
+
+
+def _host_view_roots() -> list[str]:
+    return [os.path.realpath(d) for d in HOST_DIRS if os.path.isdir(d)]
+
+
 def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
@@ -59,32 +95,33 @@ class Bubblewrap:
         hide: list[str],
         expose: list[str] = (),
         tmp_size: int | None = None,
+        root: str | None = None,
     ) -> None:
+        """`root`: an image's unpacked root filesystem; None for the host view."""
         self.executable = shutil.which(executable) or executable
         self.network = network
-        self._head = [
-            self.executable,
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            "--proc", "/proc",
-        ]
+        self.root = root
+        base = ["--ro-bind", root, "/"] if root else host_view_args()
+        self._head = [self.executable, *base, "--dev", "/dev", "--proc", "/proc"]
         # Without slot disks /tmp is a tmpfs per command, capped at `tmp_size` bytes if given.
         self._private_tmp = [*(["--size", str(tmp_size)] if tmp_size else []), "--tmpfs", "/tmp"]
         # Binds onto /tmp come after /tmp itself is set up (either way).
         self._prefix: list[str] = []
-        self.exposed = exposed_paths(expose)
+        shown = [] if root else _host_view_roots()
+        self.exposed = exposed_paths(expose, already_shown=shown)
         for path in self.exposed:
             self._prefix += ["--ro-bind", path, path]
+        visible = [*shown, *self.exposed]
         for path in sorted(set(hide)):
-            # Anything under /tmp is already hidden by the private tmpfs, unless exposed.
-            if not os.path.lexists(path):
-                continue
-            if _under(path, "/tmp") and not any(_under(path, e) for e in self.exposed):
+            # Only what a visible tree would show needs a mask.
+            if not os.path.lexists(path) or not any(_under(path, v) for v in visible):
                 continue
             if os.path.isdir(path):
                 self._prefix += ["--tmpfs", path]
             else:
                 self._prefix += ["--ro-bind", "/dev/null", path]
+        # The host view's root is bwrap's own tmpfs: read-only once every mount point exists.
+        self._seal = [] if root else ["--remount-ro", "/"]
         self._suffix = [
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             *([] if network else ["--unshare-net"]),
@@ -107,6 +144,7 @@ class Bubblewrap:
             *tmp,
             *self._prefix,
             "--bind", workspace_host, workspace_inside,
+            *self._seal,
             *self._suffix,
             "--chdir", cwd_inside,
             "--", "/bin/sh", "-c", command,
@@ -149,15 +187,14 @@ def interpreter_dirs(path: str) -> list[str]:
     return [os.path.realpath(d) for d in dict.fromkeys(dirs)]
 
 
-def exposed_paths(paths: list[str] | tuple[str, ...]) -> list[str]:
-    """The directories `paths` (directories or interpreters) need, outermost first, no nesting.
-
-    Only those the root bind does not already show need a bind of their own (under /tmp).
-    """
+def exposed_paths(paths: list[str] | tuple[str, ...],
+                  already_shown: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The directories `paths` (directories or interpreters) need, outermost first, no nesting,
+    leaving out those inside a tree the sandbox already shows (`already_shown`)."""
     real = sorted({d for p in paths if p for d in interpreter_dirs(p)})
     out: list[str] = []
     for path in real:
-        if path == "/" or not _under(path, "/tmp") or any(_under(path, o) for o in out):
+        if path == "/" or any(_under(path, o) for o in [*already_shown, *out]):
             continue
         out.append(path)
     return out
