@@ -4,12 +4,15 @@ client method (rollout/sandbox/client.py, listed in SLOT_OPS) plus one method he
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rollout.types import ExecResult, Slot
 
-if TYPE_CHECKING:
-    from rollout.sandbox.pool import SlotPool
+
+class SlotCaller(Protocol):
+    """What a SlotSandbox forwards to (a SlotPool)."""
+
+    async def call(self, slot: Slot, op: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class SandboxOps:
@@ -47,7 +50,7 @@ class SlotSandbox(SandboxOps):
     """One slot of a local pool; every call goes through `SlotPool.call` (so a stale slot or
     a dead host raises SandboxError exactly as with the pool's own methods)."""
 
-    def __init__(self, pool: SlotPool, slot: Slot) -> None:
+    def __init__(self, pool: SlotCaller, slot: Slot) -> None:
         self.pool = pool
         self.slot = slot
 
