@@ -303,6 +303,8 @@ class LayerApplier:
         if leaf.startswith(WHITEOUT + WHITEOUT):
             return  # other aufs metadata (.wh..wh.plnk, ...): nothing to apply
         name = leaf[len(WHITEOUT):]
+        if name in ("", ".", ".."):
+            raise UnsafeArchive(f"member {member!r}: whiteout of {name!r} refused")
         if tuple(parent + [name]) in self._touched:
             return  # a whiteout never hides what its own layer wrote
         st = _lstat(name, pfd)
