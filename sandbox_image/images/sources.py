@@ -256,12 +256,13 @@ def _resolve_docker(blobs: _TarBlobs, source: str, selector: str | None, want: t
         raise ImageError(f"{source}: manifest.json is not valid JSON: {e}") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ImageError(f"{source}: manifest.json is not a list of images")
+    tags = [str(t) for e in entries for t in (e.get("RepoTags") or [])]
     if selector is not None:
         entries = [e for e in entries if selector in (e.get("RepoTags") or [])]
     if len(entries) != 1:
-        tags = [t for e in entries for t in (e.get("RepoTags") or [])]
+        path = split_selector(source)[0]
         raise ImageNotFound(f"{source}: {'no' if not entries else len(entries)} images match; "
-                            f"name one as {source}#<repo:tag> (tags: {', '.join(tags) or 'none'})")
+                            f"name one as {path}#<repo:tag> (tags: {', '.join(tags) or 'none'})")
     entry = entries[0]
     config_name = str(entry.get("Config", ""))
     config_bytes = blobs.read(config_name, _METADATA_LIMIT)
