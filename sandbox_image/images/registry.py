@@ -12,6 +12,7 @@ answered with the configured credentials. Docker Hub names get `library/` and it
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -165,18 +166,19 @@ class RegistryClient:
         scheme, _, params_text = challenge.partition(" ")
         params = dict(_CHALLENGE_PARAM.findall(params_text))
         creds = self.credentials.get(ref.registry)
-        basic = aiohttp.BasicAuth(*creds) if creds else None
+        basic = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode() if creds else None
         if scheme.lower() == "basic":
             if basic is None:
                 raise ImageError(f"registry {ref.registry} wants a user and password; none configured for it")
-            return basic.encode()
+            return basic
         if scheme.lower() != "bearer" or "realm" not in params:
             raise ImageError(f"registry {ref.registry}: unsupported auth challenge {challenge!r}")
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.setdefault("scope", f"repository:{ref.repository}:pull")
         assert self._session is not None
         try:
-            async with self._session.get(params["realm"], params=query, auth=basic) as resp:
+            headers = {"Authorization": basic} if basic else {}
+            async with self._session.get(params["realm"], params=query, headers=headers) as resp:
                 if resp.status != 200:
                     raise ImageError(f"registry {ref.registry}: token endpoint {params['realm']} answered "
                                      f"{resp.status}; check the credentials configured for it")
