@@ -246,7 +246,12 @@ class RegistryClient:
             async with limit:
                 await self._blob(remote.reference, d, blobs)
 
-        await asyncio.gather(*(one(d) for d in remote.manifest.layers))
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the other downloads
+                for d in remote.manifest.layers:
+                    group.create_task(one(d))
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
         (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
         os_name, arch = self.platform
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",

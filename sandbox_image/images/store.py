@@ -184,7 +184,8 @@ class ImageStore:
         """The stored image with this digest, if complete (no lock, no pin)."""
         return self._read_meta(check_digest(digest).split(":", 1)[1])
 
-    def list(self) -> list[Image]:
+    def images(self) -> list[Image]:
+        """Every complete image in the store."""
         out = []
         for d in sorted(self._images.iterdir()):
             image = self._read_meta(d.name)
@@ -295,11 +296,11 @@ class ImageStore:
                     if self._read_meta(hexpart) is None:
                         await self._create(pending, hexpart)
                         created = True
-                    # EX -> SH is not atomic: an evicter may slip in, so re-check after.
-                    await asyncio.get_running_loop().run_in_executor(self._lock_pool, _downgrade, fd)
                 except BaseException:
                     os.close(fd)
                     raise
+                await self._downgrade(fd)
+                # EX -> SH is not atomic: an evicter may have slipped in between.
                 if self._read_meta(hexpart) is not None:
                     break
                 os.close(fd)
@@ -313,11 +314,21 @@ class ImageStore:
                 self.stats.hits += 1
             return self._touch(hexpart)
 
+    async def _downgrade(self, fd: int) -> None:
+        """Turn the exclusive lock on `fd` into a shared one; on failure or cancellation the fd
+        is closed (once the locking thread has let go of it)."""
+        future = asyncio.get_running_loop().run_in_executor(self._lock_pool, fcntl.flock, fd, fcntl.LOCK_SH)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda _: os.close(fd))
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+
     async def _create(self, pending: _Pending, hexpart: str) -> None:
         """Unpack into tmp/ and rename into images/ (caller holds the image lock exclusively)."""
-        for stale in self._tmp.glob(f"{hexpart}.*"):  # left by a killed unpacker
-            log.info("image store: removing stale partial unpack %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
         work = self._tmp / f"{hexpart}.{secrets.token_hex(6)}"
         work.mkdir(mode=0o700)
         try:
@@ -342,6 +353,11 @@ class ImageStore:
                     shutil.rmtree(leftover, ignore_errors=True)
 
     def _unpack_sync(self, resolved: ResolvedImage, work: Path, cancel: threading.Event) -> None:
+        hexpart = resolved.digest.split(":", 1)[1]
+        for stale in self._tmp.glob(f"{hexpart}.*"):  # left by a killed unpacker (we hold the lock)
+            if stale.name not in (work.name, work.name + ".pull"):
+                log.info("image store: removing stale partial unpack %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
         try:
             budget = Budget(self.max_image_bytes, self.max_entries)
             stats = unpack_layers(resolved.layers, str(work / "rootfs"), budget, cancel)
@@ -438,10 +454,6 @@ def _ready(resolved: ResolvedImage) -> Callable[[Path], Awaitable[ResolvedImage]
     async def materialize(_: Path) -> ResolvedImage:
         return resolved
     return materialize
-
-
-def _downgrade(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 async def _wait_out(future: asyncio.Future[None]) -> None:

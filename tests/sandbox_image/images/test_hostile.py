@@ -35,7 +35,7 @@ def outside(tmp_path: Path) -> Path:
 
 def assert_contained(store: ImageStore, outside: Path) -> None:
     assert sorted(os.listdir(outside)) == ["victim"] and (outside / "victim").read_text() == "original"
-    assert store.list() == []
+    assert store.images() == []
     assert os.listdir(store.root / "tmp") == []  # the partial unpack is gone too
     assert os.listdir(store.root / "images") == []
 

@@ -122,7 +122,7 @@ async def test_tampered_blob_from_registry_is_refused(tmp_path: Path, registry: 
     try:
         with pytest.raises(DigestMismatch, match=layer):
             await store.get(f"{registry.host}/org/sh:latest")
-        assert store.list() == [] and list((store.root / "tmp").iterdir()) == []
+        assert store.images() == [] and list((store.root / "tmp").iterdir()) == []
         registry.tampered = {multi_image.manifest_digest: multi_image.manifest_bytes + b" "}
         with pytest.raises(DigestMismatch, match="manifest"):
             await store.get(f"{registry.host}/org/sh:latest")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
+import os
 from pathlib import Path
 
 import pytest
 
-from sandbox_image.images import (DigestMismatch, ImageNotFound, ImageStore, PlatformNotFound, UnsupportedImage,
+from sandbox_image.images import (DigestMismatch, ImageError, ImageNotFound, ImageStore, PlatformNotFound, UnsupportedImage,
                                   resolve_local)
 
 from .build import (BuiltImage, build_docker_save, build_oci_archive, build_oci_layout, layer_tar, sha256,
@@ -65,7 +65,7 @@ async def test_tampered_layer_is_refused(store: ImageStore, tmp_path: Path) -> N
     _flip_last_content_byte(built.blob_path(built.layer_digests[0]), b"payload-AAAA")  # still a valid tar
     with pytest.raises(DigestMismatch, match=built.layer_digests[0]):
         await store.get(built.path)
-    assert store.list() == [] and list((store.root / "tmp").iterdir()) == []
+    assert store.images() == [] and list((store.root / "tmp").iterdir()) == []
 
 
 async def test_tampered_gzip_layer_is_refused(store: ImageStore, tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ async def test_tampered_gzip_layer_is_refused(store: ImageStore, tmp_path: Path)
     built.blob_path(built.layer_digests[0]).write_bytes(other)
     with pytest.raises(DigestMismatch):
         await store.get(built.path)
-    assert store.list() == []
+    assert store.images() == []
 
 
 async def test_tampered_config_and_manifest_are_refused(tmp_path: Path) -> None:
@@ -113,24 +113,35 @@ def test_image_of_another_architecture_is_refused(tmp_path: Path) -> None:
         resolve_local(built.path, platform=("linux", "arm64"))
 
 
-async def test_zstd_layer_is_unsupported_with_a_clear_error(store: ImageStore, tmp_path: Path) -> None:
-    built = build_oci_layout(tmp_path / "img", [{"a": b"A"}], compress=None)
-    fake_zstd = b"\x28\xb5\x2f\xfd" + b"\0" * 60
-    old = built.blob_path(built.layer_digests[0])
-    new_digest = sha256(fake_zstd)
-    shutil.move(old, built.blob_path(new_digest))
-    built.blob_path(new_digest).write_bytes(fake_zstd)
+def replace_layer_blob(built: BuiltImage, data: bytes, media_type: str) -> None:
+    """Swap the first layer for `data` (a correctly named blob), rewriting manifest and index."""
+    built.blob_path(built.layer_digests[0]).unlink()
+    built.blob_path(sha256(data)).write_bytes(data)
     manifest = json.loads(built.manifest_bytes)
-    manifest["layers"][0].update(digest=new_digest, size=len(fake_zstd),
-                                 mediaType="application/vnd.oci.image.layer.v1.tar+zstd")
+    manifest["layers"][0].update(digest=sha256(data), size=len(data), mediaType=media_type)
     mbytes = json.dumps(manifest).encode()
     built.blob_path(sha256(mbytes)).write_bytes(mbytes)
     index = json.loads((built.path / "index.json").read_text())
     index["manifests"][0].update(digest=sha256(mbytes), size=len(mbytes))
     (built.path / "index.json").write_text(json.dumps(index))
+
+
+async def test_zstd_layer_is_unsupported_with_a_clear_error(store: ImageStore, tmp_path: Path) -> None:
+    built = build_oci_layout(tmp_path / "img", [{"a": b"A"}], compress=None)
+    replace_layer_blob(built, b"\x28\xb5\x2f\xfd" + b"\0" * 60, "application/vnd.oci.image.layer.v1.tar+zstd")
     with pytest.raises(UnsupportedImage, match="zstd"):
         await store.get(built.path)
-    assert store.list() == []
+    assert store.images() == []
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.99])
+async def test_corrupt_gzip_layer_is_refused(store: ImageStore, tmp_path: Path, cut: float) -> None:
+    built = build_oci_layout(tmp_path / "img", [{"a": os.urandom(50_000)}])
+    good = built.blobs[built.layer_digests[0]]
+    replace_layer_blob(built, good[: int(len(good) * cut)], "application/vnd.oci.image.layer.v1.tar+gzip")
+    with pytest.raises(ImageError, match="layer 0"):
+        await store.get(built.path)
+    assert store.images() == [] and list((store.root / "tmp").iterdir()) == []
 
 
 def test_compressed_outer_archive_and_non_images_are_refused(tmp_path: Path) -> None:

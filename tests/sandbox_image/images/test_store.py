@@ -131,7 +131,7 @@ async def test_cancelled_unpack_leaves_no_image_and_next_get_succeeds(store: Ima
     fifo.release(eof=True)  # the blocked read returns; the unpack thread sees the cancellation
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert store.list() == [] and store.lookup(built.digest) is None
+    assert store.images() == [] and store.lookup(built.digest) is None
     assert os.listdir(store.root / "tmp") == [] and os.listdir(store.root / "images") == []
     fifo.restore()
     image = await store.get(built.path)
@@ -165,11 +165,11 @@ async def test_lru_eviction_spares_pinned_images(tmp_path: Path) -> None:
         ia = await store.get(a.path, pin=True)
         await store.get(b.path)
         await store.get(c.path)  # over budget: b is the LRU unpinned image
-        assert {i.digest for i in store.list()} == {a.digest, c.digest}
+        assert {i.digest for i in store.images()} == {a.digest, c.digest}
         assert ia.rootfs.exists() and store.stats.evictions == 1
         async with store.use(c.path):
             await store.get(d.path)  # a and c pinned: d stays too, over budget
-            assert {i.digest for i in store.list()} == {a.digest, c.digest, d.digest}
+            assert {i.digest for i in store.images()} == {a.digest, c.digest, d.digest}
         store.unpin(a.digest)
         assert await store.trim() == [a.digest]  # now a is the least recently used
         with pytest.raises(ImageError, match="not pinned"):
@@ -185,12 +185,12 @@ async def test_an_image_pinned_by_another_process_is_not_evicted(tmp_path: Path)
         holder = spawn("hold", store.root, a.path)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "pinned"
         await store.get(b.path)
-        assert {i.digest for i in store.list()} == {a.digest, b.digest}  # a in use elsewhere
+        assert {i.digest for i in store.images()} == {a.digest, b.digest}  # a in use elsewhere
         holder.stdin.close()  # type: ignore[union-attr]
         holder.wait(timeout=60)
         await store.get(b.path)  # a is now the LRU image and free
         assert await store.trim() == [a.digest]
-        assert [i.digest for i in store.list()] == [b.digest]
+        assert [i.digest for i in store.images()] == [b.digest]
     finally:
         await store.close()
 
