@@ -228,9 +228,12 @@ def _from_manifest(blobs: _Blobs, manifest: Manifest, manifest_digest: str, sour
     config_bytes = _read_blob(blobs, manifest.config, f"{source}: config")
     config = ImageConfig.model_validate_json_tolerant(config_bytes)
     _check_platform(config, want, source)
+    # The store keys images by config digest, so the config must commit to the layers: every
+    # layer is checked against its diff_id, and a config without them is refused.
     diff_ids = config.rootfs.diff_ids
-    if diff_ids and len(diff_ids) != len(manifest.layers):
-        raise ImageError(f"{source}: manifest has {len(manifest.layers)} layers, config lists {len(diff_ids)} diff_ids")
+    if len(diff_ids) != len(manifest.layers):
+        raise ImageError(f"{source}: manifest has {len(manifest.layers)} layers, config lists {len(diff_ids)} "
+                         "rootfs.diff_ids; the config must name every layer")
     layers = []
     for i, d in enumerate(manifest.layers):
         if d.media_type and "tar" not in d.media_type:
@@ -240,7 +243,7 @@ def _from_manifest(blobs: _Blobs, manifest: Manifest, manifest_digest: str, sour
             raise ImageNotFound(f"{source}: layer {d.digest} is missing from the layout")
         layers.append(LayerBlob(name=f"{source}: layer {i} ({d.digest})", open=_opener(blobs, path),
                                 digest=d.digest, size=d.size,
-                                diff_id=check_digest(diff_ids[i]) if diff_ids else None, media_type=d.media_type))
+                                diff_id=check_digest(diff_ids[i]), media_type=d.media_type))
     return ResolvedImage(digest=manifest.config.digest, config=config, config_bytes=config_bytes,
                          layers=tuple(layers), source=source, manifest_digest=manifest_digest)
 

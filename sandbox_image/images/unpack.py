@@ -195,7 +195,7 @@ class LayerApplier:
         """Apply one layer (an uncompressed tar byte stream, read once, front to back)."""
         self._touched = set()
         try:
-            with tarfile.open(fileobj=tar_stream, mode="r|", errorlevel=2) as tf:
+            with tarfile.open(fileobj=tar_stream, mode="r|", errorlevel=2, bufsize=_CHUNK) as tf:
                 for member in tf:
                     self._check_cancel()
                     self._member(tf, member)
