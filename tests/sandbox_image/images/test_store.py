@@ -78,15 +78,26 @@ class FifoLayer:
         assert self._writer is not None
         self._writer.join()
 
+    def __enter__(self) -> "FifoLayer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None and not self._release.is_set():
+            self.release(eof=True)  # a failed test must not leave an unpack blocked on the FIFO
+
     def restore(self) -> None:
         self.path.unlink()
         self.path.write_bytes(self.data)
 
 
+SECOND = 6_000_000
+FEED = 2_500_000  # past `first` and more than one 1 MiB read of the tar stream, well before the end
+
+
 def two_file_image(path: Path) -> BuiltImage:
-    """One uncompressed layer: a first file, then 2 MB more, so a reader fed the first part
-    has created the first file and is blocked before the end."""
-    return build_oci_layout(path, [{"first": b"1" * 100_000, "second": os.urandom(2_000_000)}], compress=None)
+    """One uncompressed layer: a first file, then 6 MB more, so a reader fed FEED bytes has
+    created the first file and is blocked before the end."""
+    return build_oci_layout(path, [{"first": b"1" * 100_000, "second": os.urandom(SECOND)}], compress=None)
 
 
 def partial(store: ImageStore) -> list[Path]:
@@ -104,49 +115,59 @@ async def test_warm_get_does_not_unpack_again(store: ImageStore, sh_image: Built
 
 async def test_twenty_coroutines_and_two_processes_unpack_once(store: ImageStore, tmp_path: Path) -> None:
     built = two_file_image(tmp_path / "img")
-    fifo = FifoLayer(built)
-    fifo.feed(upto=200_000)
-    tasks = [asyncio.create_task(store.get(built.path)) for _ in range(20)]
-    await wait_until(lambda: bool(partial(store)), "this process to be half way through the unpack")
-    children = [spawn("get", store.root, built.path) for _ in range(2)]
-    inode = lock_inode(store, built.digest)
-    await wait_until(lambda: {c.pid for c in children} <= blocked_on(inode), "both processes to wait on the lock")
-    assert not any(t.done() for t in tasks)
-    fifo.release()
-    images = await asyncio.gather(*tasks)
-    outs = [json.loads(c.communicate(timeout=120)[0]) for c in children]
+    children: list[subprocess.Popen] = []
+    with FifoLayer(built) as fifo:
+        fifo.feed(upto=FEED)
+        tasks = [asyncio.create_task(store.get(built.path)) for _ in range(20)]
+        try:
+            await wait_until(lambda: bool(partial(store)), "this process to be half way through the unpack")
+            children = [spawn("get", store.root, built.path) for _ in range(2)]
+            inode = lock_inode(store, built.digest)
+            await wait_until(lambda: {c.pid for c in children} <= blocked_on(inode),
+                             "both processes to wait on the lock")
+            assert not any(t.done() for t in tasks)
+            fifo.release()
+            images = await asyncio.gather(*tasks)
+            outs = [json.loads(c.communicate(timeout=120)[0]) for c in children]
+        finally:
+            for c in children:
+                if c.poll() is None:
+                    c.kill()
+                    c.wait()
     assert store.stats.unpacks == 1 and [o["unpacks"] for o in outs] == [0, 0]
     assert {str(i.rootfs) for i in images} | {o["rootfs"] for o in outs} == {str(images[0].rootfs)}
-    assert (images[0].rootfs / "second").stat().st_size == 2_000_000
+    assert (images[0].rootfs / "second").stat().st_size == SECOND
     assert (images[0].rootfs / "first").read_bytes() == b"1" * 100_000
 
 
 async def test_cancelled_unpack_leaves_no_image_and_next_get_succeeds(store: ImageStore, tmp_path: Path) -> None:
     built = two_file_image(tmp_path / "img")
-    fifo = FifoLayer(built)
-    fifo.feed(upto=200_000)
-    task = asyncio.create_task(store.get(built.path))
-    await wait_until(lambda: bool(partial(store)), "the unpack to be half way")
-    task.cancel()
-    fifo.release(eof=True)  # the blocked read returns; the unpack thread sees the cancellation
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    with FifoLayer(built) as fifo:
+        fifo.feed(upto=FEED)
+        task = asyncio.create_task(store.get(built.path))
+        await wait_until(lambda: bool(partial(store)), "the unpack to be half way")
+        task.cancel()
+        fifo.release(eof=True)  # the blocked read returns; the unpack thread sees the cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert store.images() == [] and store.lookup(built.digest) is None
     assert os.listdir(store.root / "tmp") == [] and os.listdir(store.root / "images") == []
     fifo.restore()
     image = await store.get(built.path)
-    assert (image.rootfs / "second").stat().st_size == 2_000_000 and store.stats.unpacks == 1
+    assert (image.rootfs / "second").stat().st_size == SECOND and store.stats.unpacks == 1
 
 
 async def test_killed_unpacker_leaves_no_image_and_next_get_succeeds(store: ImageStore, tmp_path: Path) -> None:
     built = two_file_image(tmp_path / "img")
-    fifo = FifoLayer(built)
-    fifo.feed(upto=200_000)
-    child = spawn("get", store.root, built.path)
-    await wait_until(lambda: bool(partial(store)), "the other process to be half way through the unpack")
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    fifo.release(eof=True)
+    with FifoLayer(built) as fifo:
+        fifo.feed(upto=FEED)
+        child = spawn("get", store.root, built.path)
+        try:
+            await wait_until(lambda: bool(partial(store)), "the other process to be half way through the unpack")
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        fifo.release(eof=True)
     assert partial(store) and store.lookup(built.digest) is None  # a stale tmp dir, not an image
     fifo.restore()
     image = await store.get(built.path)
