@@ -306,13 +306,16 @@ class ImageStore:
                 os.close(fd)
             self._pins[digest] = 1
             self._pin_fds[digest] = fd
-            pending.remember()
-            if created:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._lock_pool, self._trim_sync, frozenset({digest}))
-            else:
-                self.stats.hits += 1
-            return self._touch(hexpart)
+            try:
+                pending.remember()
+                if created:
+                    await asyncio.get_running_loop().run_in_executor(self._lock_pool, self._trim_quietly, digest)
+                else:
+                    self.stats.hits += 1
+                return self._touch(hexpart)
+            except BaseException:
+                self.unpin(digest)
+                raise
 
     async def _downgrade(self, fd: int) -> None:
         """Turn the exclusive lock on `fd` into a shared one; on failure or cancellation the fd
@@ -405,6 +408,13 @@ class ImageStore:
         with contextlib.suppress(OSError):
             os.utime(self._images / hexpart / "used")
         return image
+
+    def _trim_quietly(self, new_digest: str) -> None:
+        """Eviction after an unpack: a failure to evict is logged, never fails the get."""
+        try:
+            self._trim_sync(frozenset({new_digest}))
+        except OSError as e:
+            log.warning("image store %s: eviction failed: %s", self.root, e)
 
     def _trim_sync(self, keep: frozenset[str]) -> list[str]:
         evicted: list[str] = []

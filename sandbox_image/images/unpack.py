@@ -329,7 +329,7 @@ class LayerApplier:
                     os.close(cfd)
 
 
-def unpack_layers(layers: "Sequence[LayerBlob]", rootfs: str, budget: Budget,
+def unpack_layers(layers: Sequence[LayerBlob], rootfs: str, budget: Budget,
                   cancel: threading.Event | None = None) -> UnpackStats:
     """Create `rootfs` (which must not exist) and apply `layers` to it in order, verifying each
     layer's digests as it streams through. Blocking: run it in a thread. On error the partial
