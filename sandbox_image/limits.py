@@ -46,6 +46,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _instance_id(pid: int) -> str:
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
+def _owner_alive(instance: str) -> bool:
+    """Is the server that made `slot-server-<instance>` still running? Unknown names (and
+    the pid-only names of older servers, whose pid may have been reused) count as alive
+    only while that pid exists."""
+    pid, _, started = instance.partition("-")
+    if not pid.isdigit():
+        return True  # not ours to judge
+    if not started:
+        return _pid_alive(int(pid))
+    return _start_time(int(pid)) == started
+
+
 def _kill_procs(group: Path) -> None:
     kill_file = group / "cgroup.kill"
     if kill_file.exists():
@@ -112,11 +137,12 @@ class SlotCgroups:
     # --- setup ----------------------------------------------------------------------------
 
     def _make_server_dir(self, base: Path) -> Path:
+        # Named by pid AND start time: pids are reused quickly on a busy host, and a server
+        # that took over a dead server's pid must never share (or see removed) its groups.
         for stale in base.glob(_PREFIX + "*"):
-            pid = stale.name[len(_PREFIX):]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if not _owner_alive(stale.name[len(_PREFIX):]):
                 _remove_tree(stale)
-        d = base / f"{_PREFIX}{os.getpid()}"
+        d = base / f"{_PREFIX}{_instance_id(os.getpid())}"
         d.mkdir(exist_ok=True)
         self._server_dirs.append(d)
         return d

@@ -184,3 +184,22 @@ def _zombie_children(pid: int) -> list[int]:
         except OSError:
             continue
     return zombies
+
+
+def test_server_cgroups_are_named_by_pid_and_start_time(tmp_path) -> None:
+    """pids are reused fast on a busy host: a dead server's groups that carry our pid are
+    stale (removed), a live server's are kept, and ours never reuse a predecessor's."""
+    from sandbox_image import limits
+
+    me, parent = os.getpid(), os.getppid()
+    predecessor = tmp_path / f"slot-server-{me}-1"  # had our pid, started at another time
+    (predecessor / "slot-0").mkdir(parents=True)
+    live = tmp_path / f"slot-server-{limits._instance_id(parent)}"
+    live.mkdir()
+    gone = tmp_path / "slot-server-4194304"  # an old pid-only name whose pid does not exist
+    gone.mkdir()
+    groups = limits.SlotCgroups.__new__(limits.SlotCgroups)
+    groups._server_dirs = []
+    made = groups._make_server_dir(tmp_path)
+    assert made.name == f"slot-server-{me}-{limits._start_time(me)}"
+    assert not predecessor.exists() and not gone.exists() and live.exists()
