@@ -120,6 +120,10 @@ def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> lis
                 "ray is a config section, not a group (conf/ray/cluster.yaml is for `ray up`); "
                 "set its keys instead, e.g. ray.address=auto")
         if not schema.knows(key):
+            moved = "sandbox." + key.split(".", 1)[1] if key.startswith("backend.") else ""
+            if moved and schema.knows(moved):
+                raise OverrideError(f"{key} is a slot limit, the same on every backend: "
+                                    f"set {moved} instead")
             hint = schema.suggest(key)
             raise OverrideError(f"unknown key {key}" + (f"; did you mean {hint}?" if hint else
                                 f"; valid sections: {', '.join(sorted(k for k in schema.keys if '.' not in k))}"))

@@ -58,6 +58,8 @@ def test_a_typo_gets_did_you_mean():
         normalize_overrides(["env.group_sise=4"])
     with pytest.raises(OverrideError, match="did you mean tasks.test_timeout"):
         normalize_overrides(["tasks.test_timout=5"])
+    with pytest.raises(OverrideError, match="backend.memory_mb is a slot limit.*sandbox.memory_mb"):
+        normalize_overrides(["backend.memory_mb=512"])
     with pytest.raises(OverrideError, match="ray is a config section"):
         normalize_overrides(["ray=cluster"])
 
