@@ -72,12 +72,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
-    root = tempfile.mkdtemp(prefix="slot-test-", dir="/var/tmp")
     path_env = f"PATH={os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin"
-    proc, line, token = launch(
-        root, "--slots", "4", "--memory-mb", "256", "--pids", "128",
+    yield from running_server(
+        "slot-test-", "--slots", "4", "--memory-mb", "256", "--pids", "128",
         "--output-cap", "65536", "--output-kill", str(8 << 20), "--file-cap", str(1 << 20),
         "--isolation", "required", "--env", path_env)
+
+
+def running_server(prefix: str, *flags: str) -> Iterator[RunningServer]:
+    """Start a server with `flags` in a fresh dir under /var/tmp; yield it; stop and clean."""
+    root = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    proc, line, token = launch(root, *flags)
     assert line.startswith(READY), f"server did not start: {line!r} {proc.stderr.read()}"
     ready = json.loads(line[len(READY):])
     yield RunningServer(ready["url"], token, os.path.join(root, "token"),

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -28,7 +27,8 @@ from hypothesis import strategies as st
 
 from rollout.sandbox.client import SlotServerClient
 from rollout.types import SandboxError
-from tests.sandbox_image.conftest import READY, RunningServer, launch, stop, wait_until
+from tests.sandbox_image.conftest import (READY, RunningServer, launch, running_server, stop,
+                                          wait_until)
 from tests.sandbox_image.test_limits import _procs_with
 
 DISK_MB = 64
@@ -38,18 +38,11 @@ TIMEOUT_CAP = 5.0
 
 @pytest.fixture(scope="module")
 def hserver() -> Iterator[RunningServer]:
-    root = tempfile.mkdtemp(prefix="slot-hostile-", dir="/var/tmp")
-    proc, line, token = launch(
-        root, "--slots", "2", "--isolation", "required", "--disk-mb", str(DISK_MB),
+    yield from running_server(
+        "slot-hostile-", "--slots", "2", "--isolation", "required", "--disk-mb", str(DISK_MB),
         "--inodes", str(INODES), "--exec-timeout-cap", str(TIMEOUT_CAP),
         "--output-cap", "65536", "--output-kill", str(4 << 20), "--file-cap", str(1 << 20),
         "--memory-mb", "256", "--pids", "64")
-    assert line.startswith(READY), f"server did not start: {line!r} {proc.stderr.read()}"
-    ready = json.loads(line[len(READY):])
-    yield RunningServer(ready["url"], token, os.path.join(root, "token"),
-                        os.path.join(root, "data"), proc, ready["isolation"])
-    stop(proc)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
