@@ -258,9 +258,13 @@ class SlotPool:
         try:
             return await getattr(hs.client, op)(slot.index, *args, **kwargs)
         except HostUnreachable as e:
-            dead = await self.fleet.suspect(hs)
-            state = "died and is being replaced" if dead else "did not answer"
-            raise SandboxError(f"slot {slot.host_id}/{slot.index}: host {state} ({e})") from e
+            raise await self._unreachable(hs, f"slot {slot.host_id}/{slot.index}: host", e) from e
+
+    async def _unreachable(self, hs: HostState, what: str, error: Exception) -> SandboxError:
+        """A transport failure: let the fleet judge the host, and say what became of it."""
+        dead = await self.fleet.suspect(hs)
+        state = "died and is being replaced" if dead else "did not answer"
+        return SandboxError(f"{what} {state} ({error})")
 
     async def exec_batch(self, items: list[ExecItem]) -> list[ExecResult]:
         """Run many commands (one request per host, run concurrently there). Results are in
@@ -280,9 +284,7 @@ class SlotPool:
             try:
                 out = await hs.client.exec_batch([spec for _, spec in batch])
             except HostUnreachable as e:
-                dead = await self.fleet.suspect(hs)
-                state = "died and is being replaced" if dead else "did not answer"
-                raise SandboxError(f"host {host_id} {state} ({e})") from e
+                raise await self._unreachable(hs, f"host {host_id}", e) from e
             for (pos, _), r in zip(batch, out):
                 results[pos] = r
 
