@@ -21,6 +21,7 @@ from sandbox_image.config import ConfigError, ServerConfig, config_from_args
 from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path, exposed_paths
 from sandbox_image.mounts import enter_private_mount_namespace
+from sandbox_image.slot_images import SlotImageError, SlotImages
 from sandbox_image.spawn import become_subreaper, reap_orphans
 
 log = logging.getLogger("sandbox_image")
@@ -65,6 +66,20 @@ def _tmp_relative(paths: list[str]) -> list[str]:
     return [p[len("/tmp/"):] for p in paths if p.startswith("/tmp/")]
 
 
+def _hidden(cfg: ServerConfig) -> list[str]:
+    """Host paths masked wherever a host-view slot would see them."""
+    hide = [str(cfg.data_dir), *cfg.hide]
+    if cfg.image_store:
+        hide.append(str(cfg.image_store))
+    if cfg.token_file:
+        hide.append(cfg.token_file)
+    return hide
+
+
+def _tmp_size(cfg: ServerConfig, disks: SlotDisks | None) -> int | None:
+    return cfg.limits.disk_mb << 20 if disks is None and cfg.limits.disk_mb else None
+
+
 def _resolve_isolation(cfg: ServerConfig, ns_problem: str | None = None
                        ) -> tuple[str, Bubblewrap | None, str, SlotDisks | None]:
     """-> (mode, bwrap or None, workspace path inside the sandbox, slot disks or None)."""
@@ -76,14 +91,10 @@ def _resolve_isolation(cfg: ServerConfig, ns_problem: str | None = None
                     "host, with only rlimits/cgroups between them and this machine")
         return "none", None, "", _make_disks(cfg, ns_problem, [])
     inside = choose_workspace_path(cfg.workspace)
-    expose = [sys.executable, *limits.expose]
+    expose = [sys.executable, *([cfg.host_python] if cfg.host_python else []), *limits.expose]
     disks = _make_disks(cfg, ns_problem, _tmp_relative([*exposed_paths(expose), inside]))
-    hide = [str(cfg.data_dir), *cfg.hide]
-    if cfg.token_file:
-        hide.append(cfg.token_file)
-    tmp_size = limits.disk_mb << 20 if disks is None and limits.disk_mb else None
-    bwrap = Bubblewrap(cfg.bwrap_path, network=limits.network, hide=hide, expose=expose,
-                       tmp_size=tmp_size)
+    bwrap = Bubblewrap(cfg.bwrap_path, network=limits.network, hide=_hidden(cfg),
+                       expose=expose, tmp_size=_tmp_size(cfg, disks))
     if bwrap.exposed:
         log.info("exposed read-only inside slots: %s", ", ".join(bwrap.exposed))
     problem = bwrap.probe(inside)
@@ -112,11 +123,18 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 async def serve(cfg: ServerConfig, ns_problem: str | None = None) -> None:
     mode, bwrap, inside, disks = _resolve_isolation(cfg, ns_problem)
+    images = SlotImages(cfg, isolation=mode, host_bwrap=bwrap, host_workspace=inside,
+                        hide=_hidden(cfg), tmp_size=_tmp_size(cfg, disks))
     try:
-        server = SlotServer(cfg, mode, bwrap, inside, disks)
+        server = SlotServer(cfg, mode, bwrap, inside, disks, images)
     except BaseException:
         if disks is not None:
             disks.close_sync([])
+        raise
+    try:
+        await server.start()  # the server's image, pulled and unpacked before READY
+    except BaseException:
+        await server.close()
         raise
     runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False)
     await runner.setup()
@@ -167,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ns_problem = _enter_mount_namespace(cfg)  # still single-threaded here
     try:
         asyncio.run(serve(cfg, ns_problem))
-    except ConfigError as e:
+    except (ConfigError, SlotImageError) as e:
         log.error("%s", e)
         return 2
     except OSError as e:

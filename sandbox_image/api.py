@@ -108,6 +108,12 @@ class BatchRequest(BaseModel):
     items: list[Any] = Field(max_length=MAX_BATCH)
 
 
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    image: str | None = Field(None, min_length=1, max_length=MAX_PATH)
+
+
 class PathQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -10,7 +10,8 @@ slot's disk full is a 507.
     GET  /health                         slots, isolation, limits, workspace path, version
     POST /slots/{i}/exec                 {command, timeout?, cwd?, env?} -> result
     POST /exec_batch                     {items: [{slot, command, ...}]} -> {results: [...]}
-    POST /slots/{i}/reset                wipe the workspace, kill its processes
+    POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
+                                         restore the image's workdir (or switch image)
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
     GET  /slots/{i}/list?path=
@@ -33,12 +34,13 @@ from aiohttp import web
 
 from sandbox_image import VERSION, api, files
 from sandbox_image.api import BadRequest, ExecRequest
-from sandbox_image.config import ServerConfig
+from sandbox_image.config import HOST_IMAGE, ServerConfig
 from sandbox_image.disks import SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
 from sandbox_image.runner import CommandResult, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
+from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
@@ -54,13 +56,21 @@ class SlotServer:
     state changes happen between awaits."""
 
     def __init__(self, cfg: ServerConfig, isolation: str, bwrap: Bubblewrap | None,
-                 workspace_inside: str, disks: SlotDisks | None = None) -> None:
+                 workspace_inside: str, disks: SlotDisks | None = None,
+                 images: SlotImages | None = None) -> None:
         self.cfg = cfg
         self.slot_limits = cfg.limits
         self.isolation = isolation  # "bwrap" | "none"
         self.bwrap = bwrap
         self.workspace_inside = workspace_inside
         self.disks = disks
+        self.images = images or SlotImages(cfg, isolation=isolation, host_bwrap=bwrap,
+                                           host_workspace=workspace_inside, hide=[],
+                                           tmp_size=None)
+        # Slots start in the host view; `start()` moves them into cfg.image if it is not.
+        label = cfg.image if self.images.is_host(cfg.image) else HOST_IMAGE
+        self.slot_image: list[SlotImage] = [self.images.host(label)] * cfg.slots
+        self.writable: list[str | None] = [None] * cfg.slots
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
@@ -77,11 +87,39 @@ class SlotServer:
         if self.isolation != "bwrap" and scratch is not None:
             env["TMPDIR"] = scratch[0]  # the slot disk's /tmp, as under bwrap
         env.update(self.slot_limits.env)
+        env.update(self.slot_image[i].env)  # an image's own Env and PATH win for its slots
         return env
 
-    async def reset(self, i: int) -> None:
+    async def start(self) -> None:
+        """Put every slot into the server's image (pulled/unpacked once, before READY)."""
+        if self.images.is_host(self.cfg.image):
+            return
+        first = await self.images.load(self.cfg.image)
+        try:
+            for i in range(self.cfg.slots):
+                image = first if i == 0 else await self.images.load(self.cfg.image)
+                self.slot_image[i] = image
+                self.writable[i] = await self.workspaces.populate(i, image,
+                                                                  self.slot_limits.writable)
+                self._env_base[i] = self._base_env(i)
+        except BaseException:
+            for image in self.slot_image:
+                self.images.release(image)
+            raise
+
+    async def reset(self, i: int, image: str | None = None) -> None:
+        """Wipe slot i and restore its image's workdir; with `image`, move it to that image
+        (the old image is released only once the new one is loaded: a failed load leaves
+        the slot as it was, a failed restore leaves it empty and the error is raised)."""
+        old = self.slot_image[i]
+        new = old if image is None or image == old.label else await self.images.load(image)
         await self.workspaces.reset(i, kill=lambda: self.limits.kill_slot(i))
+        self.slot_image[i] = new
+        if new is not old:
+            self.images.release(old)
         self._env_base[i] = self._base_env(i)
+        self.writable[i] = None
+        self.writable[i] = await self.workspaces.populate(i, new, self.slot_limits.writable)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -95,7 +133,7 @@ class SlotServer:
         return i
 
     def ws_inside(self, i: int) -> str:
-        return self.workspace_inside if self.isolation == "bwrap" else self.workspaces.paths[i]
+        return self.slot_image[i].workdir if self.isolation == "bwrap" else self.workspaces.paths[i]
 
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
@@ -113,11 +151,13 @@ class SlotServer:
                 raise BadRequest(f"cwd: {e}") from None
         if not os.path.isdir(cwd_host):
             raise BadRequest(f"cwd {cwd!r} is not a directory in the workspace")
-        if self.bwrap is not None:
+        bwrap = self.slot_image[i].bwrap
+        if bwrap is not None:
+            inside = self.slot_image[i].workdir
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
-            cwd_inside = self.workspace_inside + ("" if rel == "." else "/" + rel)
-            argv = self.bwrap.argv(ws_host, self.workspace_inside, cwd_inside, req.command,
-                                   self.workspaces.scratch(i))
+            cwd_inside = inside + ("" if rel == "." else "/" + rel)
+            argv = bwrap.argv(ws_host, inside, cwd_inside, req.command,
+                              self.workspaces.scratch(i))
             run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
         else:
             argv, run_cwd = ["/bin/sh", "-c", req.command], cwd_host
@@ -125,7 +165,7 @@ class SlotServer:
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
         preexec = None
-        if self.bwrap is not None:
+        if bwrap is not None:
             # bwrap --die-with-parent sets the parent-death signal on the outer bwrap process
             # itself, so a SIGKILLed server takes its commands along with no extra exec.
             argv = self.limits.wrapper_for(i) + argv
@@ -182,10 +222,17 @@ class SlotServer:
             "exec_timeout_cap": self.slot_limits.exec_timeout_cap,
             "running": sum(len(r) for r in self.workspaces.running),
             "pid": os.getpid(),
+            "image": self.cfg.image,
+            "slot_images": [{**img.describe(), "writable": w}
+                            for img, w in zip(self.slot_image, self.writable)],
+            "image_store": self.images.describe(),
         }
 
     async def close(self) -> None:
         await self.workspaces.close()
+        for image in self.slot_image:
+            self.images.release(image)
+        await self.images.close()
         await asyncio.to_thread(self.limits.cleanup)
 
 
@@ -206,7 +253,7 @@ def build_app(server: SlotServer) -> web.Application:
             return await handler(request)
         except BadRequest as e:
             return _json_error(str(e), e.status)
-        except files.PathError as e:
+        except (files.PathError, SlotImageError) as e:
             return _json_error(str(e), e.status)
         except web.HTTPException:
             raise
@@ -249,8 +296,13 @@ def build_app(server: SlotServer) -> web.Application:
 
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        await server.reset(i)
-        return web.json_response({"ok": True})
+        image = None
+        if request.can_read_body:
+            body = await api.read_json(request, 64 << 10, "reset request")
+            image = api.validate(api.ResetRequest, body, limits, "reset request").image
+        await server.reset(i, image)
+        return web.json_response({"ok": True, **server.slot_image[i].describe(),
+                                  "writable": server.writable[i]})
 
     async def read_file(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])

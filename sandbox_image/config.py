@@ -9,6 +9,7 @@ taken from `SlotLimits()`, and a launcher renders a limits object into flags wit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,64 @@ MiB = 1 << 20
 
 class ConfigError(Exception):
     """A flag combination the server cannot run with (message is shown to the user)."""
+
+
+HOST_IMAGE = "host"
+# The label of the bundled tasks' image: the host view (their tests need only Python).
+BUNDLED_IMAGE = "rollout-bundled:py311"
+_OVERLAY_UNSAFE = re.compile(r"[,:\\\x00\n]")
+
+
+class ImageSpec(BaseModel):
+    """What a slot of one image label runs in (`sandbox.images.<label>`).
+
+    source: `host` (the host view), an OCI layout dir or `docker save` / OCI archive path
+        (`oci:`/`oci-archive:`/`docker-archive:` prefixes allowed), a registry reference,
+        or `sha256:<hex>` of an image already in the store.
+    workdir: the slot's writable path inside the image (the workspace); default `/testbed`
+        if the image has it, else the image's WorkingDir, else the server's --workspace.
+        What the image holds there is the slot's initial content, restored on every reset.
+    python: the interpreter commands get as `python` (its bin dir goes first on PATH);
+        default: a SWE-smith conda env `testbed` if the image has one, else the image's PATH
+        (for `host`: the server's --host-python).
+    env: extra environment for commands in this image (over the image's own Env).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(HOST_IMAGE, min_length=1)
+    workdir: str | None = None
+    python: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("/") or v.rstrip("/") == "" or ".." in v.split("/") \
+                or _OVERLAY_UNSAFE.search(v):
+            raise ValueError(f"workdir {v!r} must be an absolute path below / without '..', "
+                             "commas, colons or backslashes")
+        return v.rstrip("/")
+
+    @field_validator("env")
+    @classmethod
+    def _env_ok(cls, env: dict[str, str]) -> dict[str, str]:
+        return _check_env(env)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not ENV_KEY.match(key):
+            raise ValueError(f"env key {key!r} is not a shell variable name")
+        if "\x00" in value or len(value.encode()) >= MAX_ARG_STRLEN - len(key) - 1:
+            raise ValueError(f"env value of {key} has a NUL byte or is over 128 KiB")
+    return env
+
+
+def _default_images() -> dict[str, ImageSpec]:
+    return {BUNDLED_IMAGE: ImageSpec(source=HOST_IMAGE)}
 
 
 class SlotLimits(BaseModel):
@@ -68,17 +127,28 @@ class SlotLimits(BaseModel):
                                "disk_mb); None = mkfs's default for that size")
     env: dict[str, str] = Field(default_factory=dict, description="extra command environment")
     expose: tuple[str, ...] = Field((), description="host dirs (or interpreters: their prefix) "
-                                    "shown read-only inside every slot")
+                                    "shown read-only inside host-view slots")
+    images: dict[str, ImageSpec] = Field(
+        default_factory=_default_images,
+        description="image label (a task's image) -> what its slots run in; a label not "
+        "listed is used as the source itself (a registry reference or archive path)")
+    image_cache_mb: int = Field(20480, ge=64, le=1 << 30,
+                                description="unpacked images kept per host (LRU beyond it)")
+    writable: Literal["auto", "overlay", "copy"] = Field(
+        "auto", description="how an image's workdir becomes the slot's private writable "
+        "copy: an overlay mount on the slot's disk, or a copy made at reset (auto: overlay "
+        "when the slot disks are on, else copy)")
 
     @field_validator("env")
     @classmethod
     def _env_ok(cls, env: dict[str, str]) -> dict[str, str]:
-        for key, value in env.items():
-            if not ENV_KEY.match(key):
-                raise ValueError(f"env key {key!r} is not a shell variable name")
-            if "\x00" in value or len(value.encode()) >= MAX_ARG_STRLEN - len(key) - 1:
-                raise ValueError(f"env value of {key} has a NUL byte or is over 128 KiB")
-        return env
+        return _check_env(env)
+
+    def image_spec(self, label: str | None) -> ImageSpec:
+        """What slots of `label` run in: the mapping's entry, else the label as a source."""
+        if label is None or label == HOST_IMAGE:
+            return self.images.get(HOST_IMAGE, ImageSpec())
+        return self.images.get(label) or ImageSpec(source=label)
 
     @field_validator("expose")
     @classmethod
@@ -116,6 +186,10 @@ class SlotLimits(BaseModel):
         ]
         argv += [f"--env={k}={v}" for k, v in self.env.items()]
         argv += [f"--expose={p}" for p in self.expose]
+        if self.images != _default_images():
+            images = {k: v.model_dump(exclude_defaults=True) for k, v in self.images.items()}
+            argv.append(f"--images={json.dumps(images, separators=(',', ':'))}")
+        argv += [f"--image-cache-mb={self.image_cache_mb}", f"--writable={self.writable}"]
         return argv
 
 
@@ -142,6 +216,9 @@ class ServerConfig:
     ready_file: str | None = None
     bwrap_path: str = "bwrap"
     exit_with_parent: bool = False
+    image: str = HOST_IMAGE  # the image label of every slot until a reset picks another
+    image_store: Path | None = None  # default: <data_dir>/images
+    host_python: str | None = None  # `python` of host-view slots
 
 
 _D = SlotLimits()
@@ -185,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host directory, or interpreter (its prefix), shown read-only inside "
                         "the sandbox even where the private /tmp hides it; the server's own "
                         "interpreter always is (repeatable)")
+    p.add_argument("--images", default=None, metavar="JSON",
+                   help="image label -> {source, workdir, python, env} (JSON object)")
+    p.add_argument("--image", default=HOST_IMAGE, metavar="LABEL",
+                   help="the image of every slot at start (a label of --images, a source, or "
+                        "'host'); a reset may pick another per slot")
+    p.add_argument("--image-store", default=None, metavar="DIR",
+                   help="unpacked images, shared by the servers of a host (default "
+                        "<data-dir>/images)")
+    p.add_argument("--image-cache-mb", type=int, default=_D.image_cache_mb)
+    p.add_argument("--writable", choices=("auto", "overlay", "copy"), default=_D.writable,
+                   help="how an image's workdir becomes writable per slot")
+    p.add_argument("--host-python", default=None, metavar="PATH",
+                   help="the `python` of host-view slots (shown read-only, first on PATH)")
     p.add_argument("--ready-file", help="write {url, port, pid} JSON here once listening")
     p.add_argument("--bwrap", default="bwrap", help="bubblewrap executable")
     p.add_argument("--exit-with-parent", action="store_true",
@@ -221,8 +311,17 @@ def limits_from_args(args: argparse.Namespace) -> SlotLimits:
     def unlimited_if_zero(v: int) -> int | None:
         return None if v == 0 else v
 
+    images = _D.images
+    if args.images is not None:
+        try:
+            images = json.loads(args.images)
+        except ValueError as e:
+            raise ConfigError(f"--images is not JSON: {e}") from None
     try:
         return SlotLimits(
+            images=images,
+            image_cache_mb=args.image_cache_mb,
+            writable=args.writable,
             isolation=args.isolation,
             network=args.network == "on",
             memory_mb=unlimited_if_zero(args.memory_mb),
@@ -262,5 +361,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         ready_file=args.ready_file,
         bwrap_path=args.bwrap,
         exit_with_parent=args.exit_with_parent,
+        image=args.image,
+        image_store=Path(args.image_store).resolve() if args.image_store else None,
+        host_python=args.host_python,
     )
     return cfg, args.log_level

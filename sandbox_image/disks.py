@@ -195,6 +195,8 @@ class SlotDisks:
         shared mount, races with bwrap's own setup: a submount vanishing between its
         mountinfo read and its read-only remount fails that command.)
         """
+        with contextlib.suppress(OSError):  # an image's overlay on the workspace, if any
+            mounts.unmount(disk.workspace)
         with contextlib.suppress(OSError):
             fd = os.open(disk.mount_point, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandbox_image.disks import HOME, SHM, TMP, SlotDisk, SlotDisks
+from sandbox_image.slot_images import SlotImage, SlotImageError, copy_tree, mount_overlay
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,29 @@ class SlotWorkspaces:
             return None
         mp = self._disk[i].mount_point
         return os.path.join(mp, TMP), os.path.join(mp, SHM)
+
+    async def populate(self, i: int, image: SlotImage, writable: str) -> str | None:
+        """Give slot i's (empty) workspace the image's content at its workdir: an overlay
+        on the slot's disk, or a copy. Returns how ("overlay", "copy"), None if nothing."""
+        if image.lower is None:
+            return None
+        if self._disk and writable != "copy":
+            disk = self._disk[i]
+            try:
+                await asyncio.to_thread(mount_overlay, image.lower, disk.mount_point,
+                                        disk.workspace)
+                return "overlay"
+            except OSError as e:
+                if writable == "overlay":
+                    raise SlotImageError(f"cannot mount the overlay of {image.label!r}: "
+                                         f"{e.strerror or e}", 500) from e
+                log.warning("overlay of %s unavailable (%s); copying its workdir instead",
+                            image.label, e.strerror or e)
+        elif writable == "overlay":
+            raise SlotImageError("writable=overlay needs the slot disks (--disk-mb > 0, root "
+                                 "with CAP_SYS_ADMIN)", 409)
+        await copy_tree(image.lower, self.paths[i])
+        return "copy"
 
     def kill_running(self, i: int) -> None:
         for pid in list(self.running[i]):

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 READY_PREFIX = "SLOT_SERVER_READY "
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # pid -> process group of every live slot server started by this process (atexit backstop).
 _LIVE_SERVERS: dict[int, int] = {}
@@ -60,11 +59,20 @@ class LocalConfig(BackendConfig):
     """`backend=local`: slot servers as subprocesses on every Ray node."""
 
     name: Literal["local"] = "local"
-    start_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)  # one server's start
-    python: str = sys.executable  # the interpreter that runs the slot server
+    # One server's start, including the first pull and unpack of its image.
+    start_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    python: str = sys.executable  # runs the slot server; the `python` of host-view slots
+    # Unpacked images, shared by every server of this machine (and kept across runs).
+    image_store: str = Field(default_factory=lambda: default_image_store())
 
     def create(self, limits: SlotLimits, run_id: str) -> LocalBackend:
-        return LocalBackend(limits, python=self.python, start_timeout=self.start_timeout)
+        return LocalBackend(limits, python=self.python, start_timeout=self.start_timeout,
+                            image_store=self.image_store)
+
+
+def default_image_store() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rollout", "images")
 
 
 class LocalBackend:
@@ -79,9 +87,11 @@ class LocalBackend:
         root_dir: str | None = None,
         python: str = sys.executable,
         start_timeout: float = 60.0,
+        image_store: str | None = None,
     ) -> None:
         self.limits = limits or SlotLimits()
         self.python = python
+        self.image_store = image_store or default_image_store()
         self.start_timeout = start_timeout
         self.root = Path(root_dir or tempfile.mkdtemp(prefix="rollout-slots-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -89,8 +99,7 @@ class LocalBackend:
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._ids = itertools.count()
 
-    def _argv(self, host_dir: Path, slots: int) -> list[str]:
-        path = f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}"
+    def _argv(self, host_dir: Path, slots: int, image: str | None) -> list[str]:
         return [
             self.python, "-m", "sandbox_image",
             "--host", "127.0.0.1", "--port", "0",
@@ -98,8 +107,9 @@ class LocalBackend:
             "--data-dir", str(host_dir / "data"),
             "--token-file", str(host_dir / "token"),
             *self.limits.to_argv(),
-            # After the limits' own --env flags: a user's PATH wins over the default.
-            *([] if "PATH" in self.limits.env else ["--env", f"PATH={path}"]),
+            *(["--image", image] if image else []),
+            "--image-store", self.image_store,
+            "--host-python", self.python,
             "--hide", str(self.root),
             "--exit-with-parent",
         ]
@@ -118,7 +128,7 @@ class LocalBackend:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv(host_dir, slots),
+                *self._argv(host_dir, slots, image),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file, env=env, start_new_session=True,
             )
