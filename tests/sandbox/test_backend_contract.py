@@ -19,7 +19,7 @@ class TestLocalBackend(BackendContract):
     @pytest.fixture
     def harness(self) -> Harness:
         before = set(live_server_pids())
-        limits = SlotLimits(memory_mb=512, pids=256)
+        limits = SlotLimits(memory_mb=512, pids=256, images={"img-a": {"source": "host"}})
         return Harness(make=lambda: LocalConfig().create(limits, "contract"),
                        running=lambda: _running_servers(before), image="img-a")
 

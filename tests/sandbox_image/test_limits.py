@@ -198,8 +198,14 @@ def test_server_cgroups_are_named_by_pid_and_start_time(tmp_path) -> None:
     live.mkdir()
     gone = tmp_path / "slot-server-4194304"  # an old pid-only name whose pid does not exist
     gone.mkdir()
+    # A server of another pid namespace whose pid here names nobody: not ours to judge.
+    elsewhere = tmp_path / f"slot-server-1-1-{limits._pid_namespace() + 1}"
+    elsewhere.mkdir()
+    dead_here = tmp_path / f"slot-server-4194304-5-{limits._pid_namespace()}"
+    dead_here.mkdir()
     groups = limits.SlotCgroups.__new__(limits.SlotCgroups)
     groups._server_dirs = []
     made = groups._make_server_dir(tmp_path)
-    assert made.name == f"slot-server-{me}-{limits._start_time(me)}"
-    assert not predecessor.exists() and not gone.exists() and live.exists()
+    assert made.name == f"slot-server-{me}-{limits._start_time(me)}-{limits._pid_namespace()}"
+    assert not predecessor.exists() and not gone.exists() and not dead_here.exists()
+    assert live.exists() and elsewhere.exists()
