@@ -50,6 +50,12 @@ DIFF_COMMAND = ("git -c core.hooksPath=/dev/null add -A -N . >/dev/null 2>&1; "
                 "git --no-pager -c core.hooksPath=/dev/null diff --no-color --no-ext-diff "
                 "--no-textconv \"$(git rev-list --max-parents=0 HEAD | tail -n 1)\" -- .")
 
+CLEAR_WORKDIR = (
+    "set -e; if [ -d .git ]; then "
+    "git -c core.hooksPath=/dev/null -c safe.directory='*' ls-files -z | xargs -0 -r rm -f --; rm -rf .git; "
+    "find . -mindepth 1 -type d -empty -delete; "
+    "else find . -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +; fi")
+
 SYSTEM_PROMPT = """You are a software engineer fixing a bug in a Python repository.
 The repository is your current working directory. You have three tools:
 - terminal(command, timeout?): run a shell command in the repository root (a fresh shell each time, no network);
@@ -114,6 +120,13 @@ class SweSmithEnv:
             archive = await self.cache.archive(repo, self._head(task))
         except RepoError as e:
             raise SandboxError(f"cannot prepare {task.task_id}: {e}") from e
+        # An image's workdir (SWE-smith: /testbed) holds the clean repo and its history, i.e.
+        # the fix: its tracked files and .git go; its untracked build products (egg-info,
+        # compiled extensions the environment needs) stay. Without .git, everything goes.
+        res = await sandbox.exec(CLEAR_WORKDIR, timeout=self.cfg.prepare_timeout)
+        if not res.ok:
+            raise SandboxError(f"cannot prepare {task.task_id}: clearing the image's workdir "
+                               f"failed (exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
         await sandbox.upload_archive(archive)
         res = await sandbox.exec(
             "git init -q -b main && git add -A && "
