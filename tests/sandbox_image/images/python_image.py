@@ -29,7 +29,7 @@ _SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "py
          "__pycache__", "config-3.11-x86_64-linux-gnu", "distutils", "unittest/test"}
 # What pytest needs, and the plugins a bundled repo's profile may autoload.
 PYTEST_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py.py",
-                   "pytest_timeout.py", "pytest_asyncio", "pygments")
+                   "pytest_timeout.py", "pytest_asyncio", "pygments", "typing_extensions.py")
 
 
 def _tree(src: str, dest: str, skip: set[str] = frozenset()) -> dict[str, Entry]:
@@ -93,6 +93,11 @@ def env_layer() -> dict[str, Entry]:
             entries.update(_tree(path, f"{site}/{name}", {"__pycache__"}))
         elif os.path.isfile(path):
             entries[f"{site}/{name}"] = File(Path(path))
+        # Its metadata: pytest finds plugins and checks versions through importlib.metadata.
+        dist = name.removesuffix(".py").lstrip("_").lower()
+        for info in sorted(Path(src).glob("*.dist-info")):
+            if info.name.lower().split("-", 1)[0] == dist:
+                entries.update(_tree(str(info), f"{site}/{info.name}"))
     return entries
 
 
