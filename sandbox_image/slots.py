@@ -97,7 +97,7 @@ class SlotWorkspaces:
                             image.label, e.strerror or e)
         elif writable == "overlay":
             raise SlotImageError("writable=overlay needs the slot disks (--disk-mb > 0, root "
-                                 "with CAP_SYS_ADMIN)", 409)
+                                 "with CAP_SYS_ADMIN)", 500)
         await copy_tree(image.lower, self.paths[i])
         return "copy"
 

@@ -20,6 +20,7 @@ from rollout.types import ExecResult, SandboxError
 # Extra seconds over a command's own timeout before the client gives up on the server.
 EXEC_MARGIN = 30.0
 FILE_TIMEOUT = 120.0
+IMAGE_TIMEOUT = 900.0  # a reset into an image the host has never unpacked
 
 
 # The per-slot operations of SlotServerClient (first argument: the slot index) that pools and
@@ -50,9 +51,16 @@ def exec_result(d: dict[str, Any]) -> ExecResult:
     )
 
 
+class ImageUnavailable(SandboxError):
+    """The server cannot run the slot in the image asked for (missing, unpullable, not
+    runnable there); the slot is as it was before the request."""
+
+
 def _raise_for(status: int, message: str, where: str) -> None:
     if status == 404 and "no such file" in message:
         raise FileNotFoundError(message)
+    if status in (409, 422):
+        raise ImageUnavailable(f"slot server {where}: {message}")
     if status in (400, 404, 413):
         raise SlotRequestError(message, status)
     raise SandboxError(f"slot server {where}: {message} (HTTP {status})")
@@ -155,5 +163,10 @@ class SlotServerClient:
                                 data=data, timeout=FILE_TIMEOUT)
         return int(d["members"])
 
-    async def reset(self, slot: int) -> None:
-        await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT)
+    async def reset(self, slot: int, image: str | None = None) -> None:
+        """Wipe the slot; with `image`, move it to that image (the server fetches it)."""
+        if image is None:
+            await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT)
+        else:  # the first use of an image on a host pulls and unpacks it
+            await self._request("POST", f"/slots/{slot}/reset", timeout=IMAGE_TIMEOUT,
+                                json={"image": image})

@@ -41,6 +41,10 @@ class BackendConfig(BaseModel):
     health_check_interval: float = Field(5.0, gt=0, allow_inf_nan=False)
     idle_scale_down: float = Field(120.0, ge=0, allow_inf_nan=False)
     acquire_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    # A free slot of one image may be moved to another (a reset into it) when its own image
+    # has none free: one host serves many images. Only for backends whose slot servers can
+    # fetch any image (local); a backend whose hosts are bound to one image keeps False.
+    mix_images: bool = False
 
     @model_validator(mode="after")
     def _hosts_in_range(self) -> BackendConfig:

@@ -22,6 +22,7 @@ class HostState:
         self.image = image
         self.leases: list[str | None] = [None] * host.slots
         self.holders: list[str | None] = [None] * host.slots
+        self.slot_image: list[str | None] = [image] * host.slots  # what each slot runs now
         self.busy = 0
         self.idle_since = time.monotonic()
         self.alive = True

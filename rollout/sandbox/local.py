@@ -62,6 +62,7 @@ class LocalConfig(BackendConfig):
     # One server's start, including the first pull and unpack of its image.
     start_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     python: str = sys.executable  # runs the slot server; the `python` of host-view slots
+    mix_images: bool = True  # a server's slots switch images (see BackendConfig)
     # Unpacked images, shared by every server of this machine (and kept across runs).
     image_store: str = Field(default_factory=lambda: default_image_store())
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rollout.sandbox.client import SLOT_OPS, HostUnreachable
+from rollout.sandbox.client import SLOT_OPS, HostUnreachable, ImageUnavailable
 from rollout.sandbox.config import BackendConfig
 from rollout.sandbox.fleet import HostFleet, HostQuota
 from rollout.sandbox.hosts import HostState
@@ -143,6 +143,8 @@ class SlotPool:
                 raise
             if not usable:
                 continue
+            if hs.slot_image[index] != image:
+                await self._move(hs, index, image)
             lease = uuid.uuid4().hex
             hs.leases[index] = lease
             hs.holders[index] = trajectory_id
@@ -204,7 +206,7 @@ class SlotPool:
         For holders that died without releasing (a lost worker process): their slots would
         otherwise stay leased forever. Returns how many slots were released.
         """
-        mine = [Slot(host_id=hs.host_id, index=i, image=hs.image, lease=lease)
+        mine = [Slot(host_id=hs.host_id, index=i, image=hs.slot_image[i], lease=lease)
                 for hs in list(self._hosts.values())
                 for i, (lease, holder) in enumerate(zip(hs.leases, hs.holders))
                 if lease is not None and holder is not None and holder.startswith(prefix)]
@@ -213,6 +215,26 @@ class SlotPool:
             if isinstance(r, Exception):
                 log.warning("releasing %s/%d of a dead holder failed: %s", s.host_id, s.index, r)
         return len(mine)
+
+    async def _move(self, hs: HostState, index: int, image: str | None) -> None:
+        """Reset a reserved free slot into `image` (mix_images). A failure is the acquirer's
+        SandboxError; the slot is quarantined (an unreachable host is suspected)."""
+        try:
+            await asyncio.shield(hs.client.reset(index, image=image or "host"))
+        except ImageUnavailable as e:  # the slot is untouched: back to its own image's list
+            self._give(hs, index)
+            raise SandboxError(f"cannot run image {image!r}: {e}") from e
+        except HostUnreachable as e:
+            await self.fleet.suspect(hs)
+            raise SandboxError(f"could not move slot {hs.host_id}/{index} to image "
+                               f"{image!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - the slot's state is unknown: not reused
+            log.error("moving slot %s/%d to image %r failed; slot quarantined: %s",
+                      hs.host_id, index, image, e)
+            raise SandboxError(f"could not move slot {hs.host_id}/{index} to image "
+                               f"{image!r}: {e}") from e
+        hs.slot_image[index] = image
+        self._counts["image_moves"] += 1
 
     async def _reset_and_return(self, hs: HostState, index: int) -> None:
         try:
@@ -314,6 +336,7 @@ class SlotPool:
             "slots_in_use": in_use,
             "slots_free": sum(1 for q in self._free.values() for h, _ in q if h in self._hosts),
             "images": per_image,
+            "image_moves": self._counts["image_moves"],
             "acquires": acquires,
             "releases": self._counts["releases"],
             "acquire_wait_mean_ms": self._counts["wait_ms"] / acquires if acquires else 0.0,
@@ -341,29 +364,37 @@ class SlotPool:
         return hs
 
     def _take_free(self, image: str | None) -> tuple[HostState, int] | None:
-        q = self._free[image]
-        while q:
-            host_id, index = q.popleft()
-            hs = self._hosts.get(host_id)
-            if hs is not None and hs.alive:
-                hs.busy += 1
-                return hs, index
+        """A free slot of `image`; with mix_images, else the longest-free slot of another."""
+        queues = [self._free[image]]
+        if self.cfg.mix_images:
+            queues += [q for other, q in self._free.items() if other != image and q]
+        for q in queues:
+            while q:
+                host_id, index = q.popleft()
+                hs = self._hosts.get(host_id)
+                if hs is not None and hs.alive:
+                    hs.busy += 1
+                    return hs, index
         return None
 
     def _give(self, hs: HostState, index: int) -> None:
         """Hand a reserved slot to the longest waiter of its image, or put it back."""
         if not hs.alive or self._closed:
             return
-        waiters = self._waiters[hs.image]
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result((hs, index))
-                return
+        image = hs.slot_image[index]
+        queues = [self._waiters[image]]
+        if self.cfg.mix_images:  # a waiter of another image takes it (and moves it)
+            queues += [q for other, q in self._waiters.items() if other != image and q]
+        for waiters in queues:
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_result((hs, index))
+                    return
         hs.busy -= 1
         if hs.busy == 0:
             hs.idle_since = time.monotonic()
-        self._free[hs.image].append((hs.host_id, index))
+        self._free[image].append((hs.host_id, index))
 
 
 def _finished(task: asyncio.Task[Any]) -> None:

@@ -193,7 +193,7 @@ async def test_acquire_waits_times_out_and_hands_over(make_pool) -> None:
 
 async def test_images_get_their_own_hosts(make_pool) -> None:
     host = {"source": "host"}
-    pool = make_pool(min_hosts=0, max_hosts=2, slots_per_host=2,
+    pool = make_pool(min_hosts=0, max_hosts=2, slots_per_host=2, mix_images=False,
                      images={"repo-a": host, "repo-b": host, "repo-c": host})
     await pool.start()
     a = await pool.acquire("t1", image="repo-a")
