@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from sandbox_image import mounts
 from sandbox_image.config import HOST_IMAGE, ImageSpec, ServerConfig
 from sandbox_image.images import Image, ImageError, ImageStore
 from sandbox_image.isolation import DEFAULT_PATH, Bubblewrap
+from sandbox_image.spawn import spawn, watch_exit
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +246,17 @@ def mount_overlay(lower: str, disk_root: str, target: str) -> None:
 
 
 async def copy_tree(lower: str, target: str) -> None:
-    """Copy the image's content into the slot's workspace (reflinks where the fs can)."""
-    proc = await asyncio.create_subprocess_exec(
-        "cp", "-a", "--reflink=auto", "--", f"{lower}/.", f"{target}/",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        text = err.decode(errors="replace").strip()
+    """Copy the image's content into the slot's workspace (reflinks where the fs can).
+    Started through `spawn` so the server's orphan reaper leaves the child to us."""
+    cp = shutil.which("cp") or "/bin/cp"
+    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
+        pid = spawn([cp, "-a", "--reflink=auto", "--", f"{lower}/.", f"{target}/"],
+                    env={"PATH": DEFAULT_PATH, "LC_ALL": "C"}, cwd=None, stdout=null.fileno(),
+                    stderr=err.fileno(), new_session=False, preexec=None)
+        code = await watch_exit(pid)
+        err.seek(0)
+        text = err.read()[-4000:].decode(errors="replace").strip()
+    if code != 0:
         status = 507 if "No space left" in text or "quota" in text.lower() else 500
-        raise SlotImageError(f"cannot copy the image's workdir into the slot: {text[-300:]}",
-                             status)
-
+        raise SlotImageError(f"cannot copy the image's workdir into the slot (exit {code}): "
+                             f"{text[-300:] or 'no output'}", status)
