@@ -29,6 +29,7 @@ the task through its environment: never a job name, Meta, or a log line.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -308,6 +309,9 @@ class NomadBackend:
         self.groups: dict[str, nj.GroupSpec] = {}
         self.counts: dict[str, int] = {}  # group -> allocations wanted (hosts + starts)
         self._posted: dict[str, int] = {}  # group -> count Nomad was last told
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._spares: dict[str, int] = {}  # group -> rescheduled allocations kept for a start
+        self._spares_seen: dict[str, int] = {}
         self._last_scale: dict[str, float] = {}
         self._scale_locks: dict[str, asyncio.Lock] = {}
         self._register_lock = asyncio.Lock()
@@ -330,7 +334,11 @@ class NomadBackend:
             raise SandboxError("the Nomad backend is closed")
         group = nj.GroupSpec.of(image, slots)
         await self._ensure_group(group)
-        self.counts[group.name] += 1
+        self._starting[group.name] += 1
+        if self._spares.get(group.name):
+            self._spares[group.name] -= 1  # a replacement Nomad already placed: no scale-up
+        else:
+            self.counts[group.name] += 1
         alloc_id: str | None = None
         try:
             await self._sync_count(group.name)
@@ -339,6 +347,8 @@ class NomadBackend:
         except BaseException:
             await asyncio.shield(self._give_back(group.name, alloc_id))
             raise
+        finally:
+            self._starting[group.name] -= 1
         self.hosts[alloc_id] = host
         log.info("Nomad host %s (job %s, group %s) is up at %s",
                  alloc_id[:8], self.job_id, group.name, host.url)
@@ -347,7 +357,17 @@ class NomadBackend:
     async def stop_host(self, host: Host) -> None:
         if self.hosts.pop(host.host_id, None) is None:
             return
-        await self._give_back(host.meta["group"], host.host_id)
+        group = host.meta["group"]
+        stub = self.allocs.get(host.host_id)
+        if _terminal(stub) and stub is not None and stub.get("NextAllocation"):
+            # Nomad already rescheduled it (ReschedulePolicy): keep the count, and let the
+            # replacement the fleet asks for next claim that allocation (`_trim_spares`
+            # stops it if nobody does).
+            self._claimed.discard(host.host_id)
+            self._released.add(host.host_id)
+            self._spares[group] = self._spares.get(group, 0) + 1
+            return
+        await self._give_back(group, host.host_id)
 
     async def hosts_alive(self, hosts: list[Host]) -> set[str]:
         if not hosts:
@@ -357,8 +377,18 @@ class NomadBackend:
             self._absorb(stubs or [])
         except Exception as e:  # noqa: BLE001 - answer from the last view
             log.warning("Nomad liveness check failed (%s); using the last known view", e)
+        await self._trim_spares()
         return {h.host_id for h in hosts
                 if h.host_id in self.hosts and _alive(self.allocs.get(h.host_id))}
+
+    async def _trim_spares(self) -> None:
+        """Spares no start claimed for one whole monitor round are given back."""
+        for group, n in list(self._spares.items()):
+            if n and self._starting[group] == 0 and self._spares_seen.get(group) == n:
+                self._spares[group] = 0
+                self.counts[group] = max(0, self.counts[group] - n)
+                await self._sync_count(group, urgent=True)
+            self._spares_seen[group] = self._spares.get(group, 0)
 
     async def discover(self) -> list[Host]:
         jobs = await self.api.call("GET", "/v1/jobs", params={"prefix": self.cfg.job_prefix},
