@@ -89,9 +89,9 @@ class NomadConfig(BackendConfig):
     tls_server_name: str | None = None
     tls_skip_verify: bool = False
     # Where the job may run.
-    datacenters: tuple[str, ...] = ("*",)
+    datacenters: list[str] = Field(default_factory=lambda: ["*"])
     node_pool: str | None = None
-    constraints: tuple[Constraint, ...] = ()
+    constraints: list[Constraint] = Field(default_factory=list)
     priority: int = Field(50, ge=1, le=100)
     job_prefix: str = Field("rollout-", pattern=r"^[A-Za-z0-9_.-]+$")
     # What runs: raw_exec runs `python -m sandbox_image` on the node (the project must be

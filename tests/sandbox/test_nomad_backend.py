@@ -66,8 +66,8 @@ def _spec(**overrides: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("driver", ["raw_exec", "docker"])
 def test_every_job_field_we_send_is_a_field_of_the_go_api_structs(driver: str) -> None:
     body = _spec(driver=driver, region="eu", node_pool="gpu", namespace="rl",
-                 datacenters=("dc1", "dc2"),
-                 constraints=(Constraint(attribute="${node.class}", value="rl"),))
+                 datacenters=["dc1", "dc2"],
+                 constraints=[{"attribute": "${node.class}", "value": "rl"}])
     assert problems(body, "JobRegisterRequest") == []
     # The checker itself can fail: a misspelt field and a duration string are caught.
     body["Job"]["TaskGroups"][0]["RestartPolicy"]["Attempt"] = 1
