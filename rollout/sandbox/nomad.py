@@ -29,6 +29,7 @@ the task through its environment: never a job name, Meta, or a log line.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import logging
@@ -38,6 +39,8 @@ import secrets
 import socket
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -294,6 +297,28 @@ def owner_gone(owner: str) -> bool:
     return _start_time(int(pid)) != started
 
 
+# job id -> the API of every job this process registered and has not purged: the
+# atexit backstop purges them if the process exits without `close()`.
+_OPEN_JOBS: dict[str, NomadAPI] = {}
+
+
+@atexit.register
+def _purge_open_jobs() -> None:
+    for job_id, api in list(_OPEN_JOBS.items()):
+        query = urllib.parse.urlencode({"purge": "true", "namespace": api.cfg.namespace,
+                                        **({"region": api.cfg.region} if api.cfg.region
+                                           else {})})
+        req = urllib.request.Request(f"{api.base}/v1/job/{job_id}?{query}", method="DELETE",
+                                     headers={"X-Nomad-Token": api.cfg.token or ""})
+        ctx = api._ssl()
+        try:
+            urllib.request.urlopen(req, timeout=10,  # noqa: S310 - the configured Nomad
+                                   context=ctx if isinstance(ctx, ssl.SSLContext) else None)
+        except Exception as e:  # noqa: BLE001 - a backstop: log and go on
+            log.warning("atexit: could not purge Nomad job %s: %s", job_id, e)
+        _OPEN_JOBS.pop(job_id, None)
+
+
 class NomadBackend:
     """Implements `rollout.protocols.Backend` over the Nomad HTTP API (see the module doc)."""
 
@@ -430,6 +455,7 @@ class NomadBackend:
                           owner=_owner(), groups=list(self.groups.values()),
                           counts=self._posted, token=self._token)
         self._submitted = True
+        _OPEN_JOBS[self.job_id] = self.api
         await self.api.call("POST", "/v1/jobs", body={"Job": job, "PreserveCounts": True})
         if not self._registered:
             log.info("registered Nomad job %s (%s, namespace %s)",
@@ -584,6 +610,7 @@ class NomadBackend:
             self.groups[g.name] = g
             self.counts[g.name] = self._posted[g.name] = int(tg.get("Count") or 0)
         self._registered = True
+        _OPEN_JOBS[self.job_id] = self.api
         stubs, self._index = await self.api.once("GET", f"/v1/job/{self.job_id}/allocations")
         self._absorb(stubs or [])
         self._watch()
@@ -625,6 +652,7 @@ class NomadBackend:
                 await self._until(lambda: all(_terminal(s) for s in self.allocs.values()),
                                   self.cfg.stop_timeout)
                 log.info("deregistered Nomad job %s (purged)", self.job_id)
+            _OPEN_JOBS.pop(self.job_id, None)
         except Exception as e:  # noqa: BLE001 - best effort, logged
             log.error("could not deregister Nomad job %s: %s", self.job_id, e)
         finally:
