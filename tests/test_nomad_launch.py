@@ -103,7 +103,10 @@ def test_gold_on_nomad_delivers_every_instance_of_two_images(tmp_path: Path,
     history = emulator.get("history")
     scales = [e for e in history if e["event"] == "scale"]
     groups_seen = {e["group"] for e in scales}
-    assert len(groups_seen) == 2  # one task group per image
+    # One task group per host image (and one for the default image min_hosts keeps up).
+    assert {g for g in groups_seen if g.startswith("rollout-bundled-py311")} == {
+        g for g in groups_seen if not g.startswith("default-")}
+    assert len(groups_seen - {g for g in groups_seen if g.startswith("default-")}) == 2
     assert any(e["count"] >= 2 for e in scales)  # scaled up under demand
     assert any(e["count"] < e["before"] for e in scales)  # and down when idle
     assert history[-1]["event"] == "deregister" and history[-1]["purge"] is True
