@@ -153,3 +153,17 @@ def test_sigkilled_driver_then_a_new_run_leaves_nothing(tmp_path: Path,
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 6
     _assert_nothing_left(emulator)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_leave_no_job_and_no_slot_server(tmp_path: Path, emulator: Emulator,
+                                                            sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    proc = launch(*NOMAD, "tasks.max_items=6", "workers.num=1", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    assert emulator.get("state")["jobs"] and emulator.running()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 1), out[-3000:]
+    assert f"run finished ({sig.name})" in out, out[-3000:]
+    _assert_nothing_left(emulator)
