@@ -29,18 +29,13 @@ the task through its environment: never a job name, Meta, or a log line.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
 import logging
 import os
-import random
 import secrets
 import socket
-import ssl
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +43,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollout.sandbox import nomad_job as nj
+from rollout.sandbox.nomad_api import _OPEN_JOBS, NomadAPI, NomadAPIError
 from rollout.sandbox.client import SlotServerClient
 from rollout.sandbox.config import BackendConfig, Placement
 from rollout.sandbox.registry import register
@@ -154,103 +150,6 @@ class NomadConfig(BackendConfig):
         return NomadBackend(self, limits, run_id)
 
 
-class NomadAPIError(SandboxError):
-    """Nomad answered with an error (its body is plain text)."""
-
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        hint = ""
-        if status == 403:
-            hint = (" (the ACL token was refused: set NOMAD_TOKEN or backend.token to a token "
-                    "that may submit jobs in this namespace)")
-        super().__init__(f"Nomad {method} {path}: HTTP {status}: {body.strip()[:300]}{hint}")
-        self.status = status
-        self.body = body
-
-
-class NomadUnavailable(SandboxError):
-    """The Nomad API did not answer (outage, timeout, 5xx) within the retry window."""
-
-
-def _transient(status: int, body: str) -> bool:
-    return status >= 500 or status == 429 or (
-        status == 400 and "active deployment" in body)
-
-
-class NomadAPI:
-    """The few HTTP calls the backend makes. Adds the token header and the namespace and
-    region query parameters; retries transient failures with capped exponential backoff."""
-
-    def __init__(self, cfg: NomadConfig) -> None:
-        self.cfg = cfg
-        self.base = cfg.address.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ssl(self) -> ssl.SSLContext | bool:
-        cfg = self.cfg
-        if not self.base.startswith("https://"):
-            return True
-        ctx = ssl.create_default_context(cafile=cfg.ca_cert)
-        if cfg.client_cert and cfg.client_key:
-            ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
-        if cfg.tls_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            headers = {"X-Nomad-Token": self.cfg.token} if self.cfg.token else {}
-            self._session = aiohttp.ClientSession(
-                headers=headers, connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32))
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def once(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                   body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
-        """One request: (decoded JSON, X-Nomad-Index). Raises NomadAPIError for an error
-        status, aiohttp/timeout errors for no answer."""
-        query = {"namespace": self.cfg.namespace, **(params or {})}
-        if self.cfg.region:
-            query["region"] = self.cfg.region
-        kwargs: dict[str, Any] = {}
-        if self.cfg.tls_server_name and self.base.startswith("https://"):
-            kwargs["server_hostname"] = self.cfg.tls_server_name
-        async with self.session().request(
-                method, self.base + path, params=query, json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout or self.cfg.request_timeout),
-                **kwargs) as r:
-            text = await r.text()
-            if r.status >= 400:
-                raise NomadAPIError(method, path, r.status, text)
-            index = int(r.headers.get("X-Nomad-Index", "0") or 0)
-            return (await r.json(content_type=None) if text else None), index
-
-    async def call(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                   body: Any = None, window: float | None = None) -> Any:
-        """`once`, retrying transient failures; with `window`, for at most that many seconds
-        (then NomadUnavailable), else until cancelled."""
-        deadline = None if window is None else time.monotonic() + window
-        delay = 0.2
-        while True:
-            try:
-                return (await self.once(method, path, params=params, body=body))[0]
-            except NomadAPIError as e:
-                if not _transient(e.status, e.body):
-                    raise
-                why = str(e)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                why = f"{type(e).__name__}: {e}"
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise NomadUnavailable(f"Nomad API at {self.base} unavailable for "
-                                       f"{window:g}s ({method} {path}): {why}")
-            log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, why, delay)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, 5.0)
-
-
 def _alive(stub: dict[str, Any] | None) -> bool:
     return (stub is not None and stub.get("DesiredStatus") == "run"
             and stub.get("ClientStatus") == "running")
@@ -295,28 +194,6 @@ def owner_gone(owner: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     return _start_time(int(pid)) != started
-
-
-# job id -> the API of every job this process registered and has not purged: the
-# atexit backstop purges them if the process exits without `close()`.
-_OPEN_JOBS: dict[str, NomadAPI] = {}
-
-
-@atexit.register
-def _purge_open_jobs() -> None:
-    for job_id, api in list(_OPEN_JOBS.items()):
-        query = urllib.parse.urlencode({"purge": "true", "namespace": api.cfg.namespace,
-                                        **({"region": api.cfg.region} if api.cfg.region
-                                           else {})})
-        req = urllib.request.Request(f"{api.base}/v1/job/{job_id}?{query}", method="DELETE",
-                                     headers={"X-Nomad-Token": api.cfg.token or ""})
-        ctx = api._ssl()
-        try:
-            urllib.request.urlopen(req, timeout=10,  # noqa: S310 - the configured Nomad
-                                   context=ctx if isinstance(ctx, ssl.SSLContext) else None)
-        except Exception as e:  # noqa: BLE001 - a backstop: log and go on
-            log.warning("atexit: could not purge Nomad job %s: %s", job_id, e)
-        _OPEN_JOBS.pop(job_id, None)
 
 
 class NomadBackend:

@@ -251,6 +251,7 @@ async def test_a_killed_allocation_is_dead_and_rescheduled_per_policy(
         assert replacement.previous == host.host_id
         # The fleet replaces the dead host: the rescheduled allocation is the one it gets,
         # without a scale call.
+        await eventually(lambda: backend.allocs[host.host_id].get("NextAllocation"))
         scales = sum(1 for e in emulator.cluster.history if e["event"] == "scale")
         await backend.stop_host(host)
         again = await backend.start_host("img", 1)
