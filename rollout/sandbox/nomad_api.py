@@ -1,0 +1,147 @@
+"""The few Nomad HTTP API calls of the `nomad` backend (rollout/sandbox/nomad.py).
+
+Adds the ACL token header (X-Nomad-Token) and the namespace and region query parameters;
+error bodies are Nomad's plain text. Transient failures (no answer, timeouts, 5xx, 429, and
+`400 job scaling blocked due to active deployment`) are retried with capped exponential
+backoff. An atexit backstop purges the jobs this process registered and never closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import random
+import ssl
+import time
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from rollout.types import SandboxError
+
+if TYPE_CHECKING:
+    from rollout.sandbox.nomad import NomadConfig
+
+log = logging.getLogger(__name__)
+
+
+class NomadAPIError(SandboxError):
+    """Nomad answered with an error (its body is plain text)."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        hint = ""
+        if status == 403:
+            hint = (" (the ACL token was refused: set NOMAD_TOKEN or backend.token to a token "
+                    "that may submit jobs in this namespace)")
+        super().__init__(f"Nomad {method} {path}: HTTP {status}: {body.strip()[:300]}{hint}")
+        self.status = status
+        self.body = body
+
+
+class NomadUnavailable(SandboxError):
+    """The Nomad API did not answer (outage, timeout, 5xx) within the retry window."""
+
+
+def _transient(status: int, body: str) -> bool:
+    return status >= 500 or status == 429 or (
+        status == 400 and "active deployment" in body)
+
+
+class NomadAPI:
+    """The few HTTP calls the backend makes. Adds the token header and the namespace and
+    region query parameters; retries transient failures with capped exponential backoff."""
+
+    def __init__(self, cfg: NomadConfig) -> None:
+        self.cfg = cfg
+        self.base = cfg.address.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        cfg = self.cfg
+        if not self.base.startswith("https://"):
+            return True
+        ctx = ssl.create_default_context(cafile=cfg.ca_cert)
+        if cfg.client_cert and cfg.client_key:
+            ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+        if cfg.tls_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"X-Nomad-Token": self.cfg.token} if self.cfg.token else {}
+            self._session = aiohttp.ClientSession(
+                headers=headers, connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def once(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                   body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
+        """One request: (decoded JSON, X-Nomad-Index). Raises NomadAPIError for an error
+        status, aiohttp/timeout errors for no answer."""
+        query = {"namespace": self.cfg.namespace, **(params or {})}
+        if self.cfg.region:
+            query["region"] = self.cfg.region
+        kwargs: dict[str, Any] = {}
+        if self.cfg.tls_server_name and self.base.startswith("https://"):
+            kwargs["server_hostname"] = self.cfg.tls_server_name
+        async with self.session().request(
+                method, self.base + path, params=query, json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.cfg.request_timeout),
+                **kwargs) as r:
+            text = await r.text()
+            if r.status >= 400:
+                raise NomadAPIError(method, path, r.status, text)
+            index = int(r.headers.get("X-Nomad-Index", "0") or 0)
+            return (await r.json(content_type=None) if text else None), index
+
+    async def call(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                   body: Any = None, window: float | None = None) -> Any:
+        """`once`, retrying transient failures; with `window`, for at most that many seconds
+        (then NomadUnavailable), else until cancelled."""
+        deadline = None if window is None else time.monotonic() + window
+        delay = 0.2
+        while True:
+            try:
+                return (await self.once(method, path, params=params, body=body))[0]
+            except NomadAPIError as e:
+                if not _transient(e.status, e.body):
+                    raise
+                why = str(e)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                why = f"{type(e).__name__}: {e}"
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise NomadUnavailable(f"Nomad API at {self.base} unavailable for "
+                                       f"{window:g}s ({method} {path}): {why}")
+            log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, why, delay)
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, 5.0)
+
+
+# job id -> the API of every job this process registered and has not purged: the
+# atexit backstop purges them if the process exits without `close()`.
+_OPEN_JOBS: dict[str, NomadAPI] = {}
+
+
+@atexit.register
+def _purge_open_jobs() -> None:
+    for job_id, api in list(_OPEN_JOBS.items()):
+        query = urllib.parse.urlencode({"purge": "true", "namespace": api.cfg.namespace,
+                                        **({"region": api.cfg.region} if api.cfg.region
+                                           else {})})
+        req = urllib.request.Request(f"{api.base}/v1/job/{job_id}?{query}", method="DELETE",
+                                     headers={"X-Nomad-Token": api.cfg.token or ""})
+        ctx = api._ssl()
+        try:
+            urllib.request.urlopen(req, timeout=10,  # noqa: S310 - the configured Nomad
+                                   context=ctx if isinstance(ctx, ssl.SSLContext) else None)
+        except Exception as e:  # noqa: BLE001 - a backstop: log and go on
+            log.warning("atexit: could not purge Nomad job %s: %s", job_id, e)
+        _OPEN_JOBS.pop(job_id, None)

@@ -1,0 +1,141 @@
+"""The Nomad job of one run: pure data, no I/O (the backend is `rollout.sandbox.nomad`).
+
+One service job per run, one task group per (host image, slots per host), one task in each:
+the slot server from `sandbox_image/`, listening on a dynamic port labelled `slot`. Field
+names follow the Go structs of hashicorp/nomad `api/` (tests/nomad_emulator/go_api_fields.json
+checks every one we send); durations are integer nanoseconds, as the JSON API wants.
+
+Policies are explicit, never Nomad's defaults:
+- RestartPolicy: 0 attempts, mode "fail". A restarted slot server has lost every workspace it
+  held, so it must come back as a new allocation the fleet sees, never in place.
+- ReschedulePolicy: a few attempts per interval, not Nomad's service default (unlimited): a
+  crash-looping host must not come back forever.
+- Update: MaxParallel 0. A null Update gets Nomad's default strategy, and with it deployments
+  that block scaling (`400 job scaling blocked due to active deployment`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollout.sandbox.nomad import NomadConfig
+    from sandbox_image.config import SlotLimits
+
+PORT_LABEL = "slot"
+TASK_NAME = "slot-server"
+TOKEN_ENV = "SLOT_SERVER_TOKEN"  # what the slot server reads (sandbox_image/config.py)
+META_RUN = "rollout_run"  # Job.Meta: the run id (never the token)
+META_OWNER = "rollout_owner"  # Job.Meta: host:pid of the process that registered the job
+META_IMAGE = "rollout_image"  # TaskGroup.Meta: the host image the group serves
+META_SLOTS = "rollout_slots"
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def ns(seconds: float) -> int:
+    """Seconds as the nanoseconds of a Go time.Duration."""
+    return int(round(seconds * 1e9))
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One task group: the hosts of one image with a fixed number of slots each."""
+
+    name: str
+    image: str | None
+    slots: int
+
+    @classmethod
+    def of(cls, image: str | None, slots: int) -> GroupSpec:
+        label = re.sub(r"[^a-z0-9]+", "-", (image or "default").lower()).strip("-")[:40]
+        digest = hashlib.sha256(f"{image}\0{slots}".encode()).hexdigest()[:8]
+        return cls(name=f"{label or 'image'}-{slots}s-{digest}", image=image, slots=slots)
+
+
+def job_id(prefix: str, run_id: str) -> str:
+    return f"{prefix}{run_id}"
+
+
+def job_spec(cfg: NomadConfig, limits: SlotLimits, *, job_id: str, run_id: str, owner: str,
+             groups: list[GroupSpec], counts: dict[str, int], token: str) -> dict[str, Any]:
+    """The `Job` object of `POST /v1/jobs` (wrap it as `{"Job": ...}`)."""
+    job: dict[str, Any] = {
+        "ID": job_id,
+        "Name": job_id,
+        "Type": "service",
+        "Namespace": cfg.namespace,
+        "Datacenters": list(cfg.datacenters),
+        "Priority": cfg.priority,
+        "Meta": {META_RUN: run_id, META_OWNER: owner},
+        "Constraints": [{"LTarget": c.attribute, "Operand": c.operator, "RTarget": c.value}
+                        for c in cfg.constraints],
+        "TaskGroups": [task_group(cfg, limits, g, counts.get(g.name, 0), token) for g in groups],
+    }
+    if cfg.region:
+        job["Region"] = cfg.region
+    if cfg.node_pool:
+        job["NodePool"] = cfg.node_pool
+    return job
+
+
+def task_group(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, count: int,
+               token: str) -> dict[str, Any]:
+    return {
+        "Name": group.name,
+        "Count": count,
+        "Meta": {META_IMAGE: group.image or "", META_SLOTS: str(group.slots)},
+        "Networks": [{"Mode": "host", "DynamicPorts": [{"Label": PORT_LABEL}]}],
+        "RestartPolicy": {"Attempts": 0, "Interval": ns(cfg.restart_interval),
+                          "Delay": ns(cfg.restart_delay), "Mode": "fail"},
+        "ReschedulePolicy": {
+            "Attempts": cfg.reschedule_attempts, "Interval": ns(cfg.reschedule_interval),
+            "Delay": ns(cfg.reschedule_delay), "DelayFunction": "constant",
+            "MaxDelay": ns(cfg.reschedule_delay), "Unlimited": False,
+        },
+        "Update": {"MaxParallel": 0},
+        "EphemeralDisk": {"SizeMB": cfg.disk_mb},
+        "Tasks": [task(cfg, limits, group, token)],
+    }
+
+
+def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> dict[str, Any]:
+    env = {TOKEN_ENV: token, **cfg.task_env}
+    if cfg.driver == "docker":
+        config: dict[str, Any] = {
+            "image": cfg.docker_image,
+            "ports": [PORT_LABEL],
+            # The image's entrypoint is `python -m sandbox_image --data-dir ...`.
+            "args": ["--host", "0.0.0.0", "--port", f"${{NOMAD_PORT_{PORT_LABEL}}}",
+                     "--slots", str(group.slots), *limits.to_argv()],
+            # bubblewrap and the per-slot disks need these (the client's docker plugin must
+            # allow the capability: `allow_caps`).
+            "cap_add": ["SYS_ADMIN"],
+            "security_opt": ["seccomp=unconfined"],
+        }
+    else:
+        if cfg.pythonpath:
+            env["PYTHONPATH"] = cfg.pythonpath
+        bin_dir = cfg.python.rpartition("/")[0]
+        path = f"{bin_dir}:{_DEFAULT_PATH}" if bin_dir else _DEFAULT_PATH
+        config = {
+            "command": cfg.python,
+            "args": ["-m", "sandbox_image",
+                     "--host", f"${{NOMAD_IP_{PORT_LABEL}}}",
+                     "--port", f"${{NOMAD_PORT_{PORT_LABEL}}}",
+                     "--slots", str(group.slots),
+                     "--data-dir", "${NOMAD_TASK_DIR}/slots",
+                     *limits.to_argv(),
+                     *([] if "PATH" in limits.env else ["--env", f"PATH={path}"])],
+        }
+    return {
+        "Name": TASK_NAME,
+        "Driver": cfg.driver,
+        "Config": config,
+        "Env": env,
+        "Resources": {"CPU": cfg.cpu, "MemoryMB": cfg.memory_mb},
+        "KillTimeout": ns(cfg.kill_timeout),
+        "LogConfig": {"MaxFiles": 3, "MaxFileSizeMB": 10},
+    }

@@ -1,0 +1,366 @@
+"""The `nomad` backend against the Nomad API emulator (tests/nomad_emulator): the Backend
+contract, the job JSON against the Go api structs, and the faults a real cluster has."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.sandbox import nomad_job as nj
+from rollout.sandbox.nomad import Constraint, NomadAPIError, NomadBackend, NomadConfig
+from rollout.sandbox.registry import backend_config
+from sandbox_image.config import SlotLimits
+from tests.nomad_emulator.app import EmulatorServer
+from tests.nomad_emulator.go_fields import load_fields, problems
+from tests.sandbox.backend_contract import BackendContract, Harness, _healthy
+
+TOKEN = "emulator-acl-token-0123456789"
+LIMITS = SlotLimits(memory_mb=512, pids=256)
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[EmulatorServer]:
+    server = EmulatorServer(tmp_path / "nomad", token=TOKEN)
+    await server.start()
+    yield server
+    await server.close()
+
+
+def config(emu: EmulatorServer, **overrides: Any) -> NomadConfig:
+    return NomadConfig(**{"address": emu.url, "token": TOKEN, "python": sys.executable,
+                          "scale_cooldown": 0.0, "stop_timeout": 30.0, **overrides})
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
+    """Wait for a condition of the emulator's state, with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+class TestNomadBackend(BackendContract):
+    @pytest.fixture
+    async def harness(self, emulator: EmulatorServer) -> Harness:
+        return Harness(make=lambda: config(emulator).create(LIMITS, "contract"),
+                       running=emulator.cluster.running_pids, image="img-a")
+
+
+# --- the job we send ----------------------------------------------------------------------
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    cfg = NomadConfig(address="http://nomad.test:4646", **overrides)
+    groups = [nj.GroupSpec.of("registry.test/a:1", 4), nj.GroupSpec.of(None, 4)]
+    return {"Job": nj.job_spec(cfg, LIMITS, job_id="rollout-r1", run_id="r1", owner="h:1:2",
+                               groups=groups, counts={groups[0].name: 2}, token="s3cret" * 4),
+            "PreserveCounts": True}
+
+
+@pytest.mark.parametrize("driver", ["raw_exec", "docker"])
+def test_every_job_field_we_send_is_a_field_of_the_go_api_structs(driver: str) -> None:
+    body = _spec(driver=driver, region="eu", node_pool="gpu", namespace="rl",
+                 datacenters=["dc1", "dc2"],
+                 constraints=[{"attribute": "${node.class}", "value": "rl"}])
+    assert problems(body, "JobRegisterRequest") == []
+    # The checker itself can fail: a misspelt field and a duration string are caught.
+    body["Job"]["TaskGroups"][0]["RestartPolicy"]["Attempt"] = 1
+    body["Job"]["TaskGroups"][0]["ReschedulePolicy"]["Delay"] = "5s"
+    assert problems(body, "JobRegisterRequest") == [
+        "JobRegisterRequest.Job.TaskGroups[0].RestartPolicy.Attempt: no such field in "
+        "api.RestartPolicy",
+        "JobRegisterRequest.Job.TaskGroups[0].ReschedulePolicy.Delay: a duration must be "
+        "integer nanoseconds, got '5s'"]
+
+
+def test_the_field_list_comes_from_the_go_structs() -> None:
+    fields = load_fields()
+    assert "MaxParallel" in fields["UpdateStrategy"] and "Unlimited" in fields["ReschedulePolicy"]
+    source = json.loads(Path("tests/nomad_emulator/go_api_fields.json").read_text())["_source"]
+    assert source.startswith("hashicorp/nomad@")
+
+
+def test_policies_are_explicit_and_the_token_only_in_the_task_env() -> None:
+    job = _spec(region="eu", node_pool="gpu")["Job"]
+    assert job["Type"] == "service" and job["Region"] == "eu" and job["NodePool"] == "gpu"
+    for tg in job["TaskGroups"]:
+        assert tg["Update"] == {"MaxParallel": 0}
+        assert tg["RestartPolicy"]["Attempts"] == 0 and tg["RestartPolicy"]["Mode"] == "fail"
+        assert tg["ReschedulePolicy"]["Unlimited"] is False
+        assert tg["ReschedulePolicy"]["Delay"] == 5 * 10**9  # nanoseconds
+        assert tg["Networks"][0]["DynamicPorts"] == [{"Label": nj.PORT_LABEL}]
+        (task,) = tg["Tasks"]
+        assert task["Env"][nj.TOKEN_ENV] == "s3cret" * 4
+        args = task["Config"]["args"]
+        assert args[args.index("--port") + 1] == "${NOMAD_PORT_slot}"
+    counts = [tg["Count"] for tg in job["TaskGroups"]]
+    assert counts == [2, 0]
+    visible = json.dumps({k: v for k, v in job.items() if k != "TaskGroups"})
+    visible += json.dumps([tg["Meta"] for tg in job["TaskGroups"]] + [tg["Name"] for tg in
+                                                                       job["TaskGroups"]])
+    assert "s3cret" not in visible
+
+
+def test_config_defaults_from_the_nomad_cli_environment(monkeypatch) -> None:
+    monkeypatch.setenv("NOMAD_ADDR", "https://nomad.example:4646")
+    monkeypatch.setenv("NOMAD_TOKEN", "tok-from-env-000000")
+    monkeypatch.setenv("NOMAD_NAMESPACE", "rl")
+    monkeypatch.setenv("NOMAD_REGION", "eu")
+    monkeypatch.setenv("NOMAD_CACERT", "/etc/nomad/ca.pem")
+    cfg = backend_config({"name": "nomad", "address": None})
+    assert cfg.placement == "sharded"
+    assert (cfg.address, cfg.token, cfg.namespace, cfg.region, cfg.ca_cert) == (
+        "https://nomad.example:4646", "tok-from-env-000000", "rl", "eu", "/etc/nomad/ca.pem")
+    assert "tok-from-env" not in repr(cfg)
+    explicit = backend_config({"name": "nomad", "address": "http://other:4646"})
+    assert explicit.address == "http://other:4646"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"address": "nomad:4646"}, "address must be an http:// or https:// URL"),
+    ({"client_cert": "/c.pem"}, "client_cert and client_key"),
+    ({"driver": "podman"}, "driver"),
+    ({"task_env": {"SLOT_SERVER_TOKEN": "x"}}, "task_env must not set SLOT_SERVER_TOKEN"),
+])
+def test_bad_config_is_a_clear_error(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        backend_config({"name": "nomad", **data})
+
+
+# --- the emulator answers like Nomad ------------------------------------------------------
+
+
+async def test_emulator_answers_with_the_go_structs_fields(emulator: EmulatorServer) -> None:
+    backend = config(emulator).create(LIMITS, "shapes")
+    try:
+        host = await backend.start_host("img-a", 1)
+        api = backend.api
+        stubs, index = await api.once("GET", f"/v1/job/{backend.job_id}/allocations")
+        assert index >= 1 and "AllocatedResources" not in stubs[0]
+        assert problems(stubs[0], "AllocationListStub") == []
+        alloc, _ = await api.once("GET", f"/v1/allocation/{host.host_id}")
+        assert problems(alloc, "Allocation") == []
+        jobs, _ = await api.once("GET", "/v1/jobs", params={"prefix": "rollout-"})
+        assert problems(jobs[0], "JobListStub") == []
+        with pytest.raises(NomadAPIError) as missing:
+            await api.once("GET", "/v1/job/nope")
+        assert missing.value.status == 404 and missing.value.body == 'job "nope" not found'
+        # A blocking query returns at once for a stale index, waits for a change otherwise.
+        stale, _ = await api.once("GET", f"/v1/job/{backend.job_id}/allocations",
+                                  params={"index": "1", "wait": "5s"})
+        assert len(stale) == 1
+        waiter = asyncio.ensure_future(api.once(
+            "GET", f"/v1/job/{backend.job_id}/allocations",
+            params={"index": str(index), "wait": "60s"}))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        await backend.stop_host(host)
+        _, later = await asyncio.wait_for(waiter, 30)
+        assert later > index
+    finally:
+        await backend.close()
+
+
+async def test_bad_token_is_a_403_with_a_hint_and_no_token(emulator: EmulatorServer) -> None:
+    backend = config(emulator, token="wrong-token-99999999").create(LIMITS, "badtoken")
+    try:
+        with pytest.raises(NomadAPIError, match="Permission denied.*NOMAD_TOKEN") as e:
+            await backend.start_host(None, 1)
+        assert e.value.status == 403 and "wrong-token" not in str(e.value)
+    finally:
+        await backend.close()
+    assert emulator.cluster.jobs == {}
+
+
+# --- scaling ------------------------------------------------------------------------------
+
+
+async def test_scale_down_stops_that_allocation_and_no_other(emulator: EmulatorServer) -> None:
+    backend = config(emulator).create(LIMITS, "scale")
+    try:
+        a, b = await asyncio.gather(backend.start_host("img", 1), backend.start_host("img", 1))
+        history_from = len(emulator.cluster.history)
+        await backend.stop_host(a)
+        events = emulator.cluster.history[history_from:]
+        assert [e["alloc"] for e in events if e["event"] == "alloc_stop"] == [a.host_id]
+        assert [e["count"] for e in events if e["event"] == "scale"] == [1]
+        assert not any(e["event"] == "placed" for e in events)  # no replacement for it
+        assert emulator.cluster.allocs[b.host_id].client == "running" and await _healthy(b)
+        assert await backend.hosts_alive([a, b]) == {b.host_id}
+    finally:
+        await backend.close()
+
+
+async def test_scaling_during_a_deployment_is_retried(emulator: EmulatorServer) -> None:
+    backend = config(emulator).create(LIMITS, "deploy")
+    try:
+        first = await backend.start_host("img", 1)
+        emulator.cluster.block_scaling(backend.job_id, 1.0)
+        second = await backend.start_host("img", 1)
+        scales = [r for r in emulator.api.requests if r[1].endswith("/scale")]
+        assert len(scales) >= 3  # 1 for the first host, a refused one, then the accepted one
+        assert await backend.hosts_alive([first, second]) == {first.host_id, second.host_id}
+    finally:
+        await backend.close()
+
+
+async def test_concurrent_starts_coalesce_into_few_scale_calls(emulator: EmulatorServer) -> None:
+    backend = config(emulator, scale_cooldown=0.5).create(LIMITS, "coalesce")
+    try:
+        hosts = await asyncio.gather(*(backend.start_host("img", 1) for _ in range(4)))
+        assert len({h.host_id for h in hosts}) == 4
+        counts = [e["count"] for e in emulator.cluster.history if e["event"] == "scale"]
+        assert counts[-1] == 4 and len(counts) < 4
+    finally:
+        await backend.close()
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+async def test_api_errors_and_timeouts_are_retried(emulator: EmulatorServer) -> None:
+    backend = config(emulator, request_timeout=1.0).create(LIMITS, "flaky")
+    try:
+        emulator.api.faults.fail_next += [500, 503, 429]
+        emulator.api.faults.hang_next = 1
+        host = await backend.start_host(None, 1)
+        assert await _healthy(host)
+        assert emulator.api.faults.fail_next == [] and emulator.api.faults.hang_next == 0
+    finally:
+        await backend.close()
+
+
+async def test_a_killed_allocation_is_dead_and_rescheduled_per_policy(
+        emulator: EmulatorServer) -> None:
+    backend = config(emulator, reschedule_delay=0.1, reschedule_attempts=1).create(
+        LIMITS, "kill")
+    try:
+        host = await backend.start_host("img", 1)
+        emulator.cluster.kill_alloc(host.host_id)
+        await eventually(lambda: emulator.cluster.allocs[host.host_id].client == "failed")
+        assert await backend.hosts_alive([host]) == set()
+        # ReschedulePolicy: one replacement, placed as Nomad does (PreviousAllocation).
+        await eventually(lambda: emulator.cluster.allocs[host.host_id].next)
+        replacement = emulator.cluster.allocs[emulator.cluster.allocs[host.host_id].next]
+        assert replacement.previous == host.host_id
+        # The fleet replaces the dead host: the rescheduled allocation is the one it gets,
+        # without a scale call.
+        await eventually(lambda: backend.allocs[host.host_id].get("NextAllocation"))
+        scales = sum(1 for e in emulator.cluster.history if e["event"] == "scale")
+        await backend.stop_host(host)
+        again = await backend.start_host("img", 1)
+        assert again.host_id == replacement.id and await _healthy(again)
+        assert sum(1 for e in emulator.cluster.history if e["event"] == "scale") == scales
+        # The replacement crashes too: its attempt is used up, no third allocation.
+        emulator.cluster.kill_alloc(again.host_id)
+        await eventually(lambda: any(e["event"] == "not_rescheduled"
+                                     for e in emulator.cluster.history))
+        assert await backend.hosts_alive([again]) == set()
+    finally:
+        await backend.close()
+    assert emulator.cluster.running_pids() == set()
+
+
+async def test_a_lost_node_loses_its_hosts(emulator: EmulatorServer) -> None:
+    backend = config(emulator).create(LIMITS, "node")
+    try:
+        host = await backend.start_host("img", 1)
+        lost = emulator.cluster.node_lost(host.meta["node"])
+        assert lost == [host.host_id]
+        assert await backend.hosts_alive([host]) == set()
+        assert emulator.cluster.allocs[host.host_id].client == "lost"
+        await backend.stop_host(host)
+        other = await backend.start_host("img", 1)  # placed on the node still up
+        assert other.meta["node"] != host.meta["node"] and await _healthy(other)
+    finally:
+        await backend.close()
+
+
+async def test_an_api_outage_makes_starts_wait_and_liveness_keep_its_view(
+        emulator: EmulatorServer) -> None:
+    backend = config(emulator).create(LIMITS, "outage")
+    try:
+        host = await backend.start_host("img", 1)
+        outage = asyncio.ensure_future(emulator.outage(2.0))
+        await eventually(lambda: not emulator.api_up)
+        assert await backend.hosts_alive([host]) == {host.host_id}  # not "all dead"
+        start = asyncio.ensure_future(backend.start_host("img", 1))
+        await outage
+        second = await asyncio.wait_for(start, 120)
+        assert await _healthy(second) and await _healthy(host)
+    finally:
+        await backend.close()
+
+
+# --- runs: adoption, leftovers, strangers -------------------------------------------------
+
+
+async def _crash(backend: NomadBackend) -> None:
+    """What a SIGKILLed driver leaves: the job and allocations, nothing of the process."""
+    if backend._watcher is not None:
+        backend._watcher.cancel()
+    await backend.api.close()
+    if backend._data is not None:
+        await backend._data.close()
+
+
+async def test_a_restarted_run_adopts_its_hosts(emulator: EmulatorServer) -> None:
+    old = config(emulator).create(LIMITS, "again")
+    host = await old.start_host("img-a", 2)
+    await _crash(old)
+    new = config(emulator).create(LIMITS, "again")
+    try:
+        (adopted,) = await new.discover()
+        assert adopted.host_id == host.host_id and adopted.slots == 2
+        assert adopted.image == "img-a" and await _healthy(adopted)
+        assert await new.hosts_alive([adopted]) == {host.host_id}
+    finally:
+        await new.close()
+    assert emulator.cluster.jobs == {} and emulator.cluster.running_pids() == set()
+
+
+async def test_leftovers_of_dead_runs_are_purged_and_others_never_touched(
+        emulator: EmulatorServer) -> None:
+    dead = config(emulator).create(LIMITS, "deadrun")
+    await dead.start_host(None, 1)
+    await _crash(dead)
+    # Its owner is "this process" but another start time: a reused pid, so gone.
+    job = emulator.cluster.jobs[("default", dead.job_id)]["job"]
+    job["Meta"][nj.META_OWNER] = job["Meta"][nj.META_OWNER].rsplit(":", 1)[0] + ":1"
+    live = config(emulator).create(LIMITS, "liverun")  # another run, its process alive
+    await live.start_host(None, 1)
+    stranger = {"ID": "rollout-not-ours", "Type": "service", "TaskGroups": [{
+        "Name": "web", "Count": 0, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                                              "Config": {"command": "true"}}]}]}
+    emulator.cluster.register({**stranger, "Namespace": "default"}, False)
+    fresh = config(emulator).create(LIMITS, "fresh")
+    try:
+        assert await fresh.discover() == []
+        assert set(j for _, j in emulator.cluster.jobs) == {live.job_id, "rollout-not-ours"}
+    finally:
+        await fresh.close()
+        await live.close()
+
+
+async def test_cancelled_start_lowers_the_count_again(emulator: EmulatorServer) -> None:
+    emulator.cluster.placement_delay = 30.0  # slow placement: cancelled while pending
+    backend = config(emulator).create(LIMITS, "cancel")
+    try:
+        start = asyncio.ensure_future(backend.start_host("img", 1))
+        await eventually(lambda: any(e["event"] == "placed" for e in emulator.cluster.history))
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        await eventually(lambda: [e["count"] for e in emulator.cluster.history
+                                  if e["event"] == "scale"] == [1, 0])
+        group = next(iter(backend.groups))
+        assert emulator.cluster.jobs[("default", backend.job_id)]["job"]["TaskGroups"][0][
+            "Count"] == 0 and backend.counts[group] == 0
+    finally:
+        await backend.close()

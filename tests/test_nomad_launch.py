@@ -1,0 +1,169 @@
+"""launch.py with `backend=nomad` end to end, against the Nomad emulator as a process: every
+allocation a real slot server, the run driven as a user drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.tasks.loader import BUNDLED_DIR
+from tests.actors.helpers import groups_jsonl
+from tests.nomad_emulator.__main__ import READY
+from tests.test_launch import GOLD, ROOT, launch, wait_for_first_group
+
+TOKEN = "e2e-emulator-acl-token-42"
+
+
+class Emulator:
+    def __init__(self, proc: subprocess.Popen[str], url: str, control_url: str) -> None:
+        self.proc, self.url, self.control_url = proc, url, control_url
+
+    def get(self, what: str) -> Any:
+        with urllib.request.urlopen(f"{self.control_url}/_emulator/{what}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, what: str, body: dict[str, Any] | None = None) -> Any:
+        req = urllib.request.Request(f"{self.control_url}/_emulator/{what}",
+                                     data=json.dumps(body or {}).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def running(self) -> list[dict[str, Any]]:
+        return [a for a in self.get("state")["allocs"] if a["running"]]
+
+
+@pytest.fixture
+def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    env = {**os.environ, "NOMAD_EMULATOR_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.nomad_emulator", "--data-dir", str(tmp_path / "nomad")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(READY), line
+    info = json.loads(line[len(READY):])
+    # launch() passes this process's environment on: the token goes the CLI's way.
+    monkeypatch.setenv("NOMAD_ADDR", info["url"])
+    monkeypatch.setenv("NOMAD_TOKEN", TOKEN)
+    emu = Emulator(proc, info["url"], info["control_url"])
+    yield emu
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+NOMAD = (*GOLD, "backend=nomad", f"backend.python={sys.executable}", "backend.min_hosts=1",
+         "backend.max_hosts=4", "backend.health_check_interval=1", "backend.idle_scale_down=3",
+         "backend.scale_cooldown=0.5")
+
+
+def _two_image_tasks(path: Path) -> Path:
+    """The bundled instances, every other one on a second host image."""
+    rows = [json.loads(x) for x in (BUNDLED_DIR / "instances.jsonl").read_text().splitlines()
+            if x.strip()]
+    for i, row in enumerate(rows):
+        row["image_name"] = row["image_name"] + ("-b" if i % 2 else "")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _assert_nothing_left(emulator: Emulator) -> None:
+    state = emulator.get("state")
+    assert state["jobs"] == [] and state["running_pids"] == [], state
+
+
+def _wait(predicate: Any, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_gold_on_nomad_delivers_every_instance_of_two_images(tmp_path: Path,
+                                                             emulator: Emulator) -> None:
+    tasks = _two_image_tasks(tmp_path / "two_images.jsonl")
+    run_dir = tmp_path / "run"
+    proc = launch(*NOMAD, f"tasks.source={tasks}", f"tasks.repo_sources=[{BUNDLED_DIR}]",
+                  run_dir=run_dir)
+    out, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, out[-3000:]
+    expected = sorted(json.loads(x)["instance_id"] for x in tasks.read_text().splitlines())
+    groups = groups_jsonl(run_dir)
+    assert sorted(g["task_id"] for g in groups) == expected
+    assert all(g["scores"] == [1.0, 1.0] for g in groups), [g["scores"] for g in groups]
+    history = emulator.get("history")
+    scales = [e for e in history if e["event"] == "scale"]
+    groups_seen = {e["group"] for e in scales}
+    # One task group per host image (and one for the default image min_hosts keeps up).
+    assert {g for g in groups_seen if g.startswith("rollout-bundled-py311")} == {
+        g for g in groups_seen if not g.startswith("default-")}
+    assert len(groups_seen - {g for g in groups_seen if g.startswith("default-")}) == 2
+    assert any(e["count"] >= 2 for e in scales)  # scaled up under demand
+    assert any(e["count"] < e["before"] for e in scales)  # and down when idle
+    assert history[-1]["event"] == "deregister" and history[-1]["purge"] is True
+    _assert_nothing_left(emulator)
+
+
+def test_killed_allocation_and_api_outage_mid_run(tmp_path: Path, emulator: Emulator) -> None:
+    run_dir = tmp_path / "run"
+    proc = launch(*NOMAD, "tasks.max_items=8", "backend.idle_scale_down=600",
+                  run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    victim = emulator.running()[0]
+    emulator.post(f"kill_alloc/{victim['ID']}")
+    emulator.post("outage", {"seconds": 30})
+    _wait(lambda: not emulator.get("state")["api_up"])
+    _wait(lambda: emulator.get("state")["api_up"], timeout=120)
+    out, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, out[-3000:]
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) == 8
+    state = json.loads((run_dir / "queue_state.json").read_text())
+    assert len(state["completed"]) == 8 and not state["dropped"]
+    history = emulator.get("history")
+    assert any(e["event"] == "failed" and e["alloc"] == victim["ID"] for e in history)
+    placed_after = [e for e in history if e["event"] == "running"
+                    and e["t"] > next(h["t"] for h in history if h["event"] == "fault_kill")]
+    assert placed_after  # a replacement host joined
+    _assert_nothing_left(emulator)
+
+
+def test_sigkilled_driver_then_a_new_run_leaves_nothing(tmp_path: Path,
+                                                        emulator: Emulator) -> None:
+    run_dir = tmp_path / "run"
+    proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    assert emulator.get("state")["jobs"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    leftover = emulator.get("state")["jobs"]
+    assert leftover  # a dead driver cannot deregister: the job is still there
+    proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)  # the same run resumes
+    out, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, out[-3000:]
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) == 6
+    _assert_nothing_left(emulator)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_leave_no_job_and_no_slot_server(tmp_path: Path, emulator: Emulator,
+                                                            sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    proc = launch(*NOMAD, "tasks.max_items=6", "workers.num=1", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    assert emulator.get("state")["jobs"] and emulator.running()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 1), out[-3000:]
+    assert f"run finished ({sig.name})" in out, out[-3000:]
+    _assert_nothing_left(emulator)
