@@ -168,7 +168,8 @@ class SlotImages:
         python = spec.python or self.cfg.host_python
         env = dict(spec.env)
         if python:
-            env["PATH"] = f"{os.path.dirname(os.path.abspath(python))}:{self._default_path()}"
+            found = shutil.which(python) or python  # a bare name is looked up on PATH
+            env["PATH"] = f"{os.path.dirname(os.path.abspath(found))}:{self._default_path()}"
         bwrap = None
         if self.isolation == "bwrap":
             key = ("host", python)

@@ -32,7 +32,6 @@ META_RUN = "rollout_run"  # Job.Meta: the run id (never the token)
 META_OWNER = "rollout_owner"  # Job.Meta: host:pid of the process that registered the job
 META_IMAGE = "rollout_image"  # TaskGroup.Meta: the host image the group serves
 META_SLOTS = "rollout_slots"
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def ns(seconds: float) -> int:
@@ -103,13 +102,15 @@ def task_group(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, count: in
 
 def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> dict[str, Any]:
     env = {TOKEN_ENV: token, **cfg.task_env}
+    # Every slot of the group's hosts runs in the group's image (sandbox.images maps it).
+    image = ["--image", group.image] if group.image else []
     if cfg.driver == "docker":
         config: dict[str, Any] = {
             "image": cfg.docker_image,
             "ports": [PORT_LABEL],
             # The image's entrypoint is `python -m sandbox_image --data-dir ...`.
             "args": ["--host", "0.0.0.0", "--port", f"${{NOMAD_PORT_{PORT_LABEL}}}",
-                     "--slots", str(group.slots), *limits.to_argv()],
+                     "--slots", str(group.slots), *limits.to_argv(), *image],
             # bubblewrap and the per-slot disks need these (the client's docker plugin must
             # allow the capability: `allow_caps`).
             "cap_add": ["SYS_ADMIN"],
@@ -118,8 +119,6 @@ def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> 
     else:
         if cfg.pythonpath:
             env["PYTHONPATH"] = cfg.pythonpath
-        bin_dir = cfg.python.rpartition("/")[0]
-        path = f"{bin_dir}:{_DEFAULT_PATH}" if bin_dir else _DEFAULT_PATH
         config = {
             "command": cfg.python,
             "args": ["-m", "sandbox_image",
@@ -127,8 +126,9 @@ def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> 
                      "--port", f"${{NOMAD_PORT_{PORT_LABEL}}}",
                      "--slots", str(group.slots),
                      "--data-dir", "${NOMAD_TASK_DIR}/slots",
-                     *limits.to_argv(),
-                     *([] if "PATH" in limits.env else ["--env", f"PATH={path}"])],
+                     *limits.to_argv(), *image,
+                     # Host-view slots get the node's interpreter as `python`.
+                     "--host-python", cfg.python],
         }
     return {
         "Name": TASK_NAME,
