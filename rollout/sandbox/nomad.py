@@ -36,115 +36,24 @@ import os
 import secrets
 import socket
 import time
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollout.sandbox import nomad_job as nj
 from rollout.sandbox.nomad_api import _OPEN_JOBS, NomadAPI, NomadAPIError
 from rollout.sandbox.client import SlotServerClient
-from rollout.sandbox.config import BackendConfig, Placement
+from rollout.sandbox.nomad_config import Constraint, NomadSettings  # noqa: F401 (re-export)
 from rollout.sandbox.registry import register
 from rollout.types import Host, SandboxError
 from sandbox_image.config import SlotLimits
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _DEAD_CLIENT = {"failed", "lost", "complete", "unknown"}
-# Config key -> the environment variable the Nomad CLI reads it from.
-_ENV = {"address": "NOMAD_ADDR", "token": "NOMAD_TOKEN", "namespace": "NOMAD_NAMESPACE",
-        "region": "NOMAD_REGION", "ca_cert": "NOMAD_CACERT", "client_cert": "NOMAD_CLIENT_CERT",
-        "client_key": "NOMAD_CLIENT_KEY", "tls_server_name": "NOMAD_TLS_SERVER_NAME"}
-
-
-class Constraint(BaseModel):
-    """A Nomad constraint: `{attribute} {operator} {value}`, e.g. `${node.class} = "rl"`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    attribute: str
-    operator: str = "="
-    value: str = ""
-
-
 @register
-class NomadConfig(BackendConfig):
-    """`backend=nomad`: slot servers as allocations of a Nomad service job."""
-
-    placement: ClassVar[Placement] = "sharded"  # remote hosts: shards, one global quota
-
-    name: Literal["nomad"] = "nomad"
-    # Where and as whom (None: the Nomad CLI's environment variable, then its default).
-    address: str = "http://127.0.0.1:4646"
-    token: str | None = Field(None, repr=False)
-    namespace: str = "default"
-    region: str | None = None
-    ca_cert: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    tls_server_name: str | None = None
-    tls_skip_verify: bool = False
-    # Where the job may run.
-    datacenters: list[str] = Field(default_factory=lambda: ["*"])
-    node_pool: str | None = None
-    constraints: list[Constraint] = Field(default_factory=list)
-    priority: int = Field(50, ge=1, le=100)
-    job_prefix: str = Field("rollout-", pattern=r"^[A-Za-z0-9_.-]+$")
-    # What runs: raw_exec runs `python -m sandbox_image` on the node (the project must be
-    # there, at `pythonpath`); docker runs `docker_image` (sandbox_image/Dockerfile).
-    driver: Literal["raw_exec", "docker"] = "raw_exec"
-    python: str = "python3"
-    pythonpath: str | None = _PROJECT_ROOT
-    docker_image: str = "rollout-slots:latest"
-    task_env: dict[str, str] = Field(default_factory=dict)
-    cpu: int = Field(2000, ge=1)  # MHz per host
-    memory_mb: int = Field(8192, ge=32)  # per host (all its slots)
-    disk_mb: int = Field(1024, ge=1)  # ephemeral disk per allocation
-    kill_timeout: float = Field(10.0, ge=0, allow_inf_nan=False)
-    # Policies (explicit: Nomad's defaults restart in place and reschedule forever).
-    restart_interval: float = Field(1800.0, gt=0, allow_inf_nan=False)
-    restart_delay: float = Field(15.0, ge=0, allow_inf_nan=False)
-    reschedule_attempts: int = Field(3, ge=0)
-    reschedule_interval: float = Field(3600.0, gt=0, allow_inf_nan=False)
-    reschedule_delay: float = Field(5.0, ge=0, allow_inf_nan=False)
-    # API behaviour.
-    scale_cooldown: float = Field(1.0, ge=0, allow_inf_nan=False)  # between scale calls/group
-    request_timeout: float = Field(15.0, gt=0, allow_inf_nan=False)
-    blocking_wait: float = Field(30.0, gt=0, le=600, allow_inf_nan=False)
-    api_retry_window: float = Field(120.0, gt=0, allow_inf_nan=False)  # stop/close retries
-    stop_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)  # alloc stopped -> not running
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_environment(cls, data: Any) -> Any:
-        """Unset (or null) connection settings come from NOMAD_* like the Nomad CLI."""
-        if isinstance(data, dict):
-            data = dict(data)
-            for key, var in _ENV.items():
-                if data.get(key) is None and os.environ.get(var):
-                    data[key] = os.environ[var]
-            if data.get("tls_skip_verify") is None:
-                data["tls_skip_verify"] = os.environ.get("NOMAD_SKIP_VERIFY", "") in ("1", "true")
-            for key in ("address", "namespace"):
-                if data.get(key) is None:
-                    data.pop(key, None)
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> NomadConfig:
-        if not self.address.startswith(("http://", "https://")):
-            raise ValueError(f"address must be an http:// or https:// URL, got {self.address!r}")
-        if bool(self.client_cert) != bool(self.client_key):
-            raise ValueError("client_cert and client_key (NOMAD_CLIENT_CERT / "
-                             "NOMAD_CLIENT_KEY) go together")
-        if not self.datacenters:
-            raise ValueError("datacenters must name at least one datacenter (or '*')")
-        if nj.TOKEN_ENV in self.task_env:
-            raise ValueError(f"task_env must not set {nj.TOKEN_ENV} (the backend sets it)")
-        return self
+class NomadConfig(NomadSettings):
+    """`backend=nomad` (the settings are `NomadSettings`), and how to build its backend."""
 
     def create(self, limits: SlotLimits, run_id: str) -> NomadBackend:
         return NomadBackend(self, limits, run_id)

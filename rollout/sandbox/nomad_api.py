@@ -23,7 +23,7 @@ import aiohttp
 from rollout.types import SandboxError
 
 if TYPE_CHECKING:
-    from rollout.sandbox.nomad import NomadConfig
+    from rollout.sandbox.nomad_config import NomadSettings as NomadConfig
 
 log = logging.getLogger(__name__)
 

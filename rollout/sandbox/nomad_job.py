@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rollout.sandbox.nomad import NomadConfig
+    from rollout.sandbox.nomad_config import NomadSettings as NomadConfig
     from sandbox_image.config import SlotLimits
 
 PORT_LABEL = "slot"
