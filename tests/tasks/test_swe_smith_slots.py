@@ -113,6 +113,7 @@ async def scenario(pool, env, task: Task, name: str, index: int):
 EXPECTED = {"gold": 1.0, "no_change": 0.0, "tests_removed": 0.0, "collect_nothing": 0.0}
 
 
+@pytest.mark.timeout(900)  # 4 scenarios x every instance, graded on a 2-core machine
 async def test_every_bundled_instance_scores_right_under_every_scenario(pool, env, tasks):
     assert len(tasks) >= 30
     jobs = [(t, name, i) for i, t in enumerate(tasks) for name in EXPECTED]
