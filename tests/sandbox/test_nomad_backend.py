@@ -21,7 +21,8 @@ from tests.nomad_emulator.go_fields import load_fields, problems
 from tests.sandbox.backend_contract import BackendContract, Harness, _healthy
 
 TOKEN = "emulator-acl-token-0123456789"
-LIMITS = SlotLimits(memory_mb=512, pids=256, images={"img-a": {"source": "host"}})
+LIMITS = SlotLimits(memory_mb=512, pids=256,
+                    images={label: {"source": "host"} for label in ("img", "img-a")})
 
 
 @pytest.fixture
