@@ -345,7 +345,7 @@ class SlotPool:
         while q:
             host_id, index = q.popleft()
             hs = self._hosts.get(host_id)
-            if hs is not None and hs.alive:
+            if hs is not None and hs.alive and not hs.draining():
                 hs.busy += 1
                 return hs, index
         return None
@@ -353,6 +353,9 @@ class SlotPool:
     def _give(self, hs: HostState, index: int) -> None:
         """Hand a reserved slot to the longest waiter of its image, or put it back."""
         if not hs.alive or self._closed:
+            return
+        if hs.draining():  # past its retire time: the fleet retires it once all are back
+            hs.busy -= 1
             return
         waiters = self._waiters[hs.image]
         while waiters:

@@ -13,7 +13,7 @@ from typing import Any
 from rollout.sandbox.config import BackendConfig
 
 # name -> module that registers it when imported.
-BUILTIN = {"local": "rollout.sandbox.local"}
+BUILTIN = {"local": "rollout.sandbox.local", "modal": "rollout.sandbox.modal"}
 
 _REGISTRY: dict[str, type[BackendConfig]] = {}
 

@@ -69,6 +69,19 @@ class Secret:
     def from_dict(env_dict: dict[str, str | None] = {}) -> Secret:  # noqa: B006 - modal's
         return Secret(dict(env_dict))
 
+    @staticmethod
+    def from_name(name: str, *, environment_name: str | None = None,
+                  required_keys: list[str] = [],  # noqa: B006 - modal's
+                  client: Any = None) -> Secret:
+        """A named secret: `$FAKE_MODAL_DIR/secrets/<name>.json` (a test writes it)."""
+        env = _control.read_json(_control.root() / "secrets" / f"{name}.json")
+        if env is None:
+            raise NotFoundError(f"Secret '{name}' not found")
+        missing = [k for k in required_keys if k not in env]
+        if missing:
+            raise NotFoundError(f"Secret '{name}' lacks keys {missing}")
+        return Secret(env)
+
     def __repr__(self) -> str:
         return f"Secret({sorted(self._env)})"  # never the values
 
@@ -298,7 +311,8 @@ class Sandbox:
         # The "image" has python on PATH (add_python): this machine's interpreter.
         bindir = _control.sandbox_path(sandbox_id, ".bin")
         bindir.mkdir()
-        (bindir / "python").symlink_to(sys.executable)
+        (bindir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        (bindir / "python").chmod(0o755)
         merged["PATH"] = f"{bindir}:{merged['PATH']}"
         spec = {
             "id": sandbox_id, "app_id": app.app_id, "name": name, "args": list(args),

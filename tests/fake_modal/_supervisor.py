@@ -29,18 +29,22 @@ from tests.fake_modal import _control
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 
-# Runs inside the new mount namespace, before the entrypoint: a private /tmp with the
-# image's own paths under /tmp bound back from the host (the supervisor's root).
+# Runs inside the new mount namespace, before the entrypoint: a private /tmp holding the
+# image's own paths under /tmp (a fresh tmpfs is filled on a staging dir, then moved onto
+# /tmp: binds made before the move still see the host's /tmp).
 _SETUP = r'''
 set -e
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+R="$FAKE_MODAL_ROOT"
+mount -t tmpfs -o mode=1777 tmpfs "$R"
 IFS=:
 for p in $FAKE_MODAL_BINDS; do
   [ -n "$p" ] || continue
-  if [ -d "/proc/$FAKE_MODAL_SUP/root$p" ]; then mkdir -p "$p"; else mkdir -p "${p%/*}"; : > "$p"; fi
-  mount --bind "/proc/$FAKE_MODAL_SUP/root$p" "$p"
+  t="$R${p#/tmp}"
+  if [ -d "$p" ]; then mkdir -p "$t"; else mkdir -p "${t%/*}"; : > "$t"; fi
+  mount --bind "$p" "$t"
 done
-unset IFS FAKE_MODAL_BINDS FAKE_MODAL_SUP
+unset IFS FAKE_MODAL_BINDS FAKE_MODAL_ROOT
+mount --move "$R" /tmp
 mount -t proc proc /proc
 mkdir -p "$FAKE_MODAL_WORKDIR"; cd "$FAKE_MODAL_WORKDIR"; unset FAKE_MODAL_WORKDIR
 exec "$@"
@@ -124,8 +128,9 @@ class Supervisor:
             subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
             _unshare(CLONE_NEWPID)  # the entrypoint becomes pid 1 of its own namespace
             base = _control.sandbox_path(self.id, "")
+            os.makedirs(f"{base}.root", exist_ok=True)
             env = {**spec["env"], "FAKE_MODAL_BINDS": ":".join(spec["binds"]),
-                   "FAKE_MODAL_SUP": str(os.getpid()),
+                   "FAKE_MODAL_ROOT": f"{base}.root",
                    "FAKE_MODAL_WORKDIR": spec["workdir"] or "/"}
             with open(f"{base}.stdout", "wb") as out, open(f"{base}.stderr", "wb") as err:
                 self.proc = await asyncio.create_subprocess_exec(
