@@ -68,12 +68,12 @@ class ModalConfig(BackendConfig):
     images: dict[str, str] = Field(default_factory=dict)
     default_registry_image: str = "python:3.11-slim"  # for tasks without an image
     add_python: str | None = "3.11"
-    apt_packages: tuple[str, ...] = ("bubblewrap",)
-    pip_packages: tuple[str, ...] = ("aiohttp>=3.9", "pydantic>=2.5,<3")
+    apt_packages: list[str] = Field(default_factory=lambda: ["bubblewrap", "git"])
+    pip_packages: list[str] = Field(default_factory=lambda: ["aiohttp>=3.9", "pydantic>=2.5,<3"])
     cpu: float | None = Field(None, gt=0)
     memory: int | None = Field(None, gt=0)  # MiB
     gpu: str | None = None
-    secrets: tuple[str, ...] = ()  # names of Modal secrets, as env for the slot server
+    secrets: list[str] = Field(default_factory=list)  # names of Modal secrets, as env for the slot server
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/root"
     data_dir: str = "/tmp/rollout-slots"
@@ -82,8 +82,8 @@ class ModalConfig(BackendConfig):
     idle_timeout: int | None = Field(None, ge=1)
     lease_reserve: float = Field(2400.0, gt=0, allow_inf_nan=False)  # longest slot lease
     block_network: bool = False
-    outbound_cidr_allowlist: tuple[str, ...] | None = None
-    outbound_domain_allowlist: tuple[str, ...] | None = None
+    outbound_cidr_allowlist: list[str] | None = None
+    outbound_domain_allowlist: list[str] | None = None
     max_sandboxes: int | None = Field(None, ge=1)  # of this app, whoever created them
     ready_timeout: float = Field(300.0, gt=0, allow_inf_nan=False)  # create -> healthy
     create_retries: int = Field(8, ge=0)

@@ -40,6 +40,9 @@ from tests.fake_modal.exception import (
     SandboxTimeoutError,
 )
 
+# PATH of a python image (e.g. python:3.11-slim), not the client's.
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 __all__ = ["App", "ContainerProcess", "Image", "Sandbox", "Secret", "Tunnel", "exception"]
 
 
@@ -303,23 +306,22 @@ class Sandbox:
             sandbox_id = "sb-" + _secrets.token_hex(10)
             with open(_control.root() / "creations.jsonl", "a") as f:
                 f.write(json.dumps({"id": sandbox_id, "t": now}) + "\n")
-        merged: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                  **dict(image.env_vars)}
+        merged: dict[str, str] = {"PATH": IMAGE_PATH, **dict(image.env_vars)}
         for source in [{"PYTHONPATH": ":".join(image.sources)}, *(s._env for s in secrets or ()),
                        env or {}]:
             merged.update({k: v for k, v in source.items() if v is not None})
-        # The "image" has python on PATH (add_python): this machine's interpreter.
+        # The image's /usr/local/bin has its python (add_python): this machine's interpreter.
         bindir = _control.sandbox_path(sandbox_id, ".bin")
         bindir.mkdir()
-        (bindir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-        (bindir / "python").chmod(0o755)
-        merged["PATH"] = f"{bindir}:{merged['PATH']}"
+        for exe in ("python", "python3"):
+            (bindir / exe).write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+            (bindir / exe).chmod(0o755)
         spec = {
             "id": sandbox_id, "app_id": app.app_id, "name": name, "args": list(args),
             "env": merged, "workdir": workdir, "timeout": timeout, "idle_timeout": idle_timeout,
             "created_at": now, "encrypted_ports": list(encrypted_ports),
             "unencrypted_ports": list(unencrypted_ports), "start_delay": faults.start_delay,
-            "binds": [p for p in {str(bindir), sys.prefix, sys.base_prefix, *image.sources}
+            "binds": [p for p in {sys.prefix, sys.base_prefix, *image.sources}
                       if p.startswith("/tmp/")],
             "resources": {"cpu": cpu, "memory": memory, "gpu": gpu, "cloud": cloud},
             "network": {"block_network": block_network,
@@ -445,7 +447,7 @@ class Sandbox:
         pid = self._entry_pid()
         extra = {k: v for s in [*(x._env for x in secrets or ()), env or {}]
                  for k, v in s.items() if v is not None}
-        argv = ["nsenter", "-t", str(pid), "-n", "-m", "-p", "--",
+        argv = ["nsenter", "-t", str(pid), "-n", "-m", "--",
                 "env", *(["-C", workdir] if workdir else []),
                 *[f"{k}={v}" for k, v in extra.items()], *args]
         if timeout:

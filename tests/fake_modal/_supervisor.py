@@ -1,10 +1,12 @@
 """One fake Modal sandbox: `python -m tests.fake_modal._supervisor <sandbox-id>`.
 
 What a Modal worker does for a sandbox, on this machine:
-- the entrypoint runs in its own network namespace (only `lo`: nothing else can reach its
-  ports, and it has no network), its own pid namespace (it is pid 1: when it ends, or is
-  killed, every process of the sandbox ends with it), and its own mount namespace with a
-  private /tmp (the image's own files under /tmp are bound back in);
+- the entrypoint runs in its own session, its own network namespace (only `lo`: nothing
+  else can reach its ports, and it has no network) and its own mount namespace with a
+  private /tmp (the image's own files under /tmp are bound back in) and the image's
+  /usr/local/bin (its `python`). No pid namespace: the slot server names its cgroups by
+  pid, and cgroups here are the host's (on Modal each sandbox has its own); when the
+  sandbox ends its entrypoint's process group is killed;
 - each requested port is reachable only through a tunnel: a listening socket this process
   opened on the host's loopback before it left the host's network namespace, forwarding
   each connection to the port inside;
@@ -16,6 +18,7 @@ What a Modal worker does for a sandbox, on this machine:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -27,7 +30,6 @@ import time
 from tests.fake_modal import _control
 
 CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
 
 # Runs inside the new mount namespace, before the entrypoint: a private /tmp holding the
 # image's own paths under /tmp (a fresh tmpfs is filled on a staging dir, then moved onto
@@ -44,8 +46,9 @@ for p in $FAKE_MODAL_BINDS; do
   mount --bind "$p" "$t"
 done
 unset IFS FAKE_MODAL_BINDS FAKE_MODAL_ROOT
+mount --bind "$FAKE_MODAL_IMAGE_BIN" /usr/local/bin
+unset FAKE_MODAL_IMAGE_BIN
 mount --move "$R" /tmp
-mount -t proc proc /proc
 mkdir -p "$FAKE_MODAL_WORKDIR"; cd "$FAKE_MODAL_WORKDIR"; unset FAKE_MODAL_WORKDIR
 exec "$@"
 '''
@@ -93,8 +96,7 @@ class Supervisor:
     def _tunnel(self, port: int):  # noqa: ANN202
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.last_activity = time.time()
-            # No resolver (it would need a thread, and threads cannot start after the
-            # pid-namespace unshare): a numeric address and a non-blocking connect.
+            # A numeric address and a non-blocking connect: no resolver thread per connection.
             inner = socket.socket()
             inner.setblocking(False)
             try:
@@ -126,17 +128,18 @@ class Supervisor:
         if not self.stopped.is_set():
             _unshare(CLONE_NEWNET)
             subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-            _unshare(CLONE_NEWPID)  # the entrypoint becomes pid 1 of its own namespace
             base = _control.sandbox_path(self.id, "")
             os.makedirs(f"{base}.root", exist_ok=True)
             env = {**spec["env"], "FAKE_MODAL_BINDS": ":".join(spec["binds"]),
                    "FAKE_MODAL_ROOT": f"{base}.root",
+                   "FAKE_MODAL_IMAGE_BIN": f"{base}.bin",
                    "FAKE_MODAL_WORKDIR": spec["workdir"] or "/"}
             with open(f"{base}.stdout", "wb") as out, open(f"{base}.stderr", "wb") as err:
                 self.proc = await asyncio.create_subprocess_exec(
                     "unshare", "--mount", "--propagation", "private",
                     "sh", "-c", _SETUP, "sh", *spec["args"],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                    start_new_session=True)
             servers = [await asyncio.start_server(self._tunnel(port), sock=s)
                        for port, s in listeners.items()]
             _control.write_json(_control.sandbox_path(self.id, ".run.json"), {
@@ -146,8 +149,8 @@ class Supervisor:
             exited = asyncio.ensure_future(self.proc.wait())
             exited.add_done_callback(lambda _: self._stop("exited"))
             await self._watch()
-            if self.proc.returncode is None:
-                self.proc.kill()  # pid 1 of the namespace: everything in it dies too
+            with contextlib.suppress(ProcessLookupError):  # the entrypoint's whole group
+                os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
             for server in servers:
                 server.close()
@@ -178,8 +181,7 @@ class Supervisor:
 
 
 def main() -> int:
-    # After unshare(CLONE_NEWPID) this process cannot start threads: watch children with
-    # pidfds rather than asyncio's default thread per child.
+    # Watch the entrypoint with a pidfd rather than asyncio's default thread per child.
     loop = asyncio.new_event_loop()
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(loop)

@@ -26,7 +26,7 @@ async def test_sandboxes_are_tagged_and_configured_at_creation(fake_modal) -> No
     run = new_run_id()
     cfg = modal_config(cpu=2.0, memory=4096, env={"A": "1"}, timeout=3000,
                        lease_reserve=2000, idle_timeout=600,
-                       outbound_domain_allowlist=("pypi.org",))
+                       outbound_domain_allowlist=["pypi.org"])
     backend = cfg.create(LIMITS, f"{run}-3")
     try:
         host = await backend.start_host("img-b", 2)
@@ -95,4 +95,4 @@ def test_lifetime_shorter_than_the_lease_reserve_is_refused() -> None:
     with pytest.raises(ValueError, match="lease_reserve"):
         ModalConfig(timeout=600, lease_reserve=600)
     with pytest.raises(ValueError, match="block_network"):
-        ModalConfig(block_network=True, outbound_cidr_allowlist=("10.0.0.0/8",))
+        ModalConfig(block_network=True, outbound_cidr_allowlist=["10.0.0.0/8"])
