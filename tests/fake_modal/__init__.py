@@ -136,8 +136,7 @@ class Image:
     def env(self, vars: dict[str, str]) -> Image:  # noqa: A002 - modal's name
         return self._with("env", dict(vars), env_vars=(*self.env_vars, *vars.items()))
 
-    def add_local_python_source(self, *modules: str, copy: bool = False,
-                                ignore: Any = None) -> Image:
+    def add_local_python_source(self, *modules: str, copy: bool = False) -> Image:
         dirs = []
         for module in modules:
             spec = importlib.util.find_spec(module)
