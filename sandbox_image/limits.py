@@ -55,20 +55,44 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> int:
+    """The inode of this process's pid namespace (0 if unknown)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def _instance_id(pid: int) -> str:
-    return f"{pid}-{_start_time(pid) or 0}"
+    """`<pid>-<start time>-<pid namespace>`: a pid and its start time as this /proc shows
+    them, and the namespace they mean something in."""
+    return f"{pid}-{_start_time(pid) or 0}-{_pid_namespace()}"
+
+
+def _own_id() -> str:
+    """This process's id as /proc shows it (through /proc/self: right even in a pid
+    namespace of its own over the host's /proc, where getpid() would name another process)."""
+    try:
+        with open("/proc/self/stat") as f:
+            pid = f.read().split(" ", 1)[0]
+    except OSError:
+        pid = str(os.getpid())
+    return _instance_id(int(pid))
 
 
 def _owner_alive(instance: str) -> bool:
-    """Is the server that made `slot-server-<instance>` still running? Unknown names (and
-    the pid-only names of older servers, whose pid may have been reused) count as alive
-    only while that pid exists."""
-    pid, _, started = instance.partition("-")
-    if not pid.isdigit():
+    """Is the server that made `slot-server-<instance>` still running? Only servers of our
+    own pid namespace can be judged (a server in another one, e.g. in a container sharing
+    this cgroup tree, counts as alive); unknown names count as alive, and the pid-only names
+    of older servers only while that pid exists."""
+    parts = instance.split("-")
+    if not parts or not all(p.isdigit() for p in parts) or len(parts) > 3:
         return True  # not ours to judge
-    if not started:
-        return _pid_alive(int(pid))
-    return _start_time(int(pid)) == started
+    if len(parts) == 1:
+        return _pid_alive(int(parts[0]))
+    if len(parts) == 3 and int(parts[2]) != _pid_namespace():
+        return True
+    return _start_time(int(parts[0])) == parts[1]
 
 
 def _kill_procs(group: Path) -> None:
@@ -137,12 +161,14 @@ class SlotCgroups:
     # --- setup ----------------------------------------------------------------------------
 
     def _make_server_dir(self, base: Path) -> Path:
-        # Named by pid AND start time: pids are reused quickly on a busy host, and a server
-        # that took over a dead server's pid must never share (or see removed) its groups.
+        # Named by pid AND start time AND pid namespace: pids are reused quickly on a busy
+        # host, and a server that took over a dead server's pid must never share (or see
+        # removed) its groups; a server in another pid namespace (a container, a sandbox
+        # that is pid 1 of its own) must never judge ours by pids that mean other processes.
         for stale in base.glob(_PREFIX + "*"):
             if not _owner_alive(stale.name[len(_PREFIX):]):
                 _remove_tree(stale)
-        d = base / f"{_PREFIX}{_instance_id(os.getpid())}"
+        d = base / f"{_PREFIX}{_own_id()}"
         d.mkdir(exist_ok=True)
         self._server_dirs.append(d)
         return d

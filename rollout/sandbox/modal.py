@@ -51,8 +51,6 @@ from sandbox_image.config import TOKEN_ENV, SlotLimits
 log = logging.getLogger(__name__)
 
 MAX_TIMEOUT = 24 * 3600  # Modal's longest sandbox lifetime
-# Seconds of useful life a host must have between its start and its retire time.
-MIN_USEFUL_LIFE = 60
 
 
 @register
@@ -96,11 +94,11 @@ class ModalConfig(BackendConfig):
 
     @model_validator(mode="after")
     def _lifetime_and_network(self) -> ModalConfig:
-        if self.timeout < self.lease_reserve + MIN_USEFUL_LIFE:
+        if self.timeout <= self.lease_reserve:
             raise ValueError(
-                f"backend.timeout ({self.timeout}s) must be at least backend.lease_reserve "
-                f"({self.lease_reserve:g}s) + {MIN_USEFUL_LIFE}s: hosts are retired "
-                "lease_reserve seconds before their sandbox times out")
+                f"backend.timeout ({self.timeout}s) must exceed backend.lease_reserve "
+                f"({self.lease_reserve:g}s): hosts are retired lease_reserve seconds before "
+                "their sandbox times out (a few times lease_reserve wastes least)")
         if self.block_network and (self.outbound_cidr_allowlist
                                    or self.outbound_domain_allowlist):
             raise ValueError("backend.block_network cannot be combined with an outbound "
