@@ -91,3 +91,21 @@ async def test_sigkilled_driver_then_restart_reaps_only_its_run(fake_modal,  # n
         assert _control.running(theirs)
     finally:
         await stranger.close()
+
+
+def test_sandbox_terminated_mid_run_every_task_once(fake_modal, tmp_path: Path) -> None:  # noqa: F811
+    run_dir = tmp_path / "run"
+    proc = launch("tasks.max_items=8", "workers.num=1", "backend.max_hosts=2",
+                  "backend.health_check_interval=1", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    victims = run_sandboxes(run_dir)
+    assert victims
+    victim = sorted(victims)[0]
+    assert _control.signal_supervisor(victim)  # Modal ended it (preempted, crashed, ...)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert _control.exit_record(victim)["reason"] == "terminated"
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) == 8  # every task delivered once, none lost
+    assert len(_control.all_ids()) > len(victims)  # a replacement sandbox joined
+    assert run_sandboxes(run_dir) == set()
