@@ -42,7 +42,8 @@ def run_sandboxes(run_dir: Path) -> set[str]:
     return _control.running_ids(run_id=(run_dir / "run_id").read_text().strip())
 
 
-def test_gold_over_modal_scores_every_bundled_instance(fake_modal, tmp_path: Path) -> None:  # noqa: F811
+def test_gold_over_modal_scores_every_bundled_instance(
+        fake_modal, tmp_path: Path) -> None:  # noqa: F811
     run_dir = tmp_path / "run"
     proc = launch("workers.num=2", run_dir=run_dir)
     out, _ = proc.communicate(timeout=1500)
@@ -57,7 +58,8 @@ def test_gold_over_modal_scores_every_bundled_instance(fake_modal, tmp_path: Pat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_driver_leaves_no_sandbox(fake_modal, tmp_path: Path, sig: int) -> None:  # noqa: F811
+def test_interrupted_driver_leaves_no_sandbox(
+        fake_modal, tmp_path: Path, sig: int) -> None:  # noqa: F811
     run_dir = tmp_path / "run"
     proc = launch("tasks.max_items=6", "workers.num=1", run_dir=run_dir)
     wait_for_first_group(proc, run_dir)
@@ -93,7 +95,8 @@ async def test_sigkilled_driver_then_restart_reaps_only_its_run(fake_modal,  # n
         await stranger.close()
 
 
-def test_sandbox_terminated_mid_run_every_task_once(fake_modal, tmp_path: Path) -> None:  # noqa: F811
+def test_sandbox_terminated_mid_run_every_task_once(
+        fake_modal, tmp_path: Path) -> None:  # noqa: F811
     run_dir = tmp_path / "run"
     proc = launch("tasks.max_items=8", "workers.num=1", "backend.max_hosts=2",
                   "backend.health_check_interval=1", run_dir=run_dir)

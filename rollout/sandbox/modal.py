@@ -35,7 +35,6 @@ import signal
 import threading
 import time
 import uuid
-import weakref
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -71,7 +70,7 @@ class ModalConfig(BackendConfig):
     cpu: float | None = Field(None, gt=0)
     memory: int | None = Field(None, gt=0)  # MiB
     gpu: str | None = None
-    secrets: list[str] = Field(default_factory=list)  # names of Modal secrets, as env for the slot server
+    secrets: list[str] = Field(default_factory=list)  # Modal secret names: env of the server
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/root"
     data_dir: str = "/tmp/rollout-slots"
@@ -122,8 +121,9 @@ class _AtCapacity(Exception):
     """The app already runs `max_sandboxes` sandboxes (retried like throttling)."""
 
 
-# Live backends of this process, for the atexit / SIGTERM backstop.
-_LIVE: weakref.WeakSet[ModalBackend] = weakref.WeakSet()
+# Backends of this process not yet closed, for the atexit / SIGTERM backstop (strong
+# references: a backend dropped without close() is exactly what the backstop is for).
+_LIVE: set[ModalBackend] = set()
 _backstop_installed = False
 
 
@@ -348,6 +348,7 @@ class ModalBackend:
 
     async def close(self) -> None:
         await asyncio.gather(*self._creating, return_exceptions=True)
+        _LIVE.discard(self)
         await asyncio.gather(*(self._terminate(s) for s in list(self._sandboxes)))
         if self._app is not None:  # the sweep: anything of this session a reply lost
             with contextlib.suppress(Exception):

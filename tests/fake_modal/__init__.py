@@ -426,7 +426,7 @@ class Sandbox:
     @dual
     async def terminate(self, *, wait: bool = False) -> int | None:
         self._check()
-        _control.signal_supervisor(self.object_id)
+        _control.terminate(self.object_id)
         if not wait:
             return None
         await self.wait.aio(raise_on_termination=False)

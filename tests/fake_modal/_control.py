@@ -9,6 +9,7 @@ directory (a test sets it; Ray workers inherit it). Layout:
     sandboxes/<id>.run.json       written by its supervisor once running: pids, tunnel ports
     sandboxes/<id>.exit.json      written by its supervisor when it ended: returncode, reason
     sandboxes/<id>.activity       touched on every exec / filesystem call (idle_timeout)
+    sandboxes/<id>.terminated     terminate() was called (the control plane's view, at once)
     creations.jsonl               one line per create() accepted: id and time (the rate test)
     faults.json                   fault injection (see `Faults`)
 
@@ -130,8 +131,10 @@ def supervisor_alive(sandbox_id: str) -> bool:
 
 
 def running(sandbox_id: str) -> bool:
-    """Running: not ended, and its supervisor (the sandbox itself) still exists."""
-    return exit_record(sandbox_id) is None and supervisor_alive(sandbox_id)
+    """Running: not terminated (as the control plane sees it at once), not ended, and its
+    supervisor (the sandbox itself) still exists."""
+    return (not sandbox_path(sandbox_id, ".terminated").exists()
+            and exit_record(sandbox_id) is None and supervisor_alive(sandbox_id))
 
 
 def all_ids() -> list[str]:
@@ -147,6 +150,14 @@ def running_ids(**tags: str) -> set[str]:
         if running(sid) and all(have.get(k) == v for k, v in tags.items()):
             out.add(sid)
     return out
+
+
+def terminate(sandbox_id: str) -> bool:
+    """What Sandbox.terminate() asks of the control plane: the sandbox is terminated from
+    now on (no longer listed), and its worker is told to stop it."""
+    if read_json(sandbox_path(sandbox_id, ".json")) is not None:
+        sandbox_path(sandbox_id, ".terminated").touch()
+    return signal_supervisor(sandbox_id)
 
 
 def signal_supervisor(sandbox_id: str, sig: int = signal.SIGTERM) -> bool:

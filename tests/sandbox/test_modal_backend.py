@@ -49,7 +49,8 @@ async def test_sandboxes_are_tagged_and_configured_at_creation(fake_modal) -> No
     assert _control.running_ids(run_id=run) == set()
 
 
-async def test_restart_reaps_its_own_leftovers_and_never_other_runs(fake_modal) -> None:  # noqa: F811
+async def test_restart_reaps_its_own_leftovers_and_never_other_runs(
+        fake_modal) -> None:  # noqa: F811
     mine, other = new_run_id(), new_run_id()
     crashed = modal_config().create(LIMITS, f"{mine}-0")
     sibling = modal_config().create(LIMITS, f"{mine}-1")  # another shard of the same run
@@ -96,3 +97,53 @@ def test_lifetime_shorter_than_the_lease_reserve_is_refused() -> None:
         ModalConfig(timeout=600, lease_reserve=600)
     with pytest.raises(ValueError, match="block_network"):
         ModalConfig(block_network=True, outbound_cidr_allowlist=["10.0.0.0/8"])
+
+
+def test_launch_config_refuses_a_lease_reserve_below_the_trajectory_budget() -> None:
+    from rollout.config_model import ConfigError
+    from tests.launch_config import compose_config
+
+    base = ["conf=swe_smith", "run.dir=/tmp/unused", "backend=modal"]
+    cfg = compose_config(base)  # the shipped defaults fit
+    assert cfg.backend.name == "modal" and cfg.backend.placement == "sharded"
+    with pytest.raises(ConfigError, match="backend.lease_reserve .* shorter than one "
+                                          "trajectory's worst case"):
+        compose_config([*base, "agent.wall_clock_budget=3000"])
+    with pytest.raises(ConfigError, match="must exceed backend.lease_reserve"):
+        compose_config([*base, "backend.timeout=2400"])
+    compose_config([*base, "agent.wall_clock_budget=3000", "backend.lease_reserve=4000"])
+
+
+BACKSTOP = """
+import asyncio, os, signal, sys
+from rollout.sandbox.modal import ModalConfig
+from sandbox_image.config import SlotLimits
+
+async def main():
+    backend = ModalConfig(sdk="tests.fake_modal").create(SlotLimits(disk_mb=None), sys.argv[1])
+    await backend.start_host(None, 1)
+    print("up", flush=True)
+    if sys.argv[2] == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(60)  # never reached: SIGTERM ends the process
+
+asyncio.run(main())  # "exit": returns without backend.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "sigterm"])
+def test_backstop_terminates_what_a_process_leaves(fake_modal, how: str) -> None:  # noqa: F811
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = new_run_id()
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", BACKSTOP, f"{run}-0", how], cwd=root,
+                          env={**os.environ, "PYTHONPATH": root}, capture_output=True,
+                          text=True, timeout=120)
+    assert "up" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == (0 if how == "exit" else -15), proc.stderr[-2000:]
+    assert len(_control.all_ids()) == 1
+    assert _control.running_ids(run_id=run) == set()

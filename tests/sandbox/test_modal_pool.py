@@ -38,7 +38,8 @@ def record_host_ups(pool: SlotPool) -> dict[str, float]:
     return ups
 
 
-async def test_burst_of_200_acquires_respects_rate_and_starting_cap(fake_modal) -> None:  # noqa: F811
+async def test_burst_of_200_acquires_respects_rate_and_starting_cap(
+        fake_modal) -> None:  # noqa: F811
     rate, burst, cap = 6.0, 3, 5
     pool, run = modal_pool(start_rate=rate, start_burst=burst, max_starting=cap,
                            slots_per_host=10, max_hosts=20, acquire_timeout=600.0)
