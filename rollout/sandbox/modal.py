@@ -277,7 +277,9 @@ class ModalBackend:
 
     def _reap_abandoned(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is None:
-            asyncio.ensure_future(self._terminate(task.result().object_id))
+            reap = asyncio.ensure_future(self._terminate(task.result().object_id))
+            self._creating.add(reap)  # close() waits for it too
+            reap.add_done_callback(self._creating.discard)
 
     async def _wait_ready(self, sandbox: Any, token: str) -> str:
         """The tunnel's URL once the slot server answers its health check."""
@@ -334,8 +336,9 @@ class ModalBackend:
 
     async def discover(self) -> list[Host]:
         """Terminate this run's and pool's sandboxes left by an earlier driver; adopt none."""
+        # One list call; what this session created is known without reading its tags.
         stale = [sb for sb in await self._list(run_id=self.run_tag, pool=self.pool_tag)
-                 if (await sb.get_tags.aio()).get("session") != self.session]
+                 if sb.object_id not in self._sandboxes]
         if stale:
             log.warning("run %s pool %s: terminating %d modal sandbox(es) left by an earlier "
                         "driver of this run", self.run_tag, self.pool_tag, len(stale))
