@@ -146,7 +146,7 @@ def _install_backstop() -> None:
         _backstop()
         if callable(previous):
             previous(signum, frame)
-        else:
+        elif previous != signal.SIG_IGN:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
 

@@ -213,14 +213,14 @@ class SandboxFilesystem:
     def __init__(self, sandbox: Sandbox) -> None:
         self._sb = sandbox
 
-    def _path(self, remote_path: str) -> Path:
+    async def _path(self, remote_path: str) -> Path:
         if not remote_path.startswith("/"):
             raise exception.InvalidError(f"remote path must be absolute: {remote_path!r}")
-        return Path(f"/proc/{self._sb._entry_pid()}/root{remote_path}")
+        return Path(f"/proc/{await self._sb._entry_pid()}/root{remote_path}")
 
     @dual
     async def read_bytes(self, remote_path: str) -> bytes:
-        return await asyncio.to_thread(self._path(remote_path).read_bytes)
+        return await asyncio.to_thread((await self._path(remote_path)).read_bytes)
 
     @dual
     async def read_text(self, remote_path: str) -> str:
@@ -228,7 +228,7 @@ class SandboxFilesystem:
 
     @dual
     async def write_bytes(self, data: bytes | bytearray | memoryview, remote_path: str) -> None:
-        await asyncio.to_thread(self._path(remote_path).write_bytes, bytes(data))
+        await asyncio.to_thread((await self._path(remote_path)).write_bytes, bytes(data))
 
     @dual
     async def write_text(self, data: str, remote_path: str) -> None:
@@ -236,11 +236,11 @@ class SandboxFilesystem:
 
     @dual
     async def make_directory(self, remote_path: str, *, create_parents: bool = True) -> None:
-        self._path(remote_path).mkdir(parents=create_parents, exist_ok=True)
+        (await self._path(remote_path)).mkdir(parents=create_parents, exist_ok=True)
 
     @dual
     async def list_files(self, remote_path: str) -> list[FileInfo]:
-        base = self._path(remote_path)
+        base = await self._path(remote_path)
         return [FileInfo(str(Path(remote_path) / p.name), "dir" if p.is_dir() else "file",
                          p.stat().st_size, p.stat().st_mtime) for p in base.iterdir()]
 
@@ -260,9 +260,15 @@ class Sandbox:
     def _touch(self) -> None:
         _control.sandbox_path(self.object_id, ".activity").touch()
 
-    def _entry_pid(self) -> int:
+    async def _entry_pid(self) -> int:
+        """The entrypoint's pid once the sandbox runs (exec and file calls wait for its
+        start, as on Modal)."""
         self._check()
-        run = _control.run_record(self.object_id)
+        deadline = time.monotonic() + 60
+        while (run := _control.run_record(self.object_id)) is None:
+            if not _control.running(self.object_id) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)  # the fake's control plane is a directory: poll it
         if run is None or not _control.running(self.object_id):
             raise SandboxTerminatedError(f"sandbox {self.object_id} is not running")
         self._touch()
@@ -443,7 +449,7 @@ class Sandbox:
                    env: dict[str, str | None] | None = None,
                    secrets: collections.abc.Collection[Secret] | None = None,
                    text: bool = True, bufsize: int = -1, pty: bool = False) -> ContainerProcess:
-        pid = self._entry_pid()
+        pid = await self._entry_pid()
         extra = {k: v for s in [*(x._env for x in secrets or ()), env or {}]
                  for k, v in s.items() if v is not None}
         argv = ["nsenter", "-t", str(pid), "-n", "-m", "--",

@@ -50,6 +50,8 @@ mount --bind "$FAKE_MODAL_IMAGE_BIN" /usr/local/bin
 unset FAKE_MODAL_IMAGE_BIN
 mount --move "$R" /tmp
 mkdir -p "$FAKE_MODAL_WORKDIR"; cd "$FAKE_MODAL_WORKDIR"; unset FAKE_MODAL_WORKDIR
+printf ready > "/proc/self/fd/$FAKE_MODAL_READY_FD"
+eval "exec $FAKE_MODAL_READY_FD>&-"; unset FAKE_MODAL_READY_FD
 exec "$@"
 '''
 
@@ -134,18 +136,25 @@ class Supervisor:
                    "FAKE_MODAL_ROOT": f"{base}.root",
                    "FAKE_MODAL_IMAGE_BIN": f"{base}.bin",
                    "FAKE_MODAL_WORKDIR": spec["workdir"] or "/"}
+            ready_r, ready_w = os.pipe()
+            env["FAKE_MODAL_READY_FD"] = str(ready_w)
             with open(f"{base}.stdout", "wb") as out, open(f"{base}.stderr", "wb") as err:
                 self.proc = await asyncio.create_subprocess_exec(
                     "unshare", "--mount", "--propagation", "private",
                     "sh", "-c", _SETUP, "sh", *spec["args"],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                    start_new_session=True)
+                    start_new_session=True, pass_fds=(ready_w,))
+            os.close(ready_w)
+            # Running (tunnels, exec, files) only once its private /tmp is in place.
+            ready = await asyncio.to_thread(os.read, ready_r, 16)
+            os.close(ready_r)
             servers = [await asyncio.start_server(self._tunnel(port), sock=s)
                        for port, s in listeners.items()]
-            _control.write_json(_control.sandbox_path(self.id, ".run.json"), {
-                "entry_pid": self.proc.pid, "started_at": time.time(),
-                "tunnels": {str(p): ["127.0.0.1", s.getsockname()[1]]
-                            for p, s in listeners.items()}})
+            if ready:
+                _control.write_json(_control.sandbox_path(self.id, ".run.json"), {
+                    "entry_pid": self.proc.pid, "started_at": time.time(),
+                    "tunnels": {str(p): ["127.0.0.1", s.getsockname()[1]]
+                                for p, s in listeners.items()}})
             exited = asyncio.ensure_future(self.proc.wait())
             exited.add_done_callback(lambda _: self._stop("exited"))
             await self._watch()
