@@ -143,8 +143,27 @@ def load_config(raw: dict[str, Any]) -> LaunchConfig:
     return cfg
 
 
+# Seconds of slack on top of a trajectory's worst case before its host may die.
+LEASE_MARGIN = 60.0
+
+
+def lease_budget(cfg: LaunchConfig) -> float:
+    """The longest one trajectory may hold its slot: the agent's wall-clock budget, the
+    slot's preparation, and grading (a timed-out grading run is retried once with
+    `timeout_retry_factor` x the timeout), plus a margin."""
+    tasks = cfg.tasks
+    tests = max([tasks.test_timeout, *(p.test_timeout for p in tasks.profiles.values()
+                                       if p.test_timeout)])
+    grading = tests * (1 + tasks.timeout_retry_factor)
+    return cfg.agent.wall_clock_budget + tasks.prepare_timeout + grading + LEASE_MARGIN
+
+
 def _cross_check(cfg: LaunchConfig) -> None:
     """Checks across sections (each section's own checks are in its model)."""
+    try:
+        cfg.backend.check_lease_budget(lease_budget(cfg))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.queue.lease_seconds <= cfg.workers.lease_renew_interval:
         raise ConfigError(
             "queue.lease_seconds must exceed workers.lease_renew_interval, or live workers "

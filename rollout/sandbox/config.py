@@ -53,6 +53,11 @@ class BackendConfig(BaseModel):
                              f"({self.min_hosts})")
         return self
 
+    def check_lease_budget(self, needed: float) -> None:
+        """Raise ValueError if a host may not outlive one slot lease of `needed` seconds
+        (a trajectory's budget + prepare + grading + margin). Hosts without a lifetime
+        limit accept any."""
+
     def create(self, limits: SlotLimits, run_id: str) -> Backend:
         """The backend this config describes; every host it starts enforces `limits`."""
         raise NotImplementedError(f"backend {self.name!r} does not say how to build itself")

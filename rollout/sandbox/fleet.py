@@ -8,6 +8,8 @@ Guarantees (tests/sandbox/test_fleet.py, tests/sandbox/backend_contract.py):
 - Liveness costs one control-plane call per monitor interval for all hosts
   (`Backend.hosts_alive`), plus the slot servers' own health probes; nothing per acquire.
 - `stop()` stops every host (started, starting or adopted) and closes the backend.
+- A host with a lifetime (`Host.meta["retire_at"]`) gets no new lease after that time and
+  is retired by the monitor once none of its slots is leased or being reset.
 """
 
 from __future__ import annotations
@@ -264,6 +266,9 @@ class HostFleet:
                                       failure=True)
                 elif not next(ok):
                     await self.retire(hs, "died (failed its health check)", failure=True)
+        for hs in list(self.hosts.values()):
+            if hs.draining() and hs.busy == 0:
+                await self.retire(hs, "reached its retire time (before its lifetime ends)")
         wanted = self.listener.demand() if self.listener is not None else {}
         now = time.monotonic()
         for hs in list(self.hosts.values()):

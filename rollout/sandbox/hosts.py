@@ -14,7 +14,11 @@ PROBE_TIMEOUT = 5.0
 class HostState:
     """The fleet owns `alive` and `last_ok`; the pool owns the slot fields: `busy` counts
     slots not on the free list (reserved, leased or being reset), `leases[i]` is the lease id
-    of slot i's holder or None."""
+    of slot i's holder or None.
+
+    A host with a lifetime (`host.meta["retire_at"]`, wall-clock seconds) is draining from
+    then on: none of its slots is handed out again, and the fleet retires it once `busy` is
+    0 (a slot of a draining host dropped from the free list no longer counts as busy)."""
 
     def __init__(self, host: Host, client: SlotServerClient, image: str | None) -> None:
         self.host = host
@@ -28,6 +32,10 @@ class HostState:
         self.alive = True
         self.last_ok = time.monotonic()
         self._probe: asyncio.Future[bool] | None = None
+        self.retire_at: float | None = host.meta.get("retire_at")
+
+    def draining(self) -> bool:
+        return self.retire_at is not None and time.time() >= self.retire_at
 
     @property
     def host_id(self) -> str:

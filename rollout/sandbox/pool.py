@@ -364,7 +364,8 @@ class SlotPool:
         return hs
 
     def _take_free(self, image: str | None) -> tuple[HostState, int] | None:
-        """A free slot of `image`; with mix_images, else the longest-free slot of another."""
+        """A free slot of `image`; with mix_images, else the longest-free slot of another.
+        A draining host (past its retire time) hands out none."""
         queues = [self._free[image]]
         if self.cfg.mix_images:
             queues += [q for other, q in self._free.items() if other != image and q]
@@ -372,7 +373,7 @@ class SlotPool:
             while q:
                 host_id, index = q.popleft()
                 hs = self._hosts.get(host_id)
-                if hs is not None and hs.alive:
+                if hs is not None and hs.alive and not hs.draining():
                     hs.busy += 1
                     return hs, index
         return None
@@ -380,6 +381,9 @@ class SlotPool:
     def _give(self, hs: HostState, index: int) -> None:
         """Hand a reserved slot to the longest waiter of its image, or put it back."""
         if not hs.alive or self._closed:
+            return
+        if hs.draining():  # past its retire time: the fleet retires it once all are back
+            hs.busy -= 1
             return
         image = hs.slot_image[index]
         queues = [self._waiters[image]]

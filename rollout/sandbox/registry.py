@@ -13,7 +13,8 @@ from typing import Any
 from rollout.sandbox.config import BackendConfig
 
 # name -> module that registers it when imported.
-BUILTIN = {"local": "rollout.sandbox.local", "nomad": "rollout.sandbox.nomad"}
+BUILTIN = {"local": "rollout.sandbox.local", "nomad": "rollout.sandbox.nomad",
+           "modal": "rollout.sandbox.modal"}
 
 _REGISTRY: dict[str, type[BackendConfig]] = {}
 

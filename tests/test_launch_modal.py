@@ -1,0 +1,114 @@
+"""launch.py end to end with `backend=modal` against the fake modal SDK (tests/fake_modal):
+the bundled instances all score 1.0, and no sandbox of the run outlives it, however the
+driver ends (normal exit, Ctrl-C, SIGTERM, SIGKILL followed by a restart)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout.tasks import load_tasks
+from tests.actors.helpers import groups_jsonl
+from tests.fake_modal import _control
+from tests.launch_config import qwen_tokenizer_dir
+from tests.sandbox.modal_support import FAKE_SDK, fake_modal, modal_config  # noqa: F401
+from tests.test_launch import wait_for_first_group
+from sandbox_image.config import SlotLimits
+
+ROOT = Path(__file__).resolve().parents[1]
+MODAL = ("backend=modal", f"backend.sdk={FAKE_SDK}", "backend.app_name=rollout-e2e",
+         "policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2",
+         "backend.slots_per_host=4")
+
+
+def launch(*overrides: str, run_dir: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "conf=swe_smith", f"run.dir={run_dir}",
+         *MODAL, *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def run_sandboxes(run_dir: Path) -> set[str]:
+    """Running sandboxes of the run in the fake (any pool, any driver session)."""
+    return _control.running_ids(run_id=(run_dir / "run_id").read_text().strip())
+
+
+def test_gold_over_modal_scores_every_bundled_instance(
+        fake_modal, tmp_path: Path) -> None:  # noqa: F811
+    run_dir = tmp_path / "run"
+    proc = launch("workers.num=2", run_dir=run_dir)
+    out, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, out[-3000:]
+    expected = sorted(t.task_id for t in load_tasks({"source": "bundled"}))
+    groups = groups_jsonl(run_dir)
+    assert sorted(g["task_id"] for g in groups) == expected
+    for g in groups:
+        assert g["scores"] == [1.0, 1.0], g["task_id"]
+    assert _control.all_ids(), "the run created no sandbox"
+    assert run_sandboxes(run_dir) == set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_driver_leaves_no_sandbox(
+        fake_modal, tmp_path: Path, sig: int) -> None:  # noqa: F811
+    run_dir = tmp_path / "run"
+    proc = launch("tasks.max_items=6", "workers.num=1", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    assert run_sandboxes(run_dir), "no sandbox was running mid-run"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert "run finished" in out, out[-3000:]
+    assert run_sandboxes(run_dir) == set()
+
+
+async def test_sigkilled_driver_then_restart_reaps_only_its_run(fake_modal,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    # A sandbox of another run of the same app, alive throughout: it must be left alone.
+    stranger = modal_config(app_name="rollout-e2e").create(SlotLimits(), "otherrun-0")
+    theirs = (await stranger.start_host(None, 1)).host_id
+    try:
+        run_dir = tmp_path / "run"
+        proc = launch("tasks.max_items=6", "workers.num=1", run_dir=run_dir)
+        wait_for_first_group(proc, run_dir)
+        proc.kill()  # the driver only: its Ray processes share its fate, no teardown runs
+        proc.communicate(timeout=120)
+        left = run_sandboxes(run_dir)
+        assert left, "a SIGKILLed driver's sandboxes keep running on Modal (and in the fake)"
+        proc = launch("tasks.max_items=6", "workers.num=1", run_dir=run_dir)
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        assert left.isdisjoint(_control.running_ids())  # reaped at the restart's start
+        assert run_sandboxes(run_dir) == set()
+        ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+        assert len(ids) == len(set(ids)) == 6
+        assert _control.running(theirs)
+    finally:
+        await stranger.close()
+
+
+def test_sandbox_terminated_mid_run_every_task_once(
+        fake_modal, tmp_path: Path) -> None:  # noqa: F811
+    run_dir = tmp_path / "run"
+    proc = launch("tasks.max_items=8", "workers.num=1", "backend.max_hosts=2",
+                  "backend.health_check_interval=1", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    victims = run_sandboxes(run_dir)
+    assert victims
+    victim = sorted(victims)[0]
+    assert _control.signal_supervisor(victim)  # Modal ended it (preempted, crashed, ...)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert _control.exit_record(victim)["reason"] == "terminated"
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) == 8  # every task delivered once, none lost
+    assert len(_control.all_ids()) > len(victims)  # a replacement sandbox joined
+    assert run_sandboxes(run_dir) == set()
