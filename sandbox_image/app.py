@@ -35,7 +35,7 @@ from aiohttp import web
 from sandbox_image import VERSION, api, files
 from sandbox_image.api import BadRequest, ExecRequest
 from sandbox_image.config import HOST_IMAGE, ServerConfig
-from sandbox_image.disks import SlotDisks
+from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
 from sandbox_image.runner import CommandResult, run_command
@@ -255,6 +255,9 @@ def build_app(server: SlotServer) -> web.Application:
             return _json_error(str(e), e.status)
         except (files.PathError, SlotImageError) as e:
             return _json_error(str(e), e.status)
+        except DiskError as e:  # a fresh slot disk could not be made (loop devices, mount)
+            log.error("slot disk error serving %s: %s", request.path, e)
+            return _json_error(f"cannot make the slot's disk: {e}", 503)
         except web.HTTPException:
             raise
         except OSError as e:

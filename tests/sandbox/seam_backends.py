@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -73,7 +74,8 @@ class SlowBackend:
             await asyncio.sleep(self.cfg.delay_before)
             if fail and not fail_late:
                 raise SandboxError("injected start failure (control plane refused)")
-            host = await self.local.start_host(image, slots)
+            # The image is a label here (fleet tests): the slots run in the host view.
+            host = dataclasses.replace(await self.local.start_host(None, slots), image=image)
             self.record("server", image=image, host=host.host_id, server_pid=host.meta["pid"])
             if fail:
                 await self.local.stop_host(host)  # cleans up after itself
