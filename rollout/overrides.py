@@ -102,10 +102,28 @@ def launch_schema() -> KeySchema:
     return KeySchema(sections)
 
 
+def _selected_backend(args: list[str]) -> str | None:
+    """The backend group chosen on the command line (None: the default, local)."""
+    chosen = [a.split("=", 1)[1].strip() for a in args if a.split("=", 1)[0].strip() == "backend"]
+    return chosen[-1] if chosen else "local"
+
+
+def _backend_knows(name: str | None, key: str) -> bool:
+    """Whether the selected backend's config has the field `key` (backend.<field>...)."""
+    from rollout.sandbox.registry import UnknownBackend, config_class
+
+    try:
+        cls = config_class(name or "local")
+    except UnknownBackend:
+        return True  # an unknown backend is reported where the group is resolved
+    return key.split(".")[1] in cls.model_fields
+
+
 def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> list[str]:
     """Rewrite plain `key=value` overrides of known keys to `++key=value`; refuse unknown
     keys with a suggestion (`OverrideError`). Anything else is returned unchanged."""
     schema = schema or launch_schema()
+    selected = _selected_backend(args)
     out = []
     for arg in args:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
@@ -119,11 +137,11 @@ def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> lis
             raise OverrideError(
                 "ray is a config section, not a group (conf/ray/cluster.yaml is for `ray up`); "
                 "set its keys instead, e.g. ray.address=auto")
+        moved = "sandbox." + key.split(".", 1)[1] if key.startswith("backend.") else ""
+        if moved and schema.knows(moved) and not _backend_knows(selected, key):
+            raise OverrideError(f"{key} is a slot limit, the same on every backend: "
+                                f"set {moved} instead")
         if not schema.knows(key):
-            moved = "sandbox." + key.split(".", 1)[1] if key.startswith("backend.") else ""
-            if moved and schema.knows(moved):
-                raise OverrideError(f"{key} is a slot limit, the same on every backend: "
-                                    f"set {moved} instead")
             hint = schema.suggest(key)
             raise OverrideError(f"unknown key {key}" + (f"; did you mean {hint}?" if hint else
                                 f"; valid sections: {', '.join(sorted(k for k in schema.keys if '.' not in k))}"))
