@@ -98,6 +98,8 @@ class LocalBackend:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        # Killed by a cancelled stop that could not wait: close() waits for their exit.
+        self._dying: set[asyncio.subprocess.Process] = set()
         self._ids = itertools.count()
 
     def _argv(self, host_dir: Path, slots: int, image: str | None) -> list[str]:
@@ -184,6 +186,7 @@ class LocalBackend:
             if proc.returncode is None:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
+                self._dying.add(proc)  # close() waits for its exit
             else:
                 _LIVE_SERVERS.pop(proc.pid, None)
             await asyncio.to_thread(shutil.rmtree, self.root / host_id, True)
@@ -201,4 +204,10 @@ class LocalBackend:
     async def close(self) -> None:
         await asyncio.gather(*(self._terminate(h) for h in list(self._procs)),
                              return_exceptions=True)
+        dying, self._dying = list(self._dying), set()
+        await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in dying),
+                             return_exceptions=True)
+        for p in dying:
+            if p.returncode is not None:
+                _LIVE_SERVERS.pop(p.pid, None)
         await asyncio.to_thread(shutil.rmtree, self.root, True)
