@@ -219,8 +219,13 @@ class SlotPool:
     async def _move(self, hs: HostState, index: int, image: str | None) -> None:
         """Reset a reserved free slot into `image` (mix_images). A failure is the acquirer's
         SandboxError; the slot is quarantined (an unreachable host is suspected)."""
+        task = asyncio.ensure_future(hs.client.reset(index, image=image or "host"))
         try:
-            await asyncio.shield(hs.client.reset(index, image=image or "host"))
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The acquirer gave up: the slot is returned once the move is over.
+            task.add_done_callback(lambda t: self._moved_unclaimed(t, hs, index, image))
+            raise
         except ImageUnavailable as e:  # the slot is untouched: back to its own image's list
             self._give(hs, index)
             raise SandboxError(f"cannot run image {image!r}: {e}") from e
@@ -235,6 +240,17 @@ class SlotPool:
                                f"{image!r}: {e}") from e
         hs.slot_image[index] = image
         self._counts["image_moves"] += 1
+
+    def _moved_unclaimed(self, task: asyncio.Future[Any], hs: HostState, index: int,
+                         image: str | None) -> None:
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or (error is not None and not isinstance(error, ImageUnavailable)):
+            log.error("moving slot %s/%d to image %r failed; slot quarantined: %s",
+                      hs.host_id, index, image, error or "cancelled")
+            return
+        if error is None:
+            hs.slot_image[index] = image
+        self._give(hs, index)
 
     async def _reset_and_return(self, hs: HostState, index: int) -> None:
         try:
