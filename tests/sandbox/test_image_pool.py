@@ -93,3 +93,26 @@ async def test_without_mixing_each_image_gets_its_own_host(images, tmp_path) -> 
         await pool.release(b)
     finally:
         await pool.stop()
+
+
+async def test_an_acquire_cancelled_mid_move_gives_the_slot_back(images, tmp_path) -> None:
+    pool = local_pool(min_hosts=1, max_hosts=1, slots_per_host=1, default_image="a",
+                      images=images, image_store=str(tmp_path / "store"), memory_mb=512,
+                      pids=256)
+    await pool.start()
+    try:
+        (hs,) = pool.fleet.hosts.values()
+        moving = asyncio.ensure_future(pool.acquire("t1", image="b", timeout=30))
+        # The slot is reserved (busy) but not leased while it moves to image b.
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (hs.busy == 1 and hs.leases[0] is None) and not moving.done():
+            assert asyncio.get_running_loop().time() < deadline, "the move never began"
+            await asyncio.sleep(0.001)
+        moving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await moving
+        slot = await pool.acquire("t2", image="b", timeout=30)  # the slot came back
+        assert (await pool.sandbox(slot).exec("cat /etc/which")).stdout == "b"
+        await pool.release(slot)
+    finally:
+        await pool.stop()
