@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rollout.sandbox import SlotPool
 from rollout.types import SandboxError
 from tests.sandbox.conftest import local_pool
 from tests.sandbox_image.images.build import Dir, build_oci_layout, host_binaries, host_files
@@ -26,15 +27,19 @@ def tiny_image(dest: Path, name: str) -> Path:
     return build_oci_layout(dest, [layer], {"Env": [f"PATH=/usr/bin:/bin", f"IMAGE={name}"]}).path
 
 
+def image_pool(tmp_path: Path, **settings) -> SlotPool:
+    """A local pool with a store of its own and small slot limits."""
+    return local_pool(image_store=str(tmp_path / "store"), memory_mb=512, pids=256, **settings)
+
+
 @pytest.fixture
 def images(tmp_path) -> dict:
     return {name: {"source": f"oci:{tiny_image(tmp_path / name, name)}"} for name in ("a", "b")}
 
 
 async def test_two_images_share_one_host_and_reset_restores_each(images, tmp_path) -> None:
-    pool = local_pool(min_hosts=1, max_hosts=1, slots_per_host=2, default_image="a",
-                      images=images, image_store=str(tmp_path / "store"), memory_mb=512,
-                      pids=256)
+    pool = image_pool(tmp_path, min_hosts=1, max_hosts=1, slots_per_host=2, default_image="a",
+                      images=images)
     await pool.start()
     try:
         a = await pool.acquire("ta", image="a")
@@ -65,9 +70,8 @@ async def test_two_images_share_one_host_and_reset_restores_each(images, tmp_pat
 
 async def test_an_image_that_cannot_be_had_is_a_clear_error_and_costs_no_slot(
         images, tmp_path) -> None:
-    pool = local_pool(min_hosts=1, max_hosts=1, slots_per_host=1, default_image="a",
-                      images={**images, "gone": {"source": f"oci:{tmp_path}/no-such-layout"}},
-                      image_store=str(tmp_path / "store"), memory_mb=512, pids=256)
+    pool = image_pool(tmp_path, min_hosts=1, max_hosts=1, slots_per_host=1, default_image="a",
+                      images={**images, "gone": {"source": f"oci:{tmp_path}/no-such-layout"}})
     await pool.start()
     try:
         with pytest.raises(SandboxError, match="cannot run image 'gone'.*no-such-layout"):
@@ -80,9 +84,8 @@ async def test_an_image_that_cannot_be_had_is_a_clear_error_and_costs_no_slot(
 
 
 async def test_without_mixing_each_image_gets_its_own_host(images, tmp_path) -> None:
-    pool = local_pool(min_hosts=0, max_hosts=2, slots_per_host=2, mix_images=False,
-                      images=images, image_store=str(tmp_path / "store"), memory_mb=512,
-                      pids=256)
+    pool = image_pool(tmp_path, min_hosts=0, max_hosts=2, slots_per_host=2, mix_images=False,
+                      images=images)
     await pool.start()
     try:
         a = await pool.acquire("ta", image="a")
@@ -96,9 +99,8 @@ async def test_without_mixing_each_image_gets_its_own_host(images, tmp_path) -> 
 
 
 async def test_an_acquire_cancelled_mid_move_gives_the_slot_back(images, tmp_path) -> None:
-    pool = local_pool(min_hosts=1, max_hosts=1, slots_per_host=1, default_image="a",
-                      images=images, image_store=str(tmp_path / "store"), memory_mb=512,
-                      pids=256)
+    pool = image_pool(tmp_path, min_hosts=1, max_hosts=1, slots_per_host=1, default_image="a",
+                      images=images)
     await pool.start()
     try:
         (hs,) = pool.fleet.hosts.values()

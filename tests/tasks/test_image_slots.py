@@ -16,12 +16,11 @@ import pytest
 import pytest_asyncio
 
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
-from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.loader import BUNDLED_DIR
-from rollout.tasks.swe_smith import SweSmithEnv
 from rollout.tasks.config import default_cache_dir
 from tests.sandbox_image.images.python_image import build_python_image, clone_testbed
-from tests.tasks.test_swe_smith_slots import IMAGE, apply_gold
+# The same task env and tasks as the host-view acceptance test (module-scoped fixtures).
+from tests.tasks.test_swe_smith_slots import IMAGE, apply_gold, env, tasks  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SLOTS = 3
@@ -51,18 +50,6 @@ async def pool(image_layout, store):
     await p.start()
     yield p
     await p.stop()
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cfg = TaskSourceConfig(cache_dir=str(tmp_path_factory.mktemp("repo-cache")), repo_sources=[],
-                           pytest_plugin_autoload=False)
-    return SweSmithEnv(cfg)
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_tasks(TaskSourceConfig())
 
 
 @pytest.mark.timeout(900)  # 72 gradings on a 2-core machine
