@@ -114,6 +114,11 @@ class SlotDisks:
         self._spares: list[str] = []
         self._refill: asyncio.Task[None] | None = None
         self._mounted: set[str] = set()
+        # mount point -> the background release of the disk that was on it. A mount point
+        # is reused only once that is over: mounting on top of a disk about to be released
+        # fails (ENOENT when the lazy unmount lands mid-mount) or, worse, has the release's
+        # unmount take the new disk off instead of the old one.
+        self._releasing: dict[str, asyncio.Task[None]] = {}
         self._remove_stale()
         self._images.mkdir(parents=True)
         self._mnt.mkdir(parents=True)
@@ -232,8 +237,12 @@ class SlotDisks:
         """A new empty mounted filesystem for `slot`, from a spare image when one is ready."""
         image = self._spares.pop() if self._spares else await asyncio.to_thread(self._new_image)
         self._start_refill()
+        name = self._mount_point(slot)
         try:
-            return await asyncio.to_thread(self._mount, image, self._mount_point(slot))
+            pending = self._releasing.get(str(self._mnt / name))
+            if pending is not None:
+                await asyncio.wait({pending})  # its errors are the release task's own
+            return await asyncio.to_thread(self._mount, image, name)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(image)
@@ -249,8 +258,18 @@ class SlotDisks:
 
         self._refill = asyncio.get_running_loop().create_task(refill())
 
-    async def release(self, disk: SlotDisk) -> None:
-        await asyncio.to_thread(self._release, disk)
+    def release(self, disk: SlotDisk) -> asyncio.Task[None]:
+        """Unmount and delete `disk` in the background; its mount point is not reused
+        before that is over. Returns the task (await it, or keep a reference)."""
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._release, disk))
+        self._releasing[disk.mount_point] = task
+
+        def forget(t: asyncio.Task[None]) -> None:
+            if self._releasing.get(disk.mount_point) is t:
+                del self._releasing[disk.mount_point]
+
+        task.add_done_callback(forget)
+        return task
 
     def close_sync(self, disks: list[SlotDisk]) -> None:
         for disk in disks:

@@ -117,7 +117,7 @@ class SlotWorkspaces:
             # Unmount and delete the old disk off the reset's path (unmount + unlink of a
             # used 4 GiB image: ~40 ms on a loaded 2-core machine). The slot is fresh now;
             # the host gets the old disk's blocks back moments later.
-            task = asyncio.get_running_loop().create_task(self.disks.release(old))
+            task = self.disks.release(old)
             self._cleanup_tasks.add(task)
             task.add_done_callback(self._cleanup_tasks.discard)
             return

@@ -145,6 +145,25 @@ async def test_reset_frees_the_disk(hclient: SlotServerClient) -> None:
     assert r.stdout.split() == ["--", "wrote"], r
 
 
+async def test_back_to_back_resets_of_one_slot_each_leave_it_a_mounted_disk(
+        hclient: SlotServerClient) -> None:
+    """A slot alternates between two mount points and its old disk is released in the
+    background: a reset right after a reset must wait for that release, not mount on top
+    of the disk being released (the mount failed, or the release unmounted the new disk).
+    Dirty data on the disk makes its release (syncfs) slow enough to be overtaken."""
+    for n in range(6):
+        r = await hclient.exec(1, "head -c 30000000 /dev/zero > big", timeout=TIMEOUT_CAP)
+        assert r.ok, r
+        await hclient.reset(1)
+        await hclient.reset(1)  # onto the mount point the first disk is being released from
+        r = await hclient.exec(1, f"echo {n} > f && cat f && ls -A && df -k . | tail -1",
+                               timeout=TIMEOUT_CAP)
+        lines = r.stdout.splitlines()
+        assert r.ok and lines[:3] == [str(n), "f"] + lines[2:3], r
+        assert len(lines) == 3, r  # a fresh disk holding just f
+        assert int(lines[2].split()[1]) <= DISK_MB * 1024, r  # the slot's disk, not the host's
+
+
 async def test_a_full_disk_refuses_uploads_clearly_and_the_server_goes_on(
         hclient: SlotServerClient) -> None:
     await hclient.exec(0, "head -c 200000000 /dev/zero > big", timeout=TIMEOUT_CAP)
