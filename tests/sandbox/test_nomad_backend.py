@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rollout.sandbox import nomad_api
 from rollout.sandbox import nomad_job as nj
 from rollout.sandbox.nomad import Constraint, NomadAPIError, NomadBackend, NomadConfig
 from rollout.sandbox.registry import backend_config
@@ -303,7 +304,9 @@ async def test_an_api_outage_makes_starts_wait_and_liveness_keep_its_view(
 
 
 async def _crash(backend: NomadBackend) -> None:
-    """What a SIGKILLed driver leaves: the job and allocations, nothing of the process."""
+    """What a SIGKILLed driver leaves: the job and allocations, nothing of the process
+    (no atexit backstop either: a SIGKILLed process runs none)."""
+    nomad_api._OPEN_JOBS.pop(backend.job_id, None)
     if backend._watcher is not None:
         backend._watcher.cancel()
     await backend.api.close()
