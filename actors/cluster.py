@@ -203,7 +203,7 @@ class RolloutCluster:
             include_messages=cfg.env.include_messages,
             acquire_timeout=cfg.workers.acquire_timeout,
             lease_renew_interval=cfg.workers.lease_renew_interval,
-            task_kind=cfg.tasks.kind, task_env=cfg.tasks, route_by_image=self.sharded,
+            task_env=cfg.tasks, route_by_image=self.sharded,
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",

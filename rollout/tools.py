@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from rollout.protocols import Sandbox
+from rollout.protocols import Sandbox, ToolExecutor
 from rollout.types import SandboxError, ToolCall, ToolResult
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,6 @@ class ToolLimits:
     max_observation_chars: int = 16_000
     max_read_bytes: int = 1_000_000
     workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
-
-
-class ToolExecutor(Protocol):
-    """Runs one tool call. Raises only SandboxError (the slot is gone)."""
-
-    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult: ...
 
 
 class ToolArgumentError(ValueError):
