@@ -209,19 +209,32 @@ def load_tasks_with_report(cfg: TaskSourceConfig) -> tuple[list[Task], LoadRepor
         elif cfg.filter and cfg.filter not in task.task_id and cfg.filter not in task.data["repo"]:
             report.skipped["filtered"] += 1
             continue
-        if not _in_split(task.task_id, cfg.split, cfg.eval_fraction):
-            continue
         tasks.append(task)
+    return shape_tasks(tasks, cfg, report, filtered=True)
+
+
+def shape_tasks(tasks: list[Task], cfg: TaskSourceConfig, report: LoadReport,
+                filtered: bool = False) -> tuple[list[Task], LoadReport]:
+    """What every kind's loader does last: the `filter` (a task-id substring; "python" is
+    SWE-smith's own and left to its loader), the train/eval split, shuffle and cap."""
+    kept = []
+    for task in tasks:
+        if not filtered and cfg.filter not in ("", "python") and cfg.filter not in task.task_id:
+            report.skipped["filtered"] += 1
+            continue
+        if _in_split(task.task_id, cfg.split, cfg.eval_fraction):
+            kept.append(task)
+    tasks = kept
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(tasks)
     if cfg.max_items is not None:
         tasks = tasks[: cfg.max_items]
     report.loaded = len(tasks)
     if report.total_skipped:
-        log.warning("loaded %d tasks from %s; skipped %d rows: %s", report.loaded, cfg.source,
-                    report.total_skipped, dict(report.skipped))
+        log.warning("loaded %d %s tasks from %s; skipped %d rows: %s", report.loaded, cfg.kind,
+                    cfg.source, report.total_skipped, dict(report.skipped))
     else:
-        log.info("loaded %d tasks from %s", report.loaded, cfg.source)
+        log.info("loaded %d %s tasks from %s", report.loaded, cfg.kind, cfg.source)
     return tasks, report
 
 
