@@ -17,9 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rollout.tools import ToolLimits
     from rollout.types import (Completion, ExecResult, Host, PythonResult, SandboxSpec, Task,
-                               TokenRecord, ToolCall, ToolResult, Verdict)
+                               TokenRecord, ToolCall, ToolLimits, ToolResult, Verdict)
 
 
 @runtime_checkable

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import dataclass
 from typing import Any
 
 from rollout.protocols import Sandbox, ToolExecutor
-from rollout.types import SandboxError, ToolCall, ToolResult
+from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +97,6 @@ PYTHON_SCHEMA: dict[str, Any] = {
         },
     },
 }
-
-
-@dataclass(frozen=True)
-class ToolLimits:
-    timeout_default: float = 60.0
-    timeout_min: float = 1.0
-    timeout_max: float = 600.0
-    max_observation_chars: int = 16_000
-    max_read_bytes: int = 1_000_000
-    workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
 
 
 class ToolArgumentError(ValueError):

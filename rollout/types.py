@@ -131,6 +131,18 @@ class ToolCall:
     call_id: str = ""
 
 
+@dataclass(frozen=True)
+class ToolLimits:
+    """What the built-in tools allow (rollout.tools); from `AgentConfig.tool_limits`."""
+
+    timeout_default: float = 60.0
+    timeout_min: float = 1.0
+    timeout_max: float = 600.0
+    max_observation_chars: int = 16_000
+    max_read_bytes: int = 1_000_000
+    workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
+
+
 @dataclass
 class ToolResult:
     call_id: str

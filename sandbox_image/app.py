@@ -31,8 +31,6 @@ import hmac
 import logging
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -44,22 +42,12 @@ from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
 from sandbox_image.python_sessions import PythonSessions
-from sandbox_image.runner import CommandResult, run_command
+from sandbox_image.runner import CommandResult, Launch, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """A slot process ready to spawn (see `SlotServer.launch_spec`)."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    preexec: Callable[[], None] | None
 
 # Without bubblewrap, setpriv (util-linux) sets the parent-death signal before exec'ing
 # the command, so a command never outlives a server killed with SIGKILL.
@@ -95,7 +83,10 @@ class SlotServer:
             log.warning("the server leads a session with a terminal: every command gets its "
                         "own session (slower); start it with setsid or from a service manager")
         self._env_base = {i: self._base_env(i) for i in range(cfg.slots)}
-        self.python = PythonSessions(self)
+        self.python = PythonSessions(
+            cfg.slots, launch=lambda i, command: self.launch_spec(i, ExecRequest(command=command)),
+            limits=self.limits, running=self.workspaces.running,
+            output_cap=cfg.limits.output_cap, new_session=self._session_per_command)
 
     def _base_env(self, i: int) -> dict[str, str]:
         home = "/tmp" if self.isolation == "bwrap" else self.workspaces.home(i)

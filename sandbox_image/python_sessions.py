@@ -22,15 +22,14 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sandbox_image.api import ExecRequest
+from sandbox_image.limits import SlotCgroups
+from sandbox_image.runner import Launch
 from sandbox_image.spawn import spawn, watch_exit
-
-if TYPE_CHECKING:
-    from sandbox_image.app import SlotServer
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,18 @@ def _lost(message: str, started: float, **extra: Any) -> dict[str, Any]:
 
 
 class PythonSessions:
-    def __init__(self, server: SlotServer) -> None:
-        self._server = server
+    """The sessions of one server's slots. `launch(i, command)` is how slot i starts a
+    command (`SlotServer.launch_spec`); `running[i]` the pids a reset of slot i kills."""
+
+    def __init__(self, slots: int, *, launch: Callable[[int, str], Launch], limits: SlotCgroups,
+                 running: list[set[int]], output_cap: int, new_session: bool) -> None:
+        self._launch = launch
+        self._limits = limits
+        self._running = running
+        self._output_cap = output_cap
+        self._new_session = new_session
         self._sessions: dict[int, _Session] = {}
-        self._locks = [asyncio.Lock() for _ in range(server.cfg.slots)]
+        self._locks = [asyncio.Lock() for _ in range(slots)]
 
     def count(self) -> int:
         return sum(1 for s in self._sessions.values() if not s.exited.done())
@@ -75,9 +82,9 @@ class PythonSessions:
         session = self._sessions.get(i)
         if session is None or session.exited.done():
             session = await self._start(i)
-        limits = self._server.limits
+        limits = self._limits
         oom_before = limits.oom_kills(i)
-        cap = self._server.slot_limits.output_cap
+        cap = self._output_cap
         session.requests.write(json.dumps({"code": code, "cap": cap}).encode() + b"\n")
         try:
             line = await asyncio.wait_for(session.replies.readline(), timeout)
@@ -108,8 +115,7 @@ class PythonSessions:
                 "duration": time.monotonic() - started}
 
     async def _start(self, i: int) -> _Session:
-        server = self._server
-        launch = server.launch_spec(i, ExecRequest(command=_COMMAND))
+        launch = self._launch(i, _COMMAND)
         loop = asyncio.get_running_loop()
         fds: list[int] = []
         try:
@@ -120,7 +126,7 @@ class PythonSessions:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             fds += (err_r, err_w)
             pid = spawn(launch.argv, env=launch.env, cwd=launch.cwd, stdout=out_w, stderr=err_w,
-                        stdin=in_r, new_session=server._session_per_command,
+                        stdin=in_r, new_session=self._new_session,
                         preexec=launch.preexec)
         except BaseException:
             for fd in fds:
@@ -129,8 +135,8 @@ class PythonSessions:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         exited = watch_exit(pid)
-        server.workspaces.running[i].add(pid)
-        replies = asyncio.StreamReader(limit=4 * server.slot_limits.output_cap + (1 << 16))
+        self._running[i].add(pid)
+        replies = asyncio.StreamReader(limit=4 * self._output_cap + (1 << 16))
         errors = asyncio.StreamReader(limit=1 << 16)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(replies),
                                      os.fdopen(out_r, "rb", 0))
@@ -162,7 +168,7 @@ class PythonSessions:
         session.requests.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(session.exited), _REAP_WAIT)
-        self._server.workspaces.running[i].discard(session.pid)
+        self._running[i].discard(session.pid)
 
     async def stop(self, i: int) -> None:
         """Kill slot i's session, if any (a call waiting on it reports it lost)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -110,3 +111,24 @@ async def test_grading_that_cannot_run_is_not_a_zero(pool):
         traj = await run_rollout(task, env, _policy(env), sandbox, AgentConfig(),
                                  trajectory_id="no-python")
     assert traj.outcome == Outcome.GRADING_ERROR and "cannot_run" in traj.error
+
+
+def test_dockerfile_environments_become_build_labels(tmp_path):
+    folder = tmp_path / "tasks" / "built"
+    (folder / "environment").mkdir(parents=True)
+    (folder / "tests").mkdir()
+    (folder / "instruction.md").write_text("Do it.\n")
+    (folder / "environment" / "Dockerfile").write_text("FROM debian:bookworm\nRUN true\n")
+    (folder / "tests" / TEST_NAME).write_text("def test_a():\n    pass\n")
+    cache = tmp_path / "cache" / "repos"
+    [task] = load_terminal(TaskSourceConfig(kind="terminal", source=str(folder.parent), filter="",
+                                            cache_dir=str(cache)))[0]
+    assert task.image == f"dockerfile:{(folder / 'environment').resolve()}"
+    row = {"task_id": "inline", "instruction": "x", "test_final_state": "def test_a():\n    pass\n",
+           "dockerfile": "FROM debian:bookworm\nWORKDIR /srv\n"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    [inline] = load_terminal(TaskSourceConfig(kind="terminal", source=str(path), filter="",
+                                              cache_dir=str(cache)))[0]
+    ctx = inline.image.removeprefix("dockerfile:")
+    assert inline.image.startswith("dockerfile:") and (Path(ctx) / "Dockerfile").read_text() == row["dockerfile"]
