@@ -66,7 +66,7 @@ def _test_list(row: dict[str, Any], key: str) -> list[str]:
     return list(value)
 
 
-def _required_str(row: dict[str, Any], key: str) -> str:
+def required_str(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
         raise RowError(f"missing {key}")
@@ -77,9 +77,9 @@ def row_to_task(row: Any, kind: str = "swe_smith") -> Task:
     """Normalize one SWE-smith row. Raises RowError with a short reason if malformed."""
     if not isinstance(row, dict):
         raise RowError("row is not an object")
-    instance_id = _required_str(row, "instance_id")
-    repo = _required_str(row, "repo")
-    patch = _required_str(row, "patch")
+    instance_id = required_str(row, "instance_id")
+    repo = required_str(row, "repo")
+    patch = required_str(row, "patch")
     if "diff --git" not in patch and "\n+++ " not in patch:
         raise RowError("patch is not a unified diff")
     f2p = _test_list(row, "FAIL_TO_PASS")

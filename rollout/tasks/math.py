@@ -19,7 +19,7 @@ from rollout.protocols import Sandbox
 from rollout.tasks.answers import final_answer, parse_number, same_number
 from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import BUNDLED, TaskSourceConfig
-from rollout.tasks.loader import LoadReport, RowError, shape_tasks
+from rollout.tasks.loader import LoadReport, RowError, required_str, shape_tasks
 from rollout.tasks.registry import TaskKind, register
 from rollout.tools import PYTHON_SCHEMA, SandboxTools, ToolLimits
 from rollout.types import SandboxSpec, Task, ToolCall, ToolResult, Verdict
@@ -54,9 +54,7 @@ def row_to_math_task(row: Any, kind: str, fallback_id: str) -> Task:
     """A bundled or GSM8K-format row as a Task. Raises RowError with a short reason."""
     if not isinstance(row, dict):
         raise RowError("row is not an object")
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise RowError("missing question")
+    question = required_str(row, "question")
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)

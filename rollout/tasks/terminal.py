@@ -37,7 +37,7 @@ from rollout.protocols import Sandbox
 from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import BUNDLED, TaskSourceConfig
 from rollout.tasks.grading import grade, pytest_run
-from rollout.tasks.loader import LoadReport, RowError, shape_tasks
+from rollout.tasks.loader import LoadReport, RowError, required_str, shape_tasks
 from rollout.tasks.registry import TaskKind, register
 from rollout.types import SandboxError, Task, ToolCall, Verdict
 
@@ -92,12 +92,8 @@ def row_to_terminal_task(row: Any, kind: str = "terminal") -> Task:
     """A JSONL row (or a folder read into the same fields) as a Task."""
     if not isinstance(row, dict):
         raise RowError("row is not an object")
-    task_id = row.get("task_id")
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise RowError("missing task_id")
-    instruction = row.get("instruction")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise RowError("missing instruction")
+    task_id = required_str(row, "task_id")
+    instruction = required_str(row, "instruction")
     test = row.get("test_final_state")
     if not isinstance(test, str) or not test.strip():
         raise RowError(f"missing test_final_state (the {TEST_NAME} source)")
