@@ -127,12 +127,14 @@ def preflight(cfg: Any) -> list[Any]:
     Raises PreflightError (or the loader's own clear errors) with a one-line message."""
     from rollout import preflight as pf
     from rollout.tasks import load_tasks
+    from rollout.tasks.mix import TaskEnvs
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
     tasks = load_tasks(cfg.tasks)
     pf.check_tasks(tasks, cfg.tasks.source)
+    pf.check_sandbox_specs(tasks, TaskEnvs(cfg.tasks), cfg.sandbox)
     return tasks
 
 

@@ -116,8 +116,10 @@ class RolloutCluster:
 
     def _limits(self) -> SlotLimits:
         """The slot limits with the grading interpreters exposed: slots must run them."""
-        limits, tasks = self.cfg.sandbox, self.cfg.tasks
-        pythons = [tasks.python, *(p.python for p in tasks.profiles.values() if p.python)]
+        limits = self.cfg.sandbox
+        pythons = [python for tasks, _ in self.cfg.tasks.mixture()
+                   for python in (tasks.python, *(p.python for p in tasks.profiles.values()))
+                   if python]
         return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
 
     @property
@@ -203,7 +205,7 @@ class RolloutCluster:
             include_messages=cfg.env.include_messages,
             acquire_timeout=cfg.workers.acquire_timeout,
             lease_renew_interval=cfg.workers.lease_renew_interval,
-            task_kind=cfg.tasks.kind, task_env=cfg.tasks, route_by_image=self.sharded,
+            task_env=cfg.tasks, route_by_image=self.sharded,
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",

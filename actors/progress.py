@@ -64,7 +64,24 @@ def _totals(snap: Snapshot) -> dict[str, Any]:
         "outcomes": outcomes,
         "grading_errors": grading,
         "suspected_hacking": sum(s.get("suspected_hacking", 0) for s in w),
+        "kinds": kind_totals(w),
     }
+
+
+def kind_totals(workers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task kind over all workers: groups delivered, trajectories, mean score, outcomes."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in workers:
+        for kind, k in s.get("kinds", {}).items():
+            t = out.setdefault(kind, {"groups": 0, "trajectories": 0, "score_sum": 0.0,
+                                      "outcomes": {}})
+            for key in ("groups", "trajectories", "score_sum"):
+                t[key] += k.get(key, 0)
+            for o, n in k.get("outcomes", {}).items():
+                t["outcomes"][o] = t["outcomes"].get(o, 0) + n
+    for t in out.values():
+        t["mean_score"] = t["score_sum"] / t["trajectories"] if t["trajectories"] else None
+    return out
 
 
 def time_shares(t: dict[str, Any]) -> str:
@@ -224,6 +241,10 @@ class ProgressView:
         drops = {**q.get("drop_reasons", {}), **s.get("drops", {})}
         if drops:
             lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
+        for kind, k in sorted(t["kinds"].items()):
+            mean = "-" if k["mean_score"] is None else f"{k['mean_score']:.3f}"
+            lines.append(f"  kind {kind}: {k['groups']} group(s) delivered, "
+                         f"{k['trajectories']} trajectories, mean score {mean}")
         if t["outcomes"]:
             lines.append("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(t["outcomes"].items())))
         if snap.worker_restarts:

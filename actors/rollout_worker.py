@@ -29,7 +29,8 @@ from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
-from rollout.tasks import make_env
+from rollout.tasks.base import NoSlot, sandbox_spec_for
+from rollout.tasks.mix import TaskEnvs
 from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ class WorkerSettings:
     acquire_timeout: float = 300.0
     lease_renew_interval: float = 10.0
     pace_poll_interval: float = 0.5
-    task_kind: str = "swe_smith"
-    task_env: Any = None  # the TaskSourceConfig (how to prepare and grade)
+    task_env: Any = None  # the TaskSourceConfig (every source's kind and settings)
     route_by_image: bool = False  # sharded pools: an image always goes to the same shard
 
 
@@ -63,7 +63,8 @@ class RolloutWorker:
         self._pools = pools
         self._queue = queue
         self._sink = sink
-        self._env = make_env(settings.task_kind, settings.task_env)
+        # The env of each task is picked by its kind (a run may mix kinds).
+        self._envs = TaskEnvs(settings.task_env)
         self._policy: Any = None
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
@@ -74,7 +75,7 @@ class RolloutWorker:
                        "trajectories_in_flight": 0, "llm_time": 0.0, "tool_time": 0.0,
                        "traj_time": 0.0, "prepare_time": 0.0, "verify_time": 0.0,
                        "acquire_time": 0.0, "outcomes": {}, "grading_errors": {},
-                       "suspected_hacking": 0}
+                       "suspected_hacking": 0, "kinds": {}}
 
     def stats(self) -> dict[str, Any]:
         return dict(self._stats, groups_in_flight=len(self._groups))
@@ -92,7 +93,7 @@ class RolloutWorker:
 
     async def run(self) -> dict[str, Any]:
         """Lease and run groups until the queue is finished or `stop()` is called."""
-        self._policy = make_policy(self._policy_cfg, self._env)
+        self._policy = make_policy(self._policy_cfg, self._envs)
         try:
             while not self._stopping:
                 if len(self._groups) >= self.s.groups_in_flight:
@@ -154,6 +155,8 @@ class RolloutWorker:
             else:
                 await self._queue.drop.remote(lease.lease_id, result)
             self._stats["groups_done"] += 1
+            if result in ("accepted", "duplicate"):
+                self._kind_stats(task.kind)["groups"] += 1
         except asyncio.CancelledError:
             await asyncio.shield(self._queue.give_back.remote(lease.lease_id))
             raise
@@ -189,21 +192,27 @@ class RolloutWorker:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
-        pool = self._pick_pool(task.image)
         self._stats["trajectories_in_flight"] += 1
-        slot = None
+        slot = pool = None
         started = time.monotonic()
         try:
-            slot = await asyncio.wait_for(
-                pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout),
-                self.s.acquire_timeout + CALL_SLACK)
-            self._stats["acquire_time"] += time.monotonic() - started
-            traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
-                                     self._agent, trajectory_id=traj_id)
-            # Queued in the pool before a slot was free: on slow remote hosts, the figure.
-            traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
+            env = self._envs.for_task(task)
+            spec = sandbox_spec_for(env, task)
+            if spec is None:  # a task that needs no slot
+                traj = await run_rollout(task, env, self._policy, NoSlot(), self._agent,
+                                         trajectory_id=traj_id)
+            else:
+                pool = self._pick_pool(spec.image)
+                slot = await asyncio.wait_for(
+                    pool.acquire.remote(traj_id, spec.image, self.s.acquire_timeout),
+                    self.s.acquire_timeout + CALL_SLACK)
+                self._stats["acquire_time"] += time.monotonic() - started
+                traj = await run_rollout(task, env, self._policy, ActorSandbox(pool, slot),
+                                         self._agent, trajectory_id=traj_id)
+                # Queued in the pool before a slot was free: on slow remote hosts, the figure.
+                traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
         except Exception as e:
-            if isinstance(e, (RayActorError, asyncio.TimeoutError)):
+            if pool is not None and isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
@@ -212,11 +221,19 @@ class RolloutWorker:
             self._stats["trajectories_in_flight"] -= 1
             if slot is not None:
                 await asyncio.shield(_release(pool, slot))
-        self._count(traj, time.monotonic() - started)
+        self._count(traj, time.monotonic() - started, task.kind)
         return traj
 
-    def _count(self, traj: Trajectory, wall: float) -> None:
+    def _kind_stats(self, kind: str) -> dict[str, Any]:
+        return self._stats["kinds"].setdefault(
+            kind, {"groups": 0, "trajectories": 0, "score_sum": 0.0, "outcomes": {}})
+
+    def _count(self, traj: Trajectory, wall: float, kind: str) -> None:
         st = self._stats
+        per = self._kind_stats(kind)
+        per["trajectories"] += 1
+        per["score_sum"] += traj.score
+        per["outcomes"][traj.outcome.value] = per["outcomes"].get(traj.outcome.value, 0) + 1
         st["trajectories_done"] += 1
         st["traj_time"] += wall
         st["llm_time"] += traj.llm_time

@@ -90,7 +90,8 @@ class ActorSandbox(SandboxOps):
     async def _forward(self, op: str, *args: Any, **kwargs: Any) -> Any:
         # Bounded: a pool whose node vanished may never answer (Ray does not always fail
         # calls on a handle to an actor that died before this process learnt of it).
-        budget = float(kwargs.get("timeout") or 60.0) + CALL_SLACK if op == "exec" else 120.0
+        timed = op in ("exec", "python")
+        budget = float(kwargs.get("timeout") or 60.0) + CALL_SLACK if timed else 120.0
         try:
             return await asyncio.wait_for(
                 self._pool.call.remote(self.slot, op, args, kwargs), budget)

@@ -149,13 +149,15 @@ LEASE_MARGIN = 60.0
 
 def lease_budget(cfg: LaunchConfig) -> float:
     """The longest one trajectory may hold its slot: the agent's wall-clock budget, the
-    slot's preparation, and grading (a timed-out grading run is retried once with
+    slot's preparation, and grading (the worst task source's) (a timed-out grading run is retried once with
     `timeout_retry_factor` x the timeout), plus a margin."""
-    tasks = cfg.tasks
-    tests = max([tasks.test_timeout, *(p.test_timeout for p in tasks.profiles.values()
-                                       if p.test_timeout)])
-    grading = tests * (1 + tasks.timeout_retry_factor)
-    return cfg.agent.wall_clock_budget + tasks.prepare_timeout + grading + LEASE_MARGIN
+    def worst(tasks: TaskSourceConfig) -> float:
+        tests = max([tasks.test_timeout, *(p.test_timeout for p in tasks.profiles.values()
+                                           if p.test_timeout)])
+        return tasks.prepare_timeout + tests * (1 + tasks.timeout_retry_factor)
+
+    return cfg.agent.wall_clock_budget + max(map(worst, (t for t, _ in cfg.tasks.mixture()))) \
+        + LEASE_MARGIN
 
 
 def _cross_check(cfg: LaunchConfig) -> None:

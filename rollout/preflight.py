@@ -83,3 +83,21 @@ def check_tasks(tasks: list[Any], source: str) -> None:
     if not tasks:
         raise PreflightError(f"no tasks loaded from tasks.source={source!r} "
                              "(every row was skipped or filtered out; see the warnings above)")
+
+
+def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:
+    """Every task kind's slot needs (`TaskEnv.sandbox_spec`) fit in the configured slots."""
+    from rollout.tasks.base import sandbox_spec_for
+
+    first: dict[str, Any] = {}
+    for task in tasks:
+        first.setdefault(task.kind, task)
+    for kind, task in sorted(first.items()):
+        spec = sandbox_spec_for(envs.for_task(task), task)
+        if spec is None:
+            continue
+        for need, have, key in ((spec.memory_mb, limits.memory_mb, "memory_mb"),
+                                (spec.disk_mb, limits.disk_mb, "disk_mb")):
+            if need is not None and have is not None and have < need:
+                raise PreflightError(f"tasks of kind {kind} need slots with at least {need} MB "
+                                     f"({key}); sandbox.{key}={have} is less (raise it)")

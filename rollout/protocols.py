@@ -5,7 +5,10 @@ Kept small and in one place (see STYLE.md). Concrete types live in `rollout.type
 - `Sandbox`: one acquired slot. The agent's tools, a task's `prepare` and `verify` only ever
   see this, so the same code runs against a local SlotPool, a Ray actor handle, or a test double.
 - `Backend`: provisions and retires sandbox hosts (one slot server each) for a SlotPool.
-- `TaskEnv`: how one kind of task (SWE-smith, ...) prompts, prepares a slot and scores it.
+- `PythonSandbox`: a slot that also runs a stateful Python session (the `python` tool).
+- `TaskEnv`: how one kind of task (SWE-smith, terminal, math, ...) prompts, which tools and
+  which slot it needs, how it prepares the slot and scores it. Found by `Task.kind` in
+  `rollout.tasks.registry`.
 - `Policy` / `Conversation`: a model endpoint, and one trajectory's token-exact dialogue with it.
 """
 
@@ -14,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rollout.types import Completion, ExecResult, Host, Task, TokenRecord, ToolCall, Verdict
+    from rollout.types import (Completion, ExecResult, Host, PythonResult, SandboxSpec, Task,
+                               TokenRecord, ToolCall, ToolLimits, ToolResult, Verdict)
 
 
 @runtime_checkable
@@ -41,6 +45,14 @@ class Sandbox(Protocol):
     async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
         """Extract a tar.gz into the workspace (at `path`)."""
         ...
+
+
+@runtime_checkable
+class PythonSandbox(Protocol):
+    """A slot whose server keeps one long-lived Python process for it (state carries over
+    between calls of one trajectory; killed with the slot on release, reset or timeout)."""
+
+    async def python(self, code: str, *, timeout: float = 60.0) -> PythonResult: ...
 
 
 class Backend(Protocol):
@@ -78,8 +90,20 @@ class Backend(Protocol):
         ...
 
 
+class ToolExecutor(Protocol):
+    """Runs one tool call of a trajectory. Raises only SandboxError (the slot is gone);
+    every other failure is an observation for the model (`ToolResult.is_error`)."""
+
+    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult: ...
+
+
 class TaskEnv(Protocol):
-    """How one kind of task uses a slot: the prompt, the setup, the score."""
+    """How one kind of task uses a slot: the prompt, its tools, the slot, the setup, the score.
+
+    `rollout.tasks.base.BaseTaskEnv` gives the defaults (the built-in terminal/read_file/
+    write_file tools, a slot of `task.image`); an env that grades the conversation rather
+    than the slot sets `grades_transcript = True` and gets `transcript=` in `verify`.
+    """
 
     def messages(self, task: Task) -> list[dict[str, Any]]:
         """The opening chat messages (system + user) for this task."""
@@ -87,6 +111,14 @@ class TaskEnv(Protocol):
 
     def tools(self, task: Task) -> list[dict[str, Any]]:
         """OpenAI-style tool schemas offered to the model."""
+        ...
+
+    def tool_executor(self, task: Task, sandbox: Sandbox, limits: ToolLimits) -> ToolExecutor:
+        """The code that runs the tools of `tools(task)` for one trajectory in `sandbox`."""
+        ...
+
+    def sandbox_spec(self, task: Task) -> SandboxSpec | None:
+        """The slot this task needs, or None for a task that needs no slot."""
         ...
 
     async def prepare(self, task: Task, sandbox: Sandbox) -> None:

@@ -10,12 +10,13 @@ Only cancellation propagates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from rollout.agent import AgentConfig, run_agent
-from rollout.protocols import Policy, Sandbox, TaskEnv
-from rollout.tools import ToolExecutor
+from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
+from rollout.tasks.base import tool_executor_for, tool_names
 from rollout.types import GradingError, Outcome, SandboxError, Task, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,26 @@ async def run_rollout(
     timings["prepare_time"] = time.monotonic() - started
 
     try:
-        conversation = policy.open(env.messages(task), env.tools(task), task)
+        schemas = env.tools(task)
+        conversation = policy.open(env.messages(task), schemas, task)
+        executor = tools or tool_executor_for(env, task, sandbox, cfg.tool_limits)
     except Exception as exc:  # a broken task row or a template that rejects it
         log.warning("could not open a conversation for %s: %s", task.task_id, exc)
         return _failed(task, trajectory_id, Outcome.POLICY_ERROR,
                        f"open: {type(exc).__name__}: {exc}", timings)
 
+    # The parser accepts exactly the tools this task offers.
+    limits = dataclasses.replace(cfg.parse_limits, known_tools=tool_names(schemas))
     traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
-                           task_id=task.task_id, tools=tools)
+                           task_id=task.task_id, tools=executor, parse_limits=limits)
 
     if traj.outcome != Outcome.SANDBOX_ERROR:
         started = time.monotonic()
         try:
-            verdict = await env.verify(task, sandbox)
+            if getattr(env, "grades_transcript", False):
+                verdict = await env.verify(task, sandbox, transcript=traj.record.messages)
+            else:
+                verdict = await env.verify(task, sandbox)
             traj.score = float(verdict.score)
             traj.metadata["verdict"] = verdict.details
         except SandboxError as exc:

@@ -4,6 +4,8 @@
   configured range.
 - `read_file`: a workspace file, optionally a line range, capped in bytes.
 - `write_file`: create or overwrite a workspace file.
+- `python` (offered by envs that ask for it, `PYTHON_SCHEMA`): code run in the slot's
+  stateful Python session; names persist between calls of the trajectory.
 
 A failing command, a missing file or a bad argument is an observation for the model
 (`ToolResult.is_error`). Only `SandboxError` (the slot itself is gone) propagates: the agent
@@ -15,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from rollout.protocols import Sandbox
-from rollout.types import SandboxError, ToolCall, ToolResult
+from rollout.protocols import Sandbox, ToolExecutor
+from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,25 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
 
 TOOL_NAMES = frozenset(s["function"]["name"] for s in TOOL_SCHEMAS)
 
-
-@dataclass(frozen=True)
-class ToolLimits:
-    timeout_default: float = 60.0
-    timeout_min: float = 1.0
-    timeout_max: float = 600.0
-    max_observation_chars: int = 16_000
-    max_read_bytes: int = 1_000_000
-    workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
-
-
-class ToolExecutor(Protocol):
-    """Runs one tool call. Raises only SandboxError (the slot is gone)."""
-
-    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult: ...
+PYTHON_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "python",
+        "description": (
+            "Run Python code in a persistent session (variables, imports and functions stay "
+            "defined between calls). Prints are shown; the value of a final expression is "
+            "shown as its repr."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "description": "The Python code to run."},
+                "timeout": {"type": "number", "description": "Seconds before it is killed."},
+            },
+            "required": ["code"],
+        },
+    },
+}
 
 
 class ToolArgumentError(ValueError):
@@ -101,18 +106,23 @@ class ToolArgumentError(ValueError):
 class SandboxTools:
     """The three built-in tools over one `Sandbox`. Stateless between calls."""
 
-    def __init__(self, sandbox: Sandbox, limits: ToolLimits = ToolLimits()) -> None:
+    def __init__(self, sandbox: Sandbox, limits: ToolLimits = ToolLimits(),
+                 names: frozenset[str] = TOOL_NAMES) -> None:
+        """`names`: the tools offered (any of terminal, read_file, write_file, python)."""
         self.sandbox = sandbox
         self.limits = limits
-
-    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult:
-        handler = {
+        handlers = {
             "terminal": self._terminal,
             "read_file": self._read_file,
             "write_file": self._write_file,
-        }.get(call.name)
+            "python": self._python,
+        }
+        self._handlers = {n: h for n, h in handlers.items() if n in names}
+
+    async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult:
+        handler = self._handlers.get(call.name)
         if handler is None:
-            names = ", ".join(sorted(TOOL_NAMES))
+            names = ", ".join(sorted(self._handlers))
             return self._error(call, f"Unknown tool '{call.name}'. Available tools: {names}.")
         try:
             content = await handler(call.arguments, max_timeout)
@@ -128,13 +138,17 @@ class SandboxTools:
 
     # --- tools -----------------------------------------------------------------------------
 
-    async def _terminal(self, args: dict[str, Any], max_timeout: float | None) -> str:
-        command = _arg(args, "command", str)
+    def _timeout(self, args: dict[str, Any], max_timeout: float | None) -> float:
         timeout = _optional(args, "timeout", (int, float))
         timeout = self.limits.timeout_default if timeout is None else float(timeout)
         timeout = min(max(timeout, self.limits.timeout_min), self.limits.timeout_max)
         if max_timeout is not None:
             timeout = max(min(timeout, max_timeout), 0.001)
+        return timeout
+
+    async def _terminal(self, args: dict[str, Any], max_timeout: float | None) -> str:
+        command = _arg(args, "command", str)
+        timeout = self._timeout(args, max_timeout)
         result = await self.sandbox.exec(command, timeout=timeout)
         parts = [result.stdout]
         if result.stderr:
@@ -147,6 +161,22 @@ class SandboxTools:
         else:
             out += f"[exit code: {result.exit_code}]"
         return out
+
+    async def _python(self, args: dict[str, Any], max_timeout: float | None) -> str:
+        code = _arg(args, "code", str)
+        timeout = self._timeout(args, max_timeout)
+        run = getattr(self.sandbox, "python", None)
+        if run is None:
+            raise ToolArgumentError("this sandbox has no Python session; use the terminal tool")
+        r = await run(code, timeout=timeout)
+        parts = [p if p.endswith("\n") else p + "\n" for p in (r.stdout, r.stderr) if p]
+        if r.error:
+            parts.append(r.error if r.error.endswith("\n") else r.error + "\n")
+        if r.result is not None:
+            parts.append(r.result + "\n")
+        if r.session_lost:
+            parts.append(f"[{r.message}]\n")
+        return "".join(parts) or "[no output]\n"
 
     async def _read_file(self, args: dict[str, Any], max_timeout: float | None) -> str:
         path = self._path(_arg(args, "path", str))

@@ -100,6 +100,19 @@ class Task:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What slot a task needs (a TaskEnv's `sandbox_spec`); None there means no slot at all.
+
+    `image`: the slot's image label (None: the pool's default). `memory_mb` / `disk_mb`: the
+    least the task needs; a run whose slots give less is refused before it starts.
+    """
+
+    image: str | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+
+
 @dataclass
 class Verdict:
     """A task's score for one workspace, with per-check details for the metadata."""
@@ -118,12 +131,44 @@ class ToolCall:
     call_id: str = ""
 
 
+@dataclass(frozen=True)
+class ToolLimits:
+    """What the built-in tools allow (rollout.tools); from `AgentConfig.tool_limits`."""
+
+    timeout_default: float = 60.0
+    timeout_min: float = 1.0
+    timeout_max: float = 600.0
+    max_observation_chars: int = 16_000
+    max_read_bytes: int = 1_000_000
+    workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
+
+
 @dataclass
 class ToolResult:
     call_id: str
     name: str
     content: str
     is_error: bool = False
+
+
+@dataclass
+class PythonResult:
+    """One call of a slot's stateful Python session (the `python` tool).
+
+    `result`: repr of the last expression's value (None if the code ended in a statement);
+    `error`: the traceback of an exception the code raised (the session lives on);
+    `session_lost`: the session died (crash, memory limit, timeout) and its state is gone:
+    the next call starts a fresh one; `message` says what happened in words.
+    """
+
+    stdout: str = ""
+    stderr: str = ""
+    result: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+    session_lost: bool = False
+    message: str = ""
+    duration: float = 0.0
 
 
 @dataclass

@@ -62,11 +62,7 @@ class ExecRequest(BaseModel):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, timeout: float | None, info: ValidationInfo) -> float | None:
-        cap = _limits(info).exec_timeout_cap
-        if timeout is not None and timeout > cap:
-            raise ValueError(f"timeout {timeout:g}s is over this server's exec_timeout_cap of "
-                             f"{cap:g}s")
-        return timeout
+        return _capped_timeout(timeout, info)
 
     @field_validator("cwd")
     @classmethod
@@ -93,8 +89,46 @@ class ExecRequest(BaseModel):
         return env
 
     def effective_timeout(self, limits: SlotLimits) -> float:
-        return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT,
-                                                                 limits.exec_timeout_cap)
+        return _effective_timeout(self.timeout, limits)
+
+
+def _capped_timeout(timeout: float | None, info: ValidationInfo) -> float | None:
+    cap = _limits(info).exec_timeout_cap
+    if timeout is not None and timeout > cap:
+        raise ValueError(f"timeout {timeout:g}s is over this server's exec_timeout_cap of "
+                         f"{cap:g}s")
+    return timeout
+
+
+def _effective_timeout(timeout: float | None, limits: SlotLimits) -> float:
+    return timeout if timeout is not None else min(DEFAULT_TIMEOUT, limits.exec_timeout_cap)
+
+
+class PythonRequest(BaseModel):
+    """One call of a slot's Python session: code (same size cap as a command) and timeout."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    code: str
+    timeout: float | None = Field(None, gt=0)
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, code: str, info: ValidationInfo) -> str:
+        cap = _limits(info).command_cap
+        size = len(code.encode("utf-8", "replace"))
+        if size > cap:
+            raise TooLarge(f"code is {size} bytes, over this server's command_cap of {cap} "
+                           "bytes; write long code to a file and import or exec it")
+        return code
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: float | None, info: ValidationInfo) -> float | None:
+        return _capped_timeout(timeout, info)
+
+    def effective_timeout(self, limits: SlotLimits) -> float:
+        return _effective_timeout(self.timeout, limits)
 
 
 class BatchItem(ExecRequest):

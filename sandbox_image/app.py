@@ -10,6 +10,9 @@ slot's disk full is a 507.
     GET  /health                         slots, isolation, limits, workspace path, version
     POST /slots/{i}/exec                 {command, timeout?, cwd?, env?} -> result
     POST /exec_batch                     {items: [{slot, command, ...}]} -> {results: [...]}
+    POST /slots/{i}/python               {code, timeout?} -> the slot's stateful Python session:
+                                         {stdout, stderr, result, error, timed_out,
+                                         session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
                                          restore the image's workdir (or switch image)
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
@@ -38,7 +41,8 @@ from sandbox_image.config import HOST_IMAGE, ServerConfig
 from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
-from sandbox_image.runner import CommandResult, run_command
+from sandbox_image.python_sessions import PythonSessions
+from sandbox_image.runner import CommandResult, Launch, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
 from sandbox_image.slots import SlotWorkspaces
@@ -79,6 +83,10 @@ class SlotServer:
             log.warning("the server leads a session with a terminal: every command gets its "
                         "own session (slower); start it with setsid or from a service manager")
         self._env_base = {i: self._base_env(i) for i in range(cfg.slots)}
+        self.python = PythonSessions(
+            cfg.slots, launch=lambda i, command: self.launch_spec(i, ExecRequest(command=command)),
+            limits=self.limits, running=self.workspaces.running,
+            output_cap=cfg.limits.output_cap, new_session=self._session_per_command)
 
     def _base_env(self, i: int) -> dict[str, str]:
         home = "/tmp" if self.isolation == "bwrap" else self.workspaces.home(i)
@@ -113,6 +121,7 @@ class SlotServer:
         the slot as it was, a failed restore leaves it empty and the error is raised)."""
         old = self.slot_image[i]
         new = old if image is None or image == old.label else await self.images.load(image)
+        await self.python.stop(i)
         await self.workspaces.reset(i, kill=lambda: self.limits.kill_slot(i))
         self.slot_image[i] = new
         if new is not old:
@@ -137,6 +146,35 @@ class SlotServer:
 
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
+        launch = self.launch_spec(i, req)
+        running = self.workspaces.running[i]
+        oom_before = self.limits.oom_kills(i)
+        pid_box: list[int] = []
+
+        def on_start(pid: int) -> None:
+            pid_box.append(pid)
+            running.add(pid)
+
+        try:
+            return await run_command(
+                launch.argv, env=launch.env, cwd=launch.cwd, timeout=timeout,
+                output_cap=self.slot_limits.output_cap,
+                output_kill=self.slot_limits.output_kill,
+                preexec=launch.preexec, on_start=on_start, new_session=self._session_per_command,
+                oom_check=lambda: self.limits.oom_kills(i) > oom_before,
+            )
+        except OSError as e:
+            if e.errno == errno.E2BIG:  # a backstop: the models keep argv and env small
+                raise BadRequest("command and environment are over the kernel's argument "
+                                 f"size limit ({e.strerror})", 413) from None
+            raise
+        finally:
+            if pid_box:
+                running.discard(pid_box[0])
+
+    def launch_spec(self, i: int, req: ExecRequest) -> Launch:
+        """How to start `req.command` in slot i: the argv wrapped in the slot's sandbox and
+        cgroups, its env and cwd (commands and the Python sessions alike)."""
         env = dict(self._env_base[i])
         if req.env:
             env.update(req.env)
@@ -161,9 +199,6 @@ class SlotServer:
             run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
         else:
             argv, run_cwd = ["/bin/sh", "-c", req.command], cwd_host
-        running = self.workspaces.running[i]
-        oom_before = self.limits.oom_kills(i)
-        pid_box: list[int] = []
         preexec = None
         if bwrap is not None:
             # bwrap --die-with-parent sets the parent-death signal on the outer bwrap process
@@ -178,26 +213,7 @@ class SlotServer:
                 die_with_server()
                 limits.preexec(i)
 
-        def on_start(pid: int) -> None:
-            pid_box.append(pid)
-            running.add(pid)
-
-        try:
-            return await run_command(
-                argv, env=env, cwd=run_cwd, timeout=timeout,
-                output_cap=self.slot_limits.output_cap,
-                output_kill=self.slot_limits.output_kill,
-                preexec=preexec, on_start=on_start, new_session=self._session_per_command,
-                oom_check=lambda: self.limits.oom_kills(i) > oom_before,
-            )
-        except OSError as e:
-            if e.errno == errno.E2BIG:  # a backstop: the models keep argv and env small
-                raise BadRequest("command and environment are over the kernel's argument "
-                                 f"size limit ({e.strerror})", 413) from None
-            raise
-        finally:
-            if pid_box:
-                running.discard(pid_box[0])
+        return Launch(argv, env, run_cwd, preexec)
 
     def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -221,6 +237,7 @@ class SlotServer:
             "command_cap": self.slot_limits.command_cap,
             "exec_timeout_cap": self.slot_limits.exec_timeout_cap,
             "running": sum(len(r) for r in self.workspaces.running),
+            "python_sessions": self.python.count(),
             "pid": os.getpid(),
             "image": self.cfg.image,
             "slot_images": [{**img.describe(), "writable": w}
@@ -229,6 +246,7 @@ class SlotServer:
         }
 
     async def close(self) -> None:
+        await self.python.close()
         await self.workspaces.close()
         for image in self.slot_image:
             self.images.release(image)
@@ -297,6 +315,13 @@ def build_app(server: SlotServer) -> web.Application:
         results = await asyncio.gather(*(one(item) for item in batch.items))
         return web.json_response({"results": results})
 
+    async def python(request: web.Request) -> web.Response:
+        i = server.slot_index(request.match_info["slot"])
+        body = await api.read_json(request, exec_cap, "python request")
+        req = api.validate(api.PythonRequest, body, limits, "python request")
+        reply = await server.python.call(i, req.code, req.effective_timeout(limits))
+        return web.json_response(reply)
+
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
         image = None
@@ -353,6 +378,7 @@ def build_app(server: SlotServer) -> web.Application:
         web.get("/health", health),
         web.post("/slots/{slot}/exec", exec_one),
         web.post("/exec_batch", exec_batch),
+        web.post("/slots/{slot}/python", python),
         web.post("/slots/{slot}/reset", reset),
         web.get("/slots/{slot}/file", read_file),
         web.put("/slots/{slot}/file", write_file),

@@ -41,6 +41,16 @@ class CommandResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+@dataclass(frozen=True)
+class Launch:
+    """A slot process ready to spawn: argv wrapped in its sandbox and cgroups, env, cwd."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    preexec: Callable[[], None] | None
+
+
 _READ_SIZE = 256 * 1024
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from sandbox_image import mounts
 from sandbox_image.config import HOST_IMAGE, ImageSpec, ServerConfig
 from sandbox_image.images import Image, ImageError, ImageStore
+from sandbox_image.images.dockerfile import PREFIX as DOCKERFILE
+from sandbox_image.images.dockerfile import DockerfileBuilder
 from sandbox_image.isolation import DEFAULT_PATH, Bubblewrap
 from sandbox_image.spawn import spawn, watch_exit
 
@@ -118,6 +120,7 @@ class SlotImages:
         if host_bwrap is not None:
             self._bwraps[("host", cfg.host_python)] = host_bwrap
         self._store: ImageStore | None = None
+        self._builder: DockerfileBuilder | None = None
 
     @property
     def store(self) -> ImageStore:
@@ -125,6 +128,14 @@ class SlotImages:
             root = self.cfg.image_store or (self.cfg.data_dir / "images")
             self._store = ImageStore(root, self.limits.image_cache_mb << 20)
         return self._store
+
+    @property
+    def builder(self) -> DockerfileBuilder:
+        if self._builder is None:
+            self._builder = DockerfileBuilder(
+                self.store, self.store.root, bwrap=self.cfg.bwrap_path,
+                network=self.limits.network, run_timeout=self.limits.exec_timeout_cap)
+        return self._builder
 
     async def load(self, label: str) -> SlotImage:
         """The image of `label`, pinned for the caller (release it with `release`)."""
@@ -135,7 +146,10 @@ class SlotImages:
             raise SlotImageError(f"image {label!r} needs bubblewrap, and this server runs "
                                  "without isolation: only the host view is possible", 409)
         try:
-            image = await self.store.get(spec.source, pin=True)
+            source = spec.source
+            if source.startswith(DOCKERFILE):  # built once per content, then a local layout
+                source = f"oci:{await self.builder.build(source[len(DOCKERFILE):])}"
+            image = await self.store.get(source, pin=True)
         except ImageError as e:
             raise SlotImageError(f"cannot get image {label!r} ({spec.source}): {e}") from e
         try:

@@ -49,12 +49,16 @@ _OWN: set[int] = set()
 
 
 def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int, stderr: int,
-          new_session: bool, preexec: Callable[[], None] | None) -> int:
-    """Start argv; returns its pid. argv[0] must be a path (no PATH search)."""
+          new_session: bool, preexec: Callable[[], None] | None,
+          stdin: int | None = None) -> int:
+    """Start argv; returns its pid. argv[0] must be a path (no PATH search). stdin is
+    /dev/null unless a pipe end is given (a slot's Python session reads its requests there)."""
     if cwd is None and preexec is None:
+        first = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
+                 else (os.POSIX_SPAWN_DUP2, stdin, 0))
         pid = os.posix_spawn(
             argv[0], argv, env,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            file_actions=[first,
                           (os.POSIX_SPAWN_DUP2, stdout, 1),
                           (os.POSIX_SPAWN_DUP2, stderr, 2)],
             setpgroup=None if new_session else 0,
@@ -64,7 +68,8 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int,
         _OWN.add(pid)
         return pid
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        argv, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=stdout,
+        stderr=stderr, env=env, cwd=cwd,
         start_new_session=new_session, process_group=None if new_session else 0,
         preexec_fn=preexec)
     # watch_exit reaps it; tell Popen so it does not try again (or warn) when collected.

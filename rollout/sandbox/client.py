@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from rollout.types import ExecResult, SandboxError
+from rollout.types import ExecResult, PythonResult, SandboxError
 
 # Extra seconds over a command's own timeout before the client gives up on the server.
 EXEC_MARGIN = 30.0
@@ -25,7 +25,8 @@ IMAGE_TIMEOUT = 900.0  # a reset into an image the host has never unpacked
 
 # The per-slot operations of SlotServerClient (first argument: the slot index) that pools and
 # sandbox views forward by name; `rollout.sandbox.slot_sandbox.SandboxOps` types them.
-SLOT_OPS = ("exec", "read_file", "write_file", "list_dir", "archive", "upload_archive")
+SLOT_OPS = ("exec", "python", "read_file", "write_file", "list_dir", "archive",
+            "upload_archive")
 
 
 class HostUnreachable(SandboxError):
@@ -121,6 +122,18 @@ class SlotServerClient:
         d = await self._request("POST", f"/slots/{slot}/exec", json=body,
                                 timeout=timeout + EXEC_MARGIN)
         return exec_result(d)
+
+    async def python(self, slot: int, code: str, *, timeout: float = 60.0) -> PythonResult:
+        """Run code in the slot's stateful Python session (started on first use)."""
+        d = await self._request("POST", f"/slots/{slot}/python",
+                                json={"code": code, "timeout": timeout},
+                                timeout=timeout + EXEC_MARGIN)
+        return PythonResult(
+            stdout=str(d.get("stdout", "")), stderr=str(d.get("stderr", "")),
+            result=d.get("result"), error=d.get("error"),
+            timed_out=bool(d.get("timed_out", False)),
+            session_lost=bool(d.get("session_lost", False)), message=str(d.get("message", "")),
+            duration=float(d.get("duration", 0.0)))
 
     async def exec_batch(self, items: list[dict[str, Any]]) -> list[ExecResult | Exception]:
         """items: {slot, command, timeout?, cwd?, env?}. Per-item refusals come back as

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from rollout.types import ExecResult, Slot
+from rollout.types import ExecResult, PythonResult, Slot
 
 
 class SlotCaller(Protocol):
@@ -26,6 +26,9 @@ class SandboxOps:
     async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
                    env: dict[str, str] | None = None) -> ExecResult:
         return await self._forward("exec", command, timeout=timeout, cwd=cwd, env=env)
+
+    async def python(self, code: str, *, timeout: float = 60.0) -> PythonResult:
+        return await self._forward("python", code, timeout=timeout)
 
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         return await self._forward("read_file", path, max_bytes=max_bytes)

@@ -129,6 +129,48 @@ class TaskSourceConfig(ConfigModel):
     # A timed-out grading run is retried once in the same slot with this many times the
     # timeout (0 = no retry here; the group is still retried by the queue).
     timeout_retry_factor: Annotated[float, Field(ge=0, le=100)] = 2.0
+    # Several task sources mixed by weight, e.g. [{kind: swe_smith, weight: 3},
+    # {kind: terminal, weight: 1, source: /data/terminal}]: each entry sets `kind`, `weight`
+    # (> 0) and any key of this section for its own source (the rest as above). Empty: one
+    # source, the section itself.
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_entries(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        allowed = set(cls.model_fields) - {"sources"}
+        for i, entry in enumerate(value):
+            if not isinstance(entry.get("kind"), str) or not entry["kind"]:
+                raise ValueError(f"entry {i} needs a kind (e.g. {{kind: swe_smith, weight: 1}})")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise ValueError(f"entry {i} ({entry['kind']}): weight must be a number > 0, "
+                                 f"got {weight!r}")
+            unknown = sorted(set(entry) - allowed - {"weight"})
+            if unknown:
+                raise ValueError(f"entry {i} ({entry['kind']}): unknown key(s) "
+                                 f"{', '.join(unknown)}; valid: weight, {', '.join(sorted(allowed))}")
+        return value
+
+    def mixture(self) -> list[tuple[TaskSourceConfig, float]]:
+        """Each task source of the run with its weight: the `sources` entries over this
+        section's values, or this section alone."""
+        if not self.sources:
+            return [(self, 1.0)]
+        base = {name: getattr(self, name) for name in type(self).model_fields if name != "sources"}
+        out = []
+        for i, entry in enumerate(self.sources):
+            fields = {k: v for k, v in entry.items() if k != "weight"}
+            out.append((TaskSourceConfig.load({**base, **fields}, f"tasks.sources[{i}]"),
+                        float(entry.get("weight", 1.0))))
+        return out
+
+    def env_configs(self) -> dict[str, TaskSourceConfig]:
+        """The config each task kind's env is made from: its first source's."""
+        out: dict[str, TaskSourceConfig] = {}
+        for cfg, _ in self.mixture():
+            out.setdefault(cfg.kind, cfg)
+        return out
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | TaskSourceConfig | None) -> TaskSourceConfig:

@@ -66,7 +66,7 @@ def _test_list(row: dict[str, Any], key: str) -> list[str]:
     return list(value)
 
 
-def _required_str(row: dict[str, Any], key: str) -> str:
+def required_str(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
         raise RowError(f"missing {key}")
@@ -77,9 +77,9 @@ def row_to_task(row: Any, kind: str = "swe_smith") -> Task:
     """Normalize one SWE-smith row. Raises RowError with a short reason if malformed."""
     if not isinstance(row, dict):
         raise RowError("row is not an object")
-    instance_id = _required_str(row, "instance_id")
-    repo = _required_str(row, "repo")
-    patch = _required_str(row, "patch")
+    instance_id = required_str(row, "instance_id")
+    repo = required_str(row, "repo")
+    patch = required_str(row, "patch")
     if "diff --git" not in patch and "\n+++ " not in patch:
         raise RowError("patch is not a unified diff")
     f2p = _test_list(row, "FAIL_TO_PASS")
@@ -209,19 +209,32 @@ def load_tasks_with_report(cfg: TaskSourceConfig) -> tuple[list[Task], LoadRepor
         elif cfg.filter and cfg.filter not in task.task_id and cfg.filter not in task.data["repo"]:
             report.skipped["filtered"] += 1
             continue
-        if not _in_split(task.task_id, cfg.split, cfg.eval_fraction):
-            continue
         tasks.append(task)
+    return shape_tasks(tasks, cfg, report, filtered=True)
+
+
+def shape_tasks(tasks: list[Task], cfg: TaskSourceConfig, report: LoadReport,
+                filtered: bool = False) -> tuple[list[Task], LoadReport]:
+    """What every kind's loader does last: the `filter` (a task-id substring; "python" is
+    SWE-smith's own and left to its loader), the train/eval split, shuffle and cap."""
+    kept = []
+    for task in tasks:
+        if not filtered and cfg.filter not in ("", "python") and cfg.filter not in task.task_id:
+            report.skipped["filtered"] += 1
+            continue
+        if _in_split(task.task_id, cfg.split, cfg.eval_fraction):
+            kept.append(task)
+    tasks = kept
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(tasks)
     if cfg.max_items is not None:
         tasks = tasks[: cfg.max_items]
     report.loaded = len(tasks)
     if report.total_skipped:
-        log.warning("loaded %d tasks from %s; skipped %d rows: %s", report.loaded, cfg.source,
-                    report.total_skipped, dict(report.skipped))
+        log.warning("loaded %d %s tasks from %s; skipped %d rows: %s", report.loaded, cfg.kind,
+                    cfg.source, report.total_skipped, dict(report.skipped))
     else:
-        log.info("loaded %d tasks from %s", report.loaded, cfg.source)
+        log.info("loaded %d %s tasks from %s", report.loaded, cfg.kind, cfg.source)
     return tasks, report
 
 

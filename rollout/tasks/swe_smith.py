@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import posixpath
 import shlex
@@ -27,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.protocols import Sandbox
+from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import GradingProfile, TaskSourceConfig
 from rollout.tasks.grading import SPEC_FILE, grade, node_files, pytest_run, suspicious_changes
-from rollout.tasks.loader import BUNDLED_DIR
+from rollout.tasks.loader import BUNDLED_DIR, load_tasks_with_report
+from rollout.tasks.registry import TaskKind, register
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
-from rollout.tools import TOOL_SCHEMAS
 from rollout.types import ExecResult, GradingError, SandboxError, Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class InstanceFiles:
     src_layout: bool = False  # the tree has src/<package>/ and the package is not at the top
 
 
-class SweSmithEnv:
+class SweSmithEnv(BaseTaskEnv):
     """`rollout.protocols.TaskEnv` for SWE-smith rows (kind "swe_smith")."""
 
     def __init__(self, cfg: TaskSourceConfig | None = None, cache: RepoCache | None = None) -> None:
@@ -96,9 +96,6 @@ class SweSmithEnv:
             "directory). Tests that reproduce the issue exist but are hidden from you."
         )
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-    def tools(self, task: Task) -> list[dict[str, Any]]:
-        return copy.deepcopy(TOOL_SCHEMAS)
 
     def reference_solution(self, task: Task) -> list[ToolCall]:
         """Write the bug patch and apply it in reverse, as the gold policy's tool calls."""
@@ -228,6 +225,9 @@ class SweSmithEnv:
             raise SandboxError(f"pre-grading cleanup failed (exit {res.exit_code}): "
                                f"{(res.stderr or res.stdout)[-300:]}")
         await asyncio.gather(*(sandbox.write_file(p, data) for p, data in files.restore.items()))
+
+
+register(TaskKind("swe_smith", SweSmithEnv, load_tasks_with_report))
 
 
 def cleanup_script(files: InstanceFiles) -> str:

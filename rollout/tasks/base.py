@@ -1,0 +1,73 @@
+"""Defaults every TaskEnv may take, and the two look-ups the rollout makes on any env.
+
+`BaseTaskEnv` offers the built-in tools (terminal, read_file, write_file) over the slot and a
+slot of the task's image. `tool_executor_for` / `sandbox_spec_for` answer the same for an env
+written against the older, smaller protocol (no `tool_executor` / `sandbox_spec`), so test
+doubles and third-party envs keep working unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from rollout.protocols import Sandbox, TaskEnv, ToolExecutor
+from rollout.tools import TOOL_SCHEMAS, SandboxTools, ToolLimits
+from rollout.types import ExecResult, SandboxError, SandboxSpec, Task
+
+
+class BaseTaskEnv:
+    """The defaults of `rollout.protocols.TaskEnv`; an env overrides what it changes."""
+
+    # True: `verify(task, sandbox, transcript=messages)` also gets the conversation.
+    grades_transcript = False
+
+    def tools(self, task: Task) -> list[dict[str, Any]]:
+        return copy.deepcopy(TOOL_SCHEMAS)
+
+    def tool_executor(self, task: Task, sandbox: Sandbox, limits: ToolLimits) -> ToolExecutor:
+        return SandboxTools(sandbox, limits)
+
+    def sandbox_spec(self, task: Task) -> SandboxSpec | None:
+        return SandboxSpec(image=task.image)
+
+
+def tool_executor_for(env: TaskEnv, task: Task, sandbox: Sandbox,
+                      limits: ToolLimits) -> ToolExecutor:
+    make = getattr(env, "tool_executor", None)
+    return make(task, sandbox, limits) if make is not None else SandboxTools(sandbox, limits)
+
+
+def sandbox_spec_for(env: TaskEnv, task: Task) -> SandboxSpec | None:
+    spec = getattr(env, "sandbox_spec", None)
+    return spec(task) if spec is not None else SandboxSpec(image=task.image)
+
+
+def tool_names(schemas: list[dict[str, Any]]) -> frozenset[str]:
+    """The names of OpenAI-style tool schemas (what the tool-call parser accepts)."""
+    return frozenset(s["function"]["name"] for s in schemas
+                     if isinstance(s, dict) and isinstance(s.get("function"), dict))
+
+
+class NoSlot:
+    """The `Sandbox` of a task that needs no slot (`sandbox_spec` is None): files live in
+    memory for the trajectory (a `submit` tool's answer, say); commands cannot run."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
+                   env: dict[str, str] | None = None) -> ExecResult:
+        return ExecResult(127, "", "this task has no sandbox: commands cannot run here")
+
+    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        if path not in self.files:
+            raise FileNotFoundError(f"no such file: {path}")
+        data = self.files[path]
+        return data if max_bytes is None else data[:max_bytes]
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        self.files[path] = bytes(data)
+
+    async def upload_archive(self, data: bytes, *, path: str = ".") -> None:
+        raise SandboxError("this task has no sandbox: archives cannot be unpacked")

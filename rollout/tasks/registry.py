@@ -1,0 +1,57 @@
+"""Task kinds by name: `Task.kind` finds its env and its loader here, never an if-chain.
+
+A kind's module calls `register(TaskKind(...))` at import. Built-in kinds are imported on
+first use, so a kind's dependencies are only needed when a run has tasks of that kind.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rollout.protocols import TaskEnv
+
+if TYPE_CHECKING:
+    from rollout.tasks.config import TaskSourceConfig
+    from rollout.tasks.loader import LoadReport
+    from rollout.types import Task
+
+# kind -> module that registers it when imported.
+BUILTIN = {"swe_smith": "rollout.tasks.swe_smith", "terminal": "rollout.tasks.terminal",
+           "math_repl": "rollout.tasks.math", "math": "rollout.tasks.math"}
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task: how to load its rows, and the env that runs them."""
+
+    name: str
+    make_env: Callable[[TaskSourceConfig], TaskEnv]
+    load: Callable[[TaskSourceConfig], tuple[list[Task], LoadReport]]
+
+
+_REGISTRY: dict[str, TaskKind] = {}
+
+
+class UnknownTaskKind(ValueError):
+    pass
+
+
+def register(kind: TaskKind) -> TaskKind:
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def names() -> list[str]:
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def task_kind(name: str) -> TaskKind:
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownTaskKind(f"unknown task kind {name!r}; known kinds: {names()}") from None
