@@ -204,6 +204,7 @@ class RolloutCluster:
             acquire_timeout=cfg.workers.acquire_timeout,
             lease_renew_interval=cfg.workers.lease_renew_interval,
             task_kind=cfg.tasks.kind, task_env=cfg.tasks, route_by_image=self.sharded,
+            record_events=cfg.metrics.enabled,
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",

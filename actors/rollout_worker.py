@@ -30,6 +30,7 @@ from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
 from rollout.tasks import make_env
+from rollout.trace import Trace
 from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class WorkerSettings:
     task_kind: str = "swe_smith"
     task_env: Any = None  # the TaskSourceConfig (how to prepare and grade)
     route_by_image: bool = False  # sharded pools: an image always goes to the same shard
+    record_events: bool = True  # trajectory lines to the run's events.jsonl
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -133,22 +135,32 @@ class RolloutWorker:
     async def _run_group(self, lease: Lease) -> None:
         task = lease.task
         renew = asyncio.create_task(self._renew(lease))
+        traces: list[Trace] = []
+        trajs: list[Trajectory] = []
+        fate = "cancelled"
         try:
-            trajs = await asyncio.gather(
-                *(self._run_one(lease, i) for i in range(self.s.group_size))
-            )
+            traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
+                            image=task.image) for _ in range(self.s.group_size)]
+            trajs = list(await asyncio.gather(
+                *(self._run_one(lease, i, traces[i]) for i in range(self.s.group_size))
+            ))
             bad = [t for t in trajs if t.outcome in RETRY_OUTCOMES]
             if bad:
                 reason = f"{bad[0].outcome.value}: {bad[0].error}"
+                fate = f"retry: {reason}"
                 self._stats["groups_failed"] += 1
                 await self._queue.fail.remote(lease.lease_id, reason)
                 return
             group = ScoredGroup(task=task, trajectories=list(trajs),
                                 generation_params=self._generation_params())
+            sent = time.monotonic()
             result = await self._sink.submit.remote(
                 task.task_id, group.to_atropos(include_messages=self.s.include_messages),
                 [trajectory_summary(t) for t in trajs],
             )
+            fate = result
+            for trace in traces:
+                trace.add("send", sent, result=result)
             if result in ("accepted", "duplicate"):
                 await self._queue.complete.remote(lease.lease_id, result)
             else:
@@ -160,10 +172,23 @@ class RolloutWorker:
         except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
             log.exception("group of task %s failed", task.task_id)
             self._stats["groups_failed"] += 1
+            fate = f"retry: worker error: {type(e).__name__}: {e}"
             await self._queue.fail.remote(lease.lease_id, f"worker error: {type(e).__name__}: {e}")
         finally:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
+            if trajs and fate != "cancelled":
+                await asyncio.shield(self._record(traces, trajs, fate))
+
+    async def _record(self, traces: list[Trace], trajs: list[Trajectory], fate: str) -> None:
+        """The group's trajectory lines to the run's event log (never fails the group)."""
+        if not self.s.record_events:
+            return
+        lines = [trace.to_line(**trajectory_result(t), group=fate) for trace, t in zip(traces, trajs)]
+        try:
+            await asyncio.wait_for(self._sink.record.remote(lines), CALL_SLACK)
+        except Exception as e:
+            log.warning("trajectory events of task %s not recorded: %s", trajs[0].task_id, e)
 
     def _generation_params(self) -> dict[str, Any]:
         p = self._policy_cfg
@@ -185,10 +210,11 @@ class RolloutWorker:
         if len(self._pools) > 1 and pool in self._pools and not self.s.route_by_image:
             self._pools.remove(pool)
 
-    async def _run_one(self, lease: Lease, index: int) -> Trajectory:
+    async def _run_one(self, lease: Lease, index: int, trace: Trace) -> Trajectory:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
+        trace.trajectory_id = traj_id
         pool = self._pick_pool(task.image)
         self._stats["trajectories_in_flight"] += 1
         slot = None
@@ -198,13 +224,16 @@ class RolloutWorker:
                 pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout),
                 self.s.acquire_timeout + CALL_SLACK)
             self._stats["acquire_time"] += time.monotonic() - started
+            trace.add("acquire", started, waited=round(slot.waited, 4))
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
-                                     self._agent, trajectory_id=traj_id)
+                                     self._agent, trajectory_id=traj_id, trace=trace)
             # Queued in the pool before a slot was free: on slow remote hosts, the figure.
             traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
         except Exception as e:
             if isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
+            if slot is None:
+                trace.add("acquire", started, waited=None, ok=False)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
                               error=f"{type(e).__name__}: {e}")
@@ -236,6 +265,13 @@ class RolloutWorker:
 def shard_of(image: str | None, shards: int) -> int:
     """The shard of an image: stable across processes and runs (not Python's hash)."""
     return zlib.crc32((image or "").encode()) % shards
+
+
+def trajectory_result(t: Trajectory) -> dict[str, Any]:
+    """What a trajectory's event line says about how it ended."""
+    return {"outcome": t.outcome.value, "score": t.score, "error": t.error, "turns": t.turns,
+            "tokens": len(t.record.tokens), "policy": t.metadata.get("policy"),
+            "grading_error": t.metadata.get("grading_error")}
 
 
 def trajectory_summary(t: Trajectory) -> dict[str, Any]:

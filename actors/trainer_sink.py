@@ -1,4 +1,6 @@
-"""TrainerSink: a Ray actor over a GroupSink (Atropos protocol, outbox, groups.jsonl)."""
+"""TrainerSink: a Ray actor over a GroupSink (Atropos protocol, outbox, groups.jsonl), and
+the run's trajectory records (events.jsonl, and the metrics fed from them): both live on the
+driver's node, where the run dir is."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import ray
 
+from rollout.events import EventLog
 from rollout.trainer.sink import GroupRules, GroupSink, TrainerConfig
 
 
@@ -16,9 +19,16 @@ class TrainerSink:
     def __init__(self, run_dir: str, trainer: TrainerConfig, rules: GroupRules) -> None:
         logging.basicConfig(level=logging.INFO)
         self._sink = GroupSink(Path(run_dir), trainer, rules)
+        self._events = EventLog(Path(run_dir))
 
     async def start(self) -> None:
         await self._sink.start()
+        await self._events.start()
+
+    def record(self, lines: list[dict[str, Any]]) -> None:
+        """One finished group's trajectory lines (rollout/trace.py): buffered, written by a
+        background task."""
+        self._events.add(lines)
 
     async def submit(self, task_id: str, group: dict[str, Any],
                      meta: list[dict[str, Any]] | None = None) -> str:
@@ -32,4 +42,5 @@ class TrainerSink:
 
     async def close(self, drain_timeout: float) -> dict[str, Any]:
         await self._sink.close(drain_timeout)
+        await self._events.close()
         return self._sink.stats()

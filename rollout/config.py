@@ -74,6 +74,16 @@ class QueueConfig(ConfigModel):
     max_attempts: Annotated[int, Field(ge=1)] = 3
 
 
+class MetricsConfig(ConfigModel):
+    section: ClassVar[str] = "metrics"
+
+    # Trajectory events (events.jsonl), the HTML report and the metrics; false: none of them.
+    enabled: bool = True
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None  # the driver's /metrics; None: off
+    host: Str = "127.0.0.1"  # where /metrics listens (0.0.0.0 for a Prometheus elsewhere)
+    report_interval: Annotated[float, Field(gt=0)] = 30.0  # seconds between report.html refreshes
+
+
 class RayConfig(ConfigModel):
     section: ClassVar[str] = "ray"
 
@@ -87,6 +97,7 @@ class LaunchConfig(ConfigModel):
     workers: WorkersConfig
     queue: QueueConfig
     ray: RayConfig
+    metrics: MetricsConfig
     backend: BackendConfig  # the selected backend's own typed config (backend.name)
     sandbox: SlotLimits  # what every slot enforces, whatever the backend
     pool: PoolSection
@@ -97,7 +108,8 @@ class LaunchConfig(ConfigModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-SECTIONS = ("run", "env", "workers", "queue", "ray", "policy", "agent", "tasks", "trainer")
+SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "policy", "agent", "tasks",
+            "trainer")
 
 
 def _backend(data: Any) -> BackendConfig:
