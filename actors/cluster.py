@@ -24,6 +24,7 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.observe import RunObserver
 from actors.rollout_worker import RolloutWorker, WorkerSettings
 from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
@@ -70,6 +71,7 @@ class RolloutCluster:
         self.quota: Any = None  # HostQuotaActor of a sharded backend
         self.sink: Any = None
         self.snapshot = Snapshot(started=time.time())
+        self.observer = RunObserver(run_dir, cfg.metrics)
         self._stop_level = 0
         self._stop_changed = asyncio.Event()
         self._worker_seq = 0
@@ -235,6 +237,7 @@ class RolloutCluster:
             await self._poll(final=True)
             if self.queue is not None:
                 ray.kill(self.queue)
+            await self.observer.close(self.snapshot)
             if on_tick:
                 on_tick(self.snapshot)
         return self.snapshot
@@ -277,6 +280,7 @@ class RolloutCluster:
             if not self._stop_level:
                 await self._watch_nodes()
             await self._poll()
+            self.observer.tick(self.snapshot)
             if on_tick:
                 on_tick(self.snapshot)
             self._stop_changed.clear()

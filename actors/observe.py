@@ -1,0 +1,101 @@
+"""The driver's side of watching a run: the timeline, the HTML report, the gauges.
+
+`RunObserver.tick(snapshot)` is called after every poll of the actors. It appends a point to
+`<run_dir>/timeline.jsonl` every TIMELINE_EVERY seconds (slots, tasks, trainer: what the
+report's time plots need), rebuilds report.html every `metrics.report_interval` seconds in a
+thread (never more than one build at a time, never on the driver's loop), and feeds the
+cluster gauges to the metrics seam. `close()` writes the last point and the final report.
+Nothing here may stop a run: failures are logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rollout.config import MetricsConfig
+from rollout.report import build_report
+from rollout.report.data import TIMELINE_FILE
+
+log = logging.getLogger(__name__)
+
+TIMELINE_EVERY = 2.0  # seconds between timeline points
+
+
+def timeline_point(snap: Any) -> dict[str, Any]:
+    """One timeline line from the driver's Snapshot (actors/cluster.py)."""
+    q, s = snap.queue, snap.sink
+    images: dict[str, dict[str, int]] = {}
+    for p in snap.pools:
+        for image, d in (p.get("images") or {}).items():
+            agg = images.setdefault(image, {"hosts": 0, "slots": 0, "in_use": 0})
+            for k in agg:
+                agg[k] += int(d.get(k, 0))
+    return {
+        "t": round(time.time(), 3),
+        "completed": q.get("completed", 0), "dropped": q.get("dropped", 0),
+        "leased": q.get("leased", 0), "pending": q.get("pending", 0),
+        "trajectories": sum(w.get("trajectories_done", 0) for w in snap.workers),
+        "in_flight": sum(w.get("trajectories_in_flight", 0) for w in snap.workers),
+        "slots_in_use": sum(p.get("slots_in_use", 0) for p in snap.pools),
+        "slots_total": sum(p.get("slots_total", 0) for p in snap.pools),
+        "images": images,
+        "delivered": s.get("delivered", 0), "outbox": s.get("pending", 0),
+        "trainer_paused": bool(s.get("paused")), "trainer_queue": s.get("trainer_queue"),
+    }
+
+
+class RunObserver:
+    def __init__(self, run_dir: Path, cfg: MetricsConfig) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self._next_point = 0.0
+        self._next_report = time.monotonic() + cfg.report_interval
+        self._building: asyncio.Task[None] | None = None
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, error: BaseException) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("%s failed (%s: %s); the run goes on", what, type(error).__name__, error)
+
+    def tick(self, snap: Any, final: bool = False) -> None:
+        if not self.cfg.enabled:
+            return
+        now = time.monotonic()
+        if final or now >= self._next_point:
+            self._next_point = now + TIMELINE_EVERY
+            try:
+                with (self.run_dir / TIMELINE_FILE).open("a", encoding="utf-8") as fh:
+                    point = {**timeline_point(snap), **({"final": True} if final else {})}
+                    fh.write(json.dumps(point, separators=(",", ":")) + "\n")
+            except OSError as e:
+                self._warn_once("writing the timeline", e)
+        if not final and now >= self._next_report and self._building is None:
+            self._next_report = now + self.cfg.report_interval
+            self._building = asyncio.get_running_loop().create_task(self._build())
+
+    async def _build(self) -> None:
+        try:
+            await asyncio.to_thread(build_report, self.run_dir)
+        except Exception as e:
+            self._warn_once("refreshing report.html", e)
+        finally:
+            self._building = None
+
+    async def close(self, snap: Any) -> Path | None:
+        """The last timeline point and the final report (after the event log is flushed)."""
+        if not self.cfg.enabled:
+            return None
+        if self._building is not None:
+            await asyncio.gather(self._building, return_exceptions=True)
+        self.tick(snap, final=True)
+        try:
+            return await asyncio.to_thread(build_report, self.run_dir)
+        except Exception as e:
+            self._warn_once("writing report.html", e)
+            return None
