@@ -54,7 +54,7 @@ class RunObserver:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
         self._next_point = 0.0
-        self._next_report = time.monotonic() + cfg.report_interval
+        self._next_report = 0.0  # the first tick writes one: the user can open it at once
         self._building: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
 

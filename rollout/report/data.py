@@ -119,14 +119,16 @@ def reliability(trajs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def throughput(trajs: list[dict[str, Any]], bins: int = 40) -> list[list[float]]:
-    """[[seconds since start, trajectories finished per minute in that bin], ...]."""
+def throughput(trajs: list[dict[str, Any]], t0: float | None = None,
+               bins: int = 24) -> list[list[float]]:
+    """[[seconds since t0 (default: the first start), trajectories finished per minute in
+    that bin], ...]."""
     if not trajs:
         return []
-    t0 = min(t["t0"] for t in trajs)
-    ends = [t["t0"] + t.get("wall", 0.0) - t0 for t in trajs]
+    t0 = min(t["t0"] for t in trajs) if t0 is None else t0
+    ends = [max(t["t0"] + t.get("wall", 0.0) - t0, 0.0) for t in trajs]
     span = max(max(ends), 1e-6)
-    width = max(span / bins, 1.0)
+    width = max(span / bins, 2.0)
     counts = Counter(int(e // width) for e in ends)
     last = int(span // width)
     return [[round((i + 0.5) * width, 2), round(counts.get(i, 0) * 60.0 / width, 2)]
@@ -191,7 +193,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "reliability": reliability(trajs),
         "outcomes": dict(Counter(str(t.get("outcome")) for t in trajs)),
         "drops": drops(trajs, queue_state),
-        "throughput": throughput(trajs),
+        "throughput": throughput(trajs, t0),
         "scores": {task: [t.get("score") or 0.0 for t in ts if t.get("outcome") not in INFRA]
                    for task, ts in sorted(by_task.items())},
         "phases": PHASES,

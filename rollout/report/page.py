@@ -61,7 +61,7 @@ function short(label, n) { return label.length > n ? '…' + label.slice(-(n - 1
 function empty(s, w, h, what) { el('text', {x: w / 2, y: h / 2, 'text-anchor': 'middle'}, s, what); }
 
 function lineChart(id, series, xlabel, ylabel) {
-  const W = 460, H = 220, L = 46, B = 30, T = 10, R = 10;
+  const W = 460, H = 230, L = 46, B = 30, T = 22, R = 14;
   const s = svg(id, W, H);
   const pts = series.flatMap(x => x.points);
   if (!pts.length) return empty(s, W, H, 'no data yet');
@@ -74,7 +74,7 @@ function lineChart(id, series, xlabel, ylabel) {
     el('text', {x: X(xmax * f), y: H - B + 14, 'text-anchor': 'middle'}, s, fmt(xmax * f));
   }
   el('text', {x: (W + L) / 2, y: H - 2, 'text-anchor': 'middle'}, s, xlabel);
-  el('text', {x: 10, y: T + 4}, s, ylabel);
+  el('text', {x: 4, y: 12}, s, ylabel);
   series.forEach((ser, i) => {
     const d = ser.points.map((p, j) => (j ? 'L' : 'M') + X(p[0]).toFixed(1) + ' ' + Y(p[1]).toFixed(1)).join(' ');
     el('path', {d, fill: 'none', stroke: ser.color || COLORS[i], 'stroke-width': 2}, s);
@@ -95,7 +95,7 @@ function barChart(id, items, color) {
   const max = Math.max(...items.map(x => x[1]), 1e-9);
   items.forEach(([label, v], i) => {
     const y = 5 + i * rowH;
-    el('text', {x: L - 6, y: y + 14, 'text-anchor': 'end'}, s, short(label, 30)).appendChild(el('title', {}, null, label));
+    el('text', {x: L - 6, y: y + 14, 'text-anchor': 'end'}, s, short(label, 28)).appendChild(el('title', {}, null, label));
     el('rect', {x: L, y: y + 3, width: Math.max((W - L - R) * v / max, 1), height: rowH - 6, fill: color}, s);
     el('text', {x: L + (W - L - R) * v / max + 4, y: y + 14}, s, fmt(v));
   });
@@ -110,7 +110,7 @@ function stackedBars(id, rows, keys) {
   rows.forEach((r, i) => {
     const y = 5 + i * rowH;
     let x = L;
-    el('text', {x: L - 6, y: y + 14, 'text-anchor': 'end'}, s, short(r[0], 30)).appendChild(el('title', {}, null, r[0]));
+    el('text', {x: L - 6, y: y + 14, 'text-anchor': 'end'}, s, short(r[0], 28)).appendChild(el('title', {}, null, r[0]));
     keys.forEach((k, j) => {
       const w = (W - L - R) * (r[1][k] || 0) / max;
       const rect = el('rect', {x, y: y + 3, width: w, height: rowH - 6, fill: COLORS[j]}, s);
@@ -133,7 +133,7 @@ function stripPlot(id, rows) {
   }
   rows.forEach(([label, vals], i) => {
     const y = 5 + i * rowH + rowH / 2;
-    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end'}, s, short(label, 30)).appendChild(el('title', {}, null, label));
+    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end'}, s, short(label, 28)).appendChild(el('title', {}, null, label));
     vals.forEach((v, j) => el('circle', {cx: X(Math.min(Math.max(v, 0), 1)), cy: y + ((j % 5) - 2) * 2, r: 4, fill: COLORS[0], 'fill-opacity': 0.5}, s));
     if (vals.length) {
       const m = vals.reduce((a, b) => a + b, 0) / vals.length;
