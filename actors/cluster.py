@@ -101,9 +101,10 @@ class RolloutCluster:
         )
         self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE,
                                         scheduling_strategy=here).remote(
-            str(self.run_dir), self._trainer_config(), rules
+            str(self.run_dir), self._trainer_config(), rules, cfg.metrics.enabled
         )
         await asyncio.gather(self.sink.start.remote(), self._add_pools())
+        await self.observer.start(self.sink)
         log.info("run %s: %d sandbox pool(s), %d task(s) queued",
                  self.run_id, len(self.pools), len(self.tasks))
         for _ in range(cfg.workers.num):

@@ -1,4 +1,4 @@
-"""The driver's side of watching a run: the timeline, the HTML report, the gauges.
+"""The driver's side of watching a run: the timeline, the HTML report, the gauges, /metrics.
 
 `RunObserver.tick(snapshot)` is called after every poll of the actors. It appends a point to
 `<run_dir>/timeline.jsonl` every TIMELINE_EVERY seconds (slots, tasks, trainer: what the
@@ -6,6 +6,10 @@ report's time plots need), rebuilds report.html every `metrics.report_interval` 
 thread (never more than one build at a time, never on the driver's loop), and feeds the
 cluster gauges to the metrics seam. `close()` writes the last point and the final report.
 Nothing here may stop a run: failures are logged once.
+
+With `metrics.port` set, `start()` serves GET /metrics (Prometheus text format): the driver's
+gauges (slots, hosts, tasks, trainer) and the sink actor's trajectory and group families,
+fetched from it on each scrape. Port 0 picks a free port (`metrics_url` tells which).
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from actors.metrics import RayInstruments
 from rollout.config import MetricsConfig
+from rollout.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
 from rollout.report import build_report
 from rollout.report.data import TIMELINE_FILE
+from rollout.stats import ClusterStats
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,38 @@ class RunObserver:
         self._next_report = 0.0  # the first tick writes one: the user can open it at once
         self._building: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
+        self.registry = PrometheusRegistry()
+        self.metrics = (StatsMetrics(self.registry, RayInstruments()) if cfg.enabled
+                        else NoopMetrics())
+        self._sink: Any = None
+        self._runner: web.AppRunner | None = None
+        self.metrics_url: str | None = None
+
+    async def start(self, sink: Any) -> None:
+        """Serve /metrics when `metrics.port` is set (`sink`: the TrainerSink actor)."""
+        self._sink = sink
+        if not self.cfg.enabled or self.cfg.port is None:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.metrics_url = f"http://{self.cfg.host}:{port}/metrics"
+        log.info("Prometheus metrics at %s", self.metrics_url)
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        text = self.registry.render()
+        if self._sink is not None:
+            try:
+                text += await asyncio.wait_for(self._sink.metrics_text.remote(), 10)
+            except Exception as e:  # the sink is busy or gone (teardown): the driver's part
+                self._warn_once("fetching the sink's metrics", e)
+        return web.Response(text=text, content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"},
+                            charset="utf-8")
 
     def _warn_once(self, what: str, error: BaseException) -> None:
         if what not in self._warned:
@@ -67,11 +108,13 @@ class RunObserver:
         if not self.cfg.enabled:
             return
         now = time.monotonic()
+        point = timeline_point(snap)
+        self.metrics.cluster(ClusterStats.from_point(point, snap.pools))
         if final or now >= self._next_point:
             self._next_point = now + TIMELINE_EVERY
             try:
                 with (self.run_dir / TIMELINE_FILE).open("a", encoding="utf-8") as fh:
-                    point = {**timeline_point(snap), **({"final": True} if final else {})}
+                    point = {**point, **({"final": True} if final else {})}
                     fh.write(json.dumps(point, separators=(",", ":")) + "\n")
             except OSError as e:
                 self._warn_once("writing the timeline", e)
@@ -88,7 +131,11 @@ class RunObserver:
             self._building = None
 
     async def close(self, snap: Any) -> Path | None:
-        """The last timeline point and the final report (after the event log is flushed)."""
+        """The last timeline point and the final report (after the event log is flushed);
+        /metrics stops."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         if not self.cfg.enabled:
             return None
         if self._building is not None:

@@ -7,6 +7,7 @@ Kept small and in one place (see STYLE.md). Concrete types live in `rollout.type
 - `Backend`: provisions and retires sandbox hosts (one slot server each) for a SlotPool.
 - `TaskEnv`: how one kind of task (SWE-smith, ...) prompts, prepares a slot and scores it.
 - `Policy` / `Conversation`: a model endpoint, and one trajectory's token-exact dialogue with it.
+- `Metrics`: where the run's numbers go (no-op by default; Prometheus, Ray, wandb at the edges).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
     from rollout.types import Completion, ExecResult, Host, Task, TokenRecord, ToolCall, Verdict
 
 
@@ -135,3 +137,16 @@ class Policy(Protocol):
     ) -> Conversation: ...
 
     async def close(self) -> None: ...
+
+
+class Metrics(Protocol):
+    """Where a run's numbers go (Prometheus, wandb, ...). Fed only at the edges, from typed
+    stats (rollout/stats.py): a trajectory's event line, a group's fate, the driver's view
+    of the actors. Implementations must be cheap and never raise. `rollout.metrics` has the
+    no-op default and the plain Prometheus registry; Ray metrics live in actors/."""
+
+    def trajectory(self, stats: TrajectoryStats) -> None: ...
+
+    def group(self, stats: GroupStats) -> None: ...
+
+    def cluster(self, stats: ClusterStats) -> None: ...

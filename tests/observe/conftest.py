@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 import ray
 
@@ -21,7 +22,8 @@ class GoldRun:
     run_dir: Path
     cluster: object
     snapshot: object
-    ticks_seen: list[dict] = field(default_factory=list)
+    scrape: str = ""  # GET /metrics while groups were still running
+    scraped_at_completed: int = -1  # tasks completed when the scrape came back
 
 
 @pytest.fixture(scope="package")
@@ -30,9 +32,31 @@ def gold_run(tmp_path_factory) -> GoldRun:
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
              _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        cfg = gold_config(run_dir, f"env.group_size={GROUP_SIZE}", max_items=GOLD_TASKS)
+        cfg = gold_config(run_dir, f"env.group_size={GROUP_SIZE}", "metrics.port=0",
+                          max_items=GOLD_TASKS)
         cluster = make_cluster(cfg)
-        snap = asyncio.run(run_until_done(cluster))
+        result = GoldRun(run_dir=run_dir, cluster=cluster, snapshot=None)
+        asyncio.run(_run_and_scrape(cluster, result))
     finally:
         ray.shutdown()
-    return GoldRun(run_dir=run_dir, cluster=cluster, snapshot=snap)
+    return result
+
+
+async def _run_and_scrape(cluster, result: GoldRun) -> None:
+    """Scrape /metrics once a group is delivered while another is still in flight."""
+    scraping: list[asyncio.Task] = []
+
+    async def scrape() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(cluster.observer.metrics_url) as r:
+                assert r.status == 200 and r.content_type == "text/plain"
+                result.scrape = await r.text()
+        result.scraped_at_completed = cluster.snapshot.queue.get("completed", 0)
+
+    def tick(snap) -> None:
+        if not scraping and snap.sink.get("delivered", 0) >= 1 and \
+                snap.queue.get("completed", 0) < GOLD_TASKS:
+            scraping.append(asyncio.get_running_loop().create_task(scrape()))
+
+    result.snapshot = await run_until_done(cluster, tick)
+    await asyncio.gather(*scraping)

@@ -1,0 +1,110 @@
+"""Typed stats: what the `Metrics` seam (rollout/protocols.py) is fed.
+
+Each is made from what the run already records (a trajectory's event line, a group's fate,
+the driver's snapshot of the actors), so no metric call is needed in the code doing the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Event kinds (rollout/trace.py) -> the latency phase they are observed as.
+PHASE_OF_EVENT = {"acquire": "acquire_wait", "prepare": "prepare", "turn": "llm_call",
+                  "tool": "tool_call", "verify": "grading", "send": "trainer_send"}
+
+
+@dataclass(frozen=True)
+class TrajectoryStats:
+    outcome: str
+    score: float | None  # None when grading did not run (an infrastructure outcome)
+    turns: int
+    tokens: int
+    image: str
+    phases: tuple[tuple[str, float], ...]  # (phase, seconds), one per event, in order
+    tools: tuple[tuple[str, bool], ...] = ()  # (tool name, failed) per call
+    policy_error: str | None = None  # the kind, for outcome policy_error
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> TrajectoryStats:
+        phases, tools = [], []
+        for kind, _, dur, fields in line.get("ev", []):
+            if kind == "acquire":
+                if fields.get("waited") is not None:
+                    phases.append(("acquire_wait", float(fields["waited"])))
+                continue
+            if kind == "tool":
+                if fields.get("parse_error"):
+                    continue
+                failed = bool(fields.get("err")) or fields.get("exit") not in (None, 0)
+                tools.append((str(fields.get("name")), failed))
+            if kind in PHASE_OF_EVENT:
+                phases.append((PHASE_OF_EVENT[kind], float(dur)))
+        outcome = str(line.get("outcome"))
+        graded = any(p == "grading" for p, _ in phases) and outcome not in (
+            "sandbox_error", "policy_error", "grading_error")
+        return cls(outcome=outcome, score=float(line.get("score") or 0.0) if graded else None,
+                   turns=int(line.get("turns") or 0), tokens=int(line.get("tokens") or 0),
+                   image=str(line.get("image") or "none"), phases=tuple(phases),
+                   tools=tuple(tools),
+                   policy_error=policy_error_kind(line.get("error")) if outcome == "policy_error" else None)
+
+
+def policy_error_kind(error: str | None) -> str:
+    """A short label for a policy failure's message (a metric label, so a closed set)."""
+    text = (error or "").lower()
+    if text.startswith("open:"):
+        return "open"
+    if "timeout" in text or "timed out" in text:
+        return "timeout"
+    if "connect" in text or "unreachable" in text or "refused" in text:
+        return "unreachable"
+    if "http 4" in text or " 4" in text[:12]:
+        return "http_4xx"
+    if "http 5" in text:
+        return "http_5xx"
+    if "no response" in text or "malformed" in text or "parse" in text:
+        return "bad_reply"
+    return "other"
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """How one group ended: delivered (accepted by the sink), dropped (a trainer rule), or
+    retried (an infrastructure failure: the task goes back to the queue)."""
+
+    result: str
+    reason: str = ""
+
+    @classmethod
+    def from_fate(cls, fate: str) -> GroupStats:
+        if fate in ("accepted", "duplicate"):
+            return cls("delivered", fate)
+        if fate.startswith("retry: "):
+            return cls("retried", fate[len("retry: "):].split(":")[0])
+        return cls("dropped", fate)
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """The driver's view of the actors at one moment."""
+
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)  # image -> (busy, free)
+    hosts: dict[str, int] = field(default_factory=dict)  # state -> hosts
+    tasks: dict[str, int] = field(default_factory=dict)  # pending / leased / completed / dropped
+    trainer_queue: int | None = None
+    trainer_paused: bool = False
+    outbox: int = 0
+
+    @classmethod
+    def from_point(cls, point: dict[str, Any], pools: list[dict[str, Any]]) -> ClusterStats:
+        """From a timeline point (actors/observe.py) and the pools' own stats."""
+        slots = {image: (d["in_use"], max(d["slots"] - d["in_use"], 0))
+                 for image, d in (point.get("images") or {}).items()}
+        hosts = {"up": sum(int(p.get("hosts", 0)) for p in pools),
+                 "starting": sum(int(p.get("hosts_starting", 0)) for p in pools)}
+        return cls(slots=slots, hosts=hosts,
+                   tasks={k: int(point.get(k, 0)) for k in ("pending", "leased", "completed", "dropped")},
+                   trainer_queue=point.get("trainer_queue"),
+                   trainer_paused=bool(point.get("trainer_paused")),
+                   outbox=int(point.get("outbox") or 0))
