@@ -106,3 +106,18 @@ def test_the_registry_renders_valid_exposition_and_the_seam_never_raises(caplog)
     noop.trajectory(TrajectoryStats.from_line(line))
     assert policy_error_kind("LLM call exceeded the llm_timeout") == "timeout"
     assert GroupStats.from_fate("all_scores_equal") == GroupStats("dropped", "all_scores_equal")
+
+
+def test_the_grafana_dashboard_and_scrape_config_name_real_families():
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "ray"
+    dash = json.loads((conf / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"rollout_\w+", e)}
+    assert used == set(FAMILIES), set(FAMILIES) ^ used  # every family shown, nothing made up
+    scrape = yaml.safe_load((conf / "prometheus.yml").read_text())
+    assert {j["job_name"] for j in scrape["scrape_configs"]} == {"rollout-driver", "ray"}
