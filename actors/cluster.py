@@ -71,7 +71,8 @@ class RolloutCluster:
         self.quota: Any = None  # HostQuotaActor of a sharded backend
         self.sink: Any = None
         self.snapshot = Snapshot(started=time.time())
-        self.observer = RunObserver(run_dir, cfg.metrics)
+        self.observer = RunObserver(run_dir, cfg.metrics, cfg.logger, self.run_id,
+                                    redacted(cfg.model_dump(mode="json")))
         self._stop_level = 0
         self._stop_changed = asyncio.Event()
         self._worker_seq = 0
@@ -335,6 +336,20 @@ class RolloutCluster:
                 except Exception:
                     pass
         self.workers.clear()
+
+
+SECRET_KEYS = {"env", "secrets", "token"}  # free-form maps that may hold credentials
+
+
+def redacted(config: Any, top: bool = True) -> Any:
+    """The config for an experiment logger, without values that may be credentials (the
+    top-level `env` is Atropos's env section, not an environment)."""
+    if isinstance(config, dict):
+        return {k: "<redacted>" if k in SECRET_KEYS and v and not (top and k == "env")
+                else redacted(v, False) for k, v in config.items()}
+    if isinstance(config, list):
+        return [redacted(v, False) for v in config]
+    return config
 
 
 def _stable_run_id(run_dir: Path) -> str:

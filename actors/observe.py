@@ -25,10 +25,13 @@ from aiohttp import web
 
 from actors.metrics import RayInstruments
 from rollout.config import MetricsConfig
+from rollout.events import EventTail
 from rollout.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
 from rollout.report import build_report
 from rollout.report.data import TIMELINE_FILE
-from rollout.stats import ClusterStats
+from rollout.report.data import collect
+from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
+from rollout.wandb_log import LoggerConfig, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,17 @@ def timeline_point(snap: Any) -> dict[str, Any]:
 
 
 class RunObserver:
-    def __init__(self, run_dir: Path, cfg: MetricsConfig) -> None:
+    def __init__(self, run_dir: Path, cfg: MetricsConfig, logger: LoggerConfig | None = None,
+                 run_id: str = "", config: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
+        self._started = time.monotonic()
+        self.wandb = (WandbLogger(logger, self.run_dir, run_id, config or {})
+                      if logger is not None and logger.type == "wandb" else None)
+        self._wandb_every = logger.log_interval if logger is not None else 0.0
+        self._next_wandb = time.monotonic() + self._wandb_every
+        self._wandb_step: asyncio.Task[None] | None = None
+        self._tail = EventTail(self.run_dir)
         self._next_point = 0.0
         self._next_report = 0.0  # the first tick writes one: the user can open it at once
         self._building: asyncio.Task[None] | None = None
@@ -74,8 +85,11 @@ class RunObserver:
         self.metrics_url: str | None = None
 
     async def start(self, sink: Any) -> None:
-        """Serve /metrics when `metrics.port` is set (`sink`: the TrainerSink actor)."""
+        """Start wandb when asked for; serve /metrics when `metrics.port` is set (`sink`:
+        the TrainerSink actor)."""
         self._sink = sink
+        if self.wandb is not None:
+            await asyncio.to_thread(self.wandb.start)
         if not self.cfg.enabled or self.cfg.port is None:
             return
         app = web.Application()
@@ -109,7 +123,13 @@ class RunObserver:
             return
         now = time.monotonic()
         point = timeline_point(snap)
-        self.metrics.cluster(ClusterStats.from_point(point, snap.pools))
+        cluster = ClusterStats.from_point(point, snap.pools)
+        self.metrics.cluster(cluster)
+        if self.wandb is not None and not self.wandb.failed:
+            self.wandb.cluster(cluster)
+            if not final and now >= self._next_wandb and self._wandb_step is None:
+                self._next_wandb = now + self._wandb_every
+                self._wandb_step = asyncio.get_running_loop().create_task(self._log_wandb())
         if final or now >= self._next_point:
             self._next_point = now + TIMELINE_EVERY
             try:
@@ -130,6 +150,40 @@ class RunObserver:
         finally:
             self._building = None
 
+    def _wandb_feed_and_write(self) -> None:
+        """In a thread: the new trajectory lines into wandb's figures, then one step."""
+        assert self.wandb is not None
+        groups = set()
+        for line in self._tail.read():
+            self.wandb.trajectory(TrajectoryStats.from_line(line))
+            self.wandb.sample(line)
+            key = (line.get("task"), line.get("attempt"))
+            if key not in groups:
+                groups.add(key)
+                self.wandb.group(GroupStats.from_fate(str(line.get("group", ""))))
+        self.wandb.write(self.wandb.collect(time.monotonic() - self._started))
+
+    async def _log_wandb(self) -> None:
+        try:
+            await asyncio.to_thread(self._wandb_feed_and_write)
+        except Exception as e:
+            self._warn_once("logging to wandb", e)
+        finally:
+            self._wandb_step = None
+
+    async def _finish_wandb(self) -> None:
+        if self.wandb is None:
+            return
+        if self._wandb_step is not None:
+            await asyncio.gather(self._wandb_step, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self._wandb_feed_and_write)
+            figures = (await asyncio.to_thread(collect, self.run_dir))["reliability"]
+            await asyncio.to_thread(self.wandb.finish, {
+                f"reliability/{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
+        except Exception as e:
+            self._warn_once("finishing the wandb run", e)
+
     async def close(self, snap: Any) -> Path | None:
         """The last timeline point and the final report (after the event log is flushed);
         /metrics stops."""
@@ -137,10 +191,12 @@ class RunObserver:
             await self._runner.cleanup()
             self._runner = None
         if not self.cfg.enabled:
+            await self._finish_wandb()
             return None
         if self._building is not None:
             await asyncio.gather(self._building, return_exceptions=True)
         self.tick(snap, final=True)
+        await self._finish_wandb()
         try:
             return await asyncio.to_thread(build_report, self.run_dir)
         except Exception as e:

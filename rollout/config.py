@@ -20,6 +20,7 @@ from sandbox_image.config import SlotLimits
 from rollout.sandbox.registry import UnknownBackend, backend_config, config_class
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
+from rollout.wandb_log import LoggerConfig
 
 
 class RunSection(ConfigModel):
@@ -105,11 +106,12 @@ class LaunchConfig(ConfigModel):
     agent: AgentConfig
     tasks: TaskSourceConfig
     trainer: TrainerConfig
+    logger: LoggerConfig
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
 SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "policy", "agent", "tasks",
-            "trainer")
+            "trainer", "logger")
 
 
 def _backend(data: Any) -> BackendConfig:

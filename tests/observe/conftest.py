@@ -33,6 +33,7 @@ def gold_run(tmp_path_factory) -> GoldRun:
              _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         cfg = gold_config(run_dir, f"env.group_size={GROUP_SIZE}", "metrics.port=0",
+                          "logger=wandb", "logger.log_interval=1",
                           max_items=GOLD_TASKS)
         cluster = make_cluster(cfg)
         result = GoldRun(run_dir=run_dir, cluster=cluster, snapshot=None)
