@@ -29,7 +29,7 @@ from actors.rollout_worker import RolloutWorker, WorkerSettings
 from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
-from rollout.config import LaunchConfig
+from rollout.config import LaunchConfig, slot_limits
 from sandbox_image.config import SlotLimits
 from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task
@@ -119,10 +119,7 @@ class RolloutCluster:
                                         min_batch_allocation=env.min_batch_allocation)
 
     def _limits(self) -> SlotLimits:
-        """The slot limits with the grading interpreters exposed: slots must run them."""
-        limits, tasks = self.cfg.sandbox, self.cfg.tasks
-        pythons = [tasks.python, *(p.python for p in tasks.profiles.values() if p.python)]
-        return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
+        return slot_limits(self.cfg)
 
     @property
     def sharded(self) -> bool:

@@ -157,6 +157,13 @@ def load_config(raw: dict[str, Any]) -> LaunchConfig:
     return cfg
 
 
+def slot_limits(cfg: LaunchConfig) -> SlotLimits:
+    """The slot limits with the grading interpreters exposed: slots must run them."""
+    limits, tasks = cfg.sandbox, cfg.tasks
+    pythons = [tasks.python, *(p.python for p in tasks.profiles.values() if p.python)]
+    return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
+
+
 # Seconds of slack on top of a trajectory's worst case before its host may die.
 LEASE_MARGIN = 60.0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import ray
+import yaml
 
 from tests.actors.helpers import gold_config, make_cluster, run_until_done
 
@@ -35,6 +36,10 @@ def gold_run(tmp_path_factory) -> GoldRun:
         cfg = gold_config(run_dir, f"env.group_size={GROUP_SIZE}", "metrics.port=0",
                           "logger=wandb", "logger.log_interval=1",
                           max_items=GOLD_TASKS)
+        # what launch.py writes: replay reads the run's configuration from it
+        dumped = cfg.model_dump(mode="json")
+        dumped.pop("extra")
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dumped))
         cluster = make_cluster(cfg)
         result = GoldRun(run_dir=run_dir, cluster=cluster, snapshot=None)
         asyncio.run(_run_and_scrape(cluster, result))
