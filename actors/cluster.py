@@ -30,6 +30,7 @@ from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
 from rollout.config import LaunchConfig, slot_limits
+from rollout.stats import WorkerStats
 from sandbox_image.config import SlotLimits
 from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task
@@ -47,7 +48,7 @@ class Snapshot:
     queue: dict[str, Any] = field(default_factory=dict)
     sink: dict[str, Any] = field(default_factory=dict)
     pools: list[dict[str, Any]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[WorkerStats] = field(default_factory=list)
     worker_restarts: int = 0
     stopping: str | None = None  # why the run is stopping early (Ctrl-C, SIGTERM)
     stop_level: int = 0  # 1: grace period running, 2: cancelling

@@ -3,7 +3,8 @@
 `RunObserver.tick(snapshot)` is called after every poll of the actors. It appends a point to
 `<run_dir>/timeline.jsonl` every TIMELINE_EVERY seconds (slots, tasks, trainer: what the
 report's time plots need), rebuilds report.html every `metrics.report_interval` seconds in a
-thread (never more than one build at a time, never on the driver's loop), and feeds the
+thread (never more than one build at a time, never on the driver's loop, and less often
+when a build is slow: at most REPORT_SHARE of one core), and feeds the
 cluster gauges to the metrics seam. `close()` writes the last point and the final report.
 Nothing here may stop a run: failures are logged once.
 
@@ -36,6 +37,7 @@ from rollout.wandb_log import LoggerConfig, WandbLogger
 log = logging.getLogger(__name__)
 
 TIMELINE_EVERY = 2.0  # seconds between timeline points
+REPORT_SHARE = 0.05  # at most this share of one core goes to refreshing report.html
 
 
 def timeline_point(snap: Any) -> dict[str, Any]:
@@ -51,8 +53,8 @@ def timeline_point(snap: Any) -> dict[str, Any]:
         "t": round(time.time(), 3),
         "completed": q.get("completed", 0), "dropped": q.get("dropped", 0),
         "leased": q.get("leased", 0), "pending": q.get("pending", 0),
-        "trajectories": sum(w.get("trajectories_done", 0) for w in snap.workers),
-        "in_flight": sum(w.get("trajectories_in_flight", 0) for w in snap.workers),
+        "trajectories": sum(w.trajectories_done for w in snap.workers),
+        "in_flight": sum(w.trajectories_in_flight for w in snap.workers),
         "slots_in_use": sum(p.get("slots_in_use", 0) for p in snap.pools),
         "slots_total": sum(p.get("slots_total", 0) for p in snap.pools),
         "images": images,
@@ -143,11 +145,16 @@ class RunObserver:
             self._building = asyncio.get_running_loop().create_task(self._build())
 
     async def _build(self) -> None:
+        started = time.monotonic()
         try:
             await asyncio.to_thread(build_report, self.run_dir)
         except Exception as e:
             self._warn_once("refreshing report.html", e)
         finally:
+            # A big run's report takes seconds to build: refresh it at most so often that
+            # building costs under REPORT_SHARE of one core.
+            took = time.monotonic() - started
+            self._next_report = max(self._next_report, time.monotonic() + took / REPORT_SHARE)
             self._building = None
 
     def _wandb_feed_and_write(self) -> None:

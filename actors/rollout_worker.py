@@ -13,6 +13,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,6 +30,7 @@ from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
+from rollout.stats import WorkerStats
 from rollout.tasks import make_env
 from rollout.trace import Trace
 from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
@@ -70,16 +72,10 @@ class RolloutWorker:
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
         self._rr = hash(worker_id)
-        # Time sums are over trajectories; the view turns them into shares of traj_time
-        # (the trajectories' own wall-clock), never adds parallel seconds up as if serial.
-        self._stats = {"groups_done": 0, "groups_failed": 0, "trajectories_done": 0,
-                       "trajectories_in_flight": 0, "llm_time": 0.0, "tool_time": 0.0,
-                       "traj_time": 0.0, "prepare_time": 0.0, "verify_time": 0.0,
-                       "acquire_time": 0.0, "outcomes": {}, "grading_errors": {},
-                       "suspected_hacking": 0}
+        self._stats = WorkerStats()
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self._stats, groups_in_flight=len(self._groups))
+    def stats(self) -> WorkerStats:
+        return dataclasses.replace(self._stats, groups_in_flight=len(self._groups))
 
     def stop(self) -> None:
         self._stopping = True
@@ -92,7 +88,7 @@ class RolloutWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(tasks)
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> WorkerStats:
         """Lease and run groups until the queue is finished or `stop()` is called."""
         self._policy = make_policy(self._policy_cfg, self._env)
         try:
@@ -135,12 +131,13 @@ class RolloutWorker:
     async def _run_group(self, lease: Lease) -> None:
         task = lease.task
         renew = asyncio.create_task(self._renew(lease))
-        traces: list[Trace] = []
+        traces: list[Trace | None] = [None] * self.s.group_size
         trajs: list[Trajectory] = []
         fate = "cancelled"
         try:
-            traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
-                            image=task.image) for _ in range(self.s.group_size)]
+            if self.s.record_events:
+                traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
+                                image=task.image) for _ in range(self.s.group_size)]
             trajs = list(await asyncio.gather(
                 *(self._run_one(lease, i, traces[i]) for i in range(self.s.group_size))
             ))
@@ -148,7 +145,7 @@ class RolloutWorker:
             if bad:
                 reason = f"{bad[0].outcome.value}: {bad[0].error}"
                 fate = f"retry: {reason}"
-                self._stats["groups_failed"] += 1
+                self._stats.groups_failed += 1
                 await self._queue.fail.remote(lease.lease_id, reason)
                 return
             group = ScoredGroup(task=task, trajectories=list(trajs),
@@ -160,31 +157,31 @@ class RolloutWorker:
             )
             fate = result
             for trace in traces:
-                trace.add("send", sent, result=result)
+                if trace is not None:
+                    trace.add("send", sent, result=result)
             if result in ("accepted", "duplicate"):
                 await self._queue.complete.remote(lease.lease_id, result)
             else:
                 await self._queue.drop.remote(lease.lease_id, result)
-            self._stats["groups_done"] += 1
+            self._stats.groups_done += 1
         except asyncio.CancelledError:
             await asyncio.shield(self._queue.give_back.remote(lease.lease_id))
             raise
         except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
             log.exception("group of task %s failed", task.task_id)
-            self._stats["groups_failed"] += 1
+            self._stats.groups_failed += 1
             fate = f"retry: worker error: {type(e).__name__}: {e}"
             await self._queue.fail.remote(lease.lease_id, f"worker error: {type(e).__name__}: {e}")
         finally:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
-            if trajs and fate != "cancelled":
+            if trajs and fate != "cancelled" and self.s.record_events:
                 await asyncio.shield(self._record(traces, trajs, fate))
 
-    async def _record(self, traces: list[Trace], trajs: list[Trajectory], fate: str) -> None:
+    async def _record(self, traces: list[Trace | None], trajs: list[Trajectory], fate: str) -> None:
         """The group's trajectory lines to the run's event log (never fails the group)."""
-        if not self.s.record_events:
-            return
-        lines = [trace.to_line(**trajectory_result(t), group=fate) for trace, t in zip(traces, trajs)]
+        lines = [trace.to_line(**trajectory_result(t), group=fate)
+                 for trace, t in zip(traces, trajs) if trace is not None]
         try:
             await asyncio.wait_for(self._sink.record.remote(lines), CALL_SLACK)
         except Exception as e:
@@ -210,21 +207,23 @@ class RolloutWorker:
         if len(self._pools) > 1 and pool in self._pools and not self.s.route_by_image:
             self._pools.remove(pool)
 
-    async def _run_one(self, lease: Lease, index: int, trace: Trace) -> Trajectory:
+    async def _run_one(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
-        trace.trajectory_id = traj_id
+        if trace is not None:
+            trace.trajectory_id = traj_id
         pool = self._pick_pool(task.image)
-        self._stats["trajectories_in_flight"] += 1
+        self._stats.trajectories_in_flight += 1
         slot = None
         started = time.monotonic()
         try:
             slot = await asyncio.wait_for(
                 pool.acquire.remote(traj_id, task.image, self.s.acquire_timeout),
                 self.s.acquire_timeout + CALL_SLACK)
-            self._stats["acquire_time"] += time.monotonic() - started
-            trace.add("acquire", started, waited=round(slot.waited, 4))
+            self._stats.acquire_time += time.monotonic() - started
+            if trace is not None:
+                trace.add("acquire", started, waited=round(slot.waited, 4))
             traj = await run_rollout(task, self._env, self._policy, ActorSandbox(pool, slot),
                                      self._agent, trajectory_id=traj_id, trace=trace)
             # Queued in the pool before a slot was free: on slow remote hosts, the figure.
@@ -232,34 +231,17 @@ class RolloutWorker:
         except Exception as e:
             if isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
-            if slot is None:
+            if slot is None and trace is not None:
                 trace.add("acquire", started, waited=None, ok=False)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
                               error=f"{type(e).__name__}: {e}")
         finally:
-            self._stats["trajectories_in_flight"] -= 1
+            self._stats.trajectories_in_flight -= 1
             if slot is not None:
                 await asyncio.shield(_release(pool, slot))
-        self._count(traj, time.monotonic() - started)
+        self._stats.count(traj, time.monotonic() - started)
         return traj
-
-    def _count(self, traj: Trajectory, wall: float) -> None:
-        st = self._stats
-        st["trajectories_done"] += 1
-        st["traj_time"] += wall
-        st["llm_time"] += traj.llm_time
-        st["tool_time"] += traj.tool_time
-        timings = traj.metadata.get("timings") or {}
-        st["prepare_time"] += timings.get("prepare_time", 0.0)
-        st["verify_time"] += timings.get("verify_time", 0.0)
-        oc = st["outcomes"]
-        oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
-        kind = traj.metadata.get("grading_error")
-        if kind:
-            st["grading_errors"][kind] = st["grading_errors"].get(kind, 0) + 1
-        if (traj.metadata.get("verdict") or {}).get("suspected_hacking"):
-            st["suspected_hacking"] += 1
 
 
 def shard_of(image: str | None, shards: int) -> int:

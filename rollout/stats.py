@@ -108,3 +108,56 @@ class ClusterStats:
                    trainer_queue=point.get("trainer_queue"),
                    trainer_paused=bool(point.get("trainer_paused")),
                    outbox=int(point.get("outbox") or 0))
+
+
+@dataclass
+class WorkerStats:
+    """One RolloutWorker's running totals (polled by the driver; `total` adds workers up).
+
+    Time sums are over trajectories; the progress view turns them into shares of
+    `traj_time` (the trajectories' own wall-clock), never adds parallel seconds up as if
+    they were serial."""
+
+    groups_done: int = 0
+    groups_failed: int = 0
+    groups_in_flight: int = 0
+    trajectories_done: int = 0
+    trajectories_in_flight: int = 0
+    traj_time: float = 0.0
+    llm_time: float = 0.0
+    tool_time: float = 0.0
+    prepare_time: float = 0.0
+    verify_time: float = 0.0
+    acquire_time: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    grading_errors: dict[str, int] = field(default_factory=dict)
+    suspected_hacking: int = 0
+
+    def count(self, traj: Any, wall: float) -> None:
+        """Add one finished trajectory (a rollout.types.Trajectory) that took `wall` s."""
+        self.trajectories_done += 1
+        self.traj_time += wall
+        self.llm_time += traj.llm_time
+        self.tool_time += traj.tool_time
+        timings = traj.metadata.get("timings") or {}
+        self.prepare_time += timings.get("prepare_time", 0.0)
+        self.verify_time += timings.get("verify_time", 0.0)
+        self.outcomes[traj.outcome.value] = self.outcomes.get(traj.outcome.value, 0) + 1
+        kind = traj.metadata.get("grading_error")
+        if kind:
+            self.grading_errors[kind] = self.grading_errors.get(kind, 0) + 1
+        if (traj.metadata.get("verdict") or {}).get("suspected_hacking"):
+            self.suspected_hacking += 1
+
+    @classmethod
+    def total(cls, workers: list[WorkerStats]) -> WorkerStats:
+        out = cls()
+        for w in workers:
+            for name in cls.__dataclass_fields__:
+                mine, theirs = getattr(out, name), getattr(w, name)
+                if isinstance(mine, dict):
+                    for k, v in theirs.items():
+                        mine[k] = mine.get(k, 0) + v
+                else:
+                    setattr(out, name, mine + theirs)
+        return out

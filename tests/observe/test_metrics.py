@@ -121,3 +121,15 @@ def test_the_grafana_dashboard_and_scrape_config_name_real_families():
     assert used == set(FAMILIES), set(FAMILIES) ^ used  # every family shown, nothing made up
     scrape = yaml.safe_load((conf / "prometheus.yml").read_text())
     assert {j["job_name"] for j in scrape["scrape_configs"]} == {"rollout-driver", "ray"}
+
+
+def test_worker_stats_add_up_without_changing_the_parts():
+    from rollout.stats import WorkerStats
+
+    a = WorkerStats(trajectories_done=1, traj_time=1.5, outcomes={"done": 1})
+    b = WorkerStats(trajectories_done=2, traj_time=2.0, outcomes={"done": 1, "timeout": 1},
+                    grading_errors={"timeout": 1})
+    t = WorkerStats.total([a, b])
+    assert t.trajectories_done == 3 and t.traj_time == 3.5
+    assert t.outcomes == {"done": 2, "timeout": 1} and t.grading_errors == {"timeout": 1}
+    assert a.outcomes == {"done": 1} and WorkerStats.total([]) == WorkerStats()

@@ -11,6 +11,7 @@ from actors.observe import RunObserver
 from rollout.config import MetricsConfig
 from rollout.report import REPORT_FILE
 from rollout.report.data import TIMELINE_FILE
+from rollout.stats import WorkerStats
 
 
 def _snap() -> Snapshot:
@@ -18,7 +19,8 @@ def _snap() -> Snapshot:
     snap.queue = {"completed": 1, "pending": 2}
     snap.pools = [{"slots_in_use": 1, "slots_total": 4,
                    "images": {"img": {"hosts": 1, "slots": 4, "in_use": 1}}}]
-    snap.workers = [{"trajectories_done": 3, "trajectories_in_flight": 1}]
+    snap.workers = [WorkerStats(trajectories_done=2, trajectories_in_flight=1),
+                    WorkerStats(trajectories_done=1)]
     snap.sink = {"delivered": 1, "paused": True, "trainer_queue": 5}
     return snap
 

@@ -106,3 +106,39 @@ def test_a_report_of_a_run_with_nothing_recorded_yet_still_builds(tmp_path):
     out = build_report(tmp_path)
     text = out.read_text()
     assert "in progress" in text and '"trajectories":0' in text
+
+
+async def test_a_report_with_failures_retries_and_drops_renders_without_errors(tmp_path):
+    import json
+
+    lines = [
+        {**_line("a", 1, "sandbox_error", "retry: sandbox_error: host died", 0.0, 3.0),
+         "ev": [["acquire", 0.0, 2.0, {"waited": None, "ok": False}]], "error": "no slot"},
+        {**_line("a", 2, "done", "accepted", 3.0, 4.0), "ev": [
+            ["acquire", 0.0, 0.1, {"waited": 0.1}], ["prepare", 0.1, 0.5, {"ok": True}],
+            ["turn", 0.6, 0.2, {"n": 1, "tok": 5, "fin": "stop", "text": "<tool_call>x</tool_call>"}],
+            ["tool", 0.8, 0.0, {"name": "nope", "args": {}, "exit": None, "err": True,
+                                "out": "bad call", "parse_error": True}],
+            ["tool", 0.8, 0.3, {"name": "terminal", "args": {"command": "false"}, "exit": 1,
+                                "err": False, "out": "[exit code: 1]"}],
+            ["verify", 1.1, 2.0, {"score": 1.0, "reason": "all tests passed", "tests": {}, "log": ""}],
+            ["send", 3.1, 0.01, {"result": "accepted"}]]},
+        {**_line("b", 1, "grading_error", "retry: grading_error: timeout", 0.0, 5.0), "ev": [
+            ["verify", 0.0, 5.0, {"score": 0.0, "reason": None, "tests": {}, "log": "",
+                                  "error": "grading (timeout): slow"}]]},
+        {**_line("c", 1, "done", "all_scores_equal", 0.0, 2.0), "score": 0.0},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "queue_state.json").write_text(json.dumps(
+        {"dropped": {"b": "grading_error: timeout (after 3 attempts)"}}))
+    report = build_report(tmp_path)
+    assert collect(tmp_path)["drops"] == {"retried: sandbox_error": 1, "retried: grading_error": 1,
+                                          "trainer: all_scores_equal": 1, "dropped: grading_error": 1}
+    async with Page() as page:
+        await page.goto(report.as_uri())
+        assert await page.js("document.body.dataset.rendered") == "yes"
+        assert await page.js("document.querySelectorAll('#drops svg rect').length") == 4
+        assert await page.js("document.querySelectorAll('#trajectory .ev.bad').length") == 1
+        await page.js("document.querySelectorAll('#trajs button')[1].click()")  # a's 2nd attempt
+        assert await page.js("document.querySelectorAll('#trajectory .ev.bad').length") == 2
+        assert page.errors == []
