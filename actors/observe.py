@@ -99,7 +99,14 @@ class RunObserver:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:  # the port is taken: the run goes on without the endpoint
+            log.error("cannot serve /metrics on %s:%s (%s); set metrics.port to a free port",
+                      self.cfg.host, self.cfg.port, e)
+            await self._runner.cleanup()
+            self._runner = None
+            return
         port = self._runner.addresses[0][1]
         self.metrics_url = f"http://{self.cfg.host}:{port}/metrics"
         log.info("Prometheus metrics at %s", self.metrics_url)
@@ -121,8 +128,6 @@ class RunObserver:
             log.warning("%s failed (%s: %s); the run goes on", what, type(error).__name__, error)
 
     def tick(self, snap: Any, final: bool = False) -> None:
-        if not self.cfg.enabled:
-            return
         now = time.monotonic()
         point = timeline_point(snap)
         cluster = ClusterStats.from_point(point, snap.pools)
@@ -132,6 +137,8 @@ class RunObserver:
             if not final and now >= self._next_wandb and self._wandb_step is None:
                 self._next_wandb = now + self._wandb_every
                 self._wandb_step = asyncio.get_running_loop().create_task(self._log_wandb())
+        if not self.cfg.enabled:
+            return
         if final or now >= self._next_point:
             self._next_point = now + TIMELINE_EVERY
             try:

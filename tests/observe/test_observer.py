@@ -59,3 +59,19 @@ async def test_a_broken_run_dir_is_logged_once_and_never_raises(tmp_path, caplog
     off = RunObserver(tmp_path, MetricsConfig(enabled=False))
     off.tick(_snap())
     assert await off.close(_snap()) is None and list(tmp_path.iterdir()) == []
+
+
+async def test_a_taken_metrics_port_is_logged_and_the_run_goes_on(tmp_path, caplog):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        obs = RunObserver(tmp_path, MetricsConfig(port=port))
+        with caplog.at_level(logging.ERROR):
+            await obs.start(None)
+        assert obs.metrics_url is None
+        assert any(f"cannot serve /metrics on 127.0.0.1:{port}" in r.message for r in caplog.records)
+        obs.tick(_snap())
+        assert await obs.close(_snap()) == tmp_path / REPORT_FILE
