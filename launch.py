@@ -162,6 +162,13 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any]) -> int:
     print(summary, flush=True)
     _log_to_file_only(summary)
     (run_dir / "summary.txt").write_text(summary + "\n")
+    if cfg.metrics.enabled:  # again, now with the summary in it
+        from rollout.report import build_report
+
+        try:
+            log.info("report: %s", build_report(run_dir))
+        except Exception as e:  # the run is over and recorded; the report is a view of it
+            log.warning("writing report.html failed: %s", e)
     return exit_code(snap)
 
 

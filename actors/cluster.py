@@ -24,11 +24,13 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.observe import RunObserver
 from actors.rollout_worker import RolloutWorker, WorkerSettings
 from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
-from rollout.config import LaunchConfig
+from rollout.config import LaunchConfig, slot_limits
+from rollout.stats import WorkerStats
 from sandbox_image.config import SlotLimits
 from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task
@@ -46,7 +48,7 @@ class Snapshot:
     queue: dict[str, Any] = field(default_factory=dict)
     sink: dict[str, Any] = field(default_factory=dict)
     pools: list[dict[str, Any]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[WorkerStats] = field(default_factory=list)
     worker_restarts: int = 0
     stopping: str | None = None  # why the run is stopping early (Ctrl-C, SIGTERM)
     stop_level: int = 0  # 1: grace period running, 2: cancelling
@@ -70,6 +72,8 @@ class RolloutCluster:
         self.quota: Any = None  # HostQuotaActor of a sharded backend
         self.sink: Any = None
         self.snapshot = Snapshot(started=time.time())
+        self.observer = RunObserver(run_dir, cfg.metrics, cfg.logger, self.run_id,
+                                    redacted(cfg.model_dump(mode="json")))
         self._stop_level = 0
         self._stop_changed = asyncio.Event()
         self._worker_seq = 0
@@ -99,9 +103,10 @@ class RolloutCluster:
         )
         self.sink = TrainerSink.options(name=self._name("sink"), namespace=NAMESPACE,
                                         scheduling_strategy=here).remote(
-            str(self.run_dir), self._trainer_config(), rules
+            str(self.run_dir), self._trainer_config(), rules, cfg.metrics.enabled
         )
         await asyncio.gather(self.sink.start.remote(), self._add_pools())
+        await self.observer.start(self.sink)
         log.info("run %s: %d sandbox pool(s), %d task(s) queued",
                  self.run_id, len(self.pools), len(self.tasks))
         for _ in range(cfg.workers.num):
@@ -115,12 +120,7 @@ class RolloutCluster:
                                         min_batch_allocation=env.min_batch_allocation)
 
     def _limits(self) -> SlotLimits:
-        """The slot limits with the grading interpreters exposed: slots must run them."""
-        limits = self.cfg.sandbox
-        pythons = [python for tasks, _ in self.cfg.tasks.mixture()
-                   for python in (tasks.python, *(p.python for p in tasks.profiles.values()))
-                   if python]
-        return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
+        return slot_limits(self.cfg)
 
     @property
     def sharded(self) -> bool:
@@ -206,6 +206,7 @@ class RolloutCluster:
             acquire_timeout=cfg.workers.acquire_timeout,
             lease_renew_interval=cfg.workers.lease_renew_interval,
             task_env=cfg.tasks, route_by_image=self.sharded,
+            record_events=cfg.metrics.enabled,
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",
@@ -236,6 +237,7 @@ class RolloutCluster:
             await self._poll(final=True)
             if self.queue is not None:
                 ray.kill(self.queue)
+            await self.observer.close(self.snapshot)
             if on_tick:
                 on_tick(self.snapshot)
         return self.snapshot
@@ -278,6 +280,7 @@ class RolloutCluster:
             if not self._stop_level:
                 await self._watch_nodes()
             await self._poll()
+            self.observer.tick(self.snapshot)
             if on_tick:
                 on_tick(self.snapshot)
             self._stop_changed.clear()
@@ -331,6 +334,20 @@ class RolloutCluster:
                 except Exception:
                     pass
         self.workers.clear()
+
+
+SECRET_KEYS = {"env", "secrets", "token"}  # free-form maps that may hold credentials
+
+
+def redacted(config: Any, top: bool = True) -> Any:
+    """The config for an experiment logger, without values that may be credentials (the
+    top-level `env` is Atropos's env section, not an environment)."""
+    if isinstance(config, dict):
+        return {k: "<redacted>" if k in SECRET_KEYS and v and not (top and k == "env")
+                else redacted(v, False) for k, v in config.items()}
+    if isinstance(config, list):
+        return [redacted(v, False) for v in config]
+    return config
 
 
 def _stable_run_id(run_dir: Path) -> str:

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from actors.cluster import Snapshot
+from rollout.stats import WorkerStats
 
 log = logging.getLogger("progress")
 
@@ -37,51 +38,24 @@ PLAIN_LOG_EVERY = 30.0  # seconds between plain progress lines when stdout is no
 
 
 def _totals(snap: Snapshot) -> dict[str, Any]:
-    w = snap.workers
-    outcomes: dict[str, int] = {}
-    grading: dict[str, int] = {}
-    for s in w:
-        for k, v in s.get("outcomes", {}).items():
-            outcomes[k] = outcomes.get(k, 0) + v
-        for k, v in s.get("grading_errors", {}).items():
-            grading[k] = grading.get(k, 0) + v
-
-    def total(key: str) -> float:
-        return sum(s.get(key, 0.0) for s in w)
-
+    w = WorkerStats.total(snap.workers)
     return {
-        "in_flight": sum(s.get("trajectories_in_flight", 0) for s in w),
-        "groups_in_flight": sum(s.get("groups_in_flight", 0) for s in w),
-        "trajectories": sum(s.get("trajectories_done", 0) for s in w),
-        "traj_time": total("traj_time"),
-        "llm_time": total("llm_time"),
-        "tool_time": total("tool_time"),
-        "prepare_time": total("prepare_time"),
-        "verify_time": total("verify_time"),
-        "acquire_time": total("acquire_time"),
+        "in_flight": w.trajectories_in_flight,
+        "groups_in_flight": w.groups_in_flight,
+        "trajectories": w.trajectories_done,
+        "traj_time": w.traj_time,
+        "llm_time": w.llm_time,
+        "tool_time": w.tool_time,
+        "prepare_time": w.prepare_time,
+        "verify_time": w.verify_time,
+        "acquire_time": w.acquire_time,
         "slots": f"{sum(p.get('slots_in_use', 0) for p in snap.pools)}/"
                  f"{sum(p.get('slots_total', 0) for p in snap.pools)}",
-        "outcomes": outcomes,
-        "grading_errors": grading,
-        "suspected_hacking": sum(s.get("suspected_hacking", 0) for s in w),
-        "kinds": kind_totals(w),
+        "outcomes": w.outcomes,
+        "grading_errors": w.grading_errors,
+        "suspected_hacking": w.suspected_hacking,
+        "kinds": w.kinds,
     }
-
-
-def kind_totals(workers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per task kind over all workers: groups delivered, trajectories, mean score, outcomes."""
-    out: dict[str, dict[str, Any]] = {}
-    for s in workers:
-        for kind, k in s.get("kinds", {}).items():
-            t = out.setdefault(kind, {"groups": 0, "trajectories": 0, "score_sum": 0.0,
-                                      "outcomes": {}})
-            for key in ("groups", "trajectories", "score_sum"):
-                t[key] += k.get(key, 0)
-            for o, n in k.get("outcomes", {}).items():
-                t["outcomes"][o] = t["outcomes"].get(o, 0) + n
-    for t in out.values():
-        t["mean_score"] = t["score_sum"] / t["trajectories"] if t["trajectories"] else None
-    return out
 
 
 def time_shares(t: dict[str, Any]) -> str:
@@ -242,9 +216,9 @@ class ProgressView:
         if drops:
             lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
         for kind, k in sorted(t["kinds"].items()):
-            mean = "-" if k["mean_score"] is None else f"{k['mean_score']:.3f}"
-            lines.append(f"  kind {kind}: {k['groups']} group(s) delivered, "
-                         f"{k['trajectories']} trajectories, mean score {mean}")
+            mean = "-" if k.mean_score is None else f"{k.mean_score:.3f}"
+            lines.append(f"  kind {kind}: {k.groups} group(s) delivered, "
+                         f"{k.trajectories} trajectories, mean score {mean}")
         if t["outcomes"]:
             lines.append("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(t["outcomes"].items())))
         if snap.worker_restarts:

@@ -13,6 +13,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,8 +30,10 @@ from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
+from rollout.stats import WorkerStats
 from rollout.tasks.base import NoSlot, sandbox_spec_for
 from rollout.tasks.mix import TaskEnvs
+from rollout.trace import Trace
 from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class WorkerSettings:
     pace_poll_interval: float = 0.5
     task_env: Any = None  # the TaskSourceConfig (every source's kind and settings)
     route_by_image: bool = False  # sharded pools: an image always goes to the same shard
+    record_events: bool = True  # trajectory lines to the run's events.jsonl
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -69,16 +73,10 @@ class RolloutWorker:
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
         self._rr = hash(worker_id)
-        # Time sums are over trajectories; the view turns them into shares of traj_time
-        # (the trajectories' own wall-clock), never adds parallel seconds up as if serial.
-        self._stats = {"groups_done": 0, "groups_failed": 0, "trajectories_done": 0,
-                       "trajectories_in_flight": 0, "llm_time": 0.0, "tool_time": 0.0,
-                       "traj_time": 0.0, "prepare_time": 0.0, "verify_time": 0.0,
-                       "acquire_time": 0.0, "outcomes": {}, "grading_errors": {},
-                       "suspected_hacking": 0, "kinds": {}}
+        self._stats = WorkerStats()
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self._stats, groups_in_flight=len(self._groups))
+    def stats(self) -> WorkerStats:
+        return dataclasses.replace(self._stats, groups_in_flight=len(self._groups))
 
     def stop(self) -> None:
         self._stopping = True
@@ -91,7 +89,7 @@ class RolloutWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(tasks)
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> WorkerStats:
         """Lease and run groups until the queue is finished or `stop()` is called."""
         self._policy = make_policy(self._policy_cfg, self._envs)
         try:
@@ -134,39 +132,63 @@ class RolloutWorker:
     async def _run_group(self, lease: Lease) -> None:
         task = lease.task
         renew = asyncio.create_task(self._renew(lease))
+        traces: list[Trace | None] = [None] * self.s.group_size
+        trajs: list[Trajectory] = []
+        fate = "cancelled"
         try:
-            trajs = await asyncio.gather(
-                *(self._run_one(lease, i) for i in range(self.s.group_size))
-            )
+            if self.s.record_events:
+                traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
+                                image=task.image) for _ in range(self.s.group_size)]
+            trajs = list(await asyncio.gather(
+                *(self._run_one(lease, i, traces[i]) for i in range(self.s.group_size))
+            ))
             bad = [t for t in trajs if t.outcome in RETRY_OUTCOMES]
             if bad:
                 reason = f"{bad[0].outcome.value}: {bad[0].error}"
-                self._stats["groups_failed"] += 1
+                fate = f"retry: {reason}"
+                self._stats.groups_failed += 1
                 await self._queue.fail.remote(lease.lease_id, reason)
                 return
             group = ScoredGroup(task=task, trajectories=list(trajs),
                                 generation_params=self._generation_params())
+            sent = time.monotonic()
             result = await self._sink.submit.remote(
                 task.task_id, group.to_atropos(include_messages=self.s.include_messages),
                 [trajectory_summary(t) for t in trajs],
             )
+            fate = result
+            for trace in traces:
+                if trace is not None:
+                    trace.add("send", sent, result=result)
             if result in ("accepted", "duplicate"):
                 await self._queue.complete.remote(lease.lease_id, result)
             else:
                 await self._queue.drop.remote(lease.lease_id, result)
-            self._stats["groups_done"] += 1
+            self._stats.groups_done += 1
             if result in ("accepted", "duplicate"):
-                self._kind_stats(task.kind)["groups"] += 1
+                self._stats.kind(task.kind).groups += 1
         except asyncio.CancelledError:
             await asyncio.shield(self._queue.give_back.remote(lease.lease_id))
             raise
         except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
             log.exception("group of task %s failed", task.task_id)
-            self._stats["groups_failed"] += 1
+            self._stats.groups_failed += 1
+            fate = f"retry: worker error: {type(e).__name__}: {e}"
             await self._queue.fail.remote(lease.lease_id, f"worker error: {type(e).__name__}: {e}")
         finally:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
+            if trajs and fate != "cancelled" and self.s.record_events:
+                await asyncio.shield(self._record(traces, trajs, fate))
+
+    async def _record(self, traces: list[Trace | None], trajs: list[Trajectory], fate: str) -> None:
+        """The group's trajectory lines to the run's event log (never fails the group)."""
+        lines = [trace.to_line(**trajectory_result(t), group=fate)
+                 for trace, t in zip(traces, trajs) if trace is not None]
+        try:
+            await asyncio.wait_for(self._sink.record.remote(lines), CALL_SLACK)
+        except Exception as e:
+            log.warning("trajectory events of task %s not recorded: %s", trajs[0].task_id, e)
 
     def _generation_params(self) -> dict[str, Any]:
         p = self._policy_cfg
@@ -188,11 +210,13 @@ class RolloutWorker:
         if len(self._pools) > 1 and pool in self._pools and not self.s.route_by_image:
             self._pools.remove(pool)
 
-    async def _run_one(self, lease: Lease, index: int) -> Trajectory:
+    async def _run_one(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
-        self._stats["trajectories_in_flight"] += 1
+        if trace is not None:
+            trace.trajectory_id = traj_id
+        self._stats.trajectories_in_flight += 1
         slot = pool = None
         started = time.monotonic()
         try:
@@ -200,59 +224,45 @@ class RolloutWorker:
             spec = sandbox_spec_for(env, task)
             if spec is None:  # a task that needs no slot
                 traj = await run_rollout(task, env, self._policy, NoSlot(), self._agent,
-                                         trajectory_id=traj_id)
+                                         trajectory_id=traj_id, trace=trace)
             else:
                 pool = self._pick_pool(spec.image)
                 slot = await asyncio.wait_for(
                     pool.acquire.remote(traj_id, spec.image, self.s.acquire_timeout),
                     self.s.acquire_timeout + CALL_SLACK)
-                self._stats["acquire_time"] += time.monotonic() - started
+                self._stats.acquire_time += time.monotonic() - started
+                if trace is not None:
+                    trace.add("acquire", started, waited=round(slot.waited, 4))
                 traj = await run_rollout(task, env, self._policy, ActorSandbox(pool, slot),
-                                         self._agent, trajectory_id=traj_id)
+                                         self._agent, trajectory_id=traj_id, trace=trace)
                 # Queued in the pool before a slot was free: on slow remote hosts, the figure.
                 traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
         except Exception as e:
             if pool is not None and isinstance(e, (RayActorError, asyncio.TimeoutError)):
                 self._forget_pool(pool)
+            if pool is not None and slot is None and trace is not None:
+                trace.add("acquire", started, waited=None, ok=False)
             traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
                               outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
                               error=f"{type(e).__name__}: {e}")
         finally:
-            self._stats["trajectories_in_flight"] -= 1
+            self._stats.trajectories_in_flight -= 1
             if slot is not None:
                 await asyncio.shield(_release(pool, slot))
-        self._count(traj, time.monotonic() - started, task.kind)
+        self._stats.count(traj, time.monotonic() - started, task.kind)
         return traj
-
-    def _kind_stats(self, kind: str) -> dict[str, Any]:
-        return self._stats["kinds"].setdefault(
-            kind, {"groups": 0, "trajectories": 0, "score_sum": 0.0, "outcomes": {}})
-
-    def _count(self, traj: Trajectory, wall: float, kind: str) -> None:
-        st = self._stats
-        per = self._kind_stats(kind)
-        per["trajectories"] += 1
-        per["score_sum"] += traj.score
-        per["outcomes"][traj.outcome.value] = per["outcomes"].get(traj.outcome.value, 0) + 1
-        st["trajectories_done"] += 1
-        st["traj_time"] += wall
-        st["llm_time"] += traj.llm_time
-        st["tool_time"] += traj.tool_time
-        timings = traj.metadata.get("timings") or {}
-        st["prepare_time"] += timings.get("prepare_time", 0.0)
-        st["verify_time"] += timings.get("verify_time", 0.0)
-        oc = st["outcomes"]
-        oc[traj.outcome.value] = oc.get(traj.outcome.value, 0) + 1
-        kind = traj.metadata.get("grading_error")
-        if kind:
-            st["grading_errors"][kind] = st["grading_errors"].get(kind, 0) + 1
-        if (traj.metadata.get("verdict") or {}).get("suspected_hacking"):
-            st["suspected_hacking"] += 1
 
 
 def shard_of(image: str | None, shards: int) -> int:
     """The shard of an image: stable across processes and runs (not Python's hash)."""
     return zlib.crc32((image or "").encode()) % shards
+
+
+def trajectory_result(t: Trajectory) -> dict[str, Any]:
+    """What a trajectory's event line says about how it ended."""
+    return {"outcome": t.outcome.value, "score": t.score, "error": t.error, "turns": t.turns,
+            "tokens": len(t.record.tokens), "policy": t.metadata.get("policy"),
+            "grading_error": t.metadata.get("grading_error")}
 
 
 def trajectory_summary(t: Trajectory) -> dict[str, Any]:

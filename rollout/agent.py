@@ -23,6 +23,7 @@ from rollout.config_model import ConfigModel, Str
 from rollout.protocols import Conversation, Sandbox
 from rollout.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
 from rollout.tools import TOOL_NAMES, SandboxTools, ToolExecutor, ToolLimits
+from rollout.trace import Trace, clip, tool_fields
 from rollout.types import Outcome, PolicyError, SandboxError, ToolCall, ToolResult, Trajectory
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,13 @@ async def run_agent(
     task_id: str,
     tools: ToolExecutor | None = None,
     parse_limits: ParseLimits | None = None,
+    trace: Trace | None = None,
 ) -> Trajectory:
-    """Run one trajectory's loop. `tools` defaults to the built-in tools over `sandbox`."""
+    """Run one trajectory's loop. `tools` defaults to the built-in tools over `sandbox`;
+    `trace` (optional) gets a `turn` event per sampled turn and a `tool` event per call."""
     loop = _AgentLoop(conversation, tools or SandboxTools(sandbox, cfg.tool_limits), cfg,
                       parse_limits or cfg.parse_limits, {"trajectory": trajectory_id, "task": task_id})
+    loop.trace = trace
     outcome, error = await loop.run()
     log.info("trajectory %s of %s ended: %s after %d turns%s", trajectory_id, task_id,
              outcome.value, loop.turns, f" ({error})" if error else "")
@@ -103,6 +107,7 @@ class _AgentLoop:
         self.tool_time = 0.0
         self.tool_calls = 0
         self.tool_errors = 0
+        self.trace: Trace | None = None
         self.deadline = time.monotonic() + cfg.wall_clock_budget
 
     async def run(self) -> tuple[Outcome, str | None]:
@@ -131,6 +136,9 @@ class _AgentLoop:
             finally:
                 self.llm_time += time.monotonic() - started
             self.turns += 1
+            if self.trace is not None:
+                self.trace.add("turn", started, n=self.turns, tok=len(completion.token_ids),
+                               fin=completion.finish_reason, text=clip(completion.text))
 
             parsed = parse_tool_calls(completion.text, self.limits)
             if not parsed.attempted:
@@ -155,11 +163,16 @@ class _AgentLoop:
             if isinstance(entry, ToolCallError):
                 self.tool_errors += 1
                 results.append(ToolResult(entry.call_id, entry.name, f"Error: {entry.message}", True))
+                if self.trace is not None:  # never ran: replay skips it
+                    self.trace.add("tool", time.monotonic(), parse_error=True, **tool_fields(
+                        entry.name, {}, None, True, entry.message))
                 continue
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 return None
             started = time.monotonic()
+            if self.trace is not None:
+                self.trace.last_exit = None
             try:
                 # The tool's own timeout is capped by the budget; this is the backstop for a
                 # sandbox that does not honour it.
@@ -172,6 +185,10 @@ class _AgentLoop:
                 self.tool_time += time.monotonic() - started
             self.tool_calls += 1
             self.tool_errors += int(result.is_error)
+            if self.trace is not None:
+                self.trace.add("tool", started, **tool_fields(
+                    entry.name, entry.arguments, self.trace.last_exit, result.is_error,
+                    result.content))
             results.append(result)
         return results
 

@@ -20,6 +20,7 @@ from sandbox_image.config import SlotLimits
 from rollout.sandbox.registry import UnknownBackend, backend_config, config_class
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
+from rollout.wandb_log import LoggerConfig
 
 
 class RunSection(ConfigModel):
@@ -74,6 +75,16 @@ class QueueConfig(ConfigModel):
     max_attempts: Annotated[int, Field(ge=1)] = 3
 
 
+class MetricsConfig(ConfigModel):
+    section: ClassVar[str] = "metrics"
+
+    # Trajectory events (events.jsonl), the HTML report and the metrics; false: none of them.
+    enabled: bool = True
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None  # the driver's /metrics; None: off
+    host: Str = "127.0.0.1"  # where /metrics listens (0.0.0.0 for a Prometheus elsewhere)
+    report_interval: Annotated[float, Field(gt=0)] = 30.0  # seconds between report.html refreshes
+
+
 class RayConfig(ConfigModel):
     section: ClassVar[str] = "ray"
 
@@ -87,6 +98,7 @@ class LaunchConfig(ConfigModel):
     workers: WorkersConfig
     queue: QueueConfig
     ray: RayConfig
+    metrics: MetricsConfig
     backend: BackendConfig  # the selected backend's own typed config (backend.name)
     sandbox: SlotLimits  # what every slot enforces, whatever the backend
     pool: PoolSection
@@ -94,10 +106,12 @@ class LaunchConfig(ConfigModel):
     agent: AgentConfig
     tasks: TaskSourceConfig
     trainer: TrainerConfig
+    logger: LoggerConfig
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-SECTIONS = ("run", "env", "workers", "queue", "ray", "policy", "agent", "tasks", "trainer")
+SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "policy", "agent", "tasks",
+            "trainer", "logger")
 
 
 def _backend(data: Any) -> BackendConfig:
@@ -141,6 +155,15 @@ def load_config(raw: dict[str, Any]) -> LaunchConfig:
     cfg = LaunchConfig(backend=backend, sandbox=sandbox, pool=pool, **validated)
     _cross_check(cfg)
     return cfg
+
+
+def slot_limits(cfg: LaunchConfig) -> SlotLimits:
+    """The slot limits with the grading interpreters exposed: slots must run them."""
+    limits = cfg.sandbox
+    pythons = [python for tasks, _ in cfg.tasks.mixture()
+               for python in (tasks.python, *(p.python for p in tasks.profiles.values()))
+               if python]
+    return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
 
 
 # Seconds of slack on top of a trajectory's worst case before its host may die.

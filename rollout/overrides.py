@@ -16,7 +16,7 @@ import typing
 from typing import Any, Iterable
 
 # Hydra config groups under conf/ that a user selects with `group=option`.
-GROUPS = ("conf", "backend", "policy", "trainer")
+GROUPS = ("conf", "backend", "policy", "trainer", "logger")
 
 
 class OverrideError(ValueError):

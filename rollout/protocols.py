@@ -10,6 +10,7 @@ Kept small and in one place (see STYLE.md). Concrete types live in `rollout.type
   which slot it needs, how it prepares the slot and scores it. Found by `Task.kind` in
   `rollout.tasks.registry`.
 - `Policy` / `Conversation`: a model endpoint, and one trajectory's token-exact dialogue with it.
+- `Metrics`: where the run's numbers go (no-op by default; Prometheus, Ray, wandb at the edges).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
     from rollout.types import (Completion, ExecResult, Host, PythonResult, SandboxSpec, Task,
                                TokenRecord, ToolCall, ToolLimits, ToolResult, Verdict)
 
@@ -167,3 +169,16 @@ class Policy(Protocol):
     ) -> Conversation: ...
 
     async def close(self) -> None: ...
+
+
+class Metrics(Protocol):
+    """Where a run's numbers go (Prometheus, wandb, ...). Fed only at the edges, from typed
+    stats (rollout/stats.py): a trajectory's event line, a group's fate, the driver's view
+    of the actors. Implementations must be cheap and never raise. `rollout.metrics` has the
+    no-op default and the plain Prometheus registry; Ray metrics live in actors/."""
+
+    def trajectory(self, stats: TrajectoryStats) -> None: ...
+
+    def group(self, stats: GroupStats) -> None: ...
+
+    def cluster(self, stats: ClusterStats) -> None: ...

@@ -17,7 +17,9 @@ import time
 from rollout.agent import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
 from rollout.tasks.base import tool_executor_for, tool_names
-from rollout.types import GradingError, Outcome, SandboxError, Task, TokenRecord, Trajectory
+from rollout.trace import Trace, TracedSandbox, verify_fields
+from rollout.types import (INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task,
+                           TokenRecord, Trajectory)
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +33,25 @@ async def run_rollout(
     *,
     trajectory_id: str,
     tools: ToolExecutor | None = None,
+    trace: Trace | None = None,
 ) -> Trajectory:
+    """`trace` (optional) gets the prepare and verify events, and the agent's."""
     timings: dict[str, float] = {}
+    if trace is not None:
+        sandbox = TracedSandbox(sandbox, trace)
     started = time.monotonic()
     try:
         await env.prepare(task, sandbox)
     except Exception as exc:  # SandboxError, or a broken task row: the slot state is unknown
         timings["prepare_time"] = time.monotonic() - started
+        if trace is not None:
+            trace.add("prepare", started, ok=False)
         log.warning("prepare failed for %s/%s: %s", task.task_id, trajectory_id, exc)
         return _failed(task, trajectory_id, Outcome.SANDBOX_ERROR,
                        f"prepare: {type(exc).__name__}: {exc}", timings)
     timings["prepare_time"] = time.monotonic() - started
+    if trace is not None:
+        trace.add("prepare", started, ok=True)
 
     try:
         schemas = env.tools(task)
@@ -55,7 +65,8 @@ async def run_rollout(
     # The parser accepts exactly the tools this task offers.
     limits = dataclasses.replace(cfg.parse_limits, known_tools=tool_names(schemas))
     traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
-                           task_id=task.task_id, tools=executor, parse_limits=limits)
+                           task_id=task.task_id, tools=executor, parse_limits=limits,
+                           trace=trace)
 
     if traj.outcome != Outcome.SANDBOX_ERROR:
         started = time.monotonic()
@@ -84,6 +95,9 @@ async def run_rollout(
             traj.error = f"grading (grader_bug): {type(exc).__name__}: {exc}"
             traj.metadata["grading_error"] = "grader_bug"
         timings["verify_time"] = time.monotonic() - started
+        if trace is not None:
+            trace.add("verify", started, **verify_fields(traj.score, traj.metadata.get("verdict") or {}),
+                      **({"error": traj.error} if traj.outcome in INFRA_OUTCOMES else {}))
     timings.update(llm_time=traj.llm_time, tool_time=traj.tool_time)
     traj.metadata["timings"] = timings
     traj.metadata["policy"] = getattr(policy, "name", type(policy).__name__)

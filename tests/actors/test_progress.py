@@ -4,6 +4,7 @@ from rich.console import Console
 
 from actors.cluster import Snapshot
 from actors.progress import ProgressView, render, time_shares
+from rollout.stats import WorkerStats
 from tests.actors.helpers import gold_config
 
 
@@ -17,11 +18,11 @@ def _snap() -> Snapshot:
                  "mean_score": 0.25, "paused": True, "env_id": 0, "api_up": True}
     snap.pools = [{"slots_total": 8, "slots_in_use": 3}]
     # two workers; 4 trajectories that ran in parallel, 10 s each
-    snap.workers = [{"trajectories_in_flight": 3, "groups_in_flight": 2, "trajectories_done": 4,
-                     "traj_time": 40.0, "llm_time": 24.0, "tool_time": 8.0,
-                     "prepare_time": 2.0, "verify_time": 4.0, "acquire_time": 0.0,
-                     "outcomes": {"done": 3, "grading_error": 1},
-                     "grading_errors": {"timeout": 1}, "suspected_hacking": 1}]
+    snap.workers = [WorkerStats(trajectories_in_flight=3, groups_in_flight=2, trajectories_done=4,
+                                traj_time=40.0, llm_time=24.0, tool_time=8.0,
+                                prepare_time=2.0, verify_time=4.0, acquire_time=0.0,
+                                outcomes={"done": 3, "grading_error": 1},
+                                grading_errors={"timeout": 1}, suspected_hacking=1)]
     return snap
 
 

@@ -1,0 +1,220 @@
+"""The metrics seam's implementations that need no Ray: the no-op default, the mapping from
+typed stats to metric families, and a plain Prometheus registry (text exposition format 0.0.4).
+
+`StatsMetrics` implements `rollout.protocols.Metrics` over any `Instruments` (this module's
+`PrometheusRegistry`, or `actors.metrics.RayInstruments` for `ray.util.metrics`), so every
+backend gets the same families under the same names. It never raises: a failing backend is
+logged once and skipped.
+
+Names follow Prometheus' rules: `[a-z_][a-z0-9_]*`, one `rollout_` prefix, base units in the
+name (`_seconds`), counters end in `_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+           300.0, 600.0, 1800.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+FAMILIES = {f.name: f for f in (
+    Family("rollout_trajectories_total", "counter", "Trajectories finished, by outcome.",
+           ("outcome",)),
+    Family("rollout_groups_total", "counter",
+           "Groups by how they ended (delivered, dropped, retried) and why.", ("result", "reason")),
+    Family("rollout_trajectory_score", "histogram", "Scores of graded trajectories.", (),
+           (0.0, 0.25, 0.5, 0.75, 1.0)),
+    Family("rollout_trajectory_turns", "histogram", "Turns per trajectory.", (),
+           (1, 2, 4, 8, 16, 32, 64, 128)),
+    Family("rollout_trajectory_tokens", "histogram", "Tokens per trajectory (training sequence).",
+           (), (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)),
+    Family("rollout_phase_seconds", "histogram",
+           "Latency per phase: acquire_wait, prepare, llm_call, tool_call, grading, trainer_send.",
+           ("phase",), SECONDS),
+    Family("rollout_tool_calls_total", "counter", "Tool calls, by tool and status.",
+           ("tool", "status")),
+    Family("rollout_policy_errors_total", "counter", "Trajectories ended by a policy error, by kind.",
+           ("kind",)),
+    Family("rollout_slots", "gauge", "Sandbox slots by image and state (busy, free).",
+           ("image", "state")),
+    Family("rollout_hosts", "gauge", "Sandbox hosts by state (up, starting).", ("state",)),
+    Family("rollout_tasks", "gauge", "Tasks of the run by state.", ("state",)),
+    Family("rollout_trainer_queue_size", "gauge", "The trainer's queue size (Atropos /status-env)."),
+    Family("rollout_trainer_paused", "gauge", "1 while pacing holds back new groups."),
+    Family("rollout_outbox_groups", "gauge", "Groups in the outbox, not yet delivered."),
+)}
+
+
+class Instruments(Protocol):
+    """What a metrics backend provides, per family of FAMILIES."""
+
+    def inc(self, family: Family, labels: dict[str, str], value: float = 1.0) -> None: ...
+
+    def set(self, family: Family, labels: dict[str, str], value: float) -> None: ...
+
+    def observe(self, family: Family, labels: dict[str, str], value: float) -> None: ...
+
+
+class NoopMetrics:
+    """The default: nothing recorded."""
+
+    def trajectory(self, stats: TrajectoryStats) -> None:
+        pass
+
+    def group(self, stats: GroupStats) -> None:
+        pass
+
+    def cluster(self, stats: ClusterStats) -> None:
+        pass
+
+
+class StatsMetrics:
+    """`Metrics` over one or more `Instruments`: typed stats -> metric families."""
+
+    def __init__(self, *backends: Instruments) -> None:
+        self.backends = list(backends)
+        self._failed: set[int] = set()
+
+    def _each(self, op: str, name: str, labels: dict[str, str], value: float) -> None:
+        fam = FAMILIES[name]
+        for i, b in enumerate(self.backends):
+            try:
+                getattr(b, op)(fam, labels, value)
+            except Exception as e:  # a metrics backend must never stop a run
+                if i not in self._failed:
+                    self._failed.add(i)
+                    log.warning("metrics backend %s failed (%s); it is skipped from now on",
+                                type(b).__name__, e)
+        if self._failed:
+            self.backends = [b for i, b in enumerate(self.backends) if i not in self._failed]
+            self._failed.clear()
+
+    def trajectory(self, s: TrajectoryStats) -> None:
+        self._each("inc", "rollout_trajectories_total", {"outcome": s.outcome}, 1)
+        if s.score is not None:
+            self._each("observe", "rollout_trajectory_score", {}, s.score)
+        self._each("observe", "rollout_trajectory_turns", {}, s.turns)
+        self._each("observe", "rollout_trajectory_tokens", {}, s.tokens)
+        for phase, seconds in s.phases:
+            self._each("observe", "rollout_phase_seconds", {"phase": phase}, seconds)
+        for tool, failed in s.tools:
+            self._each("inc", "rollout_tool_calls_total",
+                       {"tool": tool, "status": "error" if failed else "ok"}, 1)
+        if s.policy_error:
+            self._each("inc", "rollout_policy_errors_total", {"kind": s.policy_error}, 1)
+
+    def group(self, s: GroupStats) -> None:
+        self._each("inc", "rollout_groups_total", {"result": s.result, "reason": s.reason}, 1)
+
+    def cluster(self, s: ClusterStats) -> None:
+        for image, (busy, free) in s.slots.items():
+            self._each("set", "rollout_slots", {"image": image, "state": "busy"}, busy)
+            self._each("set", "rollout_slots", {"image": image, "state": "free"}, free)
+        for state, n in s.hosts.items():
+            self._each("set", "rollout_hosts", {"state": state}, n)
+        for state, n in s.tasks.items():
+            self._each("set", "rollout_tasks", {"state": state}, n)
+        if s.trainer_queue is not None:
+            self._each("set", "rollout_trainer_queue_size", {}, s.trainer_queue)
+        self._each("set", "rollout_trainer_paused", {}, int(s.trainer_paused))
+        self._each("set", "rollout_outbox_groups", {}, s.outbox)
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n
+        self.sum = 0.0
+        self.count = 0
+
+
+class PrometheusRegistry:
+    """`Instruments` kept in memory and rendered as Prometheus text. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, dict[tuple[tuple[str, str], ...], float | _Histogram]] = {}
+        self._lock = threading.Lock()
+
+    def _series(self, family: Family) -> dict[tuple[tuple[str, str], ...], float | _Histogram]:
+        return self._values.setdefault(family.name, {})
+
+    def inc(self, family: Family, labels: dict[str, str], value: float = 1.0) -> None:
+        with self._lock:
+            series = self._series(family)
+            key = tuple(sorted(labels.items()))
+            series[key] = float(series.get(key, 0.0)) + value  # type: ignore[arg-type]
+
+    def set(self, family: Family, labels: dict[str, str], value: float) -> None:
+        with self._lock:
+            self._series(family)[tuple(sorted(labels.items()))] = float(value)
+
+    def observe(self, family: Family, labels: dict[str, str], value: float) -> None:
+        with self._lock:
+            series = self._series(family)
+            key = tuple(sorted(labels.items()))
+            h = series.get(key)
+            if not isinstance(h, _Histogram):
+                h = series[key] = _Histogram(len(family.buckets))
+            for i, bound in enumerate(family.buckets):
+                if value <= bound:
+                    h.counts[i] += 1
+            h.sum += value
+            h.count += 1
+
+    def render(self) -> str:
+        out: list[str] = []
+        with self._lock:
+            for name, series in self._values.items():
+                fam = FAMILIES[name]
+                out.append(f"# HELP {name} {fam.help}")
+                out.append(f"# TYPE {name} {fam.kind}")
+                for key, v in sorted(series.items()):
+                    if isinstance(v, _Histogram):
+                        for bound, c in zip(fam.buckets, v.counts):
+                            out.append(f"{name}_bucket{_labels(key, ('le', _num(bound)))} {c}")
+                        out.append(f"{name}_bucket{_labels(key, ('le', '+Inf'))} {v.count}")
+                        out.append(f"{name}_sum{_labels(key)} {_num(v.sum)}")
+                        out.append(f"{name}_count{_labels(key)} {v.count}")
+                    else:
+                        out.append(f"{name}{_labels(key)} {_num(v)}")
+        return "\n".join(out) + "\n" if out else ""
+
+
+def _num(v: float) -> str:
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(key: tuple[tuple[str, str], ...], *extra: tuple[str, str]) -> str:
+    pairs = [*key, *extra]
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs) + "}"
