@@ -93,6 +93,7 @@ class RolloutWorker:
     async def run(self) -> dict[str, Any]:
         """Lease and run groups until the queue is finished or `stop()` is called."""
         self._policy = make_policy(self._policy_cfg, self._env)
+        self._env = self._policy.task_env(self._env)
         try:
             while not self._stopping:
                 if len(self._groups) >= self.s.groups_in_flight:

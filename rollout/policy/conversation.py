@@ -162,6 +162,11 @@ class TokenPolicy:
     async def close(self) -> None:
         return None
 
+    def task_env(self, env: Any) -> Any:
+        """The TaskEnv this policy's trajectories are prepared and scored by: `env` itself,
+        except for a policy that stands in for grading too (`simulated`)."""
+        return env
+
     def generation_params(self) -> dict[str, Any]:
         """Sampling parameters, for the trainer's `generation_params`."""
         c = self.cfg
