@@ -8,10 +8,12 @@ text of every turn is tokenized with the configured tokenizer, so token counts, 
 template suffixes are those of a real trajectory. Logprobs are unavailable and marked so.
 
 Scores: with `grading=false` (the default) the task's real grading is replaced by
-`SimulatedScoring`: a real command still runs in the slot, and the score is 1.0 with
-probability `success_rate`, drawn from the seed, the task id and how many trajectories of
-that task this worker scored before: the same seed gives the same scores. With `grading=true`
-the task's own `verify` runs (tests in the slot, as for a real model).
+`SimulatedScoring`: the score is 1.0 with probability `success_rate`, drawn from the seed,
+the task id and how many trajectories of that task this worker scored before: the same seed
+gives the same scores (and nothing runs in the slot for it). With `grading=true`
+the task's own `verify` runs (tests in the slot, as for a real model). `prepare=false` skips
+the task's slot preparation too (the trajectory starts in the slot's clean workspace): a
+load test of the cluster alone, without the cost of checking out repos.
 
 Everything else (leases, acquire, prepare, the agent loop, the actor hops, release, the
 trainer sink) is the real path: only the model is missing.
@@ -25,19 +27,17 @@ import hashlib
 import logging
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rollout.config_model import ConfigModel, Str
 from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
 from rollout.protocols import Sandbox, TaskEnv
 from rollout.toolcalls import format_hermes_call
-from rollout.types import GradingError, Task, ToolCall, Verdict
+from rollout.types import Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
 
 FINAL_MESSAGE = "The simulated run is over."
-# What `SimulatedScoring` runs in the slot: any workspace answers it, and it must start.
-SCORING_COMMAND = "ls -A | wc -l"
 
 
 class SimulatedSettings(ConfigModel):
@@ -54,6 +54,14 @@ class SimulatedSettings(ConfigModel):
         min_length=1)
     grading: bool = False  # true: the task's real grading; false: scores from the seed
     success_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    prepare: bool = True  # false: skip the task's slot preparation (cluster-only load tests)
+
+    @model_validator(mode="after")
+    def _grading_needs_prepare(self) -> SimulatedSettings:
+        if self.grading and not self.prepare:
+            raise ValueError("grading=true needs prepare=true: the task's tests would run "
+                             "in a slot that was never prepared")
+        return self
 
 
 def unit(*parts: Any) -> float:
@@ -96,18 +104,19 @@ class SimulatedPolicy(TokenPolicy):
         return Generation(token_ids=ids, logprobs=None, finish_reason=finish)
 
     def task_env(self, env: TaskEnv) -> TaskEnv:
-        return env if self.sim.grading else SimulatedScoring(env, self.seed, self.sim.success_rate)
+        if self.sim.grading:
+            return env
+        return SimulatedScoring(env, self.seed, self.sim.success_rate, prepare=self.sim.prepare)
 
 
 class SimulatedScoring:
-    """A `TaskEnv` that prompts and prepares as `env` does and scores from a seed.
+    """A `TaskEnv` that prompts (and unless `prepare=False` prepares) as `env` does and
+    scores from a seed: `verify` scores 1.0 with probability `success_rate`."""
 
-    `verify` runs `SCORING_COMMAND` in the slot (a slot that cannot run it is a
-    GradingError, never a score) and then scores 1.0 with probability `success_rate`.
-    """
-
-    def __init__(self, env: TaskEnv, seed: int, success_rate: float) -> None:
+    def __init__(self, env: TaskEnv, seed: int, success_rate: float, *,
+                 prepare: bool = True) -> None:
         self.env = env
+        self.run_prepare = prepare
         self.seed = seed
         self.success_rate = success_rate
         self._scored: collections.Counter[str] = collections.Counter()
@@ -119,16 +128,13 @@ class SimulatedScoring:
         return self.env.tools(task)
 
     async def prepare(self, task: Task, sandbox: Sandbox) -> None:
-        await self.env.prepare(task, sandbox)
+        if self.run_prepare:
+            await self.env.prepare(task, sandbox)
 
     def reference_solution(self, task: Task) -> list[ToolCall]:
         return self.env.reference_solution(task)
 
     async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
-        res = await sandbox.exec(SCORING_COMMAND, timeout=60.0)
-        if not res.ok:
-            raise GradingError(f"the simulated scoring command failed (exit {res.exit_code}): "
-                               f"{(res.stderr or res.stdout)[-300:]}")
         k = self._scored[task.task_id]
         self._scored[task.task_id] += 1
         score = 1.0 if unit(self.seed, "score", task.task_id, k) < self.success_rate else 0.0

@@ -101,3 +101,18 @@ def test_bad_settings_are_one_line_errors() -> None:
         PolicyConfig(type="simulated", tokenizer=QWEN_TOKENIZER, simulated={"turns": 0})
     with pytest.raises(ConfigError, match="policy.simulated.success_rate"):
         PolicyConfig(type="simulated", tokenizer=QWEN_TOKENIZER, simulated={"success_rate": 2})
+    with pytest.raises(ConfigError, match="grading=true needs prepare=true"):
+        PolicyConfig(type="simulated", tokenizer=QWEN_TOKENIZER,
+                     simulated={"grading": True, "prepare": False})
+
+
+def test_trajectories_of_one_prompt_share_its_rendering_not_their_records() -> None:
+    policy = simulated()
+    env = ToyEnv()
+    a, b = (policy.open(env.messages(TASK), env.tools(TASK), TASK) for _ in range(2))
+    assert a.token_ids() == b.token_ids() == policy.renderer.prompt_ids(
+        env.messages(TASK), env.tools(TASK))
+    a._record.tokens.append(0)
+    assert b.num_tokens == a.num_tokens - 1
+    other = policy.open([{"role": "user", "content": "Something else."}], env.tools(TASK), TASK)
+    assert other.token_ids() != b.token_ids()
