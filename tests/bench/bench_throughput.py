@@ -76,8 +76,9 @@ def role_of(p: psutil.Process, me: int) -> str | None:
 
 
 class Meter:
-    """CPU seconds (own + waited-for children) and resident memory of this process tree,
-    by role. Exited processes keep counting through their last sample."""
+    """CPU seconds (own + waited-for children: a slot server's commands, a worker's git)
+    and resident memory of this process tree, by role. Exited processes keep counting
+    through their last sample."""
 
     def __init__(self) -> None:
         self.me = os.getpid()
@@ -99,7 +100,9 @@ class Meter:
         for p, role in self._procs():
             try:
                 t = p.cpu_times()
-                total = t.user + t.system + t.children_user + t.children_system
+                total = t.user + t.system
+                if role != "pool actor":  # its children are the slot servers, counted apart
+                    total += t.children_user + t.children_system
                 mem = p.memory_info().rss
             except psutil.Error:
                 continue
@@ -217,7 +220,7 @@ async def one_row(args: argparse.Namespace, c: int) -> dict[str, Any]:
             meter.sample(start=True)
             last_sample = now
             return
-        if done >= n:
+        if done >= 0.95 * n:  # done well before the end: it holds no slot at the last poll
             probe.stopped = True
         # Sampled while everything still runs: at teardown the pool actor reaps the slot
         # servers, and their CPU would count twice (as its waited-for children).
@@ -327,8 +330,8 @@ async def main(args: argparse.Namespace) -> None:
             rows.append(await one_row(args, c))
             r = rows[-1]
             print(f"[{c}] {r['done']}/{r['n']} trajectories in {r['makespan']:.1f}s "
-                  f"({r['tps']:.2f}/s, ideal {r['ideal_tps']:.2f}/s), slots held at the end "
-                  f"{r['in_use_end']}, delivered {r['delivered']}; "
+                  f"({r['tps']:.2f}/s, ideal {r['ideal_tps']:.2f}/s), slots held at the last poll "
+                  f"{r['in_use_end']} (the probe's one included), delivered {r['delivered']}; "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items()), flush=True)
         finally:
             ray.shutdown()
