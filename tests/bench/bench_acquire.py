@@ -26,11 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool  # noqa: E402
 from rollout.types import Slot  # noqa: E402
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
+from tests.bench.support import pct  # noqa: E402
 
 
 def show(name: str, samples: list[float]) -> tuple[float, float]:

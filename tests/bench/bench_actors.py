@@ -33,11 +33,7 @@ from actors.task_queue import TaskQueue  # noqa: E402
 from actors.trainer_sink import TrainerSink  # noqa: E402
 from rollout.trainer.sink import GroupRules, TrainerConfig  # noqa: E402
 from rollout.types import Task  # noqa: E402
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
+from tests.bench.support import local_ray, pct  # noqa: E402
 
 
 async def closed_loop(callers: int, seconds: float, op) -> tuple[int, list[float], float]:
@@ -141,10 +137,5 @@ if __name__ == "__main__":
                     default=[1000, 10000, 100000])
     ap.add_argument("--group-size", type=int, default=8)
     args = ap.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
-             _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
+    with local_ray():
         asyncio.run(main(args))
-    finally:
-        ray.shutdown()

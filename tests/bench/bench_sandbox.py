@@ -34,14 +34,10 @@ from actors.sandbox_pool import ActorSandbox, SandboxPool  # noqa: E402
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool  # noqa: E402
 from rollout.types import Slot  # noqa: E402
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path, default_env  # noqa: E402
+from tests.bench.support import local_ray, pct  # noqa: E402
 
 BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
          "--unshare-all", "--die-with-parent", "--", "sh", "-c", "true"]
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
 def show(name: str, samples: list[float]) -> tuple[float, float]:
@@ -170,10 +166,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
     n = ap.parse_args().n
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
-             _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
+    with local_ray():
         asyncio.run(main(n))
-    finally:
-        ray.shutdown()

@@ -39,20 +39,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import ray  # noqa: E402
 
 from actors.cluster import RolloutCluster, Snapshot  # noqa: E402
 from actors.sandbox_pool import ActorSandbox  # noqa: E402
 from rollout.tasks import load_tasks  # noqa: E402
 from rollout.types import Task  # noqa: E402
+from tests.bench.support import local_ray, pct  # noqa: E402
 from tests.launch_config import compose_config, qwen_tokenizer_dir  # noqa: E402
 
 ROLES = ("driver", "workers", "pool actor", "slot servers", "queue+sink", "ray daemons")
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
 
 
 def role_of(p: psutil.Process, me: int) -> str | None:
@@ -321,20 +316,15 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     rows = []
     for c in args.concurrency:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
-        try:
+        with local_ray():
             rows.append(await one_row(args, c))
             r = rows[-1]
             print(f"[{c}] {r['done']}/{r['n']} trajectories in {r['makespan']:.1f}s "
                   f"({r['tps']:.2f}/s, ideal {r['ideal_tps']:.2f}/s), slots held at the last poll "
                   f"{r['in_use_end']} (the probe's one included), delivered {r['delivered']}; "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items()), flush=True)
-        finally:
-            ray.shutdown()
     report(args, rows)
 
 
