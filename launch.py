@@ -100,7 +100,8 @@ def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> tuple[Any, Any
         changes["base_url"] = server.start()
         log.info("embedded policy at %s", changes["base_url"])
     try:
-        if policy.tokenizer == "embedded" and policy.type in ("embedded", "gold", "scripted"):
+        if policy.tokenizer == "embedded" and policy.type in ("embedded", "gold", "scripted",
+                                                                 "simulated"):
             from rollout.policy.embedded.model import ensure_checkpoint
 
             changes["tokenizer"] = str(ensure_checkpoint())

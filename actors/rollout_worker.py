@@ -34,7 +34,7 @@ from rollout.stats import WorkerStats
 from rollout.tasks.base import NoSlot, sandbox_spec_for
 from rollout.tasks.mix import TaskEnvs
 from rollout.trace import Trace
-from rollout.types import INFRA_OUTCOMES, Outcome, TokenRecord, Trajectory
+from rollout.types import INFRA_OUTCOMES, Outcome, Task, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class RolloutWorker:
         self._sink = sink
         # The env of each task is picked by its kind (a run may mix kinds).
         self._envs = TaskEnvs(settings.task_env)
+        self._policy_envs: dict[str, Any] = {}  # by kind, made on first use
         self._policy: Any = None
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
@@ -190,6 +191,13 @@ class RolloutWorker:
         except Exception as e:
             log.warning("trajectory events of task %s not recorded: %s", trajs[0].task_id, e)
 
+    def _env_for(self, task: Task) -> Any:
+        """The task's env as the policy sees it (`simulated` may stand in for grading)."""
+        env = self._policy_envs.get(task.kind)
+        if env is None:
+            env = self._policy_envs[task.kind] = self._policy.task_env(self._envs.for_task(task))
+        return env
+
     def _generation_params(self) -> dict[str, Any]:
         p = self._policy_cfg
         return {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens}
@@ -220,7 +228,7 @@ class RolloutWorker:
         slot = pool = None
         started = time.monotonic()
         try:
-            env = self._envs.for_task(task)
+            env = self._env_for(task)
             spec = sandbox_spec_for(env, task)
             if spec is None:  # a task that needs no slot
                 traj = await run_rollout(task, env, self._policy, NoSlot(), self._agent,

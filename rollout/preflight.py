@@ -44,7 +44,7 @@ def probe_http(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
 
 def check_policy(policy: Any) -> None:
     """An endpoint policy (one launch does not start itself) must be reachable."""
-    if policy.type in ("gold", "scripted") or not policy.base_url:
+    if policy.type in ("gold", "scripted", "simulated") or not policy.base_url:
         return  # replayed locally, or the embedded server launch starts itself
     path = "/health" if policy.type == "sglang" else "/v1/models"
     url = policy.base_url.rstrip("/") + path

@@ -7,6 +7,8 @@ Every client keeps a token-exact record per trajectory (see `conversation.py`):
 - `openai_chat`: any chat endpoint, text only; tokens rebuilt, logprobs unavailable.
 - `gold`: replays the task's reference solution through the same tool path.
 - `scripted`: replays canned responses (tests).
+- `simulated`: a model's timing without a model: fixed turns of real tool calls after a set
+  latency, scores from a seed (load tests, sizing; see `simulated.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from rollout.config_model import ConfigModel, Str
 from rollout.policy.conversation import TokenConversation, TokenPolicy
+from rollout.policy.simulated import SimulatedSettings
 from rollout.policy.template import ChatRenderer, load_tokenizer
 
-PolicyType = Literal["openai_completions", "sglang", "openai_chat", "gold", "scripted", "embedded"]
+PolicyType = Literal["openai_completions", "sglang", "openai_chat", "gold", "scripted", "embedded",
+                     "simulated"]
 # `embedded` gets its base_url from launch.py, which starts the server.
 _NEEDS_URL = ("openai_completions", "sglang", "openai_chat")
 
@@ -44,6 +48,7 @@ class PolicyConfig(ConfigModel):
     max_retries: Annotated[int, Field(ge=0)] = 3
     max_connections: Annotated[int, Field(ge=1)] = 64
     responses: list[Str] = Field(default_factory=list)  # scripted
+    simulated: SimulatedSettings = Field(default_factory=SimulatedSettings)
 
     @field_validator("base_url")
     @classmethod
@@ -78,6 +83,10 @@ def make_policy(cfg: PolicyConfig, env: Any | None = None) -> TokenPolicy:
         from rollout.policy.chat import ChatPolicy
 
         return ChatPolicy(cfg, renderer)
+    if cfg.type == "simulated":
+        from rollout.policy.simulated import SimulatedPolicy
+
+        return SimulatedPolicy(cfg, renderer)
     from rollout.policy.replay import GoldPolicy, ScriptedPolicy
 
     if cfg.type == "gold":

@@ -15,8 +15,10 @@ A conversation is used by one agent loop at a time (not concurrently).
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import itertools
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 MASKED = -100
 MASKED_LOGPROB = 1.0
 MISSING_LOGPROB = 0.0
+PROMPT_CACHE = 64  # distinct prompts remembered per policy (a few groups in flight each)
 
 
 @dataclass
@@ -61,7 +64,7 @@ class TokenConversation:
         self.index = next(policy._opened)  # which conversation of this policy (seeding)
         # What a chat API is sent (assistant turns keep their structured tool_calls there).
         self.api_messages: list[dict[str, Any]] = copy.deepcopy(messages)
-        prompt = self.renderer.prompt_ids(messages, tools)
+        prompt = policy.prompt_ids(messages, tools)
         self._record = TokenRecord(
             tokens=list(prompt),
             masks=[MASKED] * len(prompt),
@@ -140,6 +143,22 @@ class TokenPolicy:
         self.cfg = cfg
         self.renderer = renderer
         self._opened = itertools.count()
+        self._prompts: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
+        """The rendered, tokenized prompt. Remembered for the last few distinct prompts: the
+        trajectories of one group share theirs, and rendering plus tokenizing it is most of
+        a short trajectory's client-side CPU."""
+        key = json.dumps([messages, tools], sort_keys=True, default=str)
+        ids = self._prompts.get(key)
+        if ids is None:
+            ids = tuple(self.renderer.prompt_ids(messages, tools))
+            self._prompts[key] = ids
+            if len(self._prompts) > PROMPT_CACHE:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(key)
+        return list(ids)
 
     def turn_seed(self, conv: TokenConversation) -> int | None:
         """A per-conversation, per-turn seed from `cfg.seed`, or None when unseeded.
@@ -161,6 +180,11 @@ class TokenPolicy:
 
     async def close(self) -> None:
         return None
+
+    def task_env(self, env: Any) -> Any:
+        """The TaskEnv this policy's trajectories are prepared and scored by: `env` itself,
+        except for a policy that stands in for grading too (`simulated`)."""
+        return env
 
     def generation_params(self) -> dict[str, Any]:
         """Sampling parameters, for the trainer's `generation_params`."""

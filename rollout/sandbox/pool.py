@@ -3,6 +3,12 @@
 Guarantees (each is tested in tests/sandbox/test_pool.py):
 - A slot is held by at most one holder: it leaves the free list when reserved and only
   returns after its holder released it and its reset finished.
+- Release never waits for the reset: `release` ends the lease and returns at once; the
+  workspace is reset in the background and only then is the slot handed out again (acquire
+  gives out clean slots only). A reset that fails quarantines the slot (never reused; an
+  unreachable host is reported to the fleet). Slots being reset count as supply on the way:
+  they do not make the fleet start hosts. A slot of a draining host is not reset (it is
+  never handed out again; its host is retired once all its slots are back).
 - Liveness is checked before hand-out (the fleet's view, no control-plane call): a slot of a
   host that is gone is never returned.
 - A call with a stale or foreign `Slot` (released, or its host died/was replaced) raises
@@ -10,7 +16,8 @@ Guarantees (each is tested in tests/sandbox/test_pool.py):
   replaced (up to max_hosts), and later acquires succeed.
 - All methods are safe to call concurrently from many coroutines of one event loop.
 - `stop()` is the one teardown path: idempotent, runs to completion even if the caller is
-  cancelled, and leaves no host running. The backend's atexit hook is the backstop.
+  cancelled, cancels the resets still in flight (and waits for them to end), and leaves no
+  host running. The backend's atexit hook is the backstop.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class SlotPool:
         self._waiters: dict[str | None, collections.deque[asyncio.Future]] = (
             collections.defaultdict(collections.deque))
         self._resets: set[asyncio.Task[Any]] = set()
+        # image -> slots whose background reset is in flight (supply on its way back)
+        self._resetting: collections.Counter[str | None] = collections.Counter()
         self._started = False
         self._closed = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -113,7 +122,11 @@ class SlotPool:
                 fut.set_exception(failure)
 
     def demand(self) -> dict[str | None, int]:
-        return {image: len(q) for image, q in self._waiters.items() if q}
+        return {image: n for image, q in self._waiters.items() if (n := self._unmet(image)) > 0}
+
+    def _unmet(self, image: str | None) -> int:
+        """Waiters of `image` that the slots now being reset will not serve."""
+        return len(self._waiters[image]) - self._resetting[image]
 
     # --- acquire / release ----------------------------------------------------------------
 
@@ -159,7 +172,7 @@ class SlotPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         self._waiters[image].append(fut)
-        self.fleet.ensure(image, len(self._waiters[image]))
+        self.fleet.ensure(image, self._unmet(image))
         remaining = deadline - loop.time()
         try:
             if remaining > 0:
@@ -185,20 +198,21 @@ class SlotPool:
             self._give(*fut.result())
 
     async def release(self, slot: Slot, reset: bool = True) -> None:
-        """End the lease. With reset, the workspace is wiped before anyone else gets it."""
+        """End the lease; returns at once. With reset, the workspace is wiped in the
+        background before anyone else gets the slot."""
         hs = self._validate(slot)
         hs.leases[slot.index] = None
         hs.holders[slot.index] = None
         self._counts["releases"] += 1
-        if not reset:
+        if not reset or hs.draining():  # a draining host's slot is never handed out again
             self._give(hs, slot.index)
             return
-        # Shielded: a cancelled caller must not strand the slot half-reset.
-        task = asyncio.ensure_future(self._reset_and_return(hs, slot.index))
+        image = hs.slot_image[slot.index]
+        self._resetting[image] += 1
+        task = asyncio.ensure_future(self._reset_and_return(hs, slot.index, image))
         self._resets.add(task)
         task.add_done_callback(self._resets.discard)
         task.add_done_callback(_finished)
-        await asyncio.shield(task)
 
     async def release_holder(self, prefix: str) -> int:
         """Release (with reset) every slot whose trajectory id starts with `prefix`.
@@ -252,15 +266,23 @@ class SlotPool:
             hs.slot_image[index] = image
         self._give(hs, index)
 
-    async def _reset_and_return(self, hs: HostState, index: int) -> None:
+    async def _reset_and_return(self, hs: HostState, index: int, image: str | None) -> None:
+        """The background half of a release: reset, then hand the slot on. On failure the
+        slot is not reused (quarantined); nobody awaits this, so the failure is logged."""
         try:
             await hs.client.reset(index)
         except HostUnreachable as e:
+            log.warning("reset of slot %s/%d: host did not answer (%s); slot not reused",
+                        hs.host_id, index, e)
             await self.fleet.suspect(hs)
-            raise SandboxError(f"could not reset slot {hs.host_id}/{index}: {e}") from e
+            return
         except Exception as e:  # noqa: BLE001 - a slot that failed reset must not be reused
             log.error("reset of slot %s/%d failed; slot quarantined: %s", hs.host_id, index, e)
-            raise SandboxError(f"could not reset slot {hs.host_id}/{index}: {e}") from e
+            self._counts["reset_failures"] += 1
+            return
+        finally:
+            self._resetting[image] -= 1
+        self._counts["resets"] += 1
         self._give(hs, index)
 
     @contextlib.asynccontextmanager
@@ -346,11 +368,16 @@ class SlotPool:
             in_use += held
             total += hs.host.slots
         acquires = self._counts["acquires"]
+        resetting = sum(self._resetting.values())
         return {
             **self.fleet.stats(),
             "slots_total": total,
             "slots_in_use": in_use,
-            "slots_free": sum(1 for q in self._free.values() for h, _ in q if h in self._hosts),
+            # not held and not quarantined: free now, or free once its reset is over
+            "slots_free": sum(1 for q in self._free.values() for h, _ in q if h in self._hosts)
+            + resetting,
+            "slots_resetting": resetting,
+            "reset_failures": self._counts["reset_failures"],
             "images": per_image,
             "image_moves": self._counts["image_moves"],
             "acquires": acquires,

@@ -1,14 +1,17 @@
-"""Benchmark: the cost of a tool call through the SlotPool, and of acquire+release.
+"""Benchmark: the cost of a tool call through the whole stack, against bare bubblewrap.
 
-Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 of:
+Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 of `true`:
   - bare `sh -c true`
   - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md), and bare bwrap with
     the slot server's own flags (what the pool's overhead is made of, without the pool)
-  - `true` through the pool (HTTP -> slot server -> bwrap with our flags and cgroups),
-    and through a pool without cgroup limits
-  - warm acquire+release (with workspace reset, and without) under 256 concurrent acquirers
-and the ratios measured in this one run. The exec paths are interleaved (one of each per
-round), so load from other processes on the machine hits them alike.
+  - through a local SlotPool (HTTP -> slot server -> bwrap with our flags, cgroups and a
+    per-slot disk), and through a pool without cgroup limits or disks
+  - through the Ray actor hop as a trajectory makes it: from inside an actor (as a
+    RolloutWorker), an `ActorSandbox` over a SandboxPool actor handle -> SlotPool -> slot
+    server -> bwrap; and the same from the driver (one process hop less)
+and the ratios measured in this one run. The paths are interleaved (one of each per round),
+so load from other processes on the machine hits them alike. (Acquire and release under
+256 concurrent acquirers: tests/bench/bench_acquire.py.)
 """
 
 from __future__ import annotations
@@ -25,17 +28,16 @@ from collections.abc import Awaitable, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from rollout.sandbox import LocalBackend, PoolConfig, SlotPool  # noqa: E402
+import ray  # noqa: E402
+
+from actors.sandbox_pool import ActorSandbox, SandboxPool  # noqa: E402
+from rollout.sandbox import LocalConfig, SlotLimits, SlotPool  # noqa: E402
 from rollout.types import Slot  # noqa: E402
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path, default_env  # noqa: E402
+from tests.bench.support import local_ray, pct  # noqa: E402
 
 BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
          "--unshare-all", "--die-with-parent", "--", "sh", "-c", "true"]
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
 def show(name: str, samples: list[float]) -> tuple[float, float]:
@@ -81,32 +83,38 @@ async def interleaved(paths: dict[str, Callable[[], Awaitable[None]]],
     return out
 
 
-async def acquire_release(pool: SlotPool, acquirers: int, rounds: int, reset: bool) -> list[float]:
-    out: list[float] = []
+@ray.remote(num_cpus=0)
+class Agent:
+    """Stands for a RolloutWorker: runs one tool call through an ActorSandbox, as the
+    agent loop does, and times it from inside this actor."""
 
-    async def worker(w: int) -> None:
-        for r in range(rounds):
-            t = time.perf_counter()
-            slot = await pool.acquire(f"bench-{w}-{r}", timeout=300)
-            await pool.release(slot, reset=reset)
-            out.append(time.perf_counter() - t)
-
-    await asyncio.gather(*(worker(w) for w in range(acquirers)))
-    return out
+    async def exec_true(self, pool, slot: Slot) -> float:
+        t = time.perf_counter()
+        r = await ActorSandbox(pool, slot).exec("true")
+        assert r.exit_code == 0, r
+        return time.perf_counter() - t
 
 
 async def main(n: int) -> None:
     print(f"sandbox benchmark: {os.cpu_count()} cpus, n={n}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    cfg = PoolConfig(min_hosts=2, max_hosts=2, slots_per_host=128, health_check_interval=30)
-    pool = SlotPool(LocalBackend(cfg), cfg)
-    # The same path without per-slot cgroups: isolates the cost of joining them.
-    cfg_plain = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=4, memory_mb=None, pids=None)
-    plain = SlotPool(LocalBackend(cfg_plain), cfg_plain)
-    await asyncio.gather(pool.start(), plain.start())
+    cfg = LocalConfig(min_hosts=1, max_hosts=1, slots_per_host=4, health_check_interval=30)
+    pool = SlotPool.from_config(cfg, SlotLimits())
+    # The same path without per-slot cgroups or disks: isolates the cost of both.
+    plain = SlotPool.from_config(cfg, SlotLimits(memory_mb=None, pids=None, disk_mb=None))
+    actor = SandboxPool.remote(cfg, SlotLimits(), "bench")
+    agent = Agent.remote()
+    await asyncio.gather(pool.start(), plain.start(), actor.start.remote())
     try:
         isolation = {hs.host.meta.get("isolation") for hs in pool._hosts.values()}
         slot, plain_slot = await pool.acquire("bench-exec"), await plain.acquire("bench-exec")
+        actor_slot = await actor.acquire.remote("bench-exec", None, 60.0)
+        via_driver = ActorSandbox(actor, actor_slot)
+        inner: list[float] = []
+
+        async def from_agent() -> None:
+            inner.append(await agent.exec_true.remote(actor, actor_slot))
+
         root = tempfile.mkdtemp(prefix="bench-bwrap-", dir="/var/tmp")
         server_argv = server_bwrap_argv(root)
         env = default_env("/tmp")
@@ -116,35 +124,47 @@ async def main(n: int) -> None:
             "bwrap_server": lambda: spawn(server_argv, env),
             "pool": lambda: exec_true(pool, slot),
             "plain": lambda: exec_true(plain, plain_slot),
+            "driver_actor": lambda: _checked(via_driver.exec("true")),
+            "agent_actor": from_agent,
         }, n)
+        t["agent_actor"] = inner[-n:]  # timed inside the agent actor (warm-up rounds dropped)
         shutil.rmtree(root, ignore_errors=True)
         await pool.release(slot)
         await plain.release(plain_slot)
-        await acquire_release(pool, 256, 1, reset=False)  # warm
-        ar_reset = await acquire_release(pool, 256, 4, reset=True)
-        ar_plain = await acquire_release(pool, 256, 4, reset=False)
+        await actor.release.remote(actor_slot)
     finally:
-        await asyncio.gather(pool.stop(), plain.stop())
+        await asyncio.gather(pool.stop(), plain.stop(), actor.stop.remote())
 
     print("\nexec of `true` (interleaved):")
     sh50, sh99 = show("bare sh -c true", t["sh"])
     bw50, bw99 = show("bare bwrap (notes flags) sh -c true", t["bwrap"])
     bs50, bs99 = show("bare bwrap (slot server's flags) sh -c true", t["bwrap_server"])
     po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", t["pool"])
-    pl50, _ = show("pool.exec without cgroup limits", t["plain"])
+    pl50, _ = show("pool.exec without cgroup limits or disks", t["plain"])
+    da50, da99 = show("ActorSandbox from the driver -> pool actor", t["driver_actor"])
+    aa50, aa99 = show("agent actor -> ActorSandbox -> pool actor", t["agent_actor"])
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
           f" ratio pool/bwrap p50 {po50 / bw50:.2f}x, bwrap/sh p50 {bw50 / sh50:.2f}x")
     print(f"  pool overhead over bare bwrap with the server's flags: p50 {po50 - bs50:+.2f} ms,"
           f" p99 {po99 - bs99:+.2f} ms; ratio p50 {po50 / bs50:.2f}x")
-    print(f"  without cgroups: overhead p50 {pl50 - bw50:+.2f} ms (ratio {pl50 / bw50:.2f}x);"
-          f" cgroup join costs p50 {po50 - pl50:+.2f} ms")
-    print("\nwarm acquire+release, 256 concurrent acquirers, 256 slots on 2 hosts:")
-    show("with workspace reset (HTTP reset per release)", ar_reset)
-    show("without reset", ar_plain)
+    print(f"  without cgroups or disks: overhead p50 {pl50 - bw50:+.2f} ms (ratio "
+          f"{pl50 / bw50:.2f}x); cgroup join + slot disk cost p50 {po50 - pl50:+.2f} ms")
+    print(f"  the whole stack (agent actor -> pool actor -> slot server -> bwrap) over bare bwrap"
+          f" with the server's flags: p50 {aa50 - bs50:+.2f} ms, p99 {aa99 - bs99:+.2f} ms"
+          f" (ratio p50 {aa50 / bs50:.2f}x); over notes-flags bwrap p50 {aa50 - bw50:+.2f} ms")
+    print(f"  the Ray actor hop itself (agent actor path - local pool): p50 {aa50 - po50:+.2f} ms,"
+          f" p99 {aa99 - po99:+.2f} ms; from the driver p50 {da50 - po50:+.2f} ms")
+
+
+async def _checked(call: Awaitable) -> None:
+    r = await call
+    assert r.exit_code == 0, r
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
-    asyncio.run(main(ap.parse_args().n))
+    n = ap.parse_args().n
+    with local_ray():
+        asyncio.run(main(n))
