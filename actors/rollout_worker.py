@@ -139,7 +139,8 @@ class RolloutWorker:
         try:
             if self.s.record_events:
                 traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
-                                image=task.image) for _ in range(self.s.group_size)]
+                                image=task.image, kind=task.kind)
+                          for _ in range(self.s.group_size)]
             trajs = list(await asyncio.gather(
                 *(self._run_one(lease, i, traces[i]) for i in range(self.s.group_size))
             ))

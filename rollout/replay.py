@@ -28,8 +28,9 @@ import yaml
 from rollout.config import ConfigError, load_config, slot_limits
 from rollout.events import read_events
 from rollout.sandbox import SlotPool
-from rollout.tasks import load_tasks, make_env
-from rollout.tools import SandboxTools
+from rollout.tasks import load_tasks
+from rollout.tasks.base import NoSlot, sandbox_spec_for, tool_executor_for
+from rollout.tasks.mix import TaskEnvs
 from rollout.trace import Trace, TracedSandbox
 from rollout.types import GradingError, SandboxError, ToolCall
 
@@ -106,7 +107,7 @@ class Replayer:
         self.lines = list(read_events(self.run_dir))
         if not self.lines:
             raise ReplayError(f"{self.run_dir} has no recorded trajectories (events.jsonl)")
-        self.env = make_env(self.cfg.tasks.kind, self.cfg.tasks)
+        self.envs = TaskEnvs(self.cfg.tasks)
         self._tasks: dict[str, Any] | None = None
 
     def task(self, task_id: str) -> Any:
@@ -128,28 +129,45 @@ class Replayer:
 
     async def _one(self, pool: SlotPool, line: dict[str, Any]) -> ReplayResult:
         task = self.task(line["task"])
-        result = ReplayResult(line["id"], recorded_score(line), None)
-        async with pool.session(f"replay/{line['id']}", task.image,
+        env = self.envs.for_task(task)
+        spec = sandbox_spec_for(env, task)
+        if spec is None:  # a task that needs no slot (its tools keep files in memory)
+            return await self._run(env, task, line, NoSlot())
+        async with pool.session(f"replay/{line['id']}", spec.image,
                                 timeout=self.cfg.workers.acquire_timeout) as slot:
-            trace = Trace(line["id"], task.task_id)
-            sandbox = TracedSandbox(slot, trace)
-            try:
-                await self.env.prepare(task, sandbox)
-                tools = SandboxTools(sandbox, self.cfg.agent.tool_limits)
-                for call, exit_code in recorded_calls(line):
-                    trace.last_exit = None
-                    await tools.run(call)
-                    if trace.last_exit != exit_code:
-                        result.exit_mismatches.append(
-                            f"{call.name} #{call.call_id[7:]}: {exit_code} -> {trace.last_exit}")
-                verdict = await self.env.verify(task, sandbox)
-                result.replayed = float(verdict.score)
-                result.reason = str(verdict.details.get("reason", ""))
-            except GradingError as e:
-                result.reason = f"grading could not run ({e.kind}): {e}"
-            except SandboxError as e:
-                result.reason = f"the sandbox failed: {e}"
+            return await self._run(env, task, line, slot)
+
+    async def _run(self, env: Any, task: Any, line: dict[str, Any], slot: Any) -> ReplayResult:
+        result = ReplayResult(line["id"], recorded_score(line), None)
+        trace = Trace(line["id"], task.task_id)
+        sandbox = TracedSandbox(slot, trace)
+        try:
+            await env.prepare(task, sandbox)
+            tools = tool_executor_for(env, task, sandbox, self.cfg.agent.tool_limits)
+            for call, exit_code in recorded_calls(line):
+                trace.last_exit = None
+                await tools.run(call)
+                if trace.last_exit != exit_code:
+                    result.exit_mismatches.append(
+                        f"{call.name} #{call.call_id[7:]}: {exit_code} -> {trace.last_exit}")
+            if getattr(env, "grades_transcript", False):
+                verdict = await env.verify(task, sandbox, transcript=recorded_transcript(line))
+            else:
+                verdict = await env.verify(task, sandbox)
+            result.replayed = float(verdict.score)
+            result.reason = str(verdict.details.get("reason", ""))
+        except GradingError as e:
+            result.reason = f"grading could not run ({e.kind}): {e}"
+        except SandboxError as e:
+            result.reason = f"the sandbox failed: {e}"
         return result
+
+
+def recorded_transcript(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's turns as recorded (clipped to `trace.TEXT_CLIP`): what an env that grades
+    the transcript (a final answer in the last reply) is given on replay."""
+    return [{"role": "assistant", "content": f.get("text") or ""}
+            for kind, _, _, f in line.get("ev", []) if kind == "turn"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ as one JSON line, when the trajectory's group is finished. Recording is an appen
 Line format (version 1), one object per trajectory:
 
     {"v": 1, "id": trajectory id, "task": task id, "attempt": n, "worker": worker id,
-     "image": task image, "t0": epoch seconds at start, "wall": seconds, "outcome": ...,
+     "image": task image, "kind": task kind, "t0": epoch seconds at start, "wall": seconds, "outcome": ...,
      "score": ..., "error": ..., "turns": n, "tokens": n, "group": the group's fate,
      "ev": [[kind, offset_s, duration_s, {fields}], ...]}
 

@@ -160,6 +160,20 @@ def _viewer_entry(t: dict[str, Any]) -> dict[str, Any]:
                                   "error", "turns", "tokens", "wall", "group", "ev")}
 
 
+def kinds(trajs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task kind (a run may mix kinds): graded trajectories and their mean score."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in trajs:
+        if t.get("outcome") in INFRA:
+            continue
+        k = out.setdefault(str(t.get("kind") or "swe_smith"), {"trajectories": 0, "score_sum": 0.0})
+        k["trajectories"] += 1
+        k["score_sum"] += float(t.get("score") or 0.0)
+    return {name: {"trajectories": k["trajectories"],
+                   "mean_score": round(k["score_sum"] / k["trajectories"], 4)}
+            for name, k in sorted(out.items())}
+
+
 def collect(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     trajs = list(read_events(run_dir))
@@ -196,6 +210,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "throughput": throughput(trajs, t0),
         "scores": {task: [t.get("score") or 0.0 for t in ts if t.get("outcome") not in INFRA]
                    for task, ts in sorted(by_task.items())},
+        "kinds": kinds(trajs),
         "phases": PHASES,
         "phases_by_task": phases_by_task,
         "slots": [[round(p["t"] - t0, 2), p.get("slots_in_use", 0), p.get("slots_total", 0)]

@@ -224,6 +224,7 @@ stripPlot('scores', Object.entries(D.scores));
 stackedBars('phases', Object.entries(D.phases_by_task), D.phases);
 barChart('outcomes', Object.entries(D.outcomes).sort((a, b) => b[1] - a[1]), '#3a7bd5');
 barChart('drops', Object.entries(D.drops).sort((a, b) => b[1] - a[1]), '#d64545');
+barChart('kinds', Object.entries(D.kinds).map(([k, v]) => [`${k} (${v.trajectories})`, v.mean_score]), '#2e9e6a');
 lineChart('slots', [{name: 'slots in use', points: D.slots.map(p => [p[0], p[1]])},
                     {name: 'slots in all', points: D.slots.map(p => [p[0], p[2]]), color: '#99a3ad'}],
           'seconds since start', 'slots');
@@ -239,6 +240,7 @@ SECTIONS = [
     ("phases", "Mean latency per phase, per task", ""),
     ("outcomes", "Trajectory outcomes", ""),
     ("drops", "Groups not delivered, by reason", ""),
+    ("kinds", "Mean score per task kind (trajectories graded)", ""),
 ]
 
 

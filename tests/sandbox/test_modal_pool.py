@@ -86,7 +86,8 @@ async def test_sandbox_terminated_mid_run_fails_its_holder_and_is_replaced(
         with pytest.raises(SandboxError):
             await pool.call(slot, "exec", "echo after", timeout=10)
         # The bystander on the surviving host is untouched.
-        assert (await pool.call(other, "exec", "echo fine")).stdout == "fine\n"
+        fine = await pool.call(other, "exec", "echo fine")
+        assert fine.stdout == "fine\n", (fine, other, slot)
         # A replacement joins; new acquires land on live hosts.
         fresh = await pool.acquire("next", timeout=120)
         assert fresh.host_id not in (slot.host_id,)
