@@ -14,6 +14,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -236,6 +237,9 @@ class RolloutCluster:
             await self.teardown()
             await self._poll(final=True)
             if self.queue is not None:
+                # a final snapshot of the cursor (its journal already holds every change)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.queue.close.remote(), 30)
                 ray.kill(self.queue)
             await self.observer.close(self.snapshot)
             if on_tick:

@@ -1,4 +1,5 @@
-"""TaskQueue: a Ray actor over a TaskLedger, persisting its cursor in the run dir."""
+"""TaskQueue: a Ray actor over a TaskLedger, persisting its cursor in the run dir (a
+snapshot plus an append-only journal: `rollout.leases.Cursor`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import ray
 
-from rollout.leases import Lease, TaskLedger
+from rollout.leases import Cursor, Lease, TaskLedger
 from rollout.types import Task
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_concurrency=1)
 class TaskQueue:
-    """Serial actor: every call sees and leaves a consistent ledger, saved after each change."""
+    """Serial actor: every call sees and leaves a consistent ledger, saved after each change
+    (one journal line per change; the snapshot is rewritten only as the journal outgrows it)."""
 
     def __init__(self, tasks: list[Task], state_path: str, lease_seconds: float,
                  max_attempts: int, limit: int | None = None) -> None:
@@ -28,9 +30,11 @@ class TaskQueue:
             p = self._ledger.progress()
             log.info("resuming: %d completed, %d dropped, %d to go",
                      p["completed"], p["dropped"], p["pending"])
+        self._cursor = Cursor(self._path)
+        self._cursor.compact(self._ledger)  # a fresh journal (a torn line of a crash is gone)
 
     def _save(self) -> None:
-        self._ledger.save(self._path)
+        self._cursor.write(self._ledger)
 
     def lease(self, holder: str, n: int = 1) -> list[Lease]:
         out = self._ledger.lease(holder, n)
@@ -73,3 +77,7 @@ class TaskQueue:
 
     def outcomes(self) -> dict[str, Any]:
         return {"completed": dict(self._ledger.completed), "dropped": dict(self._ledger.dropped)}
+
+    def close(self) -> None:
+        """Write a final snapshot (the journal is enough to resume; this makes it one file)."""
+        self._cursor.close(self._ledger)

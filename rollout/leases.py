@@ -13,11 +13,15 @@ Guarantees (tested in tests/test_leases.py):
 - `state_dict()` / `load_state` round-trip completed and dropped task ids and attempts, so
   a restarted run skips what is done instead of starting over. Leases in flight at a crash
   are simply pending again after a restart.
+- `Cursor` keeps that state in a run dir at a cost per change that does not grow with the
+  run: one appended journal line per change, the whole snapshot rewritten only once the
+  journal has outgrown it (a crash at any point loses no finished change).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -76,6 +80,7 @@ class TaskLedger:
         self._max_attempts = max_attempts
         self._clock = clock
         self._limit = limit
+        self._changes: list[list[Any]] = []  # since the last take_changes(), for the journal
         self._apply_limit()
 
     def _apply_limit(self) -> None:
@@ -94,6 +99,7 @@ class TaskLedger:
                 continue
             attempt = self._attempts.get(task_id, 0) + 1
             self._attempts[task_id] = attempt
+            self._changes.append(["a", task_id, attempt])
             lease = Lease(
                 lease_id=uuid.uuid4().hex[:12],
                 task=self._tasks[task_id],
@@ -123,6 +129,7 @@ class TaskLedger:
         if lease is None:
             return False
         self.completed[lease.task.task_id] = how
+        self._changes.append(["c", lease.task.task_id, how])
         return True
 
     def drop(self, lease_id: str, reason: str) -> bool:
@@ -131,6 +138,7 @@ class TaskLedger:
         if lease is None:
             return False
         self.dropped[lease.task.task_id] = reason
+        self._changes.append(["d", lease.task.task_id, reason, False])
         log.warning("task %s dropped: %s", lease.task.task_id, reason)
         return True
 
@@ -149,6 +157,7 @@ class TaskLedger:
             return False
         task_id = lease.task.task_id
         self._attempts[task_id] = max(0, self._attempts.get(task_id, 1) - 1)
+        self._changes.append(["a", task_id, self._attempts[task_id]])
         self._pending.appendleft(task_id)
         return True
 
@@ -171,6 +180,7 @@ class TaskLedger:
         if lease.attempt >= self._max_attempts:
             self.dropped[task_id] = f"{reason} (after {lease.attempt} attempts)"
             self.infra_dropped.add(task_id)
+            self._changes.append(["d", task_id, self.dropped[task_id], True])
             log.warning("task %s dropped: %s", task_id, self.dropped[task_id])
         else:
             log.info("task %s back in the queue: %s", task_id, reason)
@@ -222,14 +232,122 @@ class TaskLedger:
         self._pending = collections.deque(t for t in self._order if t not in done)
         self._apply_limit()
 
+    def take_changes(self) -> list[list[Any]]:
+        """The changes since the last call, as journal entries (see `Cursor`)."""
+        out, self._changes = self._changes, []
+        return out
+
     def save(self, path: Path) -> None:
-        """Write the cursor atomically (a crash leaves the old or the new file, never half)."""
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.state_dict()))
-        os.replace(tmp, path)
+        """Write the whole state as one snapshot, atomically (no journal)."""
+        _write_atomic(path, self.state_dict())
 
     def load(self, path: Path) -> bool:
-        if not path.exists():
+        """Load a snapshot and the journal written after it (see `Cursor`)."""
+        if not path.exists() and not _journal_path(path).exists():
             return False
-        self.load_state(json.loads(path.read_text()))
+        self.load_state(read_state(path))
         return True
+
+
+# -- the cursor on disk ---------------------------------------------------------------------
+
+COMPACT_MIN = 1000  # journal lines always allowed before a snapshot is rewritten
+
+
+def _journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+def _write_atomic(path: Path, state: dict[str, Any]) -> None:
+    """A crash leaves the old or the new file, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A ledger's state from its snapshot plus the journal of the same generation (a journal
+    left by a crash mid-compaction is older than the snapshot and is ignored; a torn last
+    line ends the replay)."""
+    path = Path(path)
+    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    completed = state.setdefault("completed", {})
+    dropped = state.setdefault("dropped", {})
+    infra = set(state.setdefault("infra_dropped", []))
+    attempts = state.setdefault("attempts", {})
+    journal = _journal_path(path)
+    if journal.exists():
+        with journal.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break  # the line a crash cut short; nothing after it was written
+                if i == 0:
+                    if entry != {"generation": state.get("generation", 0)}:
+                        break  # not this snapshot's journal
+                    continue
+                op, task_id, *rest = entry
+                if op == "a":
+                    attempts[task_id] = rest[0]
+                elif op == "c":
+                    completed[task_id] = rest[0]
+                elif op == "d":
+                    dropped[task_id] = rest[0]
+                    if rest[1]:
+                        infra.add(task_id)
+    state["infra_dropped"] = sorted(infra)
+    return state
+
+
+class Cursor:
+    """A TaskLedger's state in a run dir: `path` holds a snapshot (replaced atomically) and
+    `path.journal` one JSON line per change since (`TaskLedger.take_changes`). A change
+    costs one appended, flushed line; the snapshot is rewritten only when the journal has
+    more lines than the snapshot has entries (and `COMPACT_MIN`), so the cost per change
+    stays flat however many tasks are finished. Each snapshot starts a new journal
+    generation, so a crash between the two writes never replays an old journal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.journal = _journal_path(self.path)
+        self._fh: Any = None
+        self._lines = 0
+        self._entries = 0
+        self._generation = 0
+
+    def compact(self, ledger: TaskLedger) -> None:
+        """Write the whole state as a new snapshot and start its journal."""
+        ledger.take_changes()
+        state = ledger.state_dict()
+        if self._fh is None and self.path.exists():  # continue after the run's last one
+            with contextlib.suppress(ValueError, OSError):
+                self._generation = max(self._generation,
+                                       int(json.loads(self.path.read_text()).get("generation", 0)))
+        self._generation += 1
+        _write_atomic(self.path, {**state, "generation": self._generation})
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = self.journal.open("w", encoding="utf-8")
+        self._fh.write(json.dumps({"generation": self._generation}) + "\n")
+        self._fh.flush()
+        self._lines = 0
+        self._entries = len(state["completed"]) + len(state["dropped"]) + len(state["attempts"])
+
+    def write(self, ledger: TaskLedger) -> None:
+        """Persist the ledger's changes since the last write."""
+        changes = ledger.take_changes()
+        if not changes and self._fh is not None:
+            return
+        if self._fh is None or self._lines + len(changes) > max(COMPACT_MIN, self._entries):
+            self.compact(ledger)  # the snapshot holds these changes too
+            return
+        self._fh.write("".join(json.dumps(c) + "\n" for c in changes))
+        self._fh.flush()
+        self._lines += len(changes)
+
+    def close(self, ledger: TaskLedger) -> None:
+        """A final snapshot (what a reader of `path` alone sees is then complete)."""
+        self.compact(ledger)
+        self._fh.close()
+        self._fh = None

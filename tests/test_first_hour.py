@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from rollout.leases import read_state
 from rollout.overrides import OverrideError, normalize_overrides
 from tests.launch_config import compose_config, qwen_tokenizer_dir
 from tests.test_launch import GOLD, ROOT
@@ -170,7 +171,7 @@ def test_grading_that_cannot_start_is_an_infra_failure_not_a_zero(tmp_path):
     out = proc.stdout
     assert proc.returncode == 1, (out[-3000:], proc.stderr[-3000:])
     assert (run_dir / "groups.jsonl").read_text().strip() == ""  # nothing scored, nothing sent
-    state = json.loads((run_dir / "queue_state.json").read_text())
+    state = read_state(run_dir / "queue_state.json")
     (reason,) = state["dropped"].values()
     assert reason.startswith("grading_error") and "after 2 attempts" in reason
     assert "1 for infrastructure failures" in out

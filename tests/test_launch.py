@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from rollout.leases import read_state
 from tests.actors.helpers import assert_well_formed, groups_jsonl
 from tests.atropos_server import AtroposAPI, TestTrainer
 from tests.launch_config import qwen_tokenizer_dir
@@ -115,7 +116,7 @@ def test_ctrl_c_finishes_in_flight_tears_down_and_resumes(tmp_path: Path):
     assert "run finished (SIGINT)" in out, out[-3000:]
     assert proc.returncode in (0, 1)
     first = groups_jsonl(run_dir)
-    state = json.loads((run_dir / "queue_state.json").read_text())
+    state = read_state(run_dir / "queue_state.json")
     assert len(state["completed"]) == len(first) < 8
     # Nothing left behind: no slot servers, no Ray of the run, outbox fully delivered.
     assert wait_gone(our_processes("-m sandbox_image") - before_servers) == set()
@@ -175,7 +176,7 @@ def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)  # far less than the 600 s grace
     assert "(forced)" in out, out[-3000:]
-    state = json.loads((run_dir / "queue_state.json").read_text())
+    state = read_state(run_dir / "queue_state.json")
     assert len(state["completed"]) == len(groups_jsonl(run_dir))
     assert not state["dropped"]  # cancelled groups went back to the queue, untried
     assert wait_gone(our_processes("-m sandbox_image") - before) == set()

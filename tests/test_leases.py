@@ -1,8 +1,9 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from rollout.leases import TaskLedger
+from rollout.leases import COMPACT_MIN, Cursor, TaskLedger
 from rollout.types import Task
 
 
@@ -99,3 +100,120 @@ def test_give_back_does_not_count_an_attempt():
         assert lease.attempt == 1
         assert led.give_back(lease.lease_id)
     assert not led.dropped
+
+
+# -- the cursor on disk: snapshot + journal --------------------------------------------------
+
+def _state(led: TaskLedger) -> dict:
+    s = led.state_dict()
+    return {**s, "infra_dropped": sorted(s["infra_dropped"])}
+
+
+def test_journal_replays_every_kind_of_change(tmp_path: Path):
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(6), max_attempts=1)
+    cur = Cursor(path)
+    cur.compact(led)
+    a, b, c, d = led.lease("w", 4)
+    cur.write(led)
+    led.complete(a.lease_id, "duplicate")
+    led.drop(b.lease_id, "too long")
+    led.fail(c.lease_id, "sandbox_error: host lost")  # attempts used up: an infra drop
+    led.give_back(d.lease_id)  # its attempt does not count
+    cur.write(led)
+    assert json.loads(path.read_text())["completed"] == {}  # all of it is in the journal
+    fresh = TaskLedger(tasks(6), max_attempts=1)
+    assert fresh.load(path)
+    assert _state(fresh) == _state(led)
+    assert fresh.infra_dropped == {"t2"} and fresh.dropped["t2"].startswith("sandbox_error")
+    assert [x.task.task_id for x in fresh.lease("w", 10)] == ["t3", "t4", "t5"]
+
+
+def test_a_change_appends_a_line_and_leaves_a_big_snapshot_alone(tmp_path: Path):
+    n = COMPACT_MIN * 3
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(n + 50))
+    for lease in led.lease("w", n):
+        led.complete(lease.lease_id)
+    cur = Cursor(path)
+    cur.compact(led)
+    snapshot = path.read_bytes()
+    for _ in range(40):
+        (lease,) = led.lease("w", 1)
+        led.complete(lease.lease_id)
+        cur.write(led)
+    assert path.read_bytes() == snapshot  # not rewritten per change
+    assert len(cur.journal.read_text().splitlines()) == 1 + 80  # header + lease and complete each
+    fresh = TaskLedger(tasks(n + 50))
+    fresh.load(path)
+    assert len(fresh.completed) == n + 40
+
+
+def test_the_journal_is_compacted_once_it_outgrows_the_snapshot(tmp_path: Path):
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(COMPACT_MIN + 10))
+    cur = Cursor(path)
+    cur.compact(led)
+    for _ in range(COMPACT_MIN // 2 + 5):  # two lines each: past COMPACT_MIN
+        (lease,) = led.lease("w", 1)
+        led.complete(lease.lease_id)
+        cur.write(led)
+    assert len(json.loads(path.read_text())["completed"]) > 0
+    assert len(cur.journal.read_text().splitlines()) < COMPACT_MIN
+    fresh = TaskLedger(tasks(COMPACT_MIN + 10))
+    fresh.load(path)
+    assert _state(fresh) == _state(led)
+
+
+def test_a_torn_last_line_is_ignored_and_the_rest_replayed(tmp_path: Path):
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(3))
+    cur = Cursor(path)
+    cur.compact(led)
+    (a,) = led.lease("w", 1)
+    led.complete(a.lease_id)
+    cur.write(led)
+    with cur.journal.open("a") as fh:
+        fh.write('["c", "t1", "deliv')  # the crash cut this write short
+    fresh = TaskLedger(tasks(3))
+    fresh.load(path)
+    assert fresh.completed == {"t0": "delivered"}
+
+
+def test_a_journal_older_than_the_snapshot_is_not_replayed(tmp_path: Path):
+    """A crash between writing a new snapshot and starting its journal."""
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(3))
+    cur = Cursor(path)
+    cur.compact(led)
+    (a,) = led.lease("w", 1)
+    led.give_back(a.lease_id)  # attempts back to 0 ...
+    cur.write(led)
+    old_journal = cur.journal.read_text()  # ... in a journal that says a=1, then a=0
+    (a,) = led.lease("w", 1)
+    led.complete(a.lease_id)
+    cur.compact(led)
+    cur.journal.write_text(old_journal)  # the new journal was never started
+    fresh = TaskLedger(tasks(3))
+    fresh.load(path)
+    assert fresh.completed == {"t0": "delivered"} and fresh.state_dict()["attempts"]["t0"] == 1
+
+
+def test_a_resumed_queue_continues_the_generations(tmp_path: Path):
+    path = tmp_path / "queue_state.json"
+    led = TaskLedger(tasks(3))
+    cur = Cursor(path)
+    cur.compact(led)
+    (a,) = led.lease("w", 1)
+    led.complete(a.lease_id)
+    cur.write(led)
+    again = TaskLedger(tasks(3))  # a restarted run: load, then a fresh cursor
+    again.load(path)
+    cur2 = Cursor(path)
+    cur2.compact(again)
+    (b,) = again.lease("w", 1)
+    again.complete(b.lease_id)
+    cur2.write(again)
+    last = TaskLedger(tasks(3))
+    last.load(path)
+    assert last.completed == {"t0": "delivered", "t1": "delivered"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from rollout.leases import read_state
 from rollout.tasks.loader import BUNDLED_DIR
 from tests.actors.helpers import groups_jsonl
 from tests.nomad_emulator.__main__ import READY
@@ -131,7 +132,7 @@ def test_killed_allocation_and_api_outage_mid_run(tmp_path: Path, emulator: Emul
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 8
-    state = json.loads((run_dir / "queue_state.json").read_text())
+    state = read_state(run_dir / "queue_state.json")
     assert len(state["completed"]) == 8 and not state["dropped"]
     history = emulator.get("history")
     assert any(e["event"] == "failed" and e["alloc"] == victim["ID"] for e in history)

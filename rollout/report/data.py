@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.events import read_events
+from rollout.leases import read_state
 from rollout.types import INFRA_OUTCOMES
 
 TIMELINE_FILE = "timeline.jsonl"
@@ -73,13 +74,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a partial last line of a file being written
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def reliability(trajs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +172,10 @@ def collect(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     trajs = list(read_events(run_dir))
     timeline = _read_jsonl(run_dir / TIMELINE_FILE)
-    queue_state = _read_json(run_dir / "queue_state.json")
+    try:
+        queue_state = read_state(run_dir / "queue_state.json")
+    except (OSError, ValueError):  # unreadable: the report goes on without its drops
+        queue_state = {}
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in trajs:
         by_task[t["task"]].append(t)
