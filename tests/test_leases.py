@@ -165,27 +165,40 @@ def test_the_journal_is_compacted_once_it_outgrows_the_snapshot(tmp_path: Path):
     assert _state(fresh) == _state(led)
 
 
+def _complete_next(led: TaskLedger, cur: Cursor) -> None:
+    """Lease the next task, complete it, persist."""
+    (lease,) = led.lease("w", 1)
+    led.complete(lease.lease_id)
+    cur.write(led)
+
+
+def _cursor(path: Path, led: TaskLedger) -> Cursor:
+    cur = Cursor(path)
+    cur.compact(led)
+    return cur
+
+
+def _loaded(path: Path, n: int) -> TaskLedger:
+    led = TaskLedger(tasks(n))
+    assert led.load(path)
+    return led
+
+
 def test_a_torn_last_line_is_ignored_and_the_rest_replayed(tmp_path: Path):
     path = tmp_path / "queue_state.json"
     led = TaskLedger(tasks(3))
-    cur = Cursor(path)
-    cur.compact(led)
-    (a,) = led.lease("w", 1)
-    led.complete(a.lease_id)
-    cur.write(led)
+    cur = _cursor(path, led)
+    _complete_next(led, cur)
     with cur.journal.open("a") as fh:
         fh.write('["c", "t1", "deliv')  # the crash cut this write short
-    fresh = TaskLedger(tasks(3))
-    fresh.load(path)
-    assert fresh.completed == {"t0": "delivered"}
+    assert _loaded(path, 3).completed == {"t0": "delivered"}
 
 
 def test_a_journal_older_than_the_snapshot_is_not_replayed(tmp_path: Path):
     """A crash between writing a new snapshot and starting its journal."""
     path = tmp_path / "queue_state.json"
     led = TaskLedger(tasks(3))
-    cur = Cursor(path)
-    cur.compact(led)
+    cur = _cursor(path, led)
     (a,) = led.lease("w", 1)
     led.give_back(a.lease_id)  # attempts back to 0 ...
     cur.write(led)
@@ -194,26 +207,14 @@ def test_a_journal_older_than_the_snapshot_is_not_replayed(tmp_path: Path):
     led.complete(a.lease_id)
     cur.compact(led)
     cur.journal.write_text(old_journal)  # the new journal was never started
-    fresh = TaskLedger(tasks(3))
-    fresh.load(path)
+    fresh = _loaded(path, 3)
     assert fresh.completed == {"t0": "delivered"} and fresh.state_dict()["attempts"]["t0"] == 1
 
 
 def test_a_resumed_queue_continues_the_generations(tmp_path: Path):
     path = tmp_path / "queue_state.json"
     led = TaskLedger(tasks(3))
-    cur = Cursor(path)
-    cur.compact(led)
-    (a,) = led.lease("w", 1)
-    led.complete(a.lease_id)
-    cur.write(led)
-    again = TaskLedger(tasks(3))  # a restarted run: load, then a fresh cursor
-    again.load(path)
-    cur2 = Cursor(path)
-    cur2.compact(again)
-    (b,) = again.lease("w", 1)
-    again.complete(b.lease_id)
-    cur2.write(again)
-    last = TaskLedger(tasks(3))
-    last.load(path)
-    assert last.completed == {"t0": "delivered", "t1": "delivered"}
+    _complete_next(led, _cursor(path, led))
+    again = _loaded(path, 3)  # a restarted run: load, then a fresh cursor
+    _complete_next(again, _cursor(path, again))
+    assert _loaded(path, 3).completed == {"t0": "delivered", "t1": "delivered"}
