@@ -114,10 +114,14 @@ def _kill_procs(group: Path) -> None:
 
 
 def _remove_tree(group: Path) -> None:
-    """rmdir a cgroup and its children (a cgroup dir can only be removed bottom-up)."""
-    if not group.is_dir():
+    """rmdir a cgroup and its children (a cgroup dir can only be removed bottom-up). Another
+    server may be removing the same stale tree at the same moment: what vanishes meanwhile
+    is simply gone, never an error."""
+    try:
+        children = [p for p in group.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for child in [p for p in group.iterdir() if p.is_dir()]:
+    for child in children:
         _remove_tree(child)
     _kill_procs(group)
     for _ in range(50):
@@ -153,6 +157,10 @@ class SlotCgroups:
         except OSError as e:
             log.warning("cgroup setup failed (%s); falling back to rlimits", e)
             self.cleanup()
+            # No command may try to join the groups just removed (every one would fail
+            # with exit 125 before it ran).
+            self._groups = [[] for _ in range(slots)]
+            self._memory_groups = [None] * slots
             self.mode = "none"
         if self.mode == "none":
             self.mode = "rlimit"
@@ -167,7 +175,10 @@ class SlotCgroups:
         # that is pid 1 of its own) must never judge ours by pids that mean other processes.
         for stale in base.glob(_PREFIX + "*"):
             if not _owner_alive(stale.name[len(_PREFIX):]):
-                _remove_tree(stale)
+                try:
+                    _remove_tree(stale)
+                except OSError as e:  # someone else's leftovers never fail our setup
+                    log.warning("could not remove stale cgroup %s: %s", stale, e)
         d = base / f"{_PREFIX}{_own_id()}"
         d.mkdir(exist_ok=True)
         self._server_dirs.append(d)

@@ -209,3 +209,47 @@ def test_server_cgroups_are_named_by_pid_and_start_time(tmp_path) -> None:
     assert made.name == f"slot-server-{me}-{limits._start_time(me)}-{limits._pid_namespace()}"
     assert not predecessor.exists() and not gone.exists() and not dead_here.exists()
     assert live.exists() and elsewhere.exists()
+
+
+def test_a_stale_tree_vanishing_mid_removal_is_no_error(tmp_path, monkeypatch) -> None:
+    """Two servers starting at once both sweep the same dead server's groups: the tree one
+    of them is walking may be gone before it lists it."""
+    from sandbox_image import limits
+
+    stale = tmp_path / "slot-server-4194304-5-1"
+    (stale / "slot-0").mkdir(parents=True)
+    listing = limits.Path.iterdir
+
+    def raced(self):  # the other server removed it between our check and our listing
+        if self == stale / "slot-0":
+            (stale / "slot-0").rmdir()
+        return listing(self)
+
+    monkeypatch.setattr(limits.Path, "iterdir", raced)
+    limits._remove_tree(stale)
+    assert not stale.exists()
+
+
+def test_a_failed_cgroup_setup_leaves_no_command_joining_removed_groups(
+        tmp_path, monkeypatch) -> None:
+    """The rlimit fallback after a setup error: the wrapper joins no group (it used to name
+    the removed ones, so every command of the server exited 125 before it ran)."""
+    import subprocess
+
+    from sandbox_image import limits
+
+    def half_then_fail(self, slots: int) -> bool:
+        g = tmp_path / "slot-server-x" / "slot-0"
+        g.mkdir(parents=True)
+        self._server_dirs.append(g.parent)
+        self._groups[0].append(g)
+        raise FileNotFoundError(2, "No such file or directory", str(g))
+
+    monkeypatch.setattr(limits.SlotCgroups, "_setup_v2", lambda self, slots: False)
+    monkeypatch.setattr(limits.SlotCgroups, "_setup_v1", half_then_fail)
+    groups = limits.SlotCgroups(1, memory_mb=256, pids=64)
+    assert groups.mode == "rlimit"
+    argv = groups.wrapper_for(0)
+    assert "slot-server-x" not in " ".join(argv)
+    out = subprocess.run([*argv, "echo", "ran"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "ran\n", out
