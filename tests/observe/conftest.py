@@ -49,7 +49,10 @@ def gold_run(tmp_path_factory) -> GoldRun:
 
 
 async def _run_and_scrape(cluster, result: GoldRun) -> None:
-    """Scrape /metrics once a group is delivered while another is still in flight."""
+    """Scrape /metrics once a group is delivered and its task completed while another is
+    still in flight. The driver polls the queue before the sink, and a worker completes its
+    task only after the sink took the group, so one snapshot can show a delivered group whose
+    task is not completed yet: wait for both."""
     scraping: list[asyncio.Task] = []
 
     async def scrape() -> None:
@@ -60,8 +63,8 @@ async def _run_and_scrape(cluster, result: GoldRun) -> None:
         result.scraped_at_completed = cluster.snapshot.queue.get("completed", 0)
 
     def tick(snap) -> None:
-        if not scraping and snap.sink.get("delivered", 0) >= 1 and \
-                snap.queue.get("completed", 0) < GOLD_TASKS:
+        completed = snap.queue.get("completed", 0)
+        if not scraping and snap.sink.get("delivered", 0) >= 1 and 1 <= completed < GOLD_TASKS:
             scraping.append(asyncio.get_running_loop().create_task(scrape()))
 
     result.snapshot = await run_until_done(cluster, tick)
