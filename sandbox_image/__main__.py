@@ -19,6 +19,7 @@ from aiohttp import web
 from sandbox_image.app import SlotServer, build_app
 from sandbox_image.config import ConfigError, ServerConfig, config_from_args
 from sandbox_image.disks import DiskError, SlotDisks
+from sandbox_image.host_view import HostView
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path, exposed_paths
 from sandbox_image.mounts import enter_private_mount_namespace
 from sandbox_image.slot_images import SlotImageError, SlotImages
@@ -94,7 +95,8 @@ def _resolve_isolation(cfg: ServerConfig, ns_problem: str | None = None
     expose = [sys.executable, *([cfg.host_python] if cfg.host_python else []), *limits.expose]
     disks = _make_disks(cfg, ns_problem, _tmp_relative([*exposed_paths(expose), inside]))
     bwrap = Bubblewrap(cfg.bwrap_path, network=limits.network, hide=_hidden(cfg),
-                       expose=expose, tmp_size=_tmp_size(cfg, disks))
+                       expose=expose, tmp_size=_tmp_size(cfg, disks),
+                       view=HostView(cfg.data_dir / "host-view"))
     if bwrap.exposed:
         log.info("exposed read-only inside slots: %s", ", ".join(bwrap.exposed))
     problem = bwrap.probe(inside)

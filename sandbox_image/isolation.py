@@ -1,10 +1,10 @@
 """Bubblewrap: probing, the argv of one sandboxed command, and the default environment.
 
 Inside the sandbox a command sees a root filesystem that is NOT the host's: either an
-image's unpacked root (`root=<dir>`, bound read-only on /), or by default the *host view*:
-an empty read-only root holding only the host's system directories (/usr, /bin, /sbin,
-/lib*), a few files of /etc (users, name resolution, the dynamic linker, certificates) and
-the exposed interpreter prefixes. Never /root, /home, /work, /var, /opt, /srv, /mnt, caches,
+image's unpacked root (`root=<dir>`, bound read-only on /), or by default the *host view*
+(sandbox_image/host_view.py): a small built root holding only the host's system directories
+(/usr, /bin, /sbin, /lib*), a filtered copy of a few files of /etc (users, name resolution,
+the dynamic linker, certificates) and the exposed interpreter prefixes. Never /root, /home, /work, /var, /opt, /srv, /mnt, caches,
 other checkouts or the repo mirrors: what a slot can read is what a model can learn to copy.
 On top: a fresh /dev and /proc (its own pid namespace), a private /tmp and /dev/shm, its
 slot's workspace read-write at `workspace` (and nothing else writable), no network unless
@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from sandbox_image.host_view import HostView
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +51,6 @@ def default_env(home: str) -> dict[str, str]:
     }
 
 
-# The host view: system directories (a symlink such as /bin -> usr/bin stays a symlink) and
-# the files of /etc that programs need to run; nothing else of the host.
-HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-HOST_ETC = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf",
-            "gai.conf", "protocols", "services", "networks", "ld.so.cache", "ld.so.conf",
-            "ld.so.conf.d", "alternatives", "ssl", "ca-certificates", "ca-certificates.conf",
-            "localtime", "timezone", "os-release", "debian_version", "mime.types", "magic",
-            "shells", "inputrc", "locale.alias", "mke2fs.conf")
-
-
-def host_view_args() -> list[str]:
-    """bwrap options that build the host view on bwrap's empty root."""
-    args: list[str] = []
-    for d in HOST_DIRS:
-        if os.path.islink(d):
-            args += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            args += ["--ro-bind", d, d]
-    args += ["--dir", "/etc"]
-    for name in HOST_ETC:
-        path = f"/etc/{name}"
-        if os.path.exists(path):  # a dangling symlink (e.g. resolv.conf) is left out
-            args += ["--ro-bind", path, path]
-    args += ["--dir", "/var", "--dir", "/home"]
-    return args
-
-
-def _host_view_roots() -> list[str]:
-    return [os.path.realpath(d) for d in HOST_DIRS if os.path.isdir(d)]
-
-
 def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
@@ -96,20 +67,25 @@ class Bubblewrap:
         expose: list[str] = (),
         tmp_size: int | None = None,
         root: str | None = None,
+        view: HostView | None = None,
     ) -> None:
-        """`root`: an image's unpacked root filesystem; None for the host view."""
+        """`root`: an image's unpacked root filesystem; None for the host view, `view` (the
+        server's, shared by its Bubblewraps), or a private one if not given."""
         self.executable = shutil.which(executable) or executable
         self.network = network
         self.root = root
-        base = ["--ro-bind", root, "/"] if root else host_view_args()
+        self.view = None if root else (view or HostView.private())
+        base = ["--ro-bind", root, "/"] if root else self.view.args
         self._head = [self.executable, *base, "--dev", "/dev", "--proc", "/proc"]
         # Without slot disks /tmp is a tmpfs per command, capped at `tmp_size` bytes if given.
         self._private_tmp = [*(["--size", str(tmp_size)] if tmp_size else []), "--tmpfs", "/tmp"]
         # Binds onto /tmp come after /tmp itself is set up (either way).
         self._prefix: list[str] = []
-        shown = [] if root else _host_view_roots()
+        shown = [] if self.view is None else self.view.roots
         self.exposed = exposed_paths(expose, already_shown=shown)
         for path in self.exposed:
+            if self.view is not None:
+                self.view.mount_point(path)
             self._prefix += ["--ro-bind", path, path]
         visible = [*shown, *self.exposed]
         for path in sorted(set(hide)):
@@ -120,8 +96,6 @@ class Bubblewrap:
                 self._prefix += ["--tmpfs", path]
             else:
                 self._prefix += ["--ro-bind", "/dev/null", path]
-        # The host view's root is bwrap's own tmpfs: read-only once every mount point exists.
-        self._seal = [] if root else ["--remount-ro", "/"]
         self._suffix = [
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             *([] if network else ["--unshare-net"]),
@@ -139,12 +113,13 @@ class Bubblewrap:
         """`scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp)."""
         tmp = (self._private_tmp if scratch is None
                else ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"])
+        if self.view is not None:
+            self.view.mount_point(workspace_inside)
         return [
             *self._head,
             *tmp,
             *self._prefix,
             "--bind", workspace_host, workspace_inside,
-            *self._seal,
             *self._suffix,
             "--chdir", cwd_inside,
             "--", "/bin/sh", "-c", command,

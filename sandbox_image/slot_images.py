@@ -117,6 +117,7 @@ class SlotImages:
         self._hide = hide
         self._tmp_size = tmp_size
         self._bwraps: dict[tuple[str, str | None], Bubblewrap] = {}
+        self._view = host_bwrap.view if host_bwrap is not None else None
         if host_bwrap is not None:
             self._bwraps[("host", cfg.host_python)] = host_bwrap
         self._store: ImageStore | None = None
@@ -198,7 +199,8 @@ class SlotImages:
     def _bubblewrap(self, root: str | None, python: list[str]) -> Bubblewrap:
         expose = [] if root else [*python, *self.limits.expose]
         return Bubblewrap(self.cfg.bwrap_path, network=self.limits.network, hide=self._hide,
-                          expose=expose, tmp_size=self._tmp_size, root=root)
+                          expose=expose, tmp_size=self._tmp_size, root=root,
+                          view=None if root else self._view)
 
     def _from_image(self, label: str, spec: ImageSpec, image: Image) -> SlotImage:
         root = image.rootfs

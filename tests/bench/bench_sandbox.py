@@ -58,7 +58,8 @@ def server_bwrap_argv(root: str) -> list[str]:
         path = os.path.join(root, sub)
         os.makedirs(path) if sub != "token" else open(path, "w").close()
     bw = Bubblewrap("bwrap", network=False,
-                    hide=[os.path.join(root, "data"), os.path.join(root, "token"), root])
+                    hide=[os.path.join(root, "data"), os.path.join(root, "token"), root],
+                    expose=[sys.executable])  # as the server exposes its interpreter
     ws = os.path.join(root, "data/slots/0")
     return bw.argv(ws, choose_workspace_path("/workspace"), "/workspace", "true")
 
