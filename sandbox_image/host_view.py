@@ -8,21 +8,21 @@ else of the host: never /root, /home, /work, /var, /opt, /srv, /mnt, caches, oth
 checkouts or the repo mirrors.
 
 Why a built directory instead of one bind per /etc file on bwrap's empty root: every mount
-is paid on every command. The per-file binds were ~30 mounts and cost ~5 ms of each
-command's ~11 ms here; the built root takes one bind for all of them
-(tests/bench/bench_sandbox.py). The /etc copy is taken when the server starts, and only of
+is paid on every command. The per-file binds were ~30 mounts and cost ~3.4 ms of each
+command's ~12 ms here (bare bwrap with the server's flags, tests/bench/bench_sandbox.py);
+the built root takes one bind for all of them. The /etc copy is taken when the server starts, and only of
 entries any user may read (no /etc/ssl/private); symlinks inside copied directories stay
 symlinks, so one pointing outside the visible trees dangles inside the slot.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import stat
 import tempfile
-import weakref
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,10 @@ class HostView:
 
     @classmethod
     def private(cls) -> HostView:
-        """A view in a temp dir removed with the object (tests, benchmarks)."""
+        """A view in a temp dir removed when the interpreter exits (tests, benchmarks): not
+        with the object, since an argv built from it outlives it."""
         view = cls(tempfile.mkdtemp(prefix="slot-host-view-"))
-        weakref.finalize(view, shutil.rmtree, view.path, True)
+        atexit.register(shutil.rmtree, view.path, True)
         return view
 
     def mount_point(self, inside: str) -> None:
