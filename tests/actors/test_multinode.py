@@ -54,13 +54,27 @@ async def test_node_death_and_new_node(two_nodes, tmp_path: Path):
     cluster = make_cluster(cfg)
     await cluster.start()
     assert len(cluster.pools) == 2
+    # Hold two tasks back (the test is a lease holder like any worker) so that work is left
+    # for the newcomer however fast the survivors finish the rest.
+    held = await cluster.queue.lease.remote("test-holder", 2)
+    assert len(held) == 2
     run = asyncio.create_task(cluster.run(tick=0.2))
     await wait_for(lambda: cluster.snapshot.sink.get("delivered", 0) >= 1, 120, "a delivery")
     victim = [n for n in two_nodes.worker_nodes][0]
     two_nodes.remove_node(victim)
     newcomer = two_nodes.add_node(num_cpus=1)
-    await wait_for(lambda: newcomer.node_id in cluster._pool_nodes, 120, "a pool on the new node")
+    deadline = asyncio.get_running_loop().time() + 120
+    while newcomer.node_id not in cluster._pool_nodes:
+        assert asyncio.get_running_loop().time() < deadline, "no pool on the new node"
+        assert not await cluster.queue.renew.remote([h.lease_id for h in held])
+        await asyncio.sleep(0.2)
     new_pool = cluster._pool_nodes[newcomer.node_id]
+    # every worker knows the new pool before the held tasks go back (the driver tells them
+    # too; telling them again here is what orders it before the give-back)
+    await asyncio.gather(*[w.set_pools.remote(cluster.pools) for w in cluster.workers.values()],
+                         return_exceptions=True)  # a worker on the dead node is replaced
+    for h in held:
+        assert await cluster.queue.give_back.remote(h.lease_id)
     snap = await run
     assert victim.node_id not in cluster._pool_nodes
     ids = [g["task_id"] for g in groups_jsonl(tmp_path)]
