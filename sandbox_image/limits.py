@@ -273,6 +273,22 @@ class SlotCgroups:
             return [(g / "tasks", "0") for g in self._groups[slot]]
         return [(g / "cgroup.procs", pid) for g in self._groups[slot]]
 
+    def joins_from_outside(self) -> bool:
+        """True when `join` can place a command: cgroups alone, no rlimit to set in it."""
+        return self.mode in ("cgroup1", "cgroup2") and any(self._groups)
+
+    def join(self, slot: int, pid: int) -> None:
+        """Move the single-threaded process `pid` (a sandbox's first process, blocked before
+        it runs anything of the command) into the slot's cgroups. Raises OSError."""
+        name = "tasks" if self.mode == "cgroup1" else "cgroup.procs"
+        data = str(pid).encode()
+        for g in self._groups[slot]:
+            fd = os.open(f"{g}/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
     def preexec(self, slot: int) -> None:
         """Runs in the child between fork and exec: join the slot's cgroups, set rlimits."""
         for path, who in self._join_files(slot, str(os.getpid())):

@@ -253,3 +253,22 @@ def test_a_failed_cgroup_setup_leaves_no_command_joining_removed_groups(
     assert "slot-server-x" not in " ".join(argv)
     out = subprocess.run([*argv, "echo", "ran"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == "ran\n", out
+
+
+
+async def test_commands_run_in_their_slots_cgroups(client: SlotServerClient) -> None:
+    """Each command is in its own slot's groups (the server joins the sandbox from outside
+    before it runs anything): the limits the fork bomb and memory hog tests meet are its
+    slot's. Where cgroups are not writable the server says so and rlimits stand in."""
+    mode = (await client.health())["limits"]["mode"]
+    assert mode in ("cgroup1", "cgroup2", "rlimit")
+    for slot in (1, 2):
+        r = await client.exec(slot, "cat /proc/self/cgroup")
+        assert r.ok, r.stderr
+        lines = r.stdout.splitlines()
+        if mode == "cgroup2":
+            wanted = [ln for ln in lines if ln.startswith("0::")]
+        else:
+            wanted = [ln for ln in lines if {"memory", "pids"} & set(ln.split(":")[1].split(","))]
+        if mode != "rlimit":
+            assert wanted and all(ln.endswith(f"/slot-{slot}") for ln in wanted), lines
