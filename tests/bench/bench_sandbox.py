@@ -5,13 +5,20 @@ Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 o
   - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md), and bare bwrap with
     the slot server's own flags (what the pool's overhead is made of, without the pool)
   - through a local SlotPool (HTTP -> slot server -> bwrap with our flags, cgroups and a
-    per-slot disk), and through a pool without cgroup limits or disks
+    per-slot disk), through pools with only one of the two, and with neither
   - through the Ray actor hop as a trajectory makes it: from inside an actor (as a
     RolloutWorker), an `ActorSandbox` over a SandboxPool actor handle -> SlotPool -> slot
     server -> bwrap; and the same from the driver (one process hop less)
 and the ratios measured in this one run. The paths are interleaved (one of each per round),
 so load from other processes on the machine hits them alike. (Acquire and release under
 256 concurrent acquirers: tests/bench/bench_acquire.py.)
+
+Reading the cgroup figures: moving a process into a cgroup v1 group waits for an RCU grace
+period unless another move happened within the last one (~10-12 ms here: the kernel's
+cgroup_threadgroup_rwsem). The first limited path of each round pays it, the next ones
+mostly do not, so "with cgroup limits" alone looks cheap and the full pool dear; a busy
+server (commands every few ms) pays it rarely, an idle one on most commands. The server's
+join itself (one write per controller) is ~0.1 ms otherwise; a shell wrapper pays the same.
 """
 
 from __future__ import annotations
@@ -104,12 +111,18 @@ async def main(n: int) -> None:
     pool = SlotPool.from_config(cfg, SlotLimits())
     # The same path without per-slot cgroups or disks: isolates the cost of both.
     plain = SlotPool.from_config(cfg, SlotLimits(memory_mb=None, pids=None, disk_mb=None))
+    # ... and with each of the two alone, to tell their costs apart.
+    groups_only = SlotPool.from_config(cfg, SlotLimits(disk_mb=None))
+    disks_only = SlotPool.from_config(cfg, SlotLimits(memory_mb=None, pids=None))
     actor = SandboxPool.remote(cfg, SlotLimits(), "bench")
     agent = Agent.remote()
-    await asyncio.gather(pool.start(), plain.start(), actor.start.remote())
+    await asyncio.gather(pool.start(), plain.start(), groups_only.start(), disks_only.start(),
+                         actor.start.remote())
     try:
         isolation = {hs.host.meta.get("isolation") for hs in pool._hosts.values()}
         slot, plain_slot = await pool.acquire("bench-exec"), await plain.acquire("bench-exec")
+        groups_slot = await groups_only.acquire("bench-exec")
+        disks_slot = await disks_only.acquire("bench-exec")
         actor_slot = await actor.acquire.remote("bench-exec", None, 60.0)
         via_driver = ActorSandbox(actor, actor_slot)
         inner: list[float] = []
@@ -126,6 +139,8 @@ async def main(n: int) -> None:
             "bwrap_server": lambda: spawn(server_argv, env),
             "pool": lambda: exec_true(pool, slot),
             "plain": lambda: exec_true(plain, plain_slot),
+            "groups": lambda: exec_true(groups_only, groups_slot),
+            "disks": lambda: exec_true(disks_only, disks_slot),
             "driver_actor": lambda: _checked(via_driver.exec("true")),
             "agent_actor": from_agent,
         }, n)
@@ -133,9 +148,12 @@ async def main(n: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
         await pool.release(slot)
         await plain.release(plain_slot)
+        await groups_only.release(groups_slot)
+        await disks_only.release(disks_slot)
         await actor.release.remote(actor_slot)
     finally:
-        await asyncio.gather(pool.stop(), plain.stop(), actor.stop.remote())
+        await asyncio.gather(pool.stop(), plain.stop(), groups_only.stop(), disks_only.stop(),
+                             actor.stop.remote())
 
     print("\nexec of `true` (interleaved):")
     sh50, sh99 = show("bare sh -c true", t["sh"])
@@ -143,6 +161,8 @@ async def main(n: int) -> None:
     bs50, bs99 = show("bare bwrap (slot server's flags) sh -c true", t["bwrap_server"])
     po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", t["pool"])
     pl50, _ = show("pool.exec without cgroup limits or disks", t["plain"])
+    gr50, _ = show("pool.exec with cgroup limits, no disks", t["groups"])
+    dk50, _ = show("pool.exec with slot disks, no cgroup limits", t["disks"])
     da50, da99 = show("ActorSandbox from the driver -> pool actor", t["driver_actor"])
     aa50, aa99 = show("agent actor -> ActorSandbox -> pool actor", t["agent_actor"])
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
@@ -151,6 +171,8 @@ async def main(n: int) -> None:
           f" p99 {po99 - bs99:+.2f} ms; ratio p50 {po50 / bs50:.2f}x")
     print(f"  without cgroups or disks: overhead p50 {pl50 - bw50:+.2f} ms (ratio "
           f"{pl50 / bw50:.2f}x); cgroup join + slot disk cost p50 {po50 - pl50:+.2f} ms")
+    print(f"  each alone over neither: cgroup limits p50 {gr50 - pl50:+.2f} ms, slot disks p50 "
+          f"{dk50 - pl50:+.2f} ms")
     print(f"  the whole stack (agent actor -> pool actor -> slot server -> bwrap) over bare bwrap"
           f" with the server's flags: p50 {aa50 - bs50:+.2f} ms, p99 {aa99 - bs99:+.2f} ms"
           f" (ratio p50 {aa50 / bs50:.2f}x); over notes-flags bwrap p50 {aa50 - bw50:+.2f} ms")
