@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-import functools
 import hmac
 import logging
 import os
@@ -43,7 +42,7 @@ from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
 from sandbox_image.python_sessions import PythonSessions
-from sandbox_image.runner import BLOCK_FD, INFO_FD, CommandResult, Launch, run_command
+from sandbox_image.runner import CommandResult, Launch, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
 from sandbox_image.slots import SlotWorkspaces
@@ -147,7 +146,7 @@ class SlotServer:
 
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
-        launch = self.launch_spec(i, req, join_from_outside=True)
+        launch = self.launch_spec(i, req)
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
@@ -162,7 +161,6 @@ class SlotServer:
                 output_cap=self.slot_limits.output_cap,
                 output_kill=self.slot_limits.output_kill,
                 preexec=launch.preexec, on_start=on_start, new_session=self._session_per_command,
-                join=launch.join,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
             )
         except OSError as e:
@@ -174,13 +172,9 @@ class SlotServer:
             if pid_box:
                 running.discard(pid_box[0])
 
-    def launch_spec(self, i: int, req: ExecRequest, join_from_outside: bool = False) -> Launch:
+    def launch_spec(self, i: int, req: ExecRequest) -> Launch:
         """How to start `req.command` in slot i: the argv wrapped in the slot's sandbox and
-        cgroups, its env and cwd (commands and the Python sessions alike).
-
-        `join_from_outside` (a command run by run_command): a bwrap sandbox is put into the
-        slot's cgroups by the server while bwrap waits (runner._Join), which saves the shell
-        wrapper's exec (~1-2 ms a command here); the Python sessions keep the wrapper."""
+        cgroups, its env and cwd (commands and the Python sessions alike)."""
         env = dict(self._env_base[i])
         if req.env:
             env.update(req.env)
@@ -200,14 +194,9 @@ class SlotServer:
             inside = self.slot_image[i].workdir
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = inside + ("" if rel == "." else "/" + rel)
-            join = join_from_outside and self.limits.joins_from_outside()
             argv = bwrap.argv(ws_host, inside, cwd_inside, req.command,
-                              self.workspaces.scratch(i),
-                              sync_fds=(INFO_FD, BLOCK_FD) if join else None)
+                              self.workspaces.scratch(i))
             run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
-            if join:
-                # bwrap --die-with-parent: a SIGKILLed server takes its commands along.
-                return Launch(argv, env, run_cwd, None, functools.partial(self.limits.join, i))
         else:
             argv, run_cwd = ["/bin/sh", "-c", req.command], cwd_host
         preexec = None

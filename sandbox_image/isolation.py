@@ -109,11 +109,8 @@ class Bubblewrap:
         ]
 
     def argv(self, workspace_host: str, workspace_inside: str, cwd_inside: str,
-             command: str, scratch: tuple[str, str] | None = None,
-             sync_fds: tuple[int, int] | None = None) -> list[str]:
-        """`scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp).
-        `sync_fds`: (info fd, block fd): bwrap reports its sandbox's pid on the first and
-        waits on the second before running the command (runner._Join)."""
+             command: str, scratch: tuple[str, str] | None = None) -> list[str]:
+        """`scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp)."""
         tmp = (self._private_tmp if scratch is None
                else ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"])
         if self.view is not None:
@@ -124,8 +121,6 @@ class Bubblewrap:
             *self._prefix,
             "--bind", workspace_host, workspace_inside,
             *self._suffix,
-            *(() if sync_fds is None
-              else ("--info-fd", str(sync_fds[0]), "--block-fd", str(sync_fds[1]))),
             "--chdir", cwd_inside,
             "--", "/bin/sh", "-c", command,
         ]

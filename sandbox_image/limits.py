@@ -266,28 +266,16 @@ class SlotCgroups:
         v1: "0" to `tasks` moves only the calling thread, which lets the kernel skip the
         global threadgroup lock that a write to `cgroup.procs` takes (its write side waits
         for an RCU grace period: 1-20 ms under load, against ~0.05 ms). For a
-        single-threaded process the result is the same. v2 has no per-thread file outside
+        single-threaded process the result is the same. Only a self-move ("0") skips it:
+        any pid written by another process, even to `tasks`, takes the lock, which is why
+        a command joins through its own wrapper and not from the server (measured on this
+        kernel: a server-side join made an exec of `true` 4-7 ms dearer at p50, and
+        blocked the server's event loop while it waited). v2 has no per-thread file outside
         threaded subtrees, so it writes the pid to `cgroup.procs`.
         """
         if self.mode == "cgroup1":
             return [(g / "tasks", "0") for g in self._groups[slot]]
         return [(g / "cgroup.procs", pid) for g in self._groups[slot]]
-
-    def joins_from_outside(self) -> bool:
-        """True when `join` can place a command: cgroups alone, no rlimit to set in it."""
-        return self.mode in ("cgroup1", "cgroup2") and any(self._groups)
-
-    def join(self, slot: int, pid: int) -> None:
-        """Move the single-threaded process `pid` (a sandbox's first process, blocked before
-        it runs anything of the command) into the slot's cgroups. Raises OSError."""
-        name = "tasks" if self.mode == "cgroup1" else "cgroup.procs"
-        data = str(pid).encode()
-        for g in self._groups[slot]:
-            fd = os.open(f"{g}/{name}", os.O_WRONLY)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
 
     def preexec(self, slot: int) -> None:
         """Runs in the child between fork and exec: join the slot's cgroups, set rlimits."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import os
 import signal
 import time
@@ -51,7 +49,6 @@ class Launch:
     env: dict[str, str]
     cwd: str | None
     preexec: Callable[[], None] | None
-    join: Callable[[int], None] | None = None  # see run_command
 
 
 _READ_SIZE = 256 * 1024
@@ -125,90 +122,9 @@ class _PipeReaders:
             self._close(stream)
 
 
-# The fds bwrap gets for `--info-fd` / `--block-fd` when the server joins the sandbox to the
-# slot's cgroups from outside (see _Join); the sources are duplicated above them first.
-INFO_FD, BLOCK_FD = 3, 4
-_FD_FLOOR = 10
-
-
-class _Join:
-    """Puts a sandbox into its slot's cgroups before it runs anything, with no wrapper
-    process: bwrap reports its first process's pid on the info fd, then blocks on the block
-    fd; `join(pid)` moves it (the command and all it forks inherit the groups) and one byte
-    lets it go on. bwrap goes on at EOF of the block fd too, so a failed join kills the
-    process group *before* the block fd is closed: an unjoined command never runs."""
-
-    def __init__(self, join: Callable[[int], None]) -> None:
-        self._join = join
-        info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
-        self._fds = [info_r, block_w]
-        self._child = [fcntl.fcntl(info_w, fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR),
-                       fcntl.fcntl(block_r, fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR)]
-        for fd in (info_w, block_r):
-            os.close(fd)
-        self.extra_fds = ((self._child[0], INFO_FD), (self._child[1], BLOCK_FD))
-        self.error: str | None = None
-        self._info = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self.done = self._loop.create_future()
-
-    def started(self, pid: int) -> None:
-        """The sandbox was spawned as `pid` (its process group)."""
-        for fd in self._child:
-            os.close(fd)
-        self._child = []
-        self._pid = pid
-        os.set_blocking(self._fds[0], False)
-        self._loop.add_reader(self._fds[0], self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._fds[0], 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._info += data
-            return
-        self._loop.remove_reader(self._fds[0])
-        try:
-            child = int(json.loads(self._info)["child-pid"]) if self._info else None
-        except (ValueError, KeyError, TypeError):
-            child = None
-        if child is not None:  # else bwrap failed before its sandbox existed: it says why
-            try:
-                self._join(child)
-            except OSError as e:
-                self.error = f"cannot join the slot's cgroups: {e}"
-                _killpg(self._pid)
-            else:
-                with contextlib.suppress(OSError):  # the sandbox died meanwhile
-                    os.write(self._fds[1], b"1")
-        self.close()
-
-    def close(self) -> None:
-        """Idempotent; callers kill the process group first if the join did not finish."""
-        if self._fds and not self.done.done():
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self._fds[0])
-        for fd in [*self._fds, *self._child]:
-            os.close(fd)
-        self._fds, self._child = [], []
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 def _killpg(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGKILL)
-
-
-async def _all_done(exited: asyncio.Future[int], sync: _Join | None) -> None:
-    if sync is not None:
-        await asyncio.shield(sync.done)
-    await asyncio.shield(exited)
 
 
 async def run_command(
@@ -223,46 +139,35 @@ async def run_command(
     on_start: Callable[[int], None] | None = None,
     oom_check: Callable[[], bool] | None = None,
     new_session: bool = False,
-    join: Callable[[int], None] | None = None,
 ) -> CommandResult:
     """Run argv (already wrapped in the sandbox; argv[0] a path) and collect its result.
 
     The command gets its own process group (one killpg reaches the tree), or its own
-    session if `new_session` (see spawn.detach_from_terminal). `join`: argv is a bwrap
-    started with `--info-fd INFO_FD --block-fd BLOCK_FD`, joined to its cgroups by `join`
-    (see _Join)."""
+    session if `new_session` (see spawn.detach_from_terminal)."""
     started = time.monotonic()
     capture = _Capture(output_cap, output_kill, lambda: _killpg(pid))
     fds: list[int] = []
-    sync: _Join | None = None
     try:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds += (out_r, out_w)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         fds += (err_r, err_w)
-        if join is not None:
-            sync = _Join(join)
         pid = spawn(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w,
-                    new_session=new_session, preexec=preexec,
-                    extra_fds=sync.extra_fds if sync else ())
+                    new_session=new_session, preexec=preexec)
     except BaseException:
         for fd in fds:
             os.close(fd)
-        if sync is not None:
-            sync.close()
         raise
     os.close(out_w)
     os.close(err_w)
     exited = watch_exit(pid)
     pipes = _PipeReaders({1: out_r, 2: err_r}, capture)
-    if sync is not None:
-        sync.started(pid)
     if on_start:
         on_start(pid)
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(_all_done(exited, sync), timeout)
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
         except TimeoutError:
             timed_out = True
             _killpg(pid)
@@ -271,12 +176,9 @@ async def run_command(
             await asyncio.wait_for(asyncio.shield(pipes.closed), _PIPE_GRACE)
     finally:
         # Runs on cancellation too: nothing of this command may outlive the request
-        # (watch_exit still reaps the killed process). Killed before the join's block fd
-        # closes: a sandbox that was never joined must not go on.
+        # (watch_exit still reaps the killed process).
         _killpg(pid)
         pipes.close()
-        if sync is not None:
-            sync.close()
     code = exited.result() if exited.done() else -signal.SIGKILL
     exit_code = 128 - code if code < 0 else code
     stdout, cut_out = capture.text(1)
@@ -288,9 +190,6 @@ async def run_command(
         notes.append(f"[killed: output exceeded {output_kill} bytes]")
     if not timed_out and exit_code in (137, 128 + 9) and oom_check and oom_check():
         notes.append("[killed: memory limit exceeded]")
-    if sync is not None and sync.error:  # as the shell wrapper did: 125, nothing ran
-        exit_code = 125
-        notes.append(f"[not run: {sync.error}]")
     if notes:
         stderr = (stderr + "\n" if stderr else "") + "\n".join(notes)
     return CommandResult(

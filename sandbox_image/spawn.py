@@ -50,13 +50,9 @@ _OWN: set[int] = set()
 
 def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int, stderr: int,
           new_session: bool, preexec: Callable[[], None] | None,
-          stdin: int | None = None, extra_fds: tuple[tuple[int, int], ...] = ()) -> int:
+          stdin: int | None = None) -> int:
     """Start argv; returns its pid. argv[0] must be a path (no PATH search). stdin is
-    /dev/null unless a pipe end is given (a slot's Python session reads its requests there).
-    `extra_fds`: (source, target) pairs, each source above every target, given to the child
-    as fd `target` (posix_spawn only: no cwd, no preexec)."""
-    if extra_fds and (cwd is not None or preexec is not None):
-        raise ValueError("extra_fds needs the posix_spawn path (no cwd, no preexec)")
+    /dev/null unless a pipe end is given (a slot's Python session reads its requests there)."""
     if cwd is None and preexec is None:
         first = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
                  else (os.POSIX_SPAWN_DUP2, stdin, 0))
@@ -64,8 +60,7 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int,
             argv[0], argv, env,
             file_actions=[first,
                           (os.POSIX_SPAWN_DUP2, stdout, 1),
-                          (os.POSIX_SPAWN_DUP2, stderr, 2),
-                          *((os.POSIX_SPAWN_DUP2, src, dst) for src, dst in extra_fds)],
+                          (os.POSIX_SPAWN_DUP2, stderr, 2)],
             setpgroup=None if new_session else 0,
             setsid=new_session,
             setsigdef=_RESTORE_SIGNALS,

@@ -13,13 +13,13 @@ and the ratios measured in this one run. The paths are interleaved (one of each 
 so load from other processes on the machine hits them alike. (Acquire and release under
 256 concurrent acquirers: tests/bench/bench_acquire.py.)
 
-Reading the cgroup figures: moving a process into a cgroup v1 group waits for an RCU grace
-period unless another move happened within the last one (~10-12 ms here: the kernel's
-cgroup_threadgroup_rwsem). The first limited path of each round pays it, the next ones
-mostly do not, so "with cgroup limits" alone looks cheap and the full pool dear; a busy
-server (commands every few ms) pays it rarely, an idle one on most commands. The server's
-join itself (one write per controller) is ~0.1 ms otherwise; a shell wrapper pays the same.
-"""
+Reading the cgroup figures: a command joins its slot's cgroup v1 groups by writing "0" to
+each group's `tasks` from its own wrapper shell (sandbox_image/limits.py), the one move the
+kernel makes without its global threadgroup lock. A move written by another process (a pid)
+takes that lock, whose write side waits for an RCU grace period (~10-12 ms here) unless
+another move happened just before: if "with cgroup limits" ever costs milliseconds more
+than "neither", look for a join that is not a self-move.
+
 
 from __future__ import annotations
 

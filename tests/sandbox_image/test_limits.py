@@ -257,18 +257,34 @@ def test_a_failed_cgroup_setup_leaves_no_command_joining_removed_groups(
 
 
 async def test_commands_run_in_their_slots_cgroups(client: SlotServerClient) -> None:
-    """Each command is in its own slot's groups (the server joins the sandbox from outside
-    before it runs anything): the limits the fork bomb and memory hog tests meet are its
-    slot's. Where cgroups are not writable the server says so and rlimits stand in."""
+    """Each command is in its own slot's groups (its wrapper joins them before it execs
+    bwrap): the limits the fork bomb and memory hog tests meet are its slot's. Read from
+    the host: inside, the sandbox's cgroup namespace shows its own group as "/". Where
+    cgroups are not writable the server says so and rlimits stand in."""
     mode = (await client.health())["limits"]["mode"]
     assert mode in ("cgroup1", "cgroup2", "rlimit")
-    for slot in (1, 2):
-        r = await client.exec(slot, "cat /proc/self/cgroup")
-        assert r.ok, r.stderr
-        lines = r.stdout.splitlines()
-        if mode == "cgroup2":
-            wanted = [ln for ln in lines if ln.startswith("0::")]
-        else:
-            wanted = [ln for ln in lines if {"memory", "pids"} & set(ln.split(":")[1].split(","))]
-        if mode != "rlimit":
-            assert wanted and all(ln.endswith(f"/slot-{slot}") for ln in wanted), lines
+    marks = {slot: f"1000.{uuid.uuid4().int % 10**6}" for slot in (1, 2)}
+    runs = [asyncio.ensure_future(client.exec(slot, f"sleep {secs}", timeout=2))
+            for slot, secs in marks.items()]
+    try:
+        for slot, secs in marks.items():
+            found: list[int] = []
+            for _ in range(400):  # polls while the server starts it (sleeps 2 s if left)
+                if found := _procs_with(f"sleep\0{secs}"):
+                    break
+                await asyncio.sleep(0.025)
+            assert found, f"slot {slot}'s command never ran"
+            pid = found[0]
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+            if mode == "cgroup2":
+                wanted = [ln for ln in lines if ln.startswith("0::")]
+            else:
+                wanted = [ln for ln in lines
+                          if {"memory", "pids"} & set(ln.split(":")[1].split(","))]
+            if mode != "rlimit":
+                assert len(wanted) == (1 if mode == "cgroup2" else 2), lines
+                assert all(ln.endswith(f"/slot-{slot}") for ln in wanted), lines
+    finally:
+        for r in await asyncio.gather(*runs):
+            assert r.timed_out, r
