@@ -19,7 +19,7 @@ kernel makes without its global threadgroup lock. A move written by another proc
 takes that lock, whose write side waits for an RCU grace period (~10-12 ms here) unless
 another move happened just before: if "with cgroup limits" ever costs milliseconds more
 than "neither", look for a join that is not a self-move.
-
+"""
 
 from __future__ import annotations
 
