@@ -45,6 +45,8 @@ class AgentConfig(ConfigModel):
     max_read_bytes: int = 1_000_000
     workspace_root: Str | None = None  # absolute path the model may use for the workspace
     min_turn_tokens: int = 16  # below this much room left, the context counts as full
+    # The terminal tool keeps its working directory and exported variables between calls.
+    persistent_shell: bool = False
 
     @property
     def tool_limits(self) -> ToolLimits:
@@ -55,6 +57,7 @@ class AgentConfig(ConfigModel):
             max_observation_chars=self.max_observation_chars,
             max_read_bytes=self.max_read_bytes,
             workspace_root=self.workspace_root,
+            persistent_shell=self.persistent_shell,
         )
 
     @property

@@ -17,6 +17,7 @@ import time
 from rollout.agent import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
 from rollout.tasks.base import tool_executor_for, tool_names
+from rollout.tools import describe_tools
 from rollout.trace import Trace, TracedSandbox, verify_fields
 from rollout.types import (INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task,
                            TokenRecord, Trajectory)
@@ -54,7 +55,7 @@ async def run_rollout(
         trace.add("prepare", started, ok=True)
 
     try:
-        schemas = env.tools(task)
+        schemas = describe_tools(env.tools(task), cfg.tool_limits)
         conversation = policy.open(env.messages(task), schemas, task)
         executor = tools or tool_executor_for(env, task, sandbox, cfg.tool_limits)
     except Exception as exc:  # a broken task row or a template that rejects it

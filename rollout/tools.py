@@ -1,7 +1,8 @@
 """The agent's tools, executed in the trajectory's own slot through the `Sandbox` protocol.
 
-- `terminal`: one stateless `sh -c` command in the workspace; its timeout is clamped to the
-  configured range.
+- `terminal`: one `sh -c` command in the workspace; its timeout is clamped to the configured
+  range. Stateless, or with `persistent_shell` one shell session per trajectory: the working
+  directory and exported variables carry over (rollout/shell_state.py).
 - `read_file`: a workspace file, optionally a line range, capped in bytes.
 - `write_file`: create or overwrite a workspace file.
 - `python` (offered by envs that ask for it, `PYTHON_SCHEMA`): code run in the slot's
@@ -20,6 +21,7 @@ import posixpath
 from typing import Any
 
 from rollout.protocols import Sandbox, ToolExecutor
+from rollout.shell_state import NOT_KEPT, ShellSession
 from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,26 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
 
 TOOL_NAMES = frozenset(s["function"]["name"] for s in TOOL_SCHEMAS)
 
+PERSISTENT_TERMINAL = (
+    "Run a shell command in the repository workspace. Like one terminal session: the "
+    "working directory (`cd`) and exported variables carry over to the next call; "
+    "background processes end with the call."
+)
+
+
+def describe_tools(schemas: list[dict[str, Any]], limits: ToolLimits) -> list[dict[str, Any]]:
+    """`schemas` as the model should see them under `limits` (the terminal's description
+    says whether its state carries over). Returns new dicts; `schemas` is left as it is."""
+    if not limits.persistent_shell:
+        return schemas
+    out = []
+    for schema in schemas:
+        fn = schema.get("function") if isinstance(schema, dict) else None
+        if isinstance(fn, dict) and fn.get("name") == "terminal":
+            schema = {**schema, "function": {**fn, "description": PERSISTENT_TERMINAL}}
+        out.append(schema)
+    return out
+
 PYTHON_SCHEMA: dict[str, Any] = {
     "type": "function",
     "function": {
@@ -104,7 +126,8 @@ class ToolArgumentError(ValueError):
 
 
 class SandboxTools:
-    """The three built-in tools over one `Sandbox`. Stateless between calls."""
+    """The built-in tools over one `Sandbox`, for one trajectory. Stateless between calls,
+    except the terminal's session under `limits.persistent_shell`."""
 
     def __init__(self, sandbox: Sandbox, limits: ToolLimits = ToolLimits(),
                  names: frozenset[str] = TOOL_NAMES) -> None:
@@ -118,6 +141,7 @@ class SandboxTools:
             "python": self._python,
         }
         self._handlers = {n: h for n, h in handlers.items() if n in names}
+        self._shell = ShellSession() if limits.persistent_shell else None
 
     async def run(self, call: ToolCall, *, max_timeout: float | None = None) -> ToolResult:
         handler = self._handlers.get(call.name)
@@ -149,13 +173,21 @@ class SandboxTools:
     async def _terminal(self, args: dict[str, Any], max_timeout: float | None) -> str:
         command = _arg(args, "command", str)
         timeout = self._timeout(args, max_timeout)
-        result = await self.sandbox.exec(command, timeout=timeout)
+        kept = True
+        if self._shell is None:
+            result = await self.sandbox.exec(command, timeout=timeout)
+            stderr = result.stderr
+        else:
+            result = await self.sandbox.exec(self._shell.script(command), timeout=timeout)
+            stderr, kept = self._shell.absorb(result.stderr)
         parts = [result.stdout]
-        if result.stderr:
-            parts.append(result.stderr)
+        if stderr:
+            parts.append(stderr)
         out = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
         if result.truncated:
             out += "[output truncated by the sandbox]\n"
+        if not kept:
+            out += NOT_KEPT + "\n"
         if result.timed_out:
             out += f"[command killed: timed out after {timeout:g}s]"
         else:

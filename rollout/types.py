@@ -141,6 +141,7 @@ class ToolLimits:
     max_observation_chars: int = 16_000
     max_read_bytes: int = 1_000_000
     workspace_root: str | None = None  # an absolute prefix the model may use, e.g. "/testbed"
+    persistent_shell: bool = False  # terminal keeps cd and exported variables (shell_state)
 
 
 @dataclass

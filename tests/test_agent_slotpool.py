@@ -21,7 +21,7 @@ from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.scored import ScoredGroup
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.swe_smith import SweSmithEnv
-from rollout.tools import TOOL_SCHEMAS
+from rollout.tools import PERSISTENT_TERMINAL, TOOL_SCHEMAS
 from rollout.types import Outcome, Task
 from tests.agent_support import QWEN_TOKENIZER
 
@@ -106,3 +106,21 @@ async def test_gold_rollout_scores_one_in_a_real_slot(pool, tmp_path_factory):
     assert data["scores"] == [1.0]
     assert data["group_overrides"]["inference_logprobs_available"] is False
     assert ScoredGroup.from_dict(json.loads(json.dumps(group.to_dict()))).to_atropos(True) == data
+
+
+async def test_gold_rollout_with_the_persistent_shell_scores_1_and_tells_the_model(
+        pool, tmp_path_factory):
+    """`agent.persistent_shell`: the reference solution's commands run through the session
+    script and still grade 1.0 in the same slot; the prompt describes that terminal."""
+    env = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path_factory.mktemp("repo-cache")),
+                                       repo_sources=[], pytest_plugin_autoload=False))
+    task = load_tasks(TaskSourceConfig())[1]
+    policy = make_policy(PolicyConfig(type="gold", tokenizer=QWEN_TOKENIZER), env)
+    async with pool.session("tr-gold-shell", image=task.image) as sandbox:
+        traj = await run_rollout(task, env, policy, sandbox,
+                                 AgentConfig(max_turns=20, persistent_shell=True),
+                                 trajectory_id="tr-gold-shell")
+    assert traj.outcome == Outcome.DONE, traj.error
+    assert traj.score == 1.0, traj.metadata.get("verdict")
+    prompt = policy.renderer.decode(traj.record.tokens)
+    assert PERSISTENT_TERMINAL in prompt and "no state carries over" not in prompt

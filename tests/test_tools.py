@@ -1,6 +1,8 @@
 import pytest
 
-from rollout.tools import SandboxTools, ToolLimits, truncate_middle
+from rollout.agent import AgentConfig
+from rollout.tools import (PERSISTENT_TERMINAL, TOOL_SCHEMAS, SandboxTools, ToolLimits,
+                           describe_tools, truncate_middle)
 from rollout.types import SandboxError, ToolCall
 from tests.agent_support import DirSandbox
 
@@ -89,3 +91,17 @@ def test_truncate_middle_keeps_head_and_tail():
     out = truncate_middle(text, 1000)
     assert out.startswith("H" * 400) and out.endswith("T" * 400) and len(out) <= 1000
     assert truncate_middle("short", 1000) == "short"
+
+
+def test_the_model_is_told_which_terminal_it_has() -> None:
+    assert describe_tools(TOOL_SCHEMAS, ToolLimits()) is TOOL_SCHEMAS
+    told = describe_tools(TOOL_SCHEMAS, ToolLimits(persistent_shell=True))
+    desc = {s["function"]["name"]: s["function"]["description"] for s in told}
+    assert desc["terminal"] == PERSISTENT_TERMINAL
+    assert "no state carries over" in TOOL_SCHEMAS[0]["function"]["description"]  # untouched
+    assert [s["function"]["name"] for s in told] == [s["function"]["name"] for s in TOOL_SCHEMAS]
+
+
+def test_the_config_key_reaches_the_tools() -> None:
+    assert AgentConfig().tool_limits.persistent_shell is False
+    assert AgentConfig(persistent_shell=True).tool_limits.persistent_shell is True
