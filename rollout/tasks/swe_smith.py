@@ -58,7 +58,7 @@ CLEAR_WORKDIR = (
 
 SYSTEM_PROMPT = """You are a software engineer fixing a bug in a Python repository.
 The repository is your current working directory. You have three tools:
-- terminal(command, timeout?): run a shell command in the repository root (a fresh shell each time, no network);
+- terminal(command, timeout?): run a shell command in the repository root (no network; its description says whether `cd` carries over);
 - read_file(path): read a file (paths are relative to the repository root);
 - write_file(path, content): create or overwrite a file.
 Investigate, make the smallest change to the library code that fixes the issue, and check it

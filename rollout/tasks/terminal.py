@@ -50,7 +50,7 @@ DOCKERFILE_PREFIX = "dockerfile:"
 
 SYSTEM_PROMPT = """You are working in a Linux terminal. Your current working directory is the
 workspace where the task's files are. You have three tools:
-- terminal(command, timeout?): run a shell command in the workspace (a fresh shell each time, no network);
+- terminal(command, timeout?): run a shell command in the workspace (no network; its description says whether `cd` carries over);
 - read_file(path): read a file (paths are relative to the workspace);
 - write_file(path, content): create or overwrite a file.
 Do what the task asks; an automatic check of the final state of the workspace decides whether
