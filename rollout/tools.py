@@ -89,7 +89,8 @@ PERSISTENT_TERMINAL = (
 
 def describe_tools(schemas: list[dict[str, Any]], limits: ToolLimits) -> list[dict[str, Any]]:
     """`schemas` as the model should see them under `limits` (the terminal's description
-    says whether its state carries over). Returns new dicts; `schemas` is left as it is."""
+    says whether its state carries over). `schemas` itself is never changed: it comes back
+    as it is when nothing differs, else as a new list."""
     if not limits.persistent_shell:
         return schemas
     out = []

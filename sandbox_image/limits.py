@@ -269,7 +269,7 @@ class SlotCgroups:
         single-threaded process the result is the same. Only a self-move ("0") skips it:
         any pid written by another process, even to `tasks`, takes the lock, which is why
         a command joins through its own wrapper and not from the server (measured on this
-        kernel: a server-side join made an exec of `true` 4-7 ms dearer at p50, and
+        kernel: a server-side join made an exec of `true` 2-7 ms dearer at p50, and
         blocked the server's event loop while it waited). v2 has no per-thread file outside
         threaded subtrees, so it writes the pid to `cgroup.procs`.
         """

@@ -21,11 +21,11 @@ from tests.launch_config import qwen_tokenizer_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launch(*overrides: str, run_dir: Path) -> subprocess.Popen[str]:
+def launch(*overrides: str, run_dir: Path, conf: str = "swe_smith") -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "conf=swe_smith", f"run.dir={run_dir}",
+        [sys.executable, str(ROOT / "launch.py"), f"conf={conf}", f"run.dir={run_dir}",
          *overrides],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

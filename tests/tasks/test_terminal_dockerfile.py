@@ -8,9 +8,6 @@ final state in the same slot. Gold (its script run through the persistent termin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,8 @@ import pytest
 from tests.actors.helpers import groups_jsonl
 from tests.launch_config import qwen_tokenizer_dir
 from tests.sandbox_image.images.python_image import ENV, build_python_image
+from tests.test_launch import launch
 
-ROOT = Path(__file__).resolve().parents[2]
 TASK = "count-notes"
 
 DOCKERFILE = """\
@@ -68,17 +65,13 @@ def tasks_dir(tmp_path_factory) -> Path:
 
 
 def run_launch(tasks_dir: Path, run_dir: Path, *overrides: str) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), "conf=terminal", f"run.dir={run_dir}",
-         f"tasks.source={tasks_dir / 'tasks'}", f"backend.image_store={tasks_dir / 'store'}",
-         f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2", "workers.num=1",
-         "backend.slots_per_host=2", *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return proc.stdout
+    proc = launch(f"tasks.source={tasks_dir / 'tasks'}",
+                  f"backend.image_store={tasks_dir / 'store'}",
+                  f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2", "workers.num=1",
+                  "backend.slots_per_host=2", *overrides, run_dir=run_dir, conf="terminal")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
 
 def builds(tasks_dir: Path) -> list[str]:
