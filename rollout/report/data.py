@@ -150,8 +150,12 @@ def drops(trajs: list[dict[str, Any]], queue_state: dict[str, Any]) -> dict[str,
 
 
 def _viewer_entry(t: dict[str, Any]) -> dict[str, Any]:
-    return {k: t.get(k) for k in ("id", "task", "attempt", "worker", "outcome", "score",
-                                  "error", "turns", "tokens", "wall", "group", "ev")}
+    """What the viewer shows of one trajectory. `wall` runs until its whole group was done
+    (the line is written then); `own` is its own time, to the end of its grading."""
+    entry = {k: t.get(k) for k in ("id", "task", "attempt", "worker", "outcome", "score",
+                                   "error", "turns", "tokens", "wall", "group", "ev")}
+    entry["own"] = round(completion_time(t), 4)
+    return entry
 
 
 def kinds(trajs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

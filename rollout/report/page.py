@@ -23,6 +23,7 @@ h2{font-size:15px;margin:0 0 8px}
 .fig span{font-size:12px;color:#5b6672}
 svg{display:block;width:100%;height:auto}
 svg text{font-size:11px;fill:#44505c}
+svg text.moved{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .legend span{display:inline-block;margin-right:10px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
 pre{background:#f3f5f7;padding:6px 8px;white-space:pre-wrap;word-break:break-all;max-height:260px;overflow:auto;margin:4px 0;font-size:12px}
@@ -71,9 +72,9 @@ function lineChart(id, series, xlabel, ylabel) {
   el('line', {x1: L, y1: T, x2: L, y2: H - B, stroke: '#99a3ad'}, s);
   for (const f of [0, 0.5, 1]) {
     el('text', {x: L - 4, y: Y(ymax * f) + 4, 'text-anchor': 'end'}, s, fmt(ymax * f));
-    el('text', {x: X(xmax * f), y: H - B + 14, 'text-anchor': 'middle'}, s, fmt(xmax * f));
+    el('text', {x: X(xmax * f), y: H - B + 14, 'text-anchor': f === 1 ? 'end' : 'middle'}, s, fmt(xmax * f));
   }
-  el('text', {x: (W + L) / 2, y: H - 2, 'text-anchor': 'middle'}, s, xlabel);
+  el('text', {x: (W + L) / 2, y: H - 5, 'text-anchor': 'middle'}, s, xlabel);
   el('text', {x: 4, y: 12}, s, ylabel);
   series.forEach((ser, i) => {
     const d = ser.points.map((p, j) => (j ? 'L' : 'M') + X(p[0]).toFixed(1) + ' ' + Y(p[1]).toFixed(1)).join(' ');
@@ -172,7 +173,10 @@ function text(tag, content, cls) {
 function showTrajectory(t) {
   const box = document.getElementById('trajectory');
   box.innerHTML = '';
-  box.appendChild(text('div', `${t.id}: ${t.outcome}, score ${t.score}, ${t.turns} turns, ${t.tokens} tokens, ${fmt(t.wall, 's')}; group: ${t.group}` + (t.error ? `; error: ${t.error}` : '')));
+  // its own time (to the end of its grading), then its group's: the line is written when the
+  // whole group is done, so `wall` includes the wait for the group's slowest member
+  const own = `${t.ev.some(e => e[0] === 'verify') ? 'graded' : 'ended'} after ${fmt(t.own, 's')}`;
+  box.appendChild(text('div', `${t.id}: ${t.outcome}, score ${t.score}, ${t.turns} turns, ${t.tokens} tokens, ${own}; group done after ${fmt(t.wall, 's')}: ${t.group}` + (t.error ? `; error: ${t.error}` : '')));
   for (const [kind, off, dur, f] of t.ev) {
     const bad = (kind === 'tool' && (f.err || (f.exit !== null && f.exit !== 0))) || f.ok === false;
     const d = document.createElement('div');
@@ -217,6 +221,21 @@ function viewer() {
   if (sel.options.length) showTask(sel.options[0].value);
   if (D.viewer_truncated) document.getElementById('viewer-note').textContent = 'A sample of the trajectories is shown; events.jsonl has them all.';
 }
+function keepLabelsInside() {
+  // a value label at the end of the longest bar, or a long tick, may run past the SVG's box
+  // (and be cut off): move it back inside, with a halo where it now sits on a bar
+  for (const s of document.querySelectorAll('main section svg')) {
+    const vb = s.viewBox.baseVal;
+    for (const t of s.querySelectorAll('text')) {
+      const b = t.getBBox();
+      const shift = b.x < vb.x + 1 ? vb.x + 1 - b.x
+        : Math.min(0, vb.x + vb.width - 1 - (b.x + b.width));
+      if (shift) { t.setAttribute('x', Number(t.getAttribute('x')) + shift); t.classList.add('moved'); }
+      const down = b.y < vb.y ? vb.y - b.y : Math.min(0, vb.y + vb.height - (b.y + b.height));
+      if (down) t.setAttribute('y', Number(t.getAttribute('y')) + down);
+    }
+  }
+}
 
 figures();
 lineChart('throughput', [{name: 'trajectories / min', points: D.throughput}], 'seconds since start', 'per min');
@@ -228,6 +247,7 @@ barChart('kinds', Object.entries(D.kinds).map(([k, v]) => [`${k} (${v.trajectori
 lineChart('slots', [{name: 'slots in use', points: D.slots.map(p => [p[0], p[1]])},
                     {name: 'slots in all', points: D.slots.map(p => [p[0], p[2]]), color: '#99a3ad'}],
           'seconds since start', 'slots');
+keepLabelsInside();
 viewer();
 document.body.dataset.rendered = 'yes';
 """

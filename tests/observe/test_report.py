@@ -54,6 +54,7 @@ async def test_the_report_renders_its_plots_and_shows_tool_calls_in_chromium(gol
         header = await page.js("document.querySelector('#trajectory div').textContent")
         assert header.startswith(other["id"])
         assert "score 1" in header and await page.js("document.querySelectorAll('#trajs button').length") == 2
+        assert await page.js(LABELS_OUTSIDE) == []
         assert page.errors == []
 
 
@@ -141,4 +142,54 @@ async def test_a_report_with_failures_retries_and_drops_renders_without_errors(t
         assert await page.js("document.querySelectorAll('#trajectory .ev.bad').length") == 1
         await page.js("document.querySelectorAll('#trajs button')[1].click()")  # a's 2nd attempt
         assert await page.js("document.querySelectorAll('#trajectory .ev.bad').length") == 2
+        assert page.errors == []
+
+
+# Every <text> of every chart, with how far it sticks out of its SVG's box (CSS pixels).
+LABELS_OUTSIDE = """[...document.querySelectorAll('main section svg')].flatMap(s => {
+  const box = s.getBoundingClientRect();
+  return [...s.querySelectorAll('text')].map(t => {
+    const b = t.getBoundingClientRect();
+    const out = Math.max(box.left - b.left, b.right - box.right, box.top - b.top,
+                         b.bottom - box.bottom);
+    return [s.parentElement.id, t.textContent, Math.round(out * 10) / 10];
+  }).filter(x => x[2] > 0.5);
+})"""
+
+
+def _slow_group_run(run_dir: Path) -> Path:
+    """Two trajectories of one group: `fast` graded at 38.7 s, `slow` at 116.37 s; both
+    lines are written when the group is done, so both walls are the group's 116.4 s."""
+    import json
+
+    def line(tid: str, graded_at: float) -> dict:
+        return {"id": tid, "task": "task-with-a-rather-long-name-that-needs-shortening",
+                "attempt": 1, "outcome": "done", "group": "accepted", "t0": 1000.0,
+                "wall": 116.4, "score": 1.0, "turns": 1, "tokens": 10, "ev": [
+                    ["acquire", 0.0, 0.1, {"waited": 0.1}],
+                    ["tool", 0.1, 1.0, {"name": "terminal", "args": {"command": "ls"},
+                                        "exit": 0, "err": False, "out": ""}],
+                    ["verify", 1.1, graded_at - 1.1, {"score": 1.0, "reason": "ok",
+                                                       "tests": {}, "log": ""}],
+                    ["send", 116.37, 0.03, {"result": "accepted"}]]}
+
+    lines = [line("w/fast", 38.7), line("w/slow", 116.37)]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return build_report(run_dir)
+
+
+async def test_a_trajectory_shows_its_own_time_and_chart_labels_stay_inside_their_charts(tmp_path):
+    report = _slow_group_run(tmp_path)
+    async with Page() as page:
+        await page.goto(report.as_uri())
+        assert await page.js("document.body.dataset.rendered") == "yes"
+        header = await page.js("document.querySelector('#trajectory div').textContent")
+        assert header.startswith("w/fast") and "graded after 38.70 s" in header, header
+        assert "group done after 116.40 s" in header, header  # the wait is labelled as such
+        await page.js("document.querySelectorAll('#trajs button')[1].click()")
+        header = await page.js("document.querySelector('#trajectory div').textContent")
+        assert header.startswith("w/slow") and "graded after 116.37 s" in header, header
+        # the right-most labels of these charts are long ("116.40 s", "116.4"): none is cut
+        assert await page.js(LABELS_OUTSIDE) == []
+        assert await page.js("document.querySelectorAll('main section svg text').length") > 10
         assert page.errors == []
