@@ -1,6 +1,6 @@
 """Locate the bundled SmolLM2 GGUF, convert it once into a cache dir, load model + tokenizer.
 
-Loading the GGUF dequantises every tensor (about 15 s here); a converted safetensors
+Loading the GGUF dequantises every tensor (about 20 s of CPU here; README, "Quick start"); a converted safetensors
 checkpoint loads in well under a second. transformers cannot `save_pretrained` a model loaded
 from GGUF, so conversion rebuilds the model from its config (without the GGUF quantization
 config) and copies the state dict in.
@@ -87,7 +87,7 @@ def _convert(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s into %s (one-time, ~15 s)", gguf.name, target)
+    log.info("converting %s into %s (one-time, about 20 s of CPU)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
