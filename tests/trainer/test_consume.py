@@ -27,10 +27,10 @@ def test_the_consumer_receives_what_a_gold_run_sends(tmp_path: Path):
     api = AtroposAPI(log_dir=tmp_path)
     api.start()
     out_file = tmp_path / "batches.jsonl"
+    # batch size 2 = one group of 2: two groups make two batches, then it stops
+    consumer = consume("--url", api.url, "--batch-size", "2", "--batches", "2",
+                       "--out", str(out_file), "--poll", "0.2")
     try:
-        # batch size 2 = one group of 2: two groups make two batches, then it stops
-        consumer = consume("--url", api.url, "--batch-size", "2", "--batches", "2",
-                           "--out", str(out_file), "--poll", "0.2")
         run_dir = tmp_path / "run"
         proc = launch(*GOLD, "trainer=atropos", f"trainer.url={api.url}", "run.max_groups=2",
                       "trainer.status_interval=0.2", run_dir=run_dir)
