@@ -81,3 +81,23 @@ def test_policy_calls_past_llm_timeout_are_retried_then_dropped_never_scored(tmp
     assert "1 dropped (1 for infrastructure failures)" in summary
     assert "no answer within agent.llm_timeout" in summary
     assert "groups: 0 delivered" in summary
+
+
+def test_trajectories_in_flight_bounds_what_runs_at_once(tmp_path: Path):
+    """workers.trajectories_in_flight=1: a group's two trajectories run one after the other
+    (the second waits before its slot and its budget), and the group is still delivered."""
+    from tests.test_launch import GOLD
+
+    run_dir = tmp_path / "run"
+    proc = run_launch(*GOLD, "workers.num=1", "workers.trajectories_in_flight=1",
+                      "run.max_groups=1", run_dir=run_dir, timeout=500)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    (group,) = [json.loads(line) for line in (run_dir / "groups.jsonl").read_text().splitlines()]
+    assert group["scores"] == [1.0, 1.0]
+    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    spans = sorted((line["t0"], line["t0"] + max(e[1] + e[2] for e in line["ev"]
+                                                  if e[0] != "send"), line.get("queued", 0))
+                   for line in lines)
+    (start_a, end_a, queued_a), (start_b, _, queued_b) = spans
+    assert start_b >= end_a - 0.01, spans  # the second began once the first was done
+    assert queued_b > 0 and queued_b >= queued_a, spans
