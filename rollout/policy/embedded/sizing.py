@@ -136,7 +136,7 @@ def describe(tp: Throughput, *, limit: int, max_tokens: int, llm_timeout: float)
     if tp.batch_tokens_per_s is not None:
         rate += f", {tp.batch_tokens_per_s:.1f} tokens/s with {tp.batch} in a batch"
     turn = tp.turn_seconds(limit, max_tokens)
-    return (f"embedded policy: {rate}; with {limit} trajectories in flight a {max_tokens}-token "
+    return (f"embedded policy: {rate}; with {limit} in flight a {max_tokens}-token "
             f"turn takes at most ~{turn:.0f}s of the {llm_timeout:g}s llm_timeout")
 
 
