@@ -107,11 +107,41 @@ def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> tuple[Any, Any
             changes["tokenizer"] = str(ensure_checkpoint())
         if changes:
             cfg = cfg.replace(policy=policy.replace(**changes))
+        if server is not None:
+            cfg = size_to_embedded_server(cfg, server.base_url, server.max_batch_size)
     except BaseException:  # the caller never sees the server: stop it here
         if server is not None:
             server.stop()
         raise
     return server, cfg
+
+
+def size_to_embedded_server(cfg: Any, base_url: str, batch: int) -> Any:
+    """Time a short real generation on the embedded server and bound the trajectories in
+    flight so that one turn finishes well inside the LLM timeout (rollout/policy/embedded/
+    sizing.py). An explicit workers.trajectories_in_flight wins. Returns the (new) config."""
+    from rollout.policy.embedded import sizing
+
+    timeout = min(cfg.agent.llm_timeout, cfg.policy.request_timeout)
+    max_tokens = cfg.policy.max_tokens
+    log.info("timing the embedded policy server (a short generation)")
+    try:
+        tp = asyncio.run(sizing.measure(base_url, batch=batch, max_tokens=max_tokens,
+                                        llm_timeout=timeout))
+    except Exception as e:  # not fatal: the run's policy errors will say what is wrong
+        log.warning("could not time the embedded policy server (%s): trajectories in flight "
+                    "are not bounded", e)
+        return cfg
+    limit = sizing.trajectory_limit(tp, max_tokens=max_tokens, llm_timeout=timeout)
+    log.info(sizing.describe(tp, limit=limit, max_tokens=max_tokens, llm_timeout=timeout))
+    alone = tp.turn_seconds(1, max_tokens)
+    if alone > sizing.TURN_SHARE * timeout:
+        log.warning("one %d-token turn takes ~%.0fs on this machine even alone (over a quarter "
+                    "of the %gs llm_timeout): lower policy.max_tokens or raise agent.llm_timeout",
+                    max_tokens, alone, timeout)
+    workers, what = sizing.sized_workers(cfg.workers, group_size=cfg.env.group_size, limit=limit)
+    log.info("embedded policy: %s", what)
+    return cfg.replace(workers=workers) if workers is not cfg.workers else cfg
 
 
 def _policy_host(joined: bool) -> str:

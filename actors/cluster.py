@@ -208,6 +208,7 @@ class RolloutCluster:
             lease_renew_interval=cfg.workers.lease_renew_interval,
             task_env=cfg.tasks, route_by_image=self.sharded,
             record_events=cfg.metrics.enabled,
+            max_trajectories=cfg.workers.per_worker_trajectories(),
         )
         worker = RolloutWorker.options(
             name=self._name(wid), namespace=NAMESPACE, scheduling_strategy="SPREAD",

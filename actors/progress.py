@@ -19,7 +19,8 @@ log = logging.getLogger("progress")
 # What each kind of infrastructure failure means, for a user reading the summary.
 INFRA_WORDS = {
     "sandbox_error": "the sandbox failed (a slot server died, or the repo could not be prepared)",
-    "policy_error": "the policy server failed (unreachable, or bad replies)",
+    "policy_error": "the policy server failed (no answer within agent.llm_timeout, "
+                    "unreachable, or bad replies)",
     "grading_error": "grading could not run (a timeout, a missing interpreter or pytest, "
                      "or no test report)",
     "worker_error": "a rollout worker hit an internal error",

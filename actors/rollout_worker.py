@@ -6,6 +6,9 @@ Guarantees:
   (infrastructure failure or shutdown: the task goes back for another attempt).
 - Leases are renewed while their group runs, so only a dead worker's leases expire.
 - Every acquired slot is released, on success, error and cancellation alike.
+- At most `max_trajectories` of its trajectories run at once (None: no bound but
+  groups_in_flight x group_size); one waiting for its turn holds no slot and its wall-clock
+  budget has not started. It leases no more groups than can run a trajectory.
 - `stop()` stops leasing; groups in flight finish. `cancel()` cancels them (their leases are
   failed back to the queue, their slots released).
 """
@@ -53,6 +56,14 @@ class WorkerSettings:
     task_env: Any = None  # the TaskSourceConfig (every source's kind and settings)
     route_by_image: bool = False  # sharded pools: an image always goes to the same shard
     record_events: bool = True  # trajectory lines to the run's events.jsonl
+    max_trajectories: int | None = None  # this worker's trajectories at once (None: no bound)
+
+    @property
+    def max_groups(self) -> int:
+        """Groups worth holding at once: more would only hold leases while they wait."""
+        if self.max_trajectories is None:
+            return self.groups_in_flight
+        return max(1, min(self.groups_in_flight, -(-self.max_trajectories // self.group_size)))
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -75,6 +86,8 @@ class RolloutWorker:
         self._groups: dict[str, asyncio.Task[None]] = {}
         self._rr = hash(worker_id)
         self._stats = WorkerStats()
+        # Made in run(): an asyncio primitive belongs to the loop that uses it.
+        self._trajectory_gate: asyncio.Semaphore | None = None
 
     def stats(self) -> WorkerStats:
         return dataclasses.replace(self._stats, groups_in_flight=len(self._groups))
@@ -93,9 +106,11 @@ class RolloutWorker:
     async def run(self) -> WorkerStats:
         """Lease and run groups until the queue is finished or `stop()` is called."""
         self._policy = make_policy(self._policy_cfg, self._envs)
+        if self.s.max_trajectories is not None:
+            self._trajectory_gate = asyncio.Semaphore(self.s.max_trajectories)
         try:
             while not self._stopping:
-                if len(self._groups) >= self.s.groups_in_flight:
+                if len(self._groups) >= self.s.max_groups:
                     await asyncio.wait(list(self._groups.values()),
                                        return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -220,6 +235,15 @@ class RolloutWorker:
             self._pools.remove(pool)
 
     async def _run_one(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
+        if self._trajectory_gate is None:
+            return await self._run_one_now(lease, index, trace)
+        queued = time.monotonic()
+        async with self._trajectory_gate:
+            if trace is not None:  # its wall clock (and budget) start when it runs
+                trace.restart(queued=round(time.monotonic() - queued, 3))
+            return await self._run_one_now(lease, index, trace)
+
+    async def _run_one_now(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
         task = lease.task
         # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
         traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"

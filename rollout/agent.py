@@ -4,12 +4,21 @@ Every way the loop ends is a named `Outcome`:
 - done: a turn with no tool call (not even a malformed one);
 - max_turns: `max_turns` turns were sampled (the last turn's calls still run);
 - context_full: the record reached `max_context_tokens`, or a turn was cut off by it;
-- timeout: the wall-clock budget ran out, or one LLM call exceeded `llm_timeout`;
-- policy_error: the policy failed (unreachable after retries, malformed reply);
+- timeout: the trajectory's own wall-clock budget ran out (in a tool call or an LLM call);
+- policy_error: the policy server failed: one LLM call got no answer within `llm_timeout`
+  ("policy timeout"), the server was unreachable or answered 5xx after retries, answered 4xx,
+  or sent a reply that is not a well-formed completion;
 - sandbox_error: the slot itself failed (its host died); the slot must not be reused.
 
 `run_agent` never raises for policy or sandbox failures (only cancellation propagates). The
 record is always consistent: a failed turn is not half-appended.
+
+Why the two timeouts differ: `wall_clock_budget` is the trajectory's own allowance, like
+`max_turns`; running out of it is the agent's outcome and its workspace is graded as it stands.
+`llm_timeout` bounds one answer of the policy server; a server that does not answer in time
+is an infrastructure failure (`policy_error`, an `INFRA_OUTCOMES` member: the group is retried,
+then dropped with the reason), never a score. The model's own text is never a policy_error,
+however malformed: a bad tool call is an error observation the model sees.
 """
 
 from __future__ import annotations
@@ -129,8 +138,10 @@ class _AgentLoop:
             try:
                 completion = await self.conv.sample(timeout=timeout, max_tokens=room)
             except TimeoutError:
-                which = "wall-clock budget" if timeout < cfg.llm_timeout else "llm_timeout"
-                return Outcome.TIMEOUT, f"LLM call exceeded the {which} ({timeout:.1f}s)"
+                if timeout < cfg.llm_timeout:  # the trajectory's budget, not the server's limit
+                    return Outcome.TIMEOUT, f"LLM call exceeded the wall-clock budget ({timeout:.1f}s)"
+                return Outcome.POLICY_ERROR, (f"policy timeout: one LLM call got no answer within "
+                                              f"agent.llm_timeout ({timeout:.1f}s)")
             except PolicyError as exc:
                 return Outcome.POLICY_ERROR, str(exc)
             except Exception as exc:  # a client bug must not take the worker down

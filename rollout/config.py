@@ -63,8 +63,25 @@ class WorkersConfig(ConfigModel):
 
     num: Annotated[int, Field(ge=1)] = 2
     groups_in_flight: Annotated[int, Field(ge=1)] = 2
+    # Trajectories running at once, all workers together (split evenly over them). None: no
+    # bound but num x groups_in_flight x group_size; with policy=embedded, sized at start from
+    # the server's measured tokens/s (rollout/policy/embedded/sizing.py). A number always wins.
+    trajectories_in_flight: Annotated[int | None, Field(ge=1)] = None
     acquire_timeout: float = 300.0
     lease_renew_interval: float = 10.0
+
+    @field_validator("trajectories_in_flight")
+    @classmethod
+    def _one_per_worker_at_least(cls, value: int | None, info: ValidationInfo) -> int | None:
+        num = info.data.get("num")
+        if value is not None and num is not None and value < num:
+            raise ValueError(f"is {value}, below workers.num={num}: every worker runs at least "
+                             f"one; lower workers.num too")
+        return value
+
+    def per_worker_trajectories(self) -> int | None:
+        """Each worker's share of `trajectories_in_flight` (rounded down: never more in all)."""
+        return None if self.trajectories_in_flight is None else self.trajectories_in_flight // self.num
 
 
 class QueueConfig(ConfigModel):

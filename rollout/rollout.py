@@ -4,8 +4,10 @@
 trajectory's outcome (score 0) with the error recorded. Grading that did not really run
 (`GradingError`, or a bug in the grader) is `grading_error`, an infrastructure outcome whose
 group is retried, never scored. Verification runs in the same slot
-the agent used, unless the slot is gone (outcome sandbox_error), in which case it is skipped.
-Only cancellation propagates.
+the agent used, unless the agent already ended in an infrastructure outcome (sandbox_error:
+the slot is gone; policy_error: the policy server failed or timed out): that group is retried
+whatever the score, so grading it would only spend the host's time. Only cancellation
+propagates.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ async def run_rollout(
                            task_id=task.task_id, tools=executor, parse_limits=limits,
                            trace=trace)
 
-    if traj.outcome != Outcome.SANDBOX_ERROR:
+    if traj.outcome not in INFRA_OUTCOMES:
         started = time.monotonic()
         try:
             if getattr(env, "grades_transcript", False):

@@ -12,6 +12,9 @@ Line format (version 1), one object per trajectory:
      "score": ..., "error": ..., "turns": n, "tokens": n, "group": the group's fate,
      "ev": [[kind, offset_s, duration_s, {fields}], ...]}
 
+plus "queued": seconds it waited for its worker's `workers.trajectories_in_flight` share
+before it started (t0 and wall start after that wait), when that bound is set.
+
 Event kinds and their fields:
 - acquire  {"waited": seconds queued in the pool}
 - prepare  {"ok": bool}
@@ -52,6 +55,12 @@ class Trace:
         self.events: list[list[Any]] = []
         self.last_exit: int | None = None  # set by TracedSandbox on every exec
         self.info = info
+
+    def restart(self, **info: Any) -> None:
+        """Start the clock now (a trajectory that waited for its turn to run: its wall is its
+        own run); `info` says why, e.g. queued=<seconds waited>."""
+        self.t0, self._m0 = time.time(), time.monotonic()
+        self.info.update(info)
 
     def add(self, kind: str, started: float, **fields: Any) -> None:
         """Record an event that began at monotonic time `started` and ends now."""

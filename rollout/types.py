@@ -17,7 +17,9 @@ class SandboxError(Exception):
 
 
 class PolicyError(Exception):
-    """The policy endpoint failed after retries (unreachable, 4xx, malformed reply)."""
+    """The policy endpoint failed after retries (unreachable, 5xx, 4xx, a reply that is not a
+    well-formed completion). Always an infrastructure outcome (`Outcome.POLICY_ERROR`), as is
+    an LLM call past `agent.llm_timeout`; the model's own text never raises it."""
 
 
 class GradingError(Exception):

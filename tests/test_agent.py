@@ -11,7 +11,7 @@ import pytest
 from rollout.agent import AgentConfig, run_agent
 from rollout.policy import PolicyConfig, make_policy
 from rollout.tools import TOOL_SCHEMAS, SandboxTools
-from rollout.types import Outcome, Task
+from rollout.types import INFRA_OUTCOMES, Outcome, Task
 from tests.agent_support import QWEN_TOKENIZER, DirSandbox
 from tests.policy.fake_servers import FakeModelServer
 
@@ -78,7 +78,9 @@ async def test_wall_clock_budget_ends_in_timeout(tmp_path):
     assert traj.turns == 1 and traj.tool_time < 30
 
 
-async def test_a_slow_llm_call_ends_in_timeout(tmp_path):
+async def test_a_slow_llm_call_is_a_policy_error_not_a_timeout(tmp_path):
+    """One call past llm_timeout is the server's failure (an infrastructure outcome, retried),
+    not the trajectory running out of its own budget."""
     from rollout.policy.template import load_tokenizer
 
     server = FakeModelServer(load_tokenizer(QWEN_TOKENIZER))
@@ -92,8 +94,30 @@ async def test_a_slow_llm_call_ends_in_timeout(tmp_path):
     finally:
         await policy.close()
         await server.stop()
-    assert traj.outcome == Outcome.TIMEOUT and "llm_timeout" in traj.error
+    assert traj.outcome == Outcome.POLICY_ERROR and traj.outcome in INFRA_OUTCOMES
+    assert traj.error.startswith("policy timeout") and "llm_timeout" in traj.error
     assert traj.turns == 0 and traj.record.tokens == conv.token_ids()
+
+
+async def test_the_budget_running_out_during_an_llm_call_is_the_agents_timeout(tmp_path):
+    """The wall-clock budget is the trajectory's own: when it, not llm_timeout, cuts a call
+    short, the outcome is `timeout` (graded as it stands), not an infrastructure failure."""
+    from rollout.policy.template import load_tokenizer
+
+    server = FakeModelServer(load_tokenizer(QWEN_TOKENIZER))
+    await server.start()
+    server.delay = 30
+    policy = make_policy(PolicyConfig(base_url=server.url, tokenizer=QWEN_TOKENIZER))
+    try:
+        conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
+        traj = await run_agent(conv, DirSandbox(tmp_path),
+                               AgentConfig(wall_clock_budget=0.3, llm_timeout=300),
+                               trajectory_id="tr", task_id="t")
+    finally:
+        await policy.close()
+        await server.stop()
+    assert traj.outcome == Outcome.TIMEOUT and "wall-clock budget" in traj.error
+    assert traj.outcome not in INFRA_OUTCOMES
 
 
 async def test_policy_error_mid_trajectory_is_recorded_not_raised(tmp_path):

@@ -157,6 +157,11 @@ def test_main_job_on_the_embedded_policy_writes_real_logprobs(tmp_path: Path):
     assert any(lp < 0.0 for lp in sampled)  # real logprobs, not placeholders
     assert group["group_overrides"]["inference_logprobs_available"] is True
     assert "1 completed" in out
+    # The server was timed at start, and the bound on trajectories in flight follows from it.
+    (timed,) = [line for line in out.splitlines() if "tokens/s alone" in line]
+    assert " in flight a " in timed and "llm_timeout" in timed
+    assert any("embedded policy: " in line and ("no bound" in line or "instead of" in line)
+               for line in out.splitlines())
 
 
 def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):

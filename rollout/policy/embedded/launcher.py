@@ -64,6 +64,7 @@ class EmbeddedServerProcess:
             self.cmd += ["--threads", str(threads)]
         if model_name is not None:
             self.cmd += ["--model-name", model_name]
+        self.max_batch_size = max_batch_size
         self.env = {**os.environ, **(env or {})}
         # The child must import this package even when launched from another directory.
         root = str(Path(__file__).resolve().parents[3])
