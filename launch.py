@@ -303,7 +303,7 @@ def _prepare_resume() -> None:
     """Before Hydra touches anything: if run.dir holds a saved config, resume with it, or
     refuse (exit 2, one line) overrides that would change it; the run dir stays untouched."""
     global _RESUMED, _RESUME_CHANGES
-    from rollout.resume import ResumeConflict, resume_config, saved_config
+    from rollout.resume import ResumeConflict, resume_config, saved_choices, saved_config
 
     args = sys.argv[1:]
     where = _run_dir_arg(args)
@@ -317,7 +317,8 @@ def _prepare_resume() -> None:
             composed = _compose(args)
         except Exception as e:  # a missing value or bad interpolation: Hydra's one line
             raise ResumeConflict(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        _RESUMED, _RESUME_CHANGES = resume_config(saved, composed, args)
+        _RESUMED, _RESUME_CHANGES = resume_config(saved, composed, args,
+                                                  saved_choices(Path(where)))
         # hydra/ keeps recording how the run was made (its first launch's overrides and
         # group choices), not this launch's command line.
         sys.argv.append("hydra.output_subdir=null")

@@ -9,10 +9,13 @@ key with its saved and new value) unless the command line also says
 (`OPERATIONAL`: the live view, log level, Ctrl-C grace, where Ray and /metrics are) may
 always be set.
 
-What an override touches: `key=value` that key (its whole value); `group=option` every key
-that option's YAML file sets (conf/<group>/<option>.yaml), so `policy=embedded` on a gold run
-is a change of `policy.type`. Ray-free and Hydra-free: it compares plain mappings, the
-command line's composed config against the saved one.
+What is compared: `key=value` with that key's saved value (the whole value); `group=option`
+with the option the run was started with (Hydra records the choices in the run dir's
+hydra/hydra.yaml, which a resumed launch leaves as it is). A different option is a different
+run (`policy=embedded` on a gold run): refused even with the flag; use a new run.dir. A run
+dir without that record compares every key the option's YAML file sets
+(conf/<group>/<option>.yaml). Ray-free and Hydra-free: plain mappings, the command line's
+composed config against the saved one.
 """
 
 from __future__ import annotations
@@ -84,21 +87,56 @@ def _leaves(tree: Any, prefix: str) -> list[str]:
     return [prefix] if prefix else []
 
 
-def _group_keys(group: str, option: str, conf_dir: Path) -> list[str]:
-    """The keys `group=option` sets: the leaves of its YAML file, under its package."""
+def saved_choices(run_dir: Path) -> dict[str, str] | None:
+    """The group options a run was started with (None: not recorded)."""
+    try:
+        data = yaml.safe_load((Path(run_dir) / "hydra" / "hydra.yaml").read_text(encoding="utf-8"))
+        choices = data["hydra"]["runtime"]["choices"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return {str(k): str(v) for k, v in choices.items()} if isinstance(choices, dict) else None
+
+
+def _group_file(group: str, option: str, conf_dir: Path) -> dict[str, Any] | None:
+    """What `group=option` sets, as a mapping from the top of the config (None: no file)."""
     path = conf_dir / group / f"{option}.yaml"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        return [group]
+        return None
     content = yaml.safe_load(text) or {}
     # A header `# @package _global_` (the presets) puts its keys at the top level.
-    package = "" if "# @package _global_" in text.splitlines()[:1] else group
-    return _leaves(content, package)
+    return content if "# @package _global_" in text.splitlines()[:1] else {group: content}
 
 
-def touched_keys(args: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
-    """The config keys the command line sets, in order (Hydra's own keys left out)."""
+def _group_keys(group: str, option: str, conf_dir: Path) -> list[str]:
+    """The keys `group=option` sets: the leaves of its YAML file, under its package."""
+    content = _group_file(group, option, conf_dir)
+    return [group] if content is None else _leaves(content, "")
+
+
+def _trusted(choices: dict[str, str] | None, saved: dict[str, Any],
+             conf_dir: Path) -> dict[str, str] | None:
+    """The recorded choices the saved config agrees with: an option whose file names a
+    different `type`, `name` or `kind` than the saved config was not what made it (a
+    run dir an older launch.py resumed had hydra/ rewritten by the resuming command)."""
+    if not choices:
+        return choices
+    out = {}
+    for group, option in choices.items():
+        content = _group_file(group, option, conf_dir) if group in GROUPS else None
+        if content is not None and any(
+                _get(saved, leaf) != _get(content, leaf) for leaf in _leaves(content, "")
+                if leaf.rsplit(".", 1)[-1] in ("type", "name", "kind")):
+            continue
+        out[group] = option
+    return out
+
+
+def touched_keys(args: list[str], conf_dir: Path = CONF_DIR,
+                 choices: dict[str, str] | None = None) -> list[str]:
+    """The config keys the command line sets, in order (Hydra's own keys left out); a group
+    selection whose option is recorded in `choices` is left to `changed_groups`."""
     keys: list[str] = []
     for arg in args:
         if arg.startswith("-"):
@@ -108,7 +146,8 @@ def touched_keys(args: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
         if name == "hydra" or name.startswith("hydra."):
             continue
         if name in GROUPS and sep and not arg.startswith(("+", "~")):
-            keys += _group_keys(name, value.strip(), conf_dir)
+            if choices is None or name not in choices:
+                keys += _group_keys(name, value.strip(), conf_dir)
         else:
             keys.append(name)
     return list(dict.fromkeys(keys))
@@ -121,15 +160,34 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def changed_groups(args: list[str], choices: dict[str, str] | None) -> list[str]:
+    """`group: recorded -> new` for each group selection that differs from the record."""
+    out = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if sep and name.strip() in GROUPS and choices and name.strip() in choices \
+                and choices[name.strip()] != value.strip():
+            out.append(f"{name.strip()}: {choices[name.strip()]} -> {value.strip()}")
+    return out
+
+
 def resume_config(saved: dict[str, Any], composed: dict[str, Any], args: list[str],
+                  choices: dict[str, str] | None = None,
                   conf_dir: Path = CONF_DIR) -> tuple[dict[str, Any], list[str]]:
     """The config a resumed run goes on with: `saved`, with the keys the command line sets
     (`args`, as composed into `composed`) applied where they are operational or equal.
-    Returns it and the keys it changes ("key: saved -> new"). Raises ResumeConflict when
-    the command line changes saved keys and does not say `run.resume_overrides=true`."""
+    `choices`: the group options the run was started with. Returns the config and the
+    keys it changes ("key: saved -> new"). Raises ResumeConflict when the command line
+    picks another group option, or changes saved keys without `run.resume_overrides=true`."""
+    choices = _trusted(choices, saved, conf_dir)
+    groups = changed_groups(args, choices)
+    if groups:
+        raise ResumeConflict(
+            f"run.dir holds a run started with other config groups ({'; '.join(groups)}); "
+            "resume it without them (its config.yaml is used), or start a new run.dir")
     effective = copy.deepcopy(saved)
     changes: list[str] = []
-    for key in touched_keys(args, conf_dir):
+    for key in touched_keys(args, conf_dir, choices):
         new, old = _get(composed, key), _get(saved, key)
         if key not in OPERATIONAL and new != old:
             changes.append(f"{key}: {_show(old)} -> {_show(new)}")
