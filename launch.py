@@ -6,9 +6,15 @@ starts or joins Ray, starts the embedded policy server when `policy=embedded`, r
 actors until every task is done (or Ctrl-C / SIGTERM), and prints a summary (also the last
 thing in launch.log).
 
+A `run.dir` that holds a config.yaml is resumed with that saved config (rollout/resume.py):
+the command line may repeat it, and an override that changes it is refused (exit 2, the keys
+listed, the run dir untouched) unless `run.resume_overrides=true` is given.
+
 Exit codes: 0 every task finished (delivered, or dropped by the trainer's rules); 1 tasks
 left unfinished (interrupt) or dropped for an infrastructure failure (sandbox, policy,
-grading); 2 a configuration or preflight error (one line, no traceback, no run dir left).
+grading), or the run failed once started (its error in launch.log and summary.txt); 2 a
+configuration or preflight error (one line, no traceback, no run dir left) or a refused
+resume.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ log = logging.getLogger("launch")
 
 # What Hydra writes into a fresh run dir before our code runs.
 _HYDRA_FILES = {"hydra", "launch.log"}
+
+# Set before Hydra runs when run.dir is a run to resume: the config it goes on with (its
+# saved config.yaml, plus the overrides allowed to change it) and the keys they change.
+_RESUMED: dict[str, Any] | None = None
+_RESUME_CHANGES: list[str] = []
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -169,6 +180,14 @@ def preflight(cfg: Any) -> list[Any]:
     return tasks
 
 
+class ActorsFailedToStart(Exception):
+    """The run's actors (sandbox pools, queue, sink, workers) could not start."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause  # what actors.cluster.cause_of reports
+
+
 def exit_code(snap: Any) -> int:
     unfinished = snap.queue.get("pending", 0) + snap.queue.get("leased", 0)
     if unfinished or snap.stopping or snap.queue.get("infra_dropped", 0):
@@ -176,9 +195,10 @@ def exit_code(snap: Any) -> int:
     return 0
 
 
-async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any]) -> int:
+async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool = False) -> int:
     from actors.cluster import RolloutCluster
     from actors.progress import ProgressView
+    from rollout.run_record import RunRecord
 
     cluster = RolloutCluster(cfg, tasks, run_dir)
     loop = asyncio.get_running_loop()
@@ -187,12 +207,13 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any]) -> int:
     show = cfg.run.progress if cfg.run.progress is not None else sys.stdout.isatty()
     view = ProgressView(cfg, enabled=show)
     with view:
-        await cluster.start()
+        try:
+            await cluster.start()
+        except Exception as e:
+            raise ActorsFailedToStart(e) from e
         snap = await cluster.run(on_tick=view.update)
-    summary = view.summary(snap)
-    print(summary, flush=True)
-    _log_to_file_only(summary)
-    (run_dir / "summary.txt").write_text(summary + "\n")
+    summary = view.summary(snap, RunRecord.read(run_dir), resumed=resumed)
+    _write_summary(run_dir, summary)
     if cfg.metrics.enabled:  # again, now with the summary in it
         from rollout.report import build_report
 
@@ -203,12 +224,38 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any]) -> int:
     return exit_code(snap)
 
 
+def _write_summary(run_dir: Path, summary: str) -> None:
+    """On stdout, as the last thing in launch.log, and in summary.txt."""
+    print(summary, flush=True)
+    _log_to_file_only(summary)
+    (run_dir / "summary.txt").write_text(summary + "\n")
+
+
+def _run_failed(run_dir: Path, error: BaseException, stage: str) -> int:
+    """A run that fails once its run dir exists: the cause in one line on stderr and in
+    launch.log, and a summary.txt that says why. Returns the exit code (1)."""
+    from actors.cluster import cause_of
+
+    why = cause_of(error)
+    print(f"error: the run failed {stage}: {why}", file=sys.stderr, flush=True)
+    log.debug("the run failed %s", stage, exc_info=error)  # the traceback, for a debug log
+    _log_to_file_only(f"error: the run failed {stage}: {why}")
+    _write_summary(run_dir, "\n".join([
+        f"run failed {stage}: {why}",
+        f"  nothing more ran; the run dir keeps what was recorded. After fixing the cause, "
+        f"launch again with run.dir={run_dir} (add run.resume_overrides=true if the fix is "
+        "a changed setting) or with a new run.dir",
+    ]))
+    return 1
+
+
 @hydra.main(config_path="conf", config_name="launch", version_base=None)
 def main(dcfg: DictConfig) -> None:
     from rollout.config import ConfigError, load_config
 
     try:
-        raw = OmegaConf.to_container(dcfg, resolve=True, throw_on_missing=True)
+        raw = (_RESUMED if _RESUMED is not None
+               else OmegaConf.to_container(dcfg, resolve=True, throw_on_missing=True))
         cfg = load_config(raw)  # type: ignore[arg-type]
     except ConfigError as e:
         _fail(str(e))
@@ -225,12 +272,25 @@ def main(dcfg: DictConfig) -> None:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
-    joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    if _RESUMED is None:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
+    else:
+        log.info("resuming %s with its saved config.yaml", run_dir)
+        if _RESUME_CHANGES:  # allowed by run.resume_overrides=true; the old values in the log
+            log.warning("run.resume_overrides=true: changing %s", "; ".join(_RESUME_CHANGES))
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
     server = None
+    stage = "at start (Ray)"
     try:
+        joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        stage = "at start (policy server)"
         server, cfg = start_policy_server(cfg, run_dir, joined)
-        code = asyncio.run(run_cluster(cfg, run_dir, tasks))
+        stage = "while running"
+        code = asyncio.run(run_cluster(cfg, run_dir, tasks, resumed=_RESUMED is not None))
+    except ActorsFailedToStart as e:
+        code = _run_failed(run_dir, e, "at start (sandbox pools and actors)")
+    except Exception as e:
+        code = _run_failed(run_dir, e, stage)
     finally:
         if server is not None:
             server.stop()
@@ -251,6 +311,53 @@ def _normalize_argv() -> None:
         sys.exit(2)
 
 
+def _run_dir_arg(args: list[str]) -> str | None:
+    """The run.dir the command line names (None: the default, a new timestamped dir)."""
+    given = [a.split("=", 1)[1] for a in args
+             if "=" in a and a.split("=", 1)[0].lstrip("+").strip() == "run.dir"]
+    return given[-1].strip() if given else None
+
+
+def _compose(args: list[str]) -> dict[str, Any]:
+    """The command line's config, composed as Hydra main composes it (Hydra's own keys out)."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"),
+                               version_base=None):
+        dcfg = compose(config_name="launch", overrides=overrides)
+    return OmegaConf.to_container(dcfg, resolve=True)  # type: ignore[return-value]
+
+
+def _prepare_resume() -> None:
+    """Before Hydra touches anything: if run.dir holds a saved config, resume with it, or
+    refuse (exit 2, one line) overrides that would change it; the run dir stays untouched."""
+    global _RESUMED, _RESUME_CHANGES
+    from rollout.resume import ResumeConflict, resume_config, saved_choices, saved_config
+
+    args = sys.argv[1:]
+    where = _run_dir_arg(args)
+    if where is None or any(a.startswith("-") for a in args):  # --help, --cfg: Hydra's own
+        return
+    try:
+        saved = saved_config(Path(where))
+        if saved is None:
+            return
+        try:
+            composed = _compose(args)
+        except Exception as e:  # a missing value or bad interpolation: Hydra's one line
+            raise ResumeConflict(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _RESUMED, _RESUME_CHANGES = resume_config(saved, composed, args,
+                                                  saved_choices(Path(where)))
+        # hydra/ keeps recording how the run was made (its first launch's overrides and
+        # group choices), not this launch's command line.
+        sys.argv.append("hydra.output_subdir=null")
+    except ResumeConflict as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     _normalize_argv()
+    _prepare_resume()
     main()

@@ -5,8 +5,11 @@ Guarantees:
   so every node adds capacity; `sharded` (remote hosts) has `pool.shards` pools on the
   driver's node sharing one global host quota, and workers route acquires by image.
 - A RolloutWorker that dies has its leases returned at once and is replaced (bounded).
+- A worker's death is logged with its cause (the exception inside Ray's wrapper), once per
+  distinct cause; the snapshot counts deaths by cause for the summary.
+- `start()` that fails stops what it started before it raises.
 - `request_stop()` stops leasing; in-flight groups get `run.shutdown_grace` seconds, then
-  are cancelled (their tasks go back to the queue for the next run). A second request
+  are cancelled once (their tasks go back to the queue for the next run). A second request
   cancels at once. Either way teardown runs: sink drained and closed, pools stopped, actors
   killed. Actors are named `<run_id>:<role>` in namespace "rollout" for inspection.
 """
@@ -55,6 +58,7 @@ class Snapshot:
     stop_level: int = 0  # 1: grace period running, 2: cancelling
     grace_deadline: float | None = None  # time.time() when the grace period ends
     cancelled_groups: int = 0  # in-flight groups cancelled at shutdown (tasks back in queue)
+    worker_deaths: dict[str, int] = field(default_factory=dict)  # cause -> deaths
 
 
 class RolloutCluster:
@@ -85,6 +89,16 @@ class RolloutCluster:
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.teardown()  # the pools, sink and workers that did start
+            if self.queue is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(self.queue)
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
         # The queue and the sink hold the run's state and write the run dir: they live on the
         # driver's node, so the files are where the user looks and a lost worker node
@@ -151,7 +165,7 @@ class RolloutCluster:
         if failed:
             for p in shards:
                 ray.kill(p)
-            raise RuntimeError(f"sandbox pool shard failed to start: {failed[0]}")
+            raise RuntimeError(f"sandbox pool shard failed to start: {cause_of(failed[0])}")
         self.pools = shards
         return True
 
@@ -170,16 +184,19 @@ class RolloutCluster:
             new.append((nid, pool))
         started = await _settle([p.start.remote() for _, p in new],
                                 self.cfg.backend.host_start_timeout + 30)
+        failed: list[str] = []
         for (nid, pool), result in zip(new, started):
             if isinstance(result, Exception):
-                log.error("sandbox pool on node %s failed to start: %s", nid[:8], result)
+                failed.append(cause_of(result))
+                log.error("sandbox pool on node %s failed to start: %s", nid[:8], failed[-1])
                 ray.kill(pool)
                 continue
             self._pool_nodes[nid] = pool
             self.pools.append(pool)
             log.info("sandbox pool on node %s is up", nid[:8])
         if not self.pools:
-            raise RuntimeError("no sandbox pool could start; see the log above")
+            raise RuntimeError("no sandbox pool could start: "
+                               + (failed[0] if failed else "the Ray cluster has no alive node"))
         return any(nid in self._pool_nodes for nid, _ in new)
 
     async def _watch_nodes(self, force: bool = False) -> None:
@@ -257,7 +274,7 @@ class RolloutCluster:
                 try:
                     await ref
                 except Exception as e:  # the worker actor died
-                    log.error("%s died (%s); returning its leases", wid, type(e).__name__)
+                    self._worker_died(wid, e)
                     self.workers.pop(wid, None)
                     n = await self.queue.release_holder.remote(wid, f"{wid} died")
                     freed = await _settle(
@@ -276,8 +293,9 @@ class RolloutCluster:
                 cancel_at = graceful_sent + self.cfg.run.shutdown_grace
                 self.snapshot.grace_deadline = time.time() + self.cfg.run.shutdown_grace
                 await _settle([w.stop.remote() for w in self.workers.values()], 30)
-            if self._stop_level >= 2 or (cancel_at is not None and time.monotonic() > cancel_at):
-                cancel_at = float("inf")
+            if cancel_at != float("inf") and (
+                    self._stop_level >= 2 or (cancel_at is not None and time.monotonic() > cancel_at)):
+                cancel_at = float("inf")  # once: teardown cancels anything left after
                 self.snapshot.stop_level = 2
                 log.warning("cancelling groups still in flight")
                 self._count_cancelled(
@@ -311,6 +329,18 @@ class RolloutCluster:
             s.pools = [p for p in pools if p]
         workers = await asyncio.gather(*(safe(w.stats.remote()) for w in self.workers.values()))
         s.workers = [w for w in workers if w] or s.workers
+
+    def _worker_died(self, wid: str, error: BaseException) -> None:
+        """Say why, once per cause: a cause that kills every replacement too (a bad policy
+        config, say) would otherwise fill the screen with the same wrapper name."""
+        why = cause_of(error)
+        seen = self.snapshot.worker_deaths
+        seen[why] = seen.get(why, 0) + 1
+        if seen[why] == 1:
+            log.error("%s died: %s; returning its leases", wid, why)
+        else:
+            log.error("%s died (the same cause, %d times now); returning its leases",
+                      wid, seen[why])
 
     # -- teardown ---------------------------------------------------------------------------
 
@@ -372,6 +402,24 @@ def _stable_run_id(run_dir: Path) -> str:
     except OSError as e:
         log.warning("cannot record the run id in %s: %s", path, e)
     return run_id
+
+
+def cause_of(error: BaseException) -> str:
+    """One line saying what went wrong: the exception a Ray wrapper (RayTaskError) carries,
+    as `Type: first line of its message` (our own errors' and RuntimeError's message alone;
+    a bare type when the message is empty, as a timeout's is)."""
+    seen = set()
+    while isinstance(getattr(error, "cause", None), BaseException) and id(error) not in seen:
+        seen.add(id(error))  # RayTaskError(X).cause is the X the task raised
+        error = error.cause  # type: ignore[attr-defined]
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    name = type(error).__name__
+    if not lines:
+        return name
+    # Our own errors' messages say it all; another library's type name tells what failed.
+    own = type(error) is RuntimeError or type(error).__module__.split(".")[0] in (
+        "rollout", "actors", "sandbox_image")
+    return lines[0] if own else f"{name}: {lines[0]}"
 
 
 async def _settle(refs: list[Any], timeout: float) -> list[Any]:

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from actors.cluster import Snapshot
+from rollout.run_record import RunRecord
 from rollout.stats import WorkerStats
 
 log = logging.getLogger("progress")
@@ -72,12 +73,25 @@ def time_shares(t: dict[str, Any]) -> str:
     return f"{shown} (mean trajectory {whole / t['trajectories']:.1f}s)"
 
 
+def record_time_shares(rec: RunRecord) -> str:
+    """`time_shares` of the trajectories a run dir records."""
+    t = rec.times
+    return time_shares({"trajectories": rec.trajectories, "traj_time": t.get("wall", 0.0),
+                        "llm_time": t.get("llm", 0.0), "tool_time": t.get("tools", 0.0),
+                        "prepare_time": t.get("prepare", 0.0),
+                        "verify_time": t.get("grading", 0.0),
+                        "acquire_time": t.get("slot wait", 0.0)})
+
+
 def _stopping(snap: Snapshot, t: dict[str, Any]) -> str | None:
     if not snap.stopping:
         return None
     n = t["groups_in_flight"]
     if snap.stop_level >= 2:
-        return f"{snap.stopping}: cancelling {n} group(s) in flight (their tasks go back to the queue)"
+        # The count the workers answered when they cancelled (the polled in-flight figure
+        # is already 0 by the time this is shown).
+        return (f"{snap.stopping}: cancelled {snap.cancelled_groups} group(s) in flight "
+                "(their tasks go back to the queue)")
     left = max(0.0, (snap.grace_deadline or time.time()) - time.time())
     return (f"{snap.stopping}: {n} group(s) in flight get {left:.0f}s to finish; "
             "Ctrl-C again cancels them")
@@ -182,46 +196,55 @@ class ProgressView:
             self._last_stop = stopping.split(":")[0]
             log.warning("%s", stopping)
 
-    def summary(self, snap: Snapshot) -> str:
-        q, s, t = snap.queue, snap.sink, _totals(snap)
-        ms = s.get("mean_score")
+    def summary(self, snap: Snapshot, rec: RunRecord, resumed: bool = False) -> str:
+        """The run's summary: every count from what the run dir records (`rec`), so it
+        agrees with queue_state.json, groups.jsonl and events.jsonl; only the elapsed time,
+        the stop and what is still unfinished come from this launch (`snap`)."""
+        q = snap.queue
         unfinished = q.get("pending", 0) + q.get("leased", 0)
-        infra = q.get("infra_dropped", 0)
+        infra = rec.infra_dropped
+        not_sent = (f", {rec.not_sent} not sent (too long for the trainer, or rejected by "
+                    "its API)") if rec.not_sent else ""
         lines = [
             f"run finished{' (' + snap.stopping + ')' if snap.stopping else ''} "
             f"in {time.time() - snap.started:.1f}s",
-            f"  tasks: {q.get('completed', 0)} completed, {q.get('dropped', 0)} dropped"
+            f"  tasks: {rec.completed} completed, {rec.dropped} dropped"
             + (f" ({infra} for infrastructure failures)" if infra else "")
             + f", {unfinished} unfinished, of {q.get('total', 0)}",
-            f"  groups: {s.get('delivered', 0)} delivered, {s.get('pending', 0)} left in outbox",
-            f"  mean score: {'-' if ms is None else f'{ms:.3f}'}",
-            f"  time shares: {time_shares(t)}",
+            f"  groups: {rec.delivered} delivered, {rec.outbox_pending} left in outbox{not_sent}",
+            f"  mean score: {'-' if rec.mean_score is None else f'{rec.mean_score:.3f}'}",
+            f"  time shares: {record_time_shares(rec)}",
         ]
-        for kind, n in sorted(q.get("infra_kinds", {}).items()):
+        if resumed:
+            lines.insert(1, "  (a resumed run: the figures cover every launch of its run dir)")
+        for kind, n in sorted(rec.infra_kinds.items()):
             lines.append(f"  FAILED: {n} task(s) dropped because {INFRA_WORDS.get(kind, kind)} "
                          f"on every attempt")
-        if t["grading_errors"]:
+        for cause, n in snap.worker_deaths.items():
+            lines.append(f"  FAILED: rollout workers died {n} time(s): {cause}")
+        if rec.grading_errors:
             lines.append("  grading did not run for " + ", ".join(
                 f"{n} trajectory(ies): {GRADING_WORDS.get(k, k)}"
-                for k, n in sorted(t["grading_errors"].items()))
+                for k, n in sorted(rec.grading_errors.items()))
                 + " (never scored; retried)")
-        if t["suspected_hacking"]:
-            lines.append(f"  suspected reward hacking: {t['suspected_hacking']} trajectory(ies) "
+        if rec.suspected_hacking:
+            lines.append(f"  suspected reward hacking: {rec.suspected_hacking} trajectory(ies) "
                          "touched pytest internals or the report (see groups.jsonl)")
         if snap.cancelled_groups:
             lines.append(f"  cancelled: {snap.cancelled_groups} group(s) in flight; their tasks "
                          "were returned untried and run again on resume (same run.dir)")
         if unfinished and snap.stopping:
-            lines.append(f"  resume with: python launch.py ... run.dir={self.cfg.run.dir}")
-        drops = {**q.get("drop_reasons", {}), **s.get("drops", {})}
-        if drops:
-            lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
-        for kind, k in sorted(t["kinds"].items()):
+            lines.append(f"  resume with: python launch.py run.dir={self.cfg.run.dir}")
+        if rec.drop_reasons:
+            lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in rec.drop_reasons.items()))
+        for kind, k in sorted(rec.kinds.items()):
             mean = "-" if k.mean_score is None else f"{k.mean_score:.3f}"
             lines.append(f"  kind {kind}: {k.groups} group(s) delivered, "
                          f"{k.trajectories} trajectories, mean score {mean}")
-        if t["outcomes"]:
-            lines.append("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(t["outcomes"].items())))
+        if rec.outcomes:
+            lines.append("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(rec.outcomes.items()))
+                         + ("" if rec.from_events else
+                            " (delivered groups only: metrics.enabled=false records no events)"))
         if snap.worker_restarts:
             lines.append(f"  worker restarts: {snap.worker_restarts}")
         return "\n".join(lines)

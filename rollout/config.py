@@ -27,6 +27,8 @@ class RunSection(ConfigModel):
     section: ClassVar[str] = "run"
 
     dir: Str = "runs/default"  # reuse a run dir to resume (task cursor + outbox)
+    # on resume (run.dir holds a config.yaml), apply overrides that change the saved config
+    resume_overrides: bool = False
     # stop after this many tasks finished (None: all)
     max_groups: Annotated[int, Field(ge=1)] | None = None
     shutdown_grace: Annotated[float, Field(ge=0)] = 60.0  # seconds in-flight groups get on Ctrl-C

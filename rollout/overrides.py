@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from pathlib import Path
 from typing import Any, Iterable
 
 # Hydra config groups under conf/ that a user selects with `group=option`.
 GROUPS = ("conf", "backend", "policy", "trainer", "logger")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class OverrideError(ValueError):
@@ -119,9 +121,32 @@ def _backend_knows(name: str | None, key: str) -> bool:
     return key.split(".")[1] in cls.model_fields
 
 
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def check_groups(args: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Refuse `group=option` where the group has no such option, listing the options (Hydra's
+    own message is many lines and exits 1)."""
+    for arg in args:
+        key, sep, option = arg.lstrip("+").partition("=")
+        key, option = key.strip(), option.strip()
+        if not sep or key not in GROUPS or arg.startswith("~"):
+            continue
+        options = group_options(key, conf_dir)
+        if option not in options:
+            hint = difflib.get_close_matches(option, options, n=1)
+            raise OverrideError(f"unknown {key} {option!r}"
+                                + (f"; did you mean {hint[0]}?" if hint else "")
+                                + f" ({key} options: {', '.join(options)})")
+
+
 def normalize_overrides(args: list[str], schema: KeySchema | None = None) -> list[str]:
     """Rewrite plain `key=value` overrides of known keys to `++key=value`; refuse unknown
-    keys with a suggestion (`OverrideError`). Anything else is returned unchanged."""
+    keys with a suggestion and unknown group options with the list (`OverrideError`).
+    Anything else is returned unchanged."""
+    check_groups(args)
     schema = schema or launch_schema()
     selected = _selected_backend(args)
     out = []

@@ -200,3 +200,97 @@ def test_every_policy_option_composes(tmp_path):
         cfg = compose_config(["conf=swe_smith", f"run.dir={tmp_path}", f"policy={option.stem}",
                               f"policy.tokenizer={qwen_tokenizer_dir()}", *extra])
         assert cfg.policy.type == option.stem
+
+
+# --- unknown group options -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, options", [
+    ("conf=nonexistent", "conf options: math_repl, swe_smith, terminal"),
+    ("policy=nosuch", "policy options: embedded, gold, openai_chat, openai_completions"),
+])
+def test_an_unknown_group_option_is_one_line_listing_the_options(tmp_path, override, options):
+    run_dir = tmp_path / "run"
+    proc = run_launch(override, run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, override.replace("=", " '") + "'", options)
+    assert "Config search path" not in proc.stderr  # Hydra's own multi-line message
+
+
+# --- resume --------------------------------------------------------------------------------
+
+
+def tree(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file()}
+
+
+def summary_of(out: str) -> str:
+    return out[out.rindex("run finished"):]
+
+
+def test_resume_keeps_the_saved_config_and_refuses_changes(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_launch(*GOLD, "tasks.max_items=1", "env.group_size=1", run_dir=run_dir,
+                       timeout=300)
+    assert first.returncode == 0, (first.stdout[-3000:], first.stderr[-3000:])
+    before = tree(run_dir)
+    # Overrides that change the saved config: refused in one line, the run dir as it was.
+    proc = run_launch("env.group_size=4", "agent.max_turns=5", run_dir=run_dir)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    (error,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert "env.group_size: 1 -> 4" in error and "agent.max_turns: 30 -> 5" in error, error
+    assert "run.resume_overrides=true" in error
+    proc = run_launch("policy=embedded", "run.resume_overrides=true", run_dir=run_dir)
+    assert proc.returncode == 2 and "policy: gold -> embedded" in proc.stderr, proc.stderr[-2000:]
+    assert tree(run_dir) == before
+    # The run dir alone: the saved (gold) config, not the default embedded policy; the
+    # summary reports what the run dir records, not "0 delivered".
+    proc = run_launch(run_dir=run_dir, timeout=300)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    summary = summary_of(proc.stdout)
+    assert "tasks: 1 completed" in summary and "groups: 1 delivered" in summary, summary
+    assert "kind swe_smith: 1 group(s) delivered, 1 trajectories" in summary, summary
+    assert (run_dir / "config.yaml").read_bytes() == before["config.yaml"]
+    assert {k: v for k, v in tree(run_dir).items() if k.startswith("hydra/")} == \
+        {k: v for k, v in before.items() if k.startswith("hydra/")}
+    assert not (run_dir / "embedded-policy.log").exists()
+    # The flag applies a change: the config says so, the run does one more task.
+    proc = run_launch("tasks.max_items=2", "run.resume_overrides=true", run_dir=run_dir,
+                      timeout=300)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert "changing tasks.max_items: 1 -> 2" in (run_dir / "launch.log").read_text()
+    assert "max_items: 2" in (run_dir / "config.yaml").read_text()
+    assert "groups: 2 delivered" in summary_of(proc.stdout)
+    assert len((run_dir / "groups.jsonl").read_text().splitlines()) == 2
+
+
+# --- failures once the run dir exists --------------------------------------------------------
+
+
+def test_a_start_failure_writes_its_cause_to_launch_log_and_summary(tmp_path):
+    run_dir = tmp_path / "run"
+    # No slot server starts within a millisecond: the sandbox pool cannot start.
+    proc = run_launch(*GOLD, "tasks.max_items=1", "backend.host_start_timeout=0.001",
+                      run_dir=run_dir, timeout=300)
+    assert proc.returncode == 1, (proc.stdout[-3000:], proc.stderr[-3000:])
+    (error,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert "the run failed at start" in error and "backend.host_start_timeout" in error, error
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert error in (run_dir / "launch.log").read_text()
+    summary = (run_dir / "summary.txt").read_text()
+    assert summary.startswith("run failed at start") and "backend.host_start_timeout" in summary
+
+
+def test_a_dead_worker_says_why_once(tmp_path):
+    run_dir = tmp_path / "run"
+    no_tokenizer = tmp_path / "empty"
+    no_tokenizer.mkdir()
+    # Every worker dies building its policy (the tokenizer dir holds no tokenizer).
+    proc = run_launch(*GOLD, f"policy.tokenizer={no_tokenizer}", "tasks.max_items=1",
+                      "workers.num=1", run_dir=run_dir, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "RayTaskError" not in out
+    causes = [ln for ln in out.splitlines() if "died: ValueError: Cannot load tokenizer" in ln]
+    assert len(causes) == 1, out[-3000:]
+    assert "rollout workers died 4 time(s): ValueError: Cannot load tokenizer" in out

@@ -198,3 +198,56 @@ def test_filling_in_the_policy_gives_a_new_config_and_keeps_the_loaded_one(tmp_p
     assert Path(filled.policy.tokenizer, "tokenizer_config.json").is_file()
     assert cfg.policy.tokenizer == "embedded" and filled.policy.type == "gold"
     assert filled.tasks is cfg.tasks and filled.trainer is cfg.trainer
+
+
+def summary_figures(out: str) -> dict[str, int]:
+    """The counts the summary printed at the end of `out`."""
+    import re
+
+    s = out[out.rindex("run finished"):]
+    grab = {"completed": r"tasks: (\d+) completed", "dropped": r"(\d+) dropped",
+            "delivered": r"groups: (\d+) delivered", "cancelled": r"cancelled: (\d+) group",
+            "kind_trajectories": r"kind swe_smith: \d+ group\(s\) delivered, (\d+) trajectories"}
+    figures = {k: int(m.group(1)) for k, rx in grab.items() if (m := re.search(rx, s))}
+    outcomes = re.search(r"outcomes: (.*)", s)
+    figures["outcomes"] = sum(int(kv.split("=")[1]) for kv in outcomes.group(1).split(", ")) \
+        if outcomes else 0
+    return figures
+
+
+def test_double_ctrl_c_summary_equals_the_files(tmp_path: Path):
+    """Trajectories of groups cancelled by the second Ctrl-C never reach the files; the
+    summary counts what the files hold (it used to count the workers' own tallies, which
+    include them), and says how many groups it cancelled, not the 0 left in flight after."""
+    run_dir = tmp_path / "run"
+    # Turns of 0.1-1.9 s: the members of a group finish at different times, so groups in
+    # flight at the second Ctrl-C have members that already finished.
+    proc = launch("policy=simulated", f"policy.tokenizer={qwen_tokenizer_dir()}",
+                  "policy.simulated.latency=1.0", "policy.simulated.latency_spread=0.9",
+                  "policy.simulated.turns=2", "env.group_size=4", "workers.num=2",
+                  "workers.groups_in_flight=2", "backend.slots_per_host=8",
+                  "tasks.max_items=12", "run.shutdown_grace=600", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    proc.send_signal(signal.SIGINT)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ctrl-C again to cancel" in line:
+            break
+    else:
+        raise AssertionError("".join(seen)[-3000:])
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert "(forced)" in out, out[-3000:]
+    figures = summary_figures(out)
+    state = read_state(run_dir / "queue_state.json")
+    groups = groups_jsonl(run_dir)
+    events = (run_dir / "events.jsonl").read_text().splitlines()
+    assert figures["completed"] == len(state["completed"]) == len(groups), out[-3000:]
+    assert figures["delivered"] == len(groups)
+    assert figures["outcomes"] == figures["kind_trajectories"] == len(events), out[-3000:]
+    assert "cancelling 0 group(s)" not in out
+    cancelled = figures.get("cancelled", 0)
+    assert f"(forced): cancelled {cancelled} group(s) in flight" in out, out[-3000:]
+    assert 0 < cancelled <= 12 - len(state["completed"]) - len(state["dropped"])
+    assert (run_dir / "summary.txt").read_text().strip() in out

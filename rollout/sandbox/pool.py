@@ -90,7 +90,10 @@ class SlotPool:
             await self.fleet.start()
         except Exception as e:
             await self.stop()
-            raise SandboxError(f"sandbox pool could not start any host: {e}") from e
+            why = str(e) or (f"none started within backend.host_start_timeout="
+                             f"{self.fleet.cfg.host_start_timeout:g}s"
+                             if isinstance(e, TimeoutError) else type(e).__name__)
+            raise SandboxError(f"sandbox pool could not start any host: {why}") from e
 
     async def stop(self) -> None:
         if self._stop_task is None:

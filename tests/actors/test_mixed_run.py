@@ -13,6 +13,7 @@ import yaml
 from actors.progress import ProgressView
 from rollout.events import read_events
 from rollout.replay import Replayer
+from rollout.run_record import RunRecord
 from rollout.report.data import collect
 from tests.actors.helpers import gold_config, groups_jsonl, make_cluster, run_until_done
 
@@ -38,7 +39,7 @@ async def test_mixed_sources_deliver_every_kind_in_proportion(ray_local, tmp_pat
     total = sum(WEIGHTS.values())
     for kind, weight in WEIGHTS.items():
         assert abs(counts[kind] - GROUPS * weight / total) <= 1, counts
-    summary = ProgressView(cfg, enabled=False).summary(snap)
+    summary = ProgressView(cfg, enabled=False).summary(snap, RunRecord.read(tmp_path))
     for kind in WEIGHTS:
         assert f"kind {kind}: {counts[kind]} group(s) delivered" in summary, summary
     assert all(p["slots_in_use"] == 0 for p in snap.pools)

@@ -4,6 +4,7 @@ from rich.console import Console
 
 from actors.cluster import Snapshot
 from actors.progress import ProgressView, render, time_shares
+from rollout.run_record import KindRecord, RunRecord
 from rollout.stats import WorkerStats
 from tests.actors.helpers import gold_config
 
@@ -26,6 +27,19 @@ def _snap() -> Snapshot:
     return snap
 
 
+def _record() -> RunRecord:
+    """What the run dir of `_snap()` records (the summary's figures)."""
+    return RunRecord(
+        completed=3, dropped=2,
+        drop_reasons={"grading_error: timeout (after 3 attempts)": 1,
+                      "lease expired (after 3 attempts)": 1, "all_scores_equal": 2},
+        infra_kinds={"grading_error": 1, "lease_expired": 1}, delivered=3, mean_score=0.25,
+        trajectories=4, outcomes={"done": 3, "grading_error": 1},
+        grading_errors={"timeout": 1}, suspected_hacking=1,
+        times={"wall": 40.0, "llm": 24.0, "tools": 8.0, "prepare": 2.0, "grading": 4.0},
+        kinds={"swe_smith": KindRecord(groups=3, trajectories=4, graded=3, score_sum=1.0)})
+
+
 def test_live_view_and_summary_show_the_numbers(tmp_path):
     cfg = gold_config(tmp_path, "trainer=atropos", "trainer.url=http://t:8000")
     snap = _snap()
@@ -36,8 +50,12 @@ def test_live_view_and_summary_show_the_numbers(tmp_path):
                  "llm 60%, tools 20%, prepare 5%, grading 10%", "mean trajectory 10.0s",
                  "PAUSED", "sink:all_scores_equal=2", "done=3"):
         assert want in text, (want, text)
-    summary = ProgressView(cfg, enabled=False).summary(snap)
+    summary = ProgressView(cfg, enabled=False).summary(snap, _record())
     assert "3 completed, 2 dropped (2 for infrastructure failures), 5 unfinished, of 10" in summary
+    assert "groups: 3 delivered, 0 left in outbox" in summary and "mean score: 0.250" in summary
+    assert "llm 60%, tools 20%, prepare 5%, grading 10%" in summary
+    assert "kind swe_smith: 3 group(s) delivered, 4 trajectories, mean score 0.333" in summary
+    assert "outcomes: done=3, grading_error=1" in summary
     assert "1 task(s) dropped because grading could not run" in summary
     assert "1 task(s) dropped because its worker stopped answering" in summary
     assert "1 trajectory(ies): the tests timed out" in summary
@@ -64,8 +82,8 @@ def test_stopping_row_says_what_happens_next(tmp_path):
     snap.stop_level, snap.cancelled_groups = 2, 2
     console = Console(record=True, width=200)
     console.print(render(cfg, snap))
-    assert "cancelling 2 group(s) in flight" in console.export_text()
-    summary = ProgressView(cfg, enabled=False).summary(snap)
+    assert "cancelled 2 group(s) in flight" in console.export_text()
+    summary = ProgressView(cfg, enabled=False).summary(snap, _record())
     assert "cancelled: 2 group(s) in flight" in summary and "run again on resume" in summary
 
 
