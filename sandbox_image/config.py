@@ -219,6 +219,10 @@ class ServerConfig:
     image: str = HOST_IMAGE  # the image label of every slot until a reset picks another
     image_store: Path | None = None  # default: <data_dir>/images
     host_python: str | None = None  # `python` of host-view slots
+    # Slot containers (sandbox_image/container.py): auto = when this host can run them,
+    # on = refuse to start without them, off = one fresh bwrap per command (the fallback).
+    containers: str = "auto"
+    uid_base: int = 100000  # host uid of root in a slot container; 65536 uids from there
 
 
 _D = SlotLimits()
@@ -277,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the `python` of host-view slots (shown read-only, first on PATH)")
     p.add_argument("--ready-file", help="write {url, port, pid} JSON here once listening")
     p.add_argument("--bwrap", default="bwrap", help="bubblewrap executable")
+    p.add_argument("--containers", choices=("auto", "on", "off"), default="auto",
+                   help="one long-lived container per slot (auto: when this host can)")
+    p.add_argument("--uid-base", type=int, default=100000,
+                   help="host uid of root inside slot containers (65536 uids from there)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="exit when the process that started the server dies")
     p.add_argument("--log-level", default="INFO")
@@ -364,5 +372,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         image=args.image,
         image_store=Path(args.image_store).resolve() if args.image_store else None,
         host_python=args.host_python,
+        containers=args.containers,
+        uid_base=args.uid_base,
     )
     return cfg, args.log_level

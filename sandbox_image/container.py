@@ -23,9 +23,10 @@ nsenter, setpriv or bwrap). Processes a command leaves in the background stay in
 container's pid namespace, so they outlive the command (a server started in one tool
 call answers the next) until the slot is reset.
 
-Every host path the sandbox shows is handed to bubblewrap as a file descriptor the server
-opened (`--bind-fd`), so the unprivileged bubblewrap never needs to walk host directories
-(a data dir of mode 0700, an interpreter under /root).
+bubblewrap runs as the slot's unprivileged host uid, so a host path it binds must be one
+that uid can reach: others (a data dir of mode 0700, an interpreter under /root) are bound
+by the server into a world-traversable stage directory first (`Stage`, in the server's
+private mount namespace).
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ import json
 import logging
 import os
 import shutil
+import itertools
 import signal
+import tempfile
 from dataclasses import dataclass
 
-from sandbox_image import seccomp
+from sandbox_image import mounts, seccomp
+from sandbox_image.isolation import HOST_ENV, _proc_masks
 from sandbox_image.spawn import spawn, watch_exit
-from sandbox_image.userns import IdRange, write_maps
+from sandbox_image.userns import IdRange, MappingNamespace, idmapped_clone, write_maps
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +54,9 @@ log = logging.getLogger(__name__)
 DOCKER_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
                "SETPCAP", "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE",
                "SETFCAP")
-# /proc entries Docker hides (files get /dev/null, directories an empty tmpfs); only those
-# this kernel has can be masked.
-_MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/timer_stats",
-                 "/proc/sched_debug", "/proc/latency_stats", "/proc/sysrq-trigger")
-_MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/irq", "/proc/bus",
-                "/proc/fs", "/sys/firmware")
-HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LC_ALL": "C"}
 _READY = b"ready\n"
 _START_TIMEOUT = 30.0
-_BINDS = {"--bind": "--bind-fd", "--ro-bind": "--ro-bind-fd",
-          "--bind-try": "--bind-fd", "--ro-bind-try": "--ro-bind-fd"}
+_BINDS = ("--bind", "--ro-bind", "--bind-try", "--ro-bind-try")
 
 
 class ContainerError(Exception):
@@ -69,14 +64,9 @@ class ContainerError(Exception):
 
 
 def hardening_args() -> list[str]:
-    args: list[str] = []
-    for path in _MASKED_FILES:
-        if os.path.exists(path):
-            args += ["--ro-bind", "/dev/null", path]
-    for path in _MASKED_DIRS:
-        if os.path.isdir(path):
-            args += ["--tmpfs", path, "--remount-ro", path]
-    args += ["--cap-drop", "ALL"]
+    # /proc/sys needs no mask here: its files belong to the host's uid 0, which is not
+    # mapped in a slot's user namespace, so root in a slot cannot write them.
+    args = [*_proc_masks(), "--cap-drop", "ALL"]
     for cap in DOCKER_CAPS:
         args += ["--cap-add", f"CAP_{cap}"]
     return args
@@ -89,26 +79,68 @@ def env_args(env: dict[str, str]) -> list[str]:
     return out
 
 
-def fd_binds(mounts: list[str], first_fd: int = 10) -> tuple[list[str], list[tuple[int, str]]]:
-    """Rewrite the bind sources of bubblewrap mount args into fds: returns the new args
-    and (fd, host path) for each fd to open (O_PATH) in the child."""
-    out: list[str] = []
-    opens: list[tuple[int, str]] = []
-    i = 0
-    while i < len(mounts):
-        arg = mounts[i]
-        if arg in _BINDS:
-            src, dst = mounts[i + 1], mounts[i + 2]
-            i += 3
-            if arg.endswith("-try") and not os.path.lexists(src):
+def _traversable(path: str) -> bool:
+    """Whether any uid can reach `path` (every directory on the way has o+x)."""
+    cur = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(cur).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if cur == "/":
+            return True
+        cur = os.path.dirname(cur)
+
+
+class Stage:
+    """Bind sources an unprivileged bubblewrap can reach. bwrap (running as the slot's
+    host uid) resolves every bind source by path, so a source under a directory of mode
+    0700 (a data dir from mkdtemp, an interpreter under /root) is bound here first, by the
+    server, in its private mount namespace: `<stage dir>/<n>`, a directory only the
+    staged trees hang off. One Stage per container; `close` unmounts what it staged."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._made: list[str] = []
+
+    def rewrite(self, mount_args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(mount_args):
+            arg = mount_args[i]
+            if arg in _BINDS:
+                src, dst = mount_args[i + 1], mount_args[i + 2]
+                i += 3
+                if not os.path.lexists(src):
+                    if arg.endswith("-try"):
+                        continue
+                elif not _traversable(src):
+                    src = self._stage(src)
+                out += [arg, src, dst]
                 continue
-            fd = first_fd + len(opens)
-            opens.append((fd, src))
-            out += [_BINDS[arg], str(fd), dst]
-            continue
-        out.append(arg)
-        i += 1
-    return out, opens
+            out.append(arg)
+            i += 1
+        return out
+
+    def _stage(self, src: str) -> str:
+        target = os.path.join(self.root, str(len(self._made)))
+        if os.path.isdir(src):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(self.root, exist_ok=True)
+            with open(target, "a"):
+                pass
+        mounts.mount(src, target, "", mounts.MS_BIND | mounts.MS_REC)
+        self._made.append(target)
+        return target
+
+    def close(self) -> None:
+        for target in reversed(self._made):
+            with contextlib.suppress(OSError):
+                mounts.unmount(target)
+        self._made.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Runtime:
     setpriv: str
     seccomp_file: str
     network: bool
+    stage_dir: str  # world-traversable (0711); each container stages its sources under it
 
     @classmethod
     def create(cls, data_dir: str, bwrap: str, ids: IdRange, network: bool) -> Runtime:
@@ -136,9 +169,14 @@ class Runtime:
             raise ContainerError(f"{', '.join(missing)} not found (util-linux)")
         if not seccomp.supported():
             raise ContainerError("no seccomp syscall table for this architecture")
-        path = seccomp.write_program(os.path.join(data_dir, "seccomp.bpf"))
+        stage = tempfile.mkdtemp(prefix="slot-stage-", dir="/tmp")
+        os.chmod(stage, 0o711)
+        path = seccomp.write_program(os.path.join(stage, "seccomp.bpf"))
         return cls(ids, shutil.which(bwrap) or bwrap, tools["nsenter"], tools["setpriv"],  # type: ignore[arg-type]
-                   path, network)
+                   path, network, stage)
+
+    def close(self) -> None:
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
 
     def _drop(self) -> list[str]:
         return [self.setpriv, f"--reuid={self.ids.base}", f"--regid={self.ids.base}",
@@ -153,9 +191,13 @@ class SlotContainer:
     returns no process of it is alive. `alive` turns False as soon as its pid 1 is gone
     (a command that killed it: the server starts a fresh one on the same filesystem)."""
 
+    _ids = itertools.count()
+
     def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str]) -> None:
         self.rt = runtime
-        self.mounts = mounts  # bubblewrap's mount args for the slot's view (host paths)
+        self._mount_args = mounts  # bubblewrap's mount args for the slot's view (host paths)
+        self.mounts: list[str] = []  # the same, with sources staged (while it runs)
+        self._stage: Stage | None = None
         self.wrapper = wrapper  # the slot's cgroup-joining prefix
         self.pid = 0  # the container's pid 1 (host pid), what commands enter
         self._outer = 0
@@ -180,7 +222,17 @@ class SlotContainer:
             raise
         # Targets above every source fd, so no dup2 overwrites a source not yet dup'ed.
         base = max(fds) + 1
-        mounts, opens = fd_binds(self.mounts, base + 3)
+        if self._stage is None:
+            self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))))
+            try:
+                self.mounts = await asyncio.to_thread(self._stage.rewrite, self._mount_args)
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                await asyncio.to_thread(self._stage.close)
+                self._stage = None
+                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
+        mounts = self.mounts
         argv = [*self.wrapper, *self.rt._drop(), self.rt.bwrap,
                 "--unshare-user", "--userns-block-fd", str(base + 1), "--info-fd", str(base),
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -190,8 +242,7 @@ class SlotContainer:
                 "--clearenv", "--", "/bin/sh", "-c", "echo ready; read _"]
         try:
             actions = [(os.POSIX_SPAWN_DUP2, info_w, base), (os.POSIX_SPAWN_DUP2, block_r, base + 1),
-                       (os.POSIX_SPAWN_OPEN, base + 2, self.rt.seccomp_file, os.O_RDONLY, 0),
-                       *[(os.POSIX_SPAWN_OPEN, fd, path, os.O_PATH, 0) for fd, path in opens]]
+                       (os.POSIX_SPAWN_OPEN, base + 2, self.rt.seccomp_file, os.O_RDONLY, 0)]
             self._outer = spawn(argv, env=dict(HOST_ENV), cwd=None, stdout=out_w,
                                 stderr=out_w, new_session=False, preexec=None, stdin=in_r,
                                 extra_actions=actions)
@@ -241,20 +292,25 @@ class SlotContainer:
             await self._exited
         self._outer = 0
 
+    async def close(self) -> None:
+        """Stop it for good: also unmount what it staged."""
+        await self.stop()
+        if self._stage is not None:
+            await asyncio.to_thread(self._stage.close)
+            self._stage = None
+
     def command(self, command: str, env: dict[str, str], cwd: str
                 ) -> tuple[list[str], list[tuple]]:
         """(argv, posix_spawn file actions) of `command` entering this container."""
-        mounts, opens = fd_binds(self.mounts)
         argv = [*self.wrapper, self.rt.nsenter, "-t", str(self.pid), "-n", "-i", "-u", "--",
                 *self.rt._drop(), self.rt.bwrap,
                 "--userns", "3", "--pidns", "4", "--uid", "0", "--gid", "0",
-                "--unshare-cgroup-try", *mounts, *hardening_args(), "--seccomp", "5",
+                "--unshare-cgroup-try", *self.mounts, *hardening_args(), "--seccomp", "5",
                 "--die-with-parent", *env_args(env), "--chdir", cwd,
                 "--", "/bin/sh", "-c", command]
         actions = [(os.POSIX_SPAWN_OPEN, 3, f"/proc/{self.pid}/ns/user", os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 4, f"/proc/{self.pid}/ns/pid", os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 5, self.rt.seccomp_file, os.O_RDONLY, 0),
-                   *[(os.POSIX_SPAWN_OPEN, fd, path, os.O_PATH, 0) for fd, path in opens]]
+                   (os.POSIX_SPAWN_OPEN, 5, self.rt.seccomp_file, os.O_RDONLY, 0)]
         return argv, actions
 
 
@@ -290,3 +346,38 @@ async def _read_until(fd: int, done: object) -> bytes:
     finally:
         loop.remove_reader(fd)
     return bytes(data)
+
+
+class IdmappedRoots:
+    """Each image's root filesystem, mounted once per server through an idmapped mount
+    (its files, owned by 0 on disk, belong to the containers' root), the lower layer of
+    its slots' root overlays. `close` unmounts them and ends the mapping namespace."""
+
+    def __init__(self, data_dir: str, ids: IdRange) -> None:
+        self._dir = os.path.join(data_dir, "lowers")
+        self._ids = ids
+        self._ns: MappingNamespace | None = None
+        self._mounted: dict[str, str] = {}
+
+    async def get(self, digest: str, rootfs: str) -> str:
+        path = self._mounted.get(digest)
+        if path is None:
+            path = os.path.join(self._dir, digest.replace(":", "-")[:24])
+            await asyncio.to_thread(self._mount, rootfs, path)
+            self._mounted[digest] = path
+        return path
+
+    def _mount(self, rootfs: str, path: str) -> None:
+        if self._ns is None:
+            self._ns = MappingNamespace(self._ids)
+        os.makedirs(path, exist_ok=True)
+        idmapped_clone(rootfs, path, self._ns.fd)
+
+    def close(self) -> None:
+        for path in self._mounted.values():
+            with contextlib.suppress(OSError):
+                mounts.unmount(path)
+        self._mounted.clear()
+        if self._ns is not None:
+            self._ns.close()
+            self._ns = None

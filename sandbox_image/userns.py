@@ -130,15 +130,15 @@ def idmapped_clone(source: str, target: str, userns_fd: int, *, read_only: bool 
 
 
 @contextlib.contextmanager
-def as_slot_root(ids: IdRange | None) -> Iterator[None]:
-    """Within the block, files this thread creates belong to the slot's root (host uid
-    `ids.base`) and access is checked as that uid (the thread's filesystem ids only; other
-    threads are unaffected). No-op for None."""
-    if ids is None:
+def as_slot_root(uid: int | None) -> Iterator[None]:
+    """Within the block, files this thread creates belong to the slot's root (host uid and
+    gid `uid`, an `IdRange.base`) and access is checked as that uid (the thread's
+    filesystem ids only; other threads are unaffected). No-op for None."""
+    if uid is None:
         yield
         return
-    old_gid = _libc.setfsgid(ids.base)
-    old_uid = _libc.setfsuid(ids.base)
+    old_gid = _libc.setfsgid(uid)
+    old_uid = _libc.setfsuid(uid)
     try:
         yield
     finally:
