@@ -14,7 +14,13 @@ slot's disk full is a 507.
                                          {stdout, stderr, result, error, timed_out,
                                          session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
-                                         restore the image's workdir (or switch image)
+                                         restore the image's workdir (or switch image); ends
+                                         the slot's lease (and needs it, if it has one)
+    POST /slots/{i}/lease                {lease} -> the slot's lease from now on
+
+Slot requests may carry `X-Slot-Lease: <lease>`: one with a lease other than the slot's
+current one is refused (403), so a holder whose lease ended can no longer touch the slot;
+with --leases required, a slot request without a lease is refused too.
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
     GET  /slots/{i}/list?path=
@@ -37,6 +43,8 @@ from aiohttp import web
 
 from sandbox_image import VERSION, api, files
 from sandbox_image.api import BadRequest, ExecRequest
+
+LEASE_HEADER = "X-Slot-Lease"
 from sandbox_image.config import HOST_IMAGE, ConfigError, ServerConfig
 from sandbox_image.container import (ContainerError, IdmappedRoots, Runtime, SlotContainer)
 from sandbox_image.disks import DiskError, SlotDisks
@@ -85,6 +93,8 @@ class SlotServer:
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks, owner=self.owner)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
+        # Each slot's current lease (set by the pool at acquire, ended by a reset).
+        self.leases: list[str | None] = [None] * cfg.slots
         self._session_per_command = not detach_from_terminal()
         if self._session_per_command:
             log.warning("the server leads a session with a terminal: every command gets its "
@@ -301,6 +311,20 @@ class SlotServer:
 
         return Launch(argv, env, run_cwd, preexec)
 
+    def check_lease(self, i: int, sent: str | None) -> None:
+        """A request for slot i carrying a lease must carry the slot's current one (an
+        ended lease is refused: its holder's trajectory is over); with --leases required,
+        a request without one is refused too."""
+        current = self.leases[i]
+        if sent is None:
+            if self.cfg.leases == "required":
+                raise BadRequest(f"slot {i}: this server requires the slot's lease "
+                                 f"({LEASE_HEADER} header)", 403)
+            return
+        if current is None or not hmac.compare_digest(sent.encode(), current.encode()):
+            raise BadRequest(f"slot {i} is not leased by this lease (it was released or "
+                             "leased to another holder)", 403)
+
     def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
@@ -382,6 +406,11 @@ def build_app(server: SlotServer) -> web.Application:
     def ws(i: int) -> tuple[str, str]:
         return server.workspaces.paths[i], server.ws_inside(i)
 
+    def leased_slot(request: web.Request) -> int:
+        i = server.slot_index(request.match_info["slot"])
+        server.check_lease(i, request.headers.get(LEASE_HEADER))
+        return i
+
     async def livez(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -389,7 +418,7 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response(server.health())
 
     async def exec_one(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         body = await api.read_json(request, exec_cap, "exec request")
         req = api.validate(ExecRequest, body, limits, "exec request")
         result = await server.execute(i, req)
@@ -402,7 +431,9 @@ def build_app(server: SlotServer) -> web.Application:
         async def one(item: Any) -> dict[str, Any]:
             try:
                 req = api.validate(api.BatchItem, item, limits, "exec_batch item")
-                return (await server.execute(server.slot_index(req.slot), req)).to_dict()
+                i = server.slot_index(req.slot)
+                server.check_lease(i, req.lease)
+                return (await server.execute(i, req)).to_dict()
             except BadRequest as e:
                 return {"error": str(e), "status": e.status}
 
@@ -410,7 +441,7 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response({"results": results})
 
     async def python(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         body = await api.read_json(request, exec_cap, "python request")
         req = api.validate(api.PythonRequest, body, limits, "python request")
         await server.container(i)
@@ -419,16 +450,25 @@ def build_app(server: SlotServer) -> web.Application:
 
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
+        if server.leases[i] is not None:  # ending a lease takes that lease
+            server.check_lease(i, request.headers.get(LEASE_HEADER))
         image = None
         if request.can_read_body:
             body = await api.read_json(request, 64 << 10, "reset request")
             image = api.validate(api.ResetRequest, body, limits, "reset request").image
+        server.leases[i] = None
         await server.reset(i, image)
         return web.json_response({"ok": True, **server.slot_image[i].describe(),
                                   "writable": server.writable[i]})
 
-    async def read_file(request: web.Request) -> web.Response:
+    async def lease(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
+        body = await api.read_json(request, 4096, "lease request")
+        server.leases[i] = api.validate(api.LeaseRequest, body, limits, "lease request").lease
+        return web.json_response({"ok": True})
+
+    async def read_file(request: web.Request) -> web.Response:
+        i = leased_slot(request)
         q = api.query(api.ReadQuery, request, limits)
         data, size = await asyncio.to_thread(
             files.read_file, *ws(i), q.path, q.max_bytes, limits.file_cap)
@@ -441,26 +481,26 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response({"base64": base64.b64encode(data).decode(), "size": size})
 
     async def write_file(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await api.read_body(request, limits.file_cap, "file")
         await asyncio.to_thread(files.write_file, *ws(i), q.path, data, server.owner)
         return web.json_response({"ok": True, "size": len(data)})
 
     async def list_dir(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         listing = await asyncio.to_thread(files.list_dir, *ws(i), q.path)
         return web.json_response(listing)
 
     async def archive(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await asyncio.to_thread(files.archive, *ws(i), q.path, limits.file_cap)
         return web.Response(body=data, content_type="application/gzip")
 
     async def upload(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await api.read_body(request, file_body_cap, "upload")
         count = await asyncio.to_thread(files.extract, *ws(i), q.path, data, limits.file_cap,
@@ -476,6 +516,7 @@ def build_app(server: SlotServer) -> web.Application:
         web.post("/exec_batch", exec_batch),
         web.post("/slots/{slot}/python", python),
         web.post("/slots/{slot}/reset", reset),
+        web.post("/slots/{slot}/lease", lease),
         web.get("/slots/{slot}/file", read_file),
         web.put("/slots/{slot}/file", write_file),
         web.get("/slots/{slot}/list", list_dir),

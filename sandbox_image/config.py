@@ -223,6 +223,9 @@ class ServerConfig:
     # on = refuse to start without them, off = one fresh bwrap per command (the fallback).
     containers: str = "auto"
     uid_base: int = 100000  # host uid of root in a slot container; 65536 uids from there
+    # required: a slot request must carry the slot's current lease (X-Slot-Lease), set by
+    # the pool at acquire; optional: a lease is checked only when one is sent.
+    leases: str = "optional"
 
 
 _D = SlotLimits()
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bwrap", default="bwrap", help="bubblewrap executable")
     p.add_argument("--containers", choices=("auto", "on", "off"), default="auto",
                    help="one long-lived container per slot (auto: when this host can)")
+    p.add_argument("--leases", choices=("optional", "required"), default="optional",
+                   help="required: every slot request must carry the slot's current lease")
     p.add_argument("--uid-base", type=int, default=100000,
                    help="host uid of root inside slot containers (65536 uids from there)")
     p.add_argument("--exit-with-parent", action="store_true",
@@ -374,5 +379,6 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         host_python=args.host_python,
         containers=args.containers,
         uid_base=args.uid_base,
+        leases=args.leases,
     )
     return cfg, args.log_level

@@ -43,7 +43,7 @@ import tempfile
 from dataclasses import dataclass
 
 from sandbox_image import mounts, seccomp
-from sandbox_image.isolation import HOST_ENV, _proc_masks
+from sandbox_image.isolation import HOST_ENV, _proc_masks, env_args
 from sandbox_image.spawn import spawn, watch_exit
 from sandbox_image.userns import IdRange, MappingNamespace, idmapped_clone, write_maps
 
@@ -70,13 +70,6 @@ def hardening_args() -> list[str]:
     for cap in DOCKER_CAPS:
         args += ["--cap-add", f"CAP_{cap}"]
     return args
-
-
-def env_args(env: dict[str, str]) -> list[str]:
-    out = ["--clearenv"]
-    for key, value in env.items():
-        out += ["--setenv", key, value]
-    return out
 
 
 def _traversable(path: str) -> bool:

@@ -139,14 +139,11 @@ class Bubblewrap:
              env: dict[str, str] | None = None) -> list[str]:
         """One sandboxed command. `env` is applied inside the sandbox only (--clearenv,
         --setenv): bwrap itself runs on the host and gets a fixed environment."""
-        env_args = ["--clearenv"]
-        for key, value in (env or {}).items():
-            env_args += ["--setenv", key, value]
         return [
             self.executable,
             *self.mount_args(workspace_host, workspace_inside, scratch),
             *self._suffix,
-            *env_args,
+            *env_args(env or {}),
             "--chdir", cwd_inside,
             "--", "/bin/sh", "-c", command,
         ]
@@ -177,6 +174,14 @@ _MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/irq", "/proc/
 # The host-side environment of bwrap and the other helpers a command goes through: fixed,
 # so nothing from an image or a request ever reaches a host process's dynamic loader.
 HOST_ENV = {"PATH": DEFAULT_PATH, "LC_ALL": "C"}
+
+
+def env_args(env: dict[str, str]) -> list[str]:
+    """bwrap args that give the sandboxed command exactly `env` (and bwrap none of it)."""
+    out = ["--clearenv"]
+    for key, value in env.items():
+        out += ["--setenv", key, value]
+    return out
 
 
 def _proc_masks() -> list[str]:

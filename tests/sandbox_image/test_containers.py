@@ -8,9 +8,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import aiohttp
 import pytest
 
 from rollout.sandbox.client import SlotServerClient
+from rollout.types import SandboxError
 
 from .conftest import RunningServer, running_server
 
@@ -25,45 +23,6 @@ from .conftest import RunningServer, running_server
 SYSCTLS = [name for name in ("kernel/core_uses_pid", "kernel/core_pattern",
                              "vm/overcommit_memory", "kernel/modprobe", "kernel/hung_task_timeout_secs")
            if os.path.exists(f"/proc/sys/{name}")]
-
-_PRELOAD_C = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-__attribute__((constructor)) static void mark(void) {
-    int fd = open(MARKER, O_WRONLY | O_CREAT | O_APPEND, 0666);
-    if (fd < 0) return;
-    char line[256];
-    char exe[200] = {0};
-    readlink("/proc/self/exe", exe, sizeof exe - 1);
-    int n = snprintf(line, sizeof line, "%d %s\n", (int)getuid(), exe);
-    write(fd, line, n);
-    close(fd);
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def preload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(a shared object that appends a line to a marker file whenever a process loads it,
-    that marker's path): both on the host, under /var/tmp, which no slot can see."""
-    root = tempfile.mkdtemp(prefix="preload-", dir="/var/tmp")
-    os.chmod(root, 0o755)
-    marker = os.path.join(root, "marker")
-    src = os.path.join(root, "mark.c")
-    Path(src).write_text(_PRELOAD_C)
-    so = os.path.join(root, "libmark.so")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "a C compiler is needed to build the LD_PRELOAD probe (.ci/install installs gcc)"
-    subprocess.run([cc, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", so, src], check=True)
-    # The probe works: a host process that loads it leaves a line.
-    subprocess.run(["/bin/true"], env={"LD_PRELOAD": so}, check=True)
-    assert Path(marker).read_text().strip().endswith("/true")
-    os.unlink(marker)
-    yield so, marker
-    shutil.rmtree(root, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def preload_server(preload: tuple[str, str]) -> Iterator[RunningServer]:
@@ -210,3 +169,36 @@ def _processes_with(text: str) -> list[int]:
             if text.encode() in cmd:
                 pids.append(int(entry))
     return pids
+
+
+async def test_a_released_slot_refuses_its_old_lease(tmp_path: Path) -> None:
+    """The server knows which lease holds each slot: a request with an ended lease (the
+    slot was reset, or leased to someone else) is refused, and with --leases required so
+    is a request without one."""
+    gen = running_server("slot-lease-", "--slots", "1", "--isolation", "required",
+                         "--leases", "required")
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = SlotServerClient(session, srv.url, srv.token)
+            first, second = "a" * 32, "b" * 32
+            await c.lease(0, first)
+            assert (await c.exec(0, "echo mine", lease=first)).stdout == "mine\n"
+            with pytest.raises(SandboxError, match="requires the slot's lease"):
+                await c.exec(0, "echo no-lease")
+            await c.write_file(0, "f", b"x", lease=first)
+            await c.reset(0, lease=first)  # the release: ends the lease
+            with pytest.raises(SandboxError, match="not leased by this lease"):
+                await c.exec(0, "echo stale", lease=first)
+            with pytest.raises(SandboxError, match="not leased by this lease"):
+                await c.read_file(0, "f", lease=first)
+            await c.lease(0, second)
+            with pytest.raises(SandboxError, match="not leased by this lease"):
+                await c.python(0, "print(1)", lease=first)
+            with pytest.raises(SandboxError, match="not leased by this lease"):
+                await c.reset(0, lease=first)
+            (result,) = await c.exec_batch([{"slot": 0, "command": "true", "lease": first}])
+            assert isinstance(result, Exception) and "not leased" in str(result)
+            assert (await c.exec(0, "echo new-holder", lease=second)).stdout == "new-holder\n"
+    finally:
+        next(gen, None)

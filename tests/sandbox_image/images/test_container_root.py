@@ -39,3 +39,25 @@ async def test_the_root_is_writable_and_a_reset_drops_the_changes(sh_image: Buil
     # The image store's copy was never touched.
     motds = list((tmp_path / "store").rglob("etc/motd"))
     assert motds and all(m.read_text() == "hello from the test image\n" for m in motds)
+
+
+async def test_dockerfile_env_ld_preload_never_loads_in_a_host_process(
+        sh_image: BuiltImage, tmp_path: Path, preload: tuple[str, str]) -> None:
+    so, marker = preload
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM oci:{sh_image.path}\nUSER 0\n"
+                                    f"ENV LD_PRELOAD={so} LD_LIBRARY_PATH={Path(so).parent}\n"
+                                    "RUN cat /etc/motd > /tmp/seen\n")
+    gen = running_server("slot-dfenv-", "--slots", "1", "--isolation", "required",
+                         "--image-store", str(tmp_path / "store"))
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = SlotServerClient(session, srv.url, srv.token)
+            await client.reset(0, image=f"dockerfile:{ctx}")  # builds: RUN with that ENV
+            r = await client.exec(0, "echo $LD_PRELOAD")
+            assert r.stdout.strip() == so  # the image's Env, inside the slot
+    finally:
+        next(gen, None)
+    assert not Path(marker).exists(), Path(marker).read_text()
