@@ -108,13 +108,13 @@ class SlotServer:
     def _container_runtime(self) -> Runtime | None:
         """Slot containers when this server can run them (see container.py), else None:
         the fallback is a fresh bubblewrap per command."""
-        if self.isolation != "bwrap" or self.cfg.containers == "off":
+        if self.isolation != "bwrap" or self.slot_limits.containers == "off":
             return None
         try:
             return Runtime.create(str(self.cfg.data_dir), self.cfg.bwrap_path,
                                   IdRange(self.cfg.uid_base), self.slot_limits.network)
         except ContainerError as e:
-            if self.cfg.containers == "on":
+            if self.slot_limits.containers == "on":
                 raise ConfigError(f"--containers on, but {e}") from None
             log.warning("slot containers unavailable (%s): each command gets a fresh "
                         "sandbox, and processes do not outlive their command", e)

@@ -11,7 +11,7 @@ reset (or the server's end). It is a bubblewrap sandbox holding the slot's names
   the pid namespace ends and every process in it dies with it.
 
 A command enters the container: the server's wrapper joins the slot's cgroups, `nsenter`
-joins its network, ipc and uts namespaces, `setpriv` drops to the slot's host uid, and
+joins its network, ipc and uts namespaces and drops to the slot's host uid, and
 bubblewrap joins its user and pid namespaces (`--userns`, `--pidns`), builds the slot's
 filesystem view in a fresh mount namespace (the same binds as the container's, so the
 files are the same) and applies the hardening before it execs `/bin/sh -c COMMAND`:
@@ -295,8 +295,11 @@ class SlotContainer:
     def command(self, command: str, env: dict[str, str], cwd: str
                 ) -> tuple[list[str], list[tuple]]:
         """(argv, posix_spawn file actions) of `command` entering this container."""
-        argv = [*self.wrapper, self.rt.nsenter, "-t", str(self.pid), "-n", "-i", "-u", "--",
-                *self.rt._drop(), self.rt.bwrap,
+        # nsenter joins the container's network, ipc and uts namespaces and drops to the
+        # slot's host uid (-S/-G; supplementary groups cleared) in one exec.
+        base = str(self.rt.ids.base)
+        argv = [*self.wrapper, self.rt.nsenter, "-t", str(self.pid), "-n", "-i", "-u",
+                "-S", base, "-G", base, "--", self.rt.bwrap,
                 "--userns", "3", "--pidns", "4", "--uid", "0", "--gid", "0",
                 "--unshare-cgroup-try", *self.mounts, *hardening_args(), "--seccomp", "5",
                 "--die-with-parent", *env_args(env), "--chdir", cwd,
