@@ -133,6 +133,13 @@ class PythonRequest(BaseModel):
 
 class BatchItem(ExecRequest):
     slot: int
+    lease: str | None = Field(None, max_length=256)
+
+
+class LeaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    lease: str = Field(min_length=16, max_length=256)
 
 
 class BatchRequest(BaseModel):

@@ -14,7 +14,13 @@ slot's disk full is a 507.
                                          {stdout, stderr, result, error, timed_out,
                                          session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
-                                         restore the image's workdir (or switch image)
+                                         restore the image's workdir (or switch image); ends
+                                         the slot's lease (and needs it, if it has one)
+    POST /slots/{i}/lease                {lease} -> the slot's lease from now on
+
+Slot requests may carry `X-Slot-Lease: <lease>`: one with a lease other than the slot's
+current one is refused (403), so a holder whose lease ended can no longer touch the slot;
+with --leases required, a slot request without a lease is refused too.
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
     GET  /slots/{i}/list?path=
@@ -37,15 +43,19 @@ from aiohttp import web
 
 from sandbox_image import VERSION, api, files
 from sandbox_image.api import BadRequest, ExecRequest
-from sandbox_image.config import HOST_IMAGE, ServerConfig
+
+LEASE_HEADER = "X-Slot-Lease"
+from sandbox_image.config import HOST_IMAGE, ConfigError, ServerConfig
+from sandbox_image.container import (ContainerError, IdmappedRoots, Runtime, SlotContainer)
 from sandbox_image.disks import DiskError, SlotDisks
-from sandbox_image.isolation import Bubblewrap, default_env
+from sandbox_image.isolation import HOST_ENV, Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
 from sandbox_image.python_sessions import PythonSessions
 from sandbox_image.runner import CommandResult, Launch, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
 from sandbox_image.slots import SlotWorkspaces
+from sandbox_image.userns import IdRange
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +85,16 @@ class SlotServer:
         label = cfg.image if self.images.is_host(cfg.image) else HOST_IMAGE
         self.slot_image: list[SlotImage] = [self.images.host(label)] * cfg.slots
         self.writable: list[str | None] = [None] * cfg.slots
-        self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks)
+        self.runtime = self._container_runtime()
+        self.owner = self.runtime.ids.base if self.runtime else None
+        self.containers: list[SlotContainer | None] = [None] * cfg.slots
+        self._restarts: dict[int, asyncio.Task[None]] = {}
+        self._lowers = IdmappedRoots(str(cfg.data_dir), self.runtime.ids) if self.runtime else None
+        self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks, owner=self.owner)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
+        # Each slot's current lease (set by the pool at acquire, ended by a reset).
+        self.leases: list[str | None] = [None] * cfg.slots
         self._session_per_command = not detach_from_terminal()
         if self._session_per_command:
             log.warning("the server leads a session with a terminal: every command gets its "
@@ -87,6 +104,74 @@ class SlotServer:
             cfg.slots, launch=lambda i, command: self.launch_spec(i, ExecRequest(command=command)),
             limits=self.limits, running=self.workspaces.running,
             output_cap=cfg.limits.output_cap, new_session=self._session_per_command)
+
+    def _container_runtime(self) -> Runtime | None:
+        """Slot containers when this server can run them (see container.py), else None:
+        the fallback is a fresh bubblewrap per command."""
+        if self.isolation != "bwrap" or self.slot_limits.containers == "off":
+            return None
+        try:
+            return Runtime.create(str(self.cfg.data_dir), self.cfg.bwrap_path,
+                                  IdRange(self.cfg.uid_base), self.slot_limits.network)
+        except ContainerError as e:
+            if self.slot_limits.containers == "on":
+                raise ConfigError(f"--containers on, but {e}") from None
+            log.warning("slot containers unavailable (%s): each command gets a fresh "
+                        "sandbox, and processes do not outlive their command", e)
+            return None
+
+    async def _fill(self, i: int, image: SlotImage) -> None:
+        """Give slot i (empty, its processes gone) the image's files and its container."""
+        if (self.runtime is not None and self._lowers is not None and image.image is not None
+                and self.disks is not None):
+            lower = await self._lowers.get(image.image.digest, str(image.image.rootfs))
+            await self.workspaces.mount_root(i, lower, image.workdir)
+            self.writable[i] = "root"
+        else:
+            self.writable[i] = await self.workspaces.populate(i, image,
+                                                              self.slot_limits.writable)
+        if self.runtime is not None:
+            await self._start_container(i)
+
+    def _mounts(self, i: int) -> list[str]:
+        image = self.slot_image[i]
+        assert image.bwrap is not None
+        scratch = self.workspaces.scratch(i)
+        root = self.workspaces.roots[i]
+        if root is not None:
+            return image.bwrap.mount_args(None, image.workdir, scratch, root=root)
+        return image.bwrap.mount_args(self.workspaces.paths[i], image.workdir, scratch)
+
+    async def _start_container(self, i: int) -> None:
+        assert self.runtime is not None
+        container = SlotContainer(self.runtime, self._mounts(i), self.limits.wrapper_for(i))
+        try:
+            await container.start()
+        except ContainerError as e:
+            raise SlotImageError(str(e), 500) from None
+        self.containers[i] = container
+
+    async def container(self, i: int) -> SlotContainer | None:
+        """Slot i's container, running: one that ended under a command (a `kill -9 -1`
+        took its init) is started again on the same files."""
+        c = self.containers[i]
+        if c is None or c.alive:
+            return c
+        task = self._restarts.get(i)
+        if task is None:
+            log.warning("slot %d: its container ended; starting it again (same files)", i)
+            task = self._restarts[i] = asyncio.ensure_future(c.start())
+            task.add_done_callback(lambda _t: self._restarts.pop(i, None))
+        try:
+            await asyncio.shield(task)
+        except ContainerError as e:
+            raise SlotImageError(str(e), 500) from None
+        return c
+
+    async def _stop_container(self, i: int) -> None:
+        c, self.containers[i] = self.containers[i], None
+        if c is not None:
+            await c.close()
 
     def _base_env(self, i: int) -> dict[str, str]:
         home = "/tmp" if self.isolation == "bwrap" else self.workspaces.home(i)
@@ -99,16 +184,18 @@ class SlotServer:
         return env
 
     async def start(self) -> None:
-        """Put every slot into the server's image (pulled/unpacked once, before READY)."""
+        """Put every slot into the server's image (pulled/unpacked once, before READY) and
+        start its container."""
         if self.images.is_host(self.cfg.image):
+            for i in range(self.cfg.slots):
+                await self._fill(i, self.slot_image[i])
             return
         first = await self.images.load(self.cfg.image)
         try:
             for i in range(self.cfg.slots):
                 image = first if i == 0 else await self.images.load(self.cfg.image)
                 self.slot_image[i] = image
-                self.writable[i] = await self.workspaces.populate(i, image,
-                                                                  self.slot_limits.writable)
+                await self._fill(i, image)
                 self._env_base[i] = self._base_env(i)
         except BaseException:
             for image in self.slot_image:
@@ -122,13 +209,14 @@ class SlotServer:
         old = self.slot_image[i]
         new = old if image is None or image == old.label else await self.images.load(image)
         await self.python.stop(i)
+        await self._stop_container(i)
         await self.workspaces.reset(i, kill=lambda: self.limits.kill_slot(i))
         self.slot_image[i] = new
         if new is not old:
             self.images.release(old)
         self._env_base[i] = self._base_env(i)
         self.writable[i] = None
-        self.writable[i] = await self.workspaces.populate(i, new, self.slot_limits.writable)
+        await self._fill(i, new)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -146,6 +234,7 @@ class SlotServer:
 
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
+        await self.container(i)
         launch = self.launch_spec(i, req)
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
@@ -162,6 +251,7 @@ class SlotServer:
                 output_kill=self.slot_limits.output_kill,
                 preexec=launch.preexec, on_start=on_start, new_session=self._session_per_command,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
+                extra_actions=launch.actions, keep_background=launch.keep_background,
             )
         except OSError as e:
             if e.errno == errno.E2BIG:  # a backstop: the models keep argv and env small
@@ -194,8 +284,14 @@ class SlotServer:
             inside = self.slot_image[i].workdir
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = inside + ("" if rel == "." else "/" + rel)
+            container = self.containers[i]
+            if container is not None:
+                # The command's env goes inside only; host processes get HOST_ENV.
+                argv, actions = container.command(req.command, env, cwd_inside)
+                return Launch(argv, dict(HOST_ENV), None, None, tuple(actions), True)
             argv = bwrap.argv(ws_host, inside, cwd_inside, req.command,
-                              self.workspaces.scratch(i))
+                              self.workspaces.scratch(i), env=env)
+            env = dict(HOST_ENV)
             run_cwd = None  # bwrap --chdir sets the cwd inside; None allows posix_spawn
         else:
             argv, run_cwd = ["/bin/sh", "-c", req.command], cwd_host
@@ -215,6 +311,20 @@ class SlotServer:
 
         return Launch(argv, env, run_cwd, preexec)
 
+    def check_lease(self, i: int, sent: str | None) -> None:
+        """A request for slot i carrying a lease must carry the slot's current one (an
+        ended lease is refused: its holder's trajectory is over); with --leases required,
+        a request without one is refused too."""
+        current = self.leases[i]
+        if sent is None:
+            if self.cfg.leases == "required":
+                raise BadRequest(f"slot {i}: this server requires the slot's lease "
+                                 f"({LEASE_HEADER} header)", 403)
+            return
+        if current is None or not hmac.compare_digest(sent.encode(), current.encode()):
+            raise BadRequest(f"slot {i} is not leased by this lease (it was released or "
+                             "leased to another holder)", 403)
+
     def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
@@ -228,6 +338,8 @@ class SlotServer:
             "version": VERSION,
             "slots": self.cfg.slots,
             "isolation": self.isolation,
+            "containers": self.runtime is not None,
+            "uid_base": self.owner,
             "network": self.slot_limits.network,
             "workspace": self.workspace_inside if self.isolation == "bwrap" else None,
             "limits": {**self.limits.describe(),
@@ -247,7 +359,13 @@ class SlotServer:
 
     async def close(self) -> None:
         await self.python.close()
+        for i in range(self.cfg.slots):
+            await self._stop_container(i)
         await self.workspaces.close()
+        if self._lowers is not None:
+            await asyncio.to_thread(self._lowers.close)
+        if self.runtime is not None:
+            self.runtime.close()
         for image in self.slot_image:
             self.images.release(image)
         await self.images.close()
@@ -288,6 +406,11 @@ def build_app(server: SlotServer) -> web.Application:
     def ws(i: int) -> tuple[str, str]:
         return server.workspaces.paths[i], server.ws_inside(i)
 
+    def leased_slot(request: web.Request) -> int:
+        i = server.slot_index(request.match_info["slot"])
+        server.check_lease(i, request.headers.get(LEASE_HEADER))
+        return i
+
     async def livez(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -295,7 +418,7 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response(server.health())
 
     async def exec_one(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         body = await api.read_json(request, exec_cap, "exec request")
         req = api.validate(ExecRequest, body, limits, "exec request")
         result = await server.execute(i, req)
@@ -308,7 +431,9 @@ def build_app(server: SlotServer) -> web.Application:
         async def one(item: Any) -> dict[str, Any]:
             try:
                 req = api.validate(api.BatchItem, item, limits, "exec_batch item")
-                return (await server.execute(server.slot_index(req.slot), req)).to_dict()
+                i = server.slot_index(req.slot)
+                server.check_lease(i, req.lease)
+                return (await server.execute(i, req)).to_dict()
             except BadRequest as e:
                 return {"error": str(e), "status": e.status}
 
@@ -316,24 +441,34 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response({"results": results})
 
     async def python(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         body = await api.read_json(request, exec_cap, "python request")
         req = api.validate(api.PythonRequest, body, limits, "python request")
+        await server.container(i)
         reply = await server.python.call(i, req.code, req.effective_timeout(limits))
         return web.json_response(reply)
 
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
+        if server.leases[i] is not None:  # ending a lease takes that lease
+            server.check_lease(i, request.headers.get(LEASE_HEADER))
         image = None
         if request.can_read_body:
             body = await api.read_json(request, 64 << 10, "reset request")
             image = api.validate(api.ResetRequest, body, limits, "reset request").image
+        server.leases[i] = None
         await server.reset(i, image)
         return web.json_response({"ok": True, **server.slot_image[i].describe(),
                                   "writable": server.writable[i]})
 
-    async def read_file(request: web.Request) -> web.Response:
+    async def lease(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
+        body = await api.read_json(request, 4096, "lease request")
+        server.leases[i] = api.validate(api.LeaseRequest, body, limits, "lease request").lease
+        return web.json_response({"ok": True})
+
+    async def read_file(request: web.Request) -> web.Response:
+        i = leased_slot(request)
         q = api.query(api.ReadQuery, request, limits)
         data, size = await asyncio.to_thread(
             files.read_file, *ws(i), q.path, q.max_bytes, limits.file_cap)
@@ -346,29 +481,30 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response({"base64": base64.b64encode(data).decode(), "size": size})
 
     async def write_file(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await api.read_body(request, limits.file_cap, "file")
-        await asyncio.to_thread(files.write_file, *ws(i), q.path, data)
+        await asyncio.to_thread(files.write_file, *ws(i), q.path, data, server.owner)
         return web.json_response({"ok": True, "size": len(data)})
 
     async def list_dir(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         listing = await asyncio.to_thread(files.list_dir, *ws(i), q.path)
         return web.json_response(listing)
 
     async def archive(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await asyncio.to_thread(files.archive, *ws(i), q.path, limits.file_cap)
         return web.Response(body=data, content_type="application/gzip")
 
     async def upload(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
+        i = leased_slot(request)
         q = api.query(api.PathQuery, request, limits)
         data = await api.read_body(request, file_body_cap, "upload")
-        count = await asyncio.to_thread(files.extract, *ws(i), q.path, data, limits.file_cap)
+        count = await asyncio.to_thread(files.extract, *ws(i), q.path, data, limits.file_cap,
+                                        server.owner)
         return web.json_response({"ok": True, "members": count})
 
     app = web.Application(middlewares=[guard],
@@ -380,6 +516,7 @@ def build_app(server: SlotServer) -> web.Application:
         web.post("/exec_batch", exec_batch),
         web.post("/slots/{slot}/python", python),
         web.post("/slots/{slot}/reset", reset),
+        web.post("/slots/{slot}/lease", lease),
         web.get("/slots/{slot}/file", read_file),
         web.put("/slots/{slot}/file", write_file),
         web.get("/slots/{slot}/list", list_dir),

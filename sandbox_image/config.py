@@ -138,6 +138,12 @@ class SlotLimits(BaseModel):
         "auto", description="how an image's workdir becomes the slot's private writable "
         "copy: an overlay mount on the slot's disk, or a copy made at reset (auto: overlay "
         "when the slot disks are on, else copy)")
+    containers: Literal["auto", "on", "off"] = Field(
+        "auto", description="one long-lived container per slot (own user, pid, ipc, uts and "
+        "network namespaces; root inside is an unprivileged uid outside; background "
+        "processes live until reset; a writable root in image slots): auto = when the "
+        "host can (root, user namespaces, idmapped mounts), on = refuse to start without, "
+        "off = a fresh sandbox per command")
 
     @field_validator("env")
     @classmethod
@@ -189,7 +195,8 @@ class SlotLimits(BaseModel):
         if self.images != _default_images():
             images = {k: v.model_dump(exclude_defaults=True) for k, v in self.images.items()}
             argv.append(f"--images={json.dumps(images, separators=(',', ':'))}")
-        argv += [f"--image-cache-mb={self.image_cache_mb}", f"--writable={self.writable}"]
+        argv += [f"--image-cache-mb={self.image_cache_mb}", f"--writable={self.writable}",
+                 f"--containers={self.containers}"]
         return argv
 
 
@@ -219,6 +226,10 @@ class ServerConfig:
     image: str = HOST_IMAGE  # the image label of every slot until a reset picks another
     image_store: Path | None = None  # default: <data_dir>/images
     host_python: str | None = None  # `python` of host-view slots
+    uid_base: int = 100000  # host uid of root in a slot container; 65536 uids from there
+    # required: a slot request must carry the slot's current lease (X-Slot-Lease), set by
+    # the pool at acquire; optional: a lease is checked only when one is sent.
+    leases: str = "optional"
 
 
 _D = SlotLimits()
@@ -277,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the `python` of host-view slots (shown read-only, first on PATH)")
     p.add_argument("--ready-file", help="write {url, port, pid} JSON here once listening")
     p.add_argument("--bwrap", default="bwrap", help="bubblewrap executable")
+    p.add_argument("--containers", choices=("auto", "on", "off"), default=_D.containers,
+                   help="one long-lived container per slot (auto: when this host can)")
+    p.add_argument("--leases", choices=("optional", "required"), default="optional",
+                   help="required: every slot request must carry the slot's current lease")
+    p.add_argument("--uid-base", type=int, default=100000,
+                   help="host uid of root inside slot containers (65536 uids from there)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="exit when the process that started the server dies")
     p.add_argument("--log-level", default="INFO")
@@ -335,6 +352,7 @@ def limits_from_args(args: argparse.Namespace) -> SlotLimits:
             inodes=unlimited_if_zero(args.inodes),
             env=env,
             expose=tuple(args.expose),
+            containers=args.containers,
         )
     except ValidationError as e:
         raise ConfigError(f"bad limits: {describe_validation_error(e)}") from None
@@ -364,5 +382,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         image=args.image,
         image_store=Path(args.image_store).resolve() if args.image_store else None,
         host_python=args.host_python,
+        uid_base=args.uid_base,
+        leases=args.leases,
     )
     return cfg, args.log_level

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 # What each slot filesystem holds at its root (lost+found stays out of sight).
 WORKSPACE, TMP, SHM, HOME = "ws", "tmp", "shm", "home"
+ROOT = "root"  # a slot container's writable root: an overlay, its upper/work beside it
 _SPARES = 2  # formatted images kept ready for resets
 
 
@@ -104,6 +105,9 @@ class SlotDisks:
                  tmp_mount_points: list[str] = ()) -> None:
         self.size_mb = size_mb
         self.inodes = inodes
+        # The host uid that owns a fresh disk's directories (root of the slot containers),
+        # set by the server before the slots' disks are made; None: the server's own.
+        self.owner: int | None = None
         self._images = data_dir / "disks"
         self._mnt = data_dir / "mnt"
         # Directories bwrap binds onto inside /tmp (exposed dirs, a /tmp workspace), made
@@ -182,6 +186,8 @@ class SlotDisks:
         for name, mode in ((WORKSPACE, 0o755), (TMP, 0o1777), (SHM, 0o1777), (HOME, 0o755)):
             os.mkdir(os.path.join(target, name))
             os.chmod(os.path.join(target, name), mode)  # mkdir's mode is masked by umask
+            if self.owner is not None:
+                os.chown(os.path.join(target, name), self.owner, self.owner)
         for d in self._tmp_dirs:
             os.makedirs(os.path.join(target, TMP, d), exist_ok=True)
         if not self.effective:
@@ -202,6 +208,8 @@ class SlotDisks:
         """
         with contextlib.suppress(OSError):  # an image's overlay on the workspace, if any
             mounts.unmount(disk.workspace)
+        with contextlib.suppress(OSError):  # a slot container's root overlay, if any
+            mounts.unmount(os.path.join(disk.mount_point, ROOT))
         with contextlib.suppress(OSError):
             fd = os.open(disk.mount_point, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -53,8 +53,9 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _open_walk(ws_real: str, real: str, flags: int, mode: int = 0o644, *,
-               create_parents: bool = False) -> int:
-    """Open `real` (inside ws_real) without following any symlink on the way."""
+               create_parents: bool = False, owner: int | None = None) -> int:
+    """Open `real` (inside ws_real) without following any symlink on the way. Directories
+    it creates are given to `owner` (root of the slot's container), if set."""
     rel = os.path.relpath(real, ws_real)
     parts = [] if rel == "." else rel.split("/")
     fd = os.open(ws_real, os.O_RDONLY | os.O_DIRECTORY)
@@ -63,6 +64,8 @@ def _open_walk(ws_real: str, real: str, flags: int, mode: int = 0o644, *,
             if create_parents:
                 try:
                     os.mkdir(part, 0o755, dir_fd=fd)
+                    if owner is not None:
+                        os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
                     pass
             nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
@@ -110,14 +113,21 @@ def read_file(ws_real: str, ws_inside: str, path: str, max_bytes: int | None,
         os.close(fd)
 
 
-def write_file(ws_real: str, ws_inside: str, path: str, data: bytes) -> None:
+def write_file(ws_real: str, ws_inside: str, path: str, data: bytes,
+               owner: int | None = None) -> None:
+    """Write `path`; what it creates (the file, missing parents) belongs to `owner` if set
+    (never the server's own uid: root in a slot container must own what appears in it)."""
     real = resolve(ws_real, ws_inside, path)
     if real == ws_real:
         raise PathError("cannot write to the workspace root itself")
-    fd = _open_walk(ws_real, real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_parents=True)
+    fd = _open_walk(ws_real, real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_parents=True,
+                    owner=owner)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PathError(f"{path!r} is not a regular file")
+        if owner is not None and st.st_uid == os.geteuid():
+            os.fchown(fd, owner, owner)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -185,8 +195,29 @@ def archive(ws_real: str, ws_inside: str, path: str, cap: int) -> bytes:
     return bytes(out.buf)
 
 
-def extract(ws_real: str, ws_inside: str, path: str, data: bytes, cap: int) -> int:
-    """Safely extract a tar(.gz) into `path`; returns the member count.
+def _give_tree(dest: str, owner: int) -> None:
+    """Give what the server extracted under `dest` to `owner`, never following a symlink
+    (a slot's processes run meanwhile and may swap a directory for a link)."""
+    me = os.geteuid()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_uid == me:
+            os.fchown(fd, owner, owner)
+    finally:
+        os.close(fd)
+    for _root, dirs, names, dir_fd in os.fwalk(dest, follow_symlinks=False):
+        for name in [*dirs, *names]:
+            try:
+                if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid == me:
+                    os.chown(name, owner, owner, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+
+
+def extract(ws_real: str, ws_inside: str, path: str, data: bytes, cap: int,
+            owner: int | None = None) -> int:
+    """Safely extract a tar(.gz) into `path`; returns the member count. With `owner`,
+    everything extracted (and `path`, if made) belongs to it.
 
     Every member is checked before anything is written (so a bad archive changes nothing):
     no absolute names, no `..`, no links leaving the workspace, no devices or FIFOs, total
@@ -222,4 +253,6 @@ def extract(ws_real: str, ws_inside: str, path: str, data: bytes, cap: int) -> i
         except (tarfile.TarError, EOFError, OSError) as e:
             raise PathError(f"corrupt tar archive: {e}") from e
         tar.extractall(dest, members=members, filter="data")
+    if owner is not None:
+        _give_tree(dest, owner)
     return len(members)

@@ -106,21 +106,44 @@ class Bubblewrap:
             # the server has dropped its controlling terminal (runner.detach_from_terminal),
             # so there is no terminal to inject into.
             "--die-with-parent",
+            # Docker's masked and read-only /proc entries, where this kernel has them, and
+            # /proc/sys read-only: bwrap run as root is uid 0 of the host, the owner of every
+            # sysctl file (no capability is needed to write them).
+            *_proc_masks(), "--ro-bind", "/proc/sys", "/proc/sys",
         ]
 
+    def mount_args(self, workspace_host: str | None, workspace_inside: str,
+                   scratch: tuple[str, str] | None = None, root: str | None = None
+                   ) -> list[str]:
+        """The filesystem view of a slot as bwrap args: the root (the image's, read-only;
+        `root` a writable root of the slot's own instead; else the host view), /dev, /proc,
+        /tmp and /dev/shm, exposed and masked paths, the workspace (None: it is part of
+        `root`). `scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp,
+        or with `root`, the root's own /tmp)."""
+        if root is not None:
+            head = [self.executable, "--bind", root, "/", "--dev", "/dev", "--proc", "/proc"]
+            tmp = [] if scratch is None else ["--bind", scratch[1], "/dev/shm"]
+        else:
+            head = self._head
+            tmp = (self._private_tmp if scratch is None
+                   else ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"])
+        ws: list[str] = []
+        if workspace_host is not None:
+            if self.view is not None:
+                self.view.mount_point(workspace_inside)
+            ws = ["--bind", workspace_host, workspace_inside]
+        return [*head[1:], *tmp, *(self._prefix if root is None else []), *ws]
+
     def argv(self, workspace_host: str, workspace_inside: str, cwd_inside: str,
-             command: str, scratch: tuple[str, str] | None = None) -> list[str]:
-        """`scratch`: host dirs bound on /tmp and /dev/shm (else a fresh tmpfs on /tmp)."""
-        tmp = (self._private_tmp if scratch is None
-               else ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"])
-        if self.view is not None:
-            self.view.mount_point(workspace_inside)
+             command: str, scratch: tuple[str, str] | None = None,
+             env: dict[str, str] | None = None) -> list[str]:
+        """One sandboxed command. `env` is applied inside the sandbox only (--clearenv,
+        --setenv): bwrap itself runs on the host and gets a fixed environment."""
         return [
-            *self._head,
-            *tmp,
-            *self._prefix,
-            "--bind", workspace_host, workspace_inside,
+            self.executable,
+            *self.mount_args(workspace_host, workspace_inside, scratch),
             *self._suffix,
+            *env_args(env or {}),
             "--chdir", cwd_inside,
             "--", "/bin/sh", "-c", command,
         ]
@@ -130,7 +153,8 @@ class Bubblewrap:
         if not shutil.which(self.executable):
             return f"bubblewrap not found ({self.executable!r})"
         with tempfile.TemporaryDirectory(prefix="slot-probe-") as ws:
-            argv = self.argv(ws, workspace_inside, workspace_inside, "touch probe && true")
+            argv = self.argv(ws, workspace_inside, workspace_inside, "touch probe && true",
+                             env=default_env("/tmp"))
             try:
                 proc = subprocess.run(argv, capture_output=True, timeout=20,
                                       env=default_env("/tmp"), stdin=subprocess.DEVNULL)
@@ -141,6 +165,36 @@ class Bubblewrap:
             if not os.path.exists(os.path.join(ws, "probe")):
                 return "bubblewrap ran but the workspace bind is not writable"
         return None
+
+
+_MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/timer_stats",
+                 "/proc/sched_debug", "/proc/latency_stats", "/proc/sysrq-trigger")
+_MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/irq", "/proc/bus",
+                "/proc/fs")
+# The host-side environment of bwrap and the other helpers a command goes through: fixed,
+# so nothing from an image or a request ever reaches a host process's dynamic loader.
+HOST_ENV = {"PATH": DEFAULT_PATH, "LC_ALL": "C"}
+
+
+def env_args(env: dict[str, str]) -> list[str]:
+    """bwrap args that give the sandboxed command exactly `env` (and bwrap none of it)."""
+    out = ["--clearenv"]
+    for key, value in env.items():
+        out += ["--setenv", key, value]
+    return out
+
+
+def _proc_masks() -> list[str]:
+    """/dev/null over Docker's masked /proc files, an empty read-only tmpfs over its masked
+    and read-only /proc directories."""
+    args: list[str] = []
+    for path in _MASKED_FILES:
+        if os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
+    for path in _MASKED_DIRS:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+    return args
 
 
 def interpreter_dirs(path: str) -> list[str]:

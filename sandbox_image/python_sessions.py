@@ -127,7 +127,7 @@ class PythonSessions:
             fds += (err_r, err_w)
             pid = spawn(launch.argv, env=launch.env, cwd=launch.cwd, stdout=out_w, stderr=err_w,
                         stdin=in_r, new_session=self._new_session,
-                        preexec=launch.preexec)
+                        preexec=launch.preexec, extra_actions=list(launch.actions))
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -4,9 +4,11 @@ Guarantees:
 - Memory use per command is bounded by 2 x `output_cap` whatever the command prints;
   a command that prints more than `output_kill` bytes in total is killed.
 - When `run_command` returns, the command's process group has been SIGKILLed if it was
-  still alive; under bubblewrap the command's pid namespace dies with it, so background
-  children (`sleep 1000 &`) never survive the command. The child is reaped even if the
-  caller is cancelled.
+  still alive (always after a timeout or a cancellation); with a fresh bubblewrap per
+  command its pid namespace dies with it, so background children (`sleep 1000 &`) never
+  survive the command. In a slot container (`keep_background`) a command that exits by
+  itself leaves what it started in the background running, as in `docker exec`, until the
+  slot is reset. The child is reaped even if the caller is cancelled.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Launch:
     env: dict[str, str]
     cwd: str | None
     preexec: Callable[[], None] | None
+    actions: tuple[tuple, ...] = ()  # posix_spawn file actions (a slot container's fds)
+    keep_background: bool = False  # a slot container: background processes outlive it
 
 
 _READ_SIZE = 256 * 1024
@@ -139,6 +143,8 @@ async def run_command(
     on_start: Callable[[int], None] | None = None,
     oom_check: Callable[[], bool] | None = None,
     new_session: bool = False,
+    extra_actions: tuple[tuple, ...] = (),
+    keep_background: bool = False,
 ) -> CommandResult:
     """Run argv (already wrapped in the sandbox; argv[0] a path) and collect its result.
 
@@ -153,7 +159,7 @@ async def run_command(
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         fds += (err_r, err_w)
         pid = spawn(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w,
-                    new_session=new_session, preexec=preexec)
+                    new_session=new_session, preexec=preexec, extra_actions=list(extra_actions))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -165,6 +171,7 @@ async def run_command(
     if on_start:
         on_start(pid)
     timed_out = False
+    finished = False
     try:
         try:
             await asyncio.wait_for(asyncio.shield(exited), timeout)
@@ -174,10 +181,13 @@ async def run_command(
             await exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pipes.closed), _PIPE_GRACE)
+        finished = not timed_out and not capture.output_killed
     finally:
         # Runs on cancellation too: nothing of this command may outlive the request
-        # (watch_exit still reaps the killed process).
-        _killpg(pid)
+        # (watch_exit still reaps the killed process), except the background processes a
+        # command in a slot container started and left running when it ended by itself.
+        if not (keep_background and finished):
+            _killpg(pid)
         pipes.close()
     code = exited.result() if exited.done() else -signal.SIGKILL
     exit_code = 128 - code if code < 0 else code

@@ -262,15 +262,24 @@ def mount_overlay(lower: str, disk_root: str, target: str) -> None:
                  f"lowerdir={lower},upperdir={upper},workdir={work}")
 
 
-async def copy_tree(lower: str, target: str) -> None:
-    """Copy the image's content into the slot's workspace (reflinks where the fs can).
-    Started through `spawn` so the server's orphan reaper leaves the child to us."""
+async def copy_tree(lower: str, target: str, owner: int | None = None) -> None:
+    """Copy the image's content into the slot's workspace (reflinks where the fs can), then
+    give it to `owner` (root of a slot container) if set. Started through `spawn` so the
+    server's orphan reaper leaves the child to us."""
     cp = shutil.which("cp") or "/bin/cp"
+    steps = [[cp, "-a", "--reflink=auto", "--", f"{lower}/.", f"{target}/"]]
+    if owner is not None:
+        steps.append([shutil.which("chown") or "/bin/chown", "-R", "-h", f"{owner}:{owner}",
+                      "--", target])
+    code, text = 0, ""
     with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
-        pid = spawn([cp, "-a", "--reflink=auto", "--", f"{lower}/.", f"{target}/"],
-                    env={"PATH": DEFAULT_PATH, "LC_ALL": "C"}, cwd=None, stdout=null.fileno(),
-                    stderr=err.fileno(), new_session=False, preexec=None)
-        code = await watch_exit(pid)
+        for argv in steps:
+            pid = spawn(argv, env={"PATH": DEFAULT_PATH, "LC_ALL": "C"}, cwd=None,
+                        stdout=null.fileno(), stderr=err.fileno(), new_session=False,
+                        preexec=None)
+            code = await watch_exit(pid)
+            if code != 0:
+                break
         err.seek(0)
         text = err.read()[-4000:].decode(errors="replace").strip()
     if code != 0:

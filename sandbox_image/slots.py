@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox_image.disks import HOME, SHM, TMP, SlotDisk, SlotDisks
+from sandbox_image import mounts
+from sandbox_image.disks import HOME, ROOT, SHM, TMP, SlotDisk, SlotDisks
 from sandbox_image.slot_images import SlotImage, SlotImageError, copy_tree, mount_overlay
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,25 @@ def _force_remove(path: str) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
+def _make_dirs(root: str, path: str, owner: int | None) -> None:
+    """mkdir -p `path` under `root`, never following a symlink; what it makes belongs to
+    `owner` (root of the slot's container) if set."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                if owner is not None:
+                    os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
 class SlotWorkspaces:
     """Guarantee: after `reset(i)` returns, slot i's workspace (and, with slot disks, its
     /tmp and /dev/shm) is empty and no process started for slot i before the reset is
@@ -43,25 +63,33 @@ class SlotWorkspaces:
     new disk before it switches the path, and kills the slot's processes before it unmounts
     the old one, so nothing ever writes through an unmounted mount point onto the host."""
 
-    def __init__(self, data_dir: Path, count: int, disks: SlotDisks | None = None) -> None:
+    def __init__(self, data_dir: Path, count: int, disks: SlotDisks | None = None,
+                 owner: int | None = None) -> None:
+        """`owner`: the host uid of root in the slots' containers, which owns every
+        directory a slot writes (None without containers)."""
         self.count = count
         self.root = data_dir
         self.disks = disks
+        self.owner = owner
+        self.roots: list[str | None] = [None] * count  # a container's writable root, if any
         self._trash = data_dir / "trash"
         self.running: list[set[int]] = [set() for _ in range(count)]
         self._cleanup_tasks: set[asyncio.Task[None]] = set()
         self._disk: list[SlotDisk] = []
         self.paths: list[str] = []
         if disks is not None:
+            disks.owner = owner
             self._disk = disks.create_all(count)
             self.paths = [os.path.realpath(d.workspace) for d in self._disk]
             return
-        for sub in ("slots", "homes", "trash"):
+        for sub in ("slots", "homes", "trash", "scratch"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             ws = data_dir / "slots" / str(i)
             ws.mkdir(exist_ok=True)
             (data_dir / "homes" / str(i)).mkdir(exist_ok=True)
+            self._own(str(ws), self.home(i))
+            self._make_scratch(i)
             self.paths.append(os.path.realpath(ws))
         # Anything left from a previous run of a server on this data dir.
         self._schedule_delete([str(p) for p in self._trash.iterdir()])
@@ -71,12 +99,59 @@ class SlotWorkspaces:
             return os.path.join(self._disk[i].mount_point, HOME)
         return str(self.root / "homes" / str(i))
 
+    def _own(self, *paths: str) -> None:
+        if self.owner is not None:
+            for p in paths:
+                os.chown(p, self.owner, self.owner)
+
+    def _make_scratch(self, i: int) -> None:
+        """Without slot disks, a container's /tmp and /dev/shm are directories of the data
+        dir (they must outlive a command, as the container's processes do)."""
+        if self.owner is None:
+            return
+        for d in ("tmp", "shm"):
+            path = self.root / "scratch" / str(i) / d
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o1777)
+            self._own(str(path))
+
     def scratch(self, i: int) -> tuple[str, str] | None:
-        """(host dir for /tmp, host dir for /dev/shm) on the slot's disk, if it has one."""
+        """(host dir for /tmp, host dir for /dev/shm) on the slot's disk, if it has one
+        (or in the data dir for a container without one)."""
         if not self._disk:
-            return None
+            if self.owner is None:
+                return None
+            base = self.root / "scratch" / str(i)
+            return str(base / "tmp"), str(base / "shm")
         mp = self._disk[i].mount_point
         return os.path.join(mp, TMP), os.path.join(mp, SHM)
+
+    async def mount_root(self, i: int, lower: str, workdir: str) -> str:
+        """Give slot i (a container with a disk) a writable root: an overlay of the image's
+        root `lower` (idmapped: its files belong to the container's root) under an upper
+        layer on the slot's disk. The workspace becomes the root's `workdir`. Returns its
+        host path."""
+        mp = self._disk[i].mount_point
+        target, upper, work = (os.path.join(mp, d) for d in (ROOT, "upper", "work"))
+
+        def mount() -> str:
+            for d in (target, upper, work):
+                os.makedirs(d, exist_ok=True)
+            os.chmod(upper, os.stat(lower).st_mode & 0o7777)
+            self._own(upper)
+            mounts.mount("overlay", target, "overlay", mounts.MS_NOSUID | mounts.MS_NODEV,
+                         f"lowerdir={lower},upperdir={upper},workdir={work}")
+            _make_dirs(target, workdir, self.owner)
+            return os.path.realpath(target + workdir)
+
+        try:
+            ws = await asyncio.to_thread(mount)
+        except OSError as e:
+            raise SlotImageError(f"cannot mount the slot's root overlay: {e.strerror or e}",
+                                 500) from e
+        self.roots[i] = target
+        self.paths[i] = ws
+        return ws
 
     async def populate(self, i: int, image: SlotImage, writable: str) -> str | None:
         """Give slot i's (empty) workspace the image's content at its workdir: an overlay
@@ -98,7 +173,7 @@ class SlotWorkspaces:
         elif writable == "overlay":
             raise SlotImageError("writable=overlay needs the slot disks (--disk-mb > 0, root "
                                  "with CAP_SYS_ADMIN)", 500)
-        await copy_tree(image.lower, self.paths[i])
+        await copy_tree(image.lower, self.paths[i], owner=self.owner)
         return "copy"
 
     def kill_running(self, i: int) -> None:
@@ -108,6 +183,7 @@ class SlotWorkspaces:
 
     async def reset(self, i: int, kill: Callable[[], None] = lambda: None) -> None:
         """`kill` ends every other process of the slot (its cgroups)."""
+        self.roots[i] = None
         if self.disks is not None:
             new = await self.disks.fresh(i)
             old, self._disk[i] = self._disk[i], new
@@ -129,14 +205,19 @@ class SlotWorkspaces:
         old_ws = str(self._trash / uuid.uuid4().hex)
         os.rename(ws, old_ws)
         os.mkdir(ws)
+        self._own(ws)
+        old = [old_ws]
         home = self.home(i)
         if os.listdir(home):
-            old_home = str(self._trash / uuid.uuid4().hex)
-            os.rename(home, old_home)
+            old.append(str(self._trash / uuid.uuid4().hex))
+            os.rename(home, old[-1])
             os.mkdir(home)
-            self._schedule_delete([old_ws, old_home])
-        else:
-            self._schedule_delete([old_ws])
+            self._own(home)
+        if self.owner is not None:
+            old.append(str(self._trash / uuid.uuid4().hex))
+            os.rename(self.root / "scratch" / str(i), old[-1])
+            self._make_scratch(i)
+        self._schedule_delete(old)
 
     def _schedule_delete(self, paths: list[str]) -> None:
         if not paths:

@@ -50,9 +50,13 @@ _OWN: set[int] = set()
 
 def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int, stderr: int,
           new_session: bool, preexec: Callable[[], None] | None,
-          stdin: int | None = None) -> int:
+          stdin: int | None = None, extra_actions: list[tuple] = ()) -> int:
     """Start argv; returns its pid. argv[0] must be a path (no PATH search). stdin is
-    /dev/null unless a pipe end is given (a slot's Python session reads its requests there)."""
+    /dev/null unless a pipe end is given (a slot's Python session reads its requests there).
+    `extra_actions`: posix_spawn file actions run after stdio is set up (fds a slot
+    container's command gets: namespaces, the seccomp filter, bind sources)."""
+    if extra_actions and (cwd is not None or preexec is not None):
+        raise ValueError("extra file actions need the posix_spawn path (no cwd, no preexec)")
     if cwd is None and preexec is None:
         first = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
                  else (os.POSIX_SPAWN_DUP2, stdin, 0))
@@ -60,7 +64,7 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: str | None, stdout: int,
             argv[0], argv, env,
             file_actions=[first,
                           (os.POSIX_SPAWN_DUP2, stdout, 1),
-                          (os.POSIX_SPAWN_DUP2, stderr, 2)],
+                          (os.POSIX_SPAWN_DUP2, stderr, 2), *extra_actions],
             setpgroup=None if new_session else 0,
             setsid=new_session,
             setsigdef=_RESTORE_SIGNALS,

@@ -29,6 +29,10 @@ SLOT_OPS = ("exec", "python", "read_file", "write_file", "list_dir", "archive",
             "upload_archive")
 
 
+# The header a slot request carries its lease in (see SlotServerClient.lease).
+LEASE_HEADER = "X-Slot-Lease"
+
+
 class HostUnreachable(SandboxError):
     """The slot server did not answer (process gone, connection refused, timed out)."""
 
@@ -76,10 +80,11 @@ class SlotServerClient:
         self._headers = {"Authorization": f"Bearer {token}"}
 
     async def _request(self, method: str, path: str, *, timeout: float,
-                       raw: bool = False, **kwargs: Any) -> Any:
+                       raw: bool = False, lease: str | None = None, **kwargs: Any) -> Any:
+        headers = self._headers if lease is None else {**self._headers, LEASE_HEADER: lease}
         try:
             async with self.session.request(
-                method, self.url + path, headers=self._headers,
+                method, self.url + path, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout), **kwargs,
             ) as resp:
                 body = await resp.read()
@@ -113,21 +118,23 @@ class SlotServerClient:
         return await self._request("GET", "/health", timeout=timeout)
 
     async def exec(self, slot: int, command: str, *, timeout: float = 60.0,
-                   cwd: str | None = None, env: dict[str, str] | None = None) -> ExecResult:
+                   cwd: str | None = None, env: dict[str, str] | None = None,
+                   lease: str | None = None) -> ExecResult:
         body: dict[str, Any] = {"command": command, "timeout": timeout}
         if cwd is not None:
             body["cwd"] = cwd
         if env:
             body["env"] = env
         d = await self._request("POST", f"/slots/{slot}/exec", json=body,
-                                timeout=timeout + EXEC_MARGIN)
+                                timeout=timeout + EXEC_MARGIN, lease=lease)
         return exec_result(d)
 
-    async def python(self, slot: int, code: str, *, timeout: float = 60.0) -> PythonResult:
+    async def python(self, slot: int, code: str, *, timeout: float = 60.0,
+                     lease: str | None = None) -> PythonResult:
         """Run code in the slot's stateful Python session (started on first use)."""
         d = await self._request("POST", f"/slots/{slot}/python",
                                 json={"code": code, "timeout": timeout},
-                                timeout=timeout + EXEC_MARGIN)
+                                timeout=timeout + EXEC_MARGIN, lease=lease)
         return PythonResult(
             stdout=str(d.get("stdout", "")), stderr=str(d.get("stderr", "")),
             result=d.get("result"), error=d.get("error"),
@@ -136,7 +143,7 @@ class SlotServerClient:
             duration=float(d.get("duration", 0.0)))
 
     async def exec_batch(self, items: list[dict[str, Any]]) -> list[ExecResult | Exception]:
-        """items: {slot, command, timeout?, cwd?, env?}. Per-item refusals come back as
+        """items: {slot, command, timeout?, cwd?, env?, lease?}. Per-item refusals come back as
         SlotRequestError instances in the list (the other items still ran)."""
         longest = max((float(i.get("timeout") or 60.0) for i in items), default=60.0)
         d = await self._request("POST", "/exec_batch", json={"items": items},
@@ -149,37 +156,51 @@ class SlotServerClient:
                 out.append(exec_result(r))
         return out
 
-    async def read_file(self, slot: int, path: str, max_bytes: int | None = None) -> bytes:
+    async def read_file(self, slot: int, path: str, max_bytes: int | None = None, *,
+                        lease: str | None = None) -> bytes:
         params = {"path": path}
         if max_bytes is not None:
             params["max_bytes"] = str(max_bytes)
         body, _ = await self._request("GET", f"/slots/{slot}/file", params=params,
-                                      timeout=FILE_TIMEOUT, raw=True)
+                                      timeout=FILE_TIMEOUT, raw=True, lease=lease)
         return body
 
-    async def write_file(self, slot: int, path: str, data: bytes) -> None:
+    async def write_file(self, slot: int, path: str, data: bytes, *,
+                         lease: str | None = None) -> None:
         await self._request("PUT", f"/slots/{slot}/file", params={"path": path}, data=data,
-                            timeout=FILE_TIMEOUT)
+                            timeout=FILE_TIMEOUT, lease=lease)
 
-    async def list_dir(self, slot: int, path: str = ".") -> list[dict[str, Any]]:
+    async def list_dir(self, slot: int, path: str = ".", *,
+                       lease: str | None = None) -> list[dict[str, Any]]:
         d = await self._request("GET", f"/slots/{slot}/list", params={"path": path},
-                                timeout=FILE_TIMEOUT)
+                                timeout=FILE_TIMEOUT, lease=lease)
         return d["entries"]
 
-    async def archive(self, slot: int, path: str = ".") -> bytes:
+    async def archive(self, slot: int, path: str = ".", *, lease: str | None = None) -> bytes:
         body, _ = await self._request("GET", f"/slots/{slot}/archive", params={"path": path},
-                                      timeout=FILE_TIMEOUT, raw=True)
+                                      timeout=FILE_TIMEOUT, raw=True, lease=lease)
         return body
 
-    async def upload_archive(self, slot: int, data: bytes, path: str = ".") -> int:
+    async def upload_archive(self, slot: int, data: bytes, path: str = ".", *,
+                             lease: str | None = None) -> int:
         d = await self._request("POST", f"/slots/{slot}/upload", params={"path": path},
-                                data=data, timeout=FILE_TIMEOUT)
+                                data=data, timeout=FILE_TIMEOUT, lease=lease)
         return int(d["members"])
 
-    async def reset(self, slot: int, image: str | None = None) -> None:
-        """Wipe the slot; with `image`, move it to that image (the server fetches it)."""
+    async def reset(self, slot: int, image: str | None = None, *,
+                    lease: str | None = None) -> None:
+        """Wipe the slot and end its lease (`lease`: the one being ended, where the server
+        requires leases); with `image`, move it to that image (the server fetches it)."""
         if image is None:
-            await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT)
+            await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT,
+                                lease=lease)
         else:  # the first use of an image on a host pulls and unpacks it
             await self._request("POST", f"/slots/{slot}/reset", timeout=IMAGE_TIMEOUT,
-                                json={"image": image})
+                                json={"image": image}, lease=lease)
+
+    async def lease(self, slot: int, lease: str) -> None:
+        """Make `lease` the slot's lease: from now on the server refuses any request for the
+        slot that carries another one (a holder whose lease ended), and, where it requires
+        leases, any request without one."""
+        await self._request("POST", f"/slots/{slot}/lease", json={"lease": lease},
+                            timeout=FILE_TIMEOUT)

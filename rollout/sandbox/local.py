@@ -115,6 +115,8 @@ class LocalBackend:
             "--host-python", self.python,
             "--hide", str(self.root),
             "--exit-with-parent",
+            # Pools lease every slot they hand out: a request without its lease is refused.
+            "--leases", "required",
         ]
 
     async def start_host(self, image: str | None, slots: int) -> Host:

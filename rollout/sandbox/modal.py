@@ -214,7 +214,7 @@ class ModalBackend:
     def _entrypoint(self, slots: int) -> list[str]:
         return ["python", "-m", "sandbox_image", "--host", "0.0.0.0",
                 "--port", str(self.cfg.port), "--slots", str(slots),
-                "--data-dir", self.cfg.data_dir, *self.limits.to_argv()]
+                "--data-dir", self.cfg.data_dir, *self.limits.to_argv(), "--leases", "required"]
 
     async def _list(self, **tags: str) -> list[Any]:
         app = await self._get_app()

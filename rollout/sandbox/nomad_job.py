@@ -126,7 +126,7 @@ def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> 
                      "--port", f"${{NOMAD_PORT_{PORT_LABEL}}}",
                      "--slots", str(group.slots),
                      "--data-dir", "${NOMAD_TASK_DIR}/slots",
-                     *limits.to_argv(), *image,
+                     *limits.to_argv(), *image, "--leases", "required",
                      # Host-view slots get the node's interpreter as `python`.
                      "--host-python", cfg.python],
         }

@@ -162,6 +162,7 @@ class SlotPool:
             if hs.slot_image[index] != image:
                 await self._move(hs, index, image)
             lease = uuid.uuid4().hex
+            await self._install_lease(hs, index, lease)
             hs.leases[index] = lease
             hs.holders[index] = trajectory_id
             self._counts["acquires"] += 1
@@ -212,7 +213,7 @@ class SlotPool:
             return
         image = hs.slot_image[slot.index]
         self._resetting[image] += 1
-        task = asyncio.ensure_future(self._reset_and_return(hs, slot.index, image))
+        task = asyncio.ensure_future(self._reset_and_return(hs, slot.index, image, slot.lease))
         self._resets.add(task)
         task.add_done_callback(self._resets.discard)
         task.add_done_callback(_finished)
@@ -232,6 +233,19 @@ class SlotPool:
             if isinstance(r, Exception):
                 log.warning("releasing %s/%d of a dead holder failed: %s", s.host_id, s.index, r)
         return len(mine)
+
+    async def _install_lease(self, hs: HostState, index: int, lease: str) -> None:
+        """Tell the slot's server the new lease: requests of any earlier holder are refused
+        from now on. A failure gives the slot back (an unreachable host is suspected)."""
+        try:
+            await hs.client.lease(index, lease)
+        except BaseException as e:
+            self._give(hs, index)
+            if isinstance(e, HostUnreachable):
+                await self.fleet.suspect(hs)
+            if isinstance(e, Exception):
+                raise SandboxError(f"could not lease slot {hs.host_id}/{index}: {e}") from e
+            raise
 
     async def _move(self, hs: HostState, index: int, image: str | None) -> None:
         """Reset a reserved free slot into `image` (mix_images). A failure is the acquirer's
@@ -269,11 +283,13 @@ class SlotPool:
             hs.slot_image[index] = image
         self._give(hs, index)
 
-    async def _reset_and_return(self, hs: HostState, index: int, image: str | None) -> None:
-        """The background half of a release: reset, then hand the slot on. On failure the
-        slot is not reused (quarantined); nobody awaits this, so the failure is logged."""
+    async def _reset_and_return(self, hs: HostState, index: int, image: str | None,
+                                lease: str | None = None) -> None:
+        """The background half of a release: reset (which ends `lease` on the server), then
+        hand the slot on. On failure the slot is not reused (quarantined); nobody awaits
+        this, so the failure is logged."""
         try:
-            await hs.client.reset(index)
+            await hs.client.reset(index, lease=lease)
         except HostUnreachable as e:
             log.warning("reset of slot %s/%d: host did not answer (%s); slot not reused",
                         hs.host_id, index, e)
@@ -319,7 +335,7 @@ class SlotPool:
             kwargs["timeout"] = min(float(kwargs.get("timeout", 60.0)),
                                     self.limits.exec_timeout_cap)
         try:
-            return await getattr(hs.client, op)(slot.index, *args, **kwargs)
+            return await getattr(hs.client, op)(slot.index, *args, lease=slot.lease, **kwargs)
         except HostUnreachable as e:
             raise await self._unreachable(hs, f"slot {slot.host_id}/{slot.index}: host", e) from e
 
@@ -339,6 +355,7 @@ class SlotPool:
             spec["timeout"] = min(float(spec.get("timeout") or 60.0),
                                   self.limits.exec_timeout_cap)
             hosts[slot.host_id] = self._validate(slot)
+            spec["lease"] = slot.lease
             by_host[slot.host_id].append((pos, spec))
         results: list[ExecResult | Exception | None] = [None] * len(items)
 

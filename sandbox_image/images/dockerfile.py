@@ -34,11 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sandbox_image import seccomp
+from sandbox_image.isolation import HOST_ENV, _proc_masks, env_args
 from sandbox_image.runner import run_command
 
 from .errors import ImageError
 from .locks import flock
 from .oci import host_platform
+
+_SECCOMP_FD = 3  # the build sandbox's seccomp filter, opened by posix_spawn
 
 if TYPE_CHECKING:
     from .store import ImageStore
@@ -268,8 +272,13 @@ class DockerfileBuilder:
             words = _words(step)
             command = shlex.join(words) if step.args.startswith("[") else step.args
             argv = self._sandbox_argv(st, command)
-            result = await run_command(argv, env=st.env, cwd=None, timeout=self.run_timeout,
-                                       output_cap=_OUTPUT_CAP, output_kill=_OUTPUT_CAP * 64)
+            # The Dockerfile's ENV applies inside the build sandbox only (--setenv): bwrap
+            # runs on the host as root and gets a fixed environment, so an `ENV LD_PRELOAD`
+            # never reaches a host process's loader.
+            result = await run_command(argv, env=dict(HOST_ENV), cwd=None,
+                                       timeout=self.run_timeout, output_cap=_OUTPUT_CAP,
+                                       output_kill=_OUTPUT_CAP * 64,
+                                       extra_actions=self._seccomp_action())
             if result.exit_code != 0 or result.timed_out:
                 tail = (result.stderr.strip() or result.stdout.strip())[-600:]
                 what = (f"timed out after {self.run_timeout:g}s" if result.timed_out
@@ -282,14 +291,26 @@ class DockerfileBuilder:
         argv = [self.bwrap, "--bind", str(st.rootfs), "/", "--dev", "/dev", "--proc", "/proc",
                 "--tmpfs", "/tmp", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", *([] if self.network else ["--unshare-net"]),
-                "--hostname", "build", "--die-with-parent", "--cap-drop", "ALL"]
+                "--hostname", "build", "--die-with-parent", "--cap-drop", "ALL",
+                # root on the host owns every sysctl file: keep /proc/sys read-only.
+                "--ro-bind", "/proc/sys", "/proc/sys", *_proc_masks(),
+                *(["--seccomp", str(_SECCOMP_FD)] if seccomp.supported() else [])]
         uid = _uid(st.rootfs, st.user)
         if uid:
             argv += ["--unshare-user", "--uid", str(uid[0]), "--gid", str(uid[1])]
         else:  # root: enough to install files and own them, nothing more
             for cap in ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
                 argv += ["--cap-add", cap]
-        return [*argv, "--chdir", st.workdir, "--", "/bin/sh", "-c", command]
+        return [*argv, *env_args(st.env), "--chdir", st.workdir,
+                "--", "/bin/sh", "-c", command]
+
+    def _seccomp_action(self) -> tuple[tuple, ...]:
+        if not seccomp.supported():
+            return ()
+        path = self.root / "seccomp.bpf"
+        if not path.exists():
+            seccomp.write_program(str(path))
+        return ((os.POSIX_SPAWN_OPEN, _SECCOMP_FD, str(path), os.O_RDONLY, 0),)
 
     async def _run_host(self, argv: list[str], what: str) -> None:
         exe = shutil.which(argv[0]) or argv[0]

@@ -4,8 +4,10 @@ Run on demand: `python tests/bench/bench_sandbox.py [--n 300]`. Prints p50/p99 o
   - bare `sh -c true`
   - bare `bwrap ... sh -c true` (the flags from notes/this-machine.md), and bare bwrap with
     the slot server's own flags (what the pool's overhead is made of, without the pool)
-  - through a local SlotPool (HTTP -> slot server -> bwrap with our flags, cgroups and a
-    per-slot disk), through pools with only one of the two, and with neither
+  - through a local SlotPool (HTTP -> slot server -> the command entering the slot's
+    long-lived container, with cgroups and a per-slot disk), through the same pool with
+    slot containers off (a fresh bwrap per command), through pools with only one of
+    cgroups and disks, and with neither
   - through the Ray actor hop as a trajectory makes it: from inside an actor (as a
     RolloutWorker), an `ActorSandbox` over a SandboxPool actor handle -> SlotPool -> slot
     server -> bwrap; and the same from the driver (one process hop less)
@@ -114,15 +116,20 @@ async def main(n: int) -> None:
     # ... and with each of the two alone, to tell their costs apart.
     groups_only = SlotPool.from_config(cfg, SlotLimits(disk_mb=None))
     disks_only = SlotPool.from_config(cfg, SlotLimits(memory_mb=None, pids=None))
+    # The per-command sandbox that slot containers replace.
+    fresh = SlotPool.from_config(cfg, SlotLimits(containers="off"))
     actor = SandboxPool.remote(cfg, SlotLimits(), "bench")
     agent = Agent.remote()
     await asyncio.gather(pool.start(), plain.start(), groups_only.start(), disks_only.start(),
-                         actor.start.remote())
+                         fresh.start(), actor.start.remote())
     try:
         isolation = {hs.host.meta.get("isolation") for hs in pool._hosts.values()}
         slot, plain_slot = await pool.acquire("bench-exec"), await plain.acquire("bench-exec")
         groups_slot = await groups_only.acquire("bench-exec")
         disks_slot = await disks_only.acquire("bench-exec")
+        fresh_slot = await fresh.acquire("bench-exec")
+        containers = {bool((await hs.client.health()).get("containers"))
+                      for hs in pool._hosts.values()}
         actor_slot = await actor.acquire.remote("bench-exec", None, 60.0)
         via_driver = ActorSandbox(actor, actor_slot)
         inner: list[float] = []
@@ -141,6 +148,7 @@ async def main(n: int) -> None:
             "plain": lambda: exec_true(plain, plain_slot),
             "groups": lambda: exec_true(groups_only, groups_slot),
             "disks": lambda: exec_true(disks_only, disks_slot),
+            "fresh": lambda: exec_true(fresh, fresh_slot),
             "driver_actor": lambda: _checked(via_driver.exec("true")),
             "agent_actor": from_agent,
         }, n)
@@ -150,21 +158,27 @@ async def main(n: int) -> None:
         await plain.release(plain_slot)
         await groups_only.release(groups_slot)
         await disks_only.release(disks_slot)
+        await fresh.release(fresh_slot)
         await actor.release.remote(actor_slot)
     finally:
         await asyncio.gather(pool.stop(), plain.stop(), groups_only.stop(), disks_only.stop(),
-                             actor.stop.remote())
+                             fresh.stop(), actor.stop.remote())
 
     print("\nexec of `true` (interleaved):")
     sh50, sh99 = show("bare sh -c true", t["sh"])
     bw50, bw99 = show("bare bwrap (notes flags) sh -c true", t["bwrap"])
     bs50, bs99 = show("bare bwrap (slot server's flags) sh -c true", t["bwrap_server"])
-    po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))})", t["pool"])
+    po50, po99 = show(f"pool.exec (isolation={','.join(map(str, isolation))}, "
+                      f"containers={','.join(map(str, containers))})", t["pool"])
+    fr50, fr99 = show("pool.exec, slot containers off", t["fresh"])
     pl50, _ = show("pool.exec without cgroup limits or disks", t["plain"])
     gr50, _ = show("pool.exec with cgroup limits, no disks", t["groups"])
     dk50, _ = show("pool.exec with slot disks, no cgroup limits", t["disks"])
     da50, da99 = show("ActorSandbox from the driver -> pool actor", t["driver_actor"])
     aa50, aa99 = show("agent actor -> ActorSandbox -> pool actor", t["agent_actor"])
+    print(f"  a tool call in a warm slot container against bare bwrap (notes flags): ratio p50 "
+          f"{po50 / bw50:.2f}x, p99 {po99 / bw99:.2f}x; against a fresh bwrap per command "
+          f"through the same pool: ratio p50 {po50 / fr50:.2f}x ({po50 - fr50:+.2f} ms)")
     print(f"  pool overhead over bare bwrap: p50 {po50 - bw50:+.2f} ms, p99 {po99 - bw99:+.2f} ms;"
           f" ratio pool/bwrap p50 {po50 / bw50:.2f}x, bwrap/sh p50 {bw50 / sh50:.2f}x")
     print(f"  pool overhead over bare bwrap with the server's flags: p50 {po50 - bs50:+.2f} ms,"

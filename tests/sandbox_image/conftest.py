@@ -110,3 +110,42 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> bool
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+_PRELOAD_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    int fd = open(MARKER, O_WRONLY | O_CREAT | O_APPEND, 0666);
+    if (fd < 0) return;
+    char line[256];
+    char exe[200] = {0};
+    readlink("/proc/self/exe", exe, sizeof exe - 1);
+    int n = snprintf(line, sizeof line, "%d %s\n", (int)getuid(), exe);
+    write(fd, line, n);
+    close(fd);
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def preload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(a shared object that appends a line to a marker file whenever a process loads it,
+    that marker's path): both on the host, under /var/tmp, which no slot can see."""
+    root = tempfile.mkdtemp(prefix="preload-", dir="/var/tmp")
+    os.chmod(root, 0o755)
+    marker = os.path.join(root, "marker")
+    src = os.path.join(root, "mark.c")
+    Path(src).write_text(_PRELOAD_C)
+    so = os.path.join(root, "libmark.so")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed to build the LD_PRELOAD probe (.ci/install installs gcc)"
+    subprocess.run([cc, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", so, src], check=True)
+    # The probe works: a host process that loads it leaves a line.
+    subprocess.run(["/bin/true"], env={"LD_PRELOAD": so}, check=True)
+    assert Path(marker).read_text().strip().endswith("/true")
+    os.unlink(marker)
+    yield so, marker
+    shutil.rmtree(root, ignore_errors=True)

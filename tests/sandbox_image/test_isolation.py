@@ -108,10 +108,26 @@ async def test_git_and_project_python_work_in_a_slot(client: SlotServerClient) -
     assert "m.py" in r.stdout and "1 failed" in r.stdout
 
 
-async def test_no_capabilities_and_no_remount(client: SlotServerClient) -> None:
-    r = await client.exec(0, "grep CapEff /proc/self/status; mount -o remount,rw / 2>&1; "
+# Docker's default capability set for a container's root: CHOWN DAC_OVERRIDE FOWNER FSETID
+# KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+DOCKER_CAPS = "00000000a80425fb"
+
+
+async def test_only_dockers_capabilities_in_the_slots_own_user_namespace_and_no_remount(
+        client: SlotServerClient) -> None:
+    r = await client.exec(0, "grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status; "
+                             "cat /proc/self/uid_map; id -u; mount -o remount,rw / 2>&1; "
                              "touch /etc/remount-probe 2>&1; echo rc=$?")
-    assert "CapEff:\t0000000000000000" in r.stdout
+    assert f"CapEff:\t{DOCKER_CAPS}" in r.stdout and f"CapBnd:\t{DOCKER_CAPS}" in r.stdout
+    assert "NoNewPrivs:\t1" in r.stdout
+    # uid 0 inside is the unprivileged uid_base outside: the capabilities are the user
+    # namespace's, never the host's.
+    health = await client.health()
+    assert health["containers"] is True
+    base = health["uid_base"]
+    assert base and base > 0
+    assert r.stdout.split("\n")[3].split() == ["0", str(base), "65536"]
+    assert "\n0\n" in r.stdout
     assert "rc=0" not in r.stdout
     assert not os.path.exists("/etc/remount-probe")
 

@@ -1,0 +1,379 @@
+"""Slot containers: one long-lived sandbox per slot that every command of the slot enters.
+
+A slot's container is started when the slot is made or reset and lives until its next
+reset (or the server's end). It is a bubblewrap sandbox holding the slot's namespaces:
+- user: uid/gid 0..65535 inside are `IdRange.base`.. on the host (userns.py); root in a
+  slot is an unprivileged uid outside;
+- pid, ipc, uts (hostname `sandbox`), and network (loopback only: two slots may both
+  listen on 127.0.0.1:8080);
+- its pid 1 is bubblewrap's reaper, its one child a shell waiting on a pipe from the
+  server. When the pipe closes, or the server dies, or the slot's cgroups are killed,
+  the pid namespace ends and every process in it dies with it.
+
+A command enters the container: the server's wrapper joins the slot's cgroups, `nsenter`
+joins its network, ipc and uts namespaces and drops to the slot's host uid, and
+bubblewrap joins its user and pid namespaces (`--userns`, `--pidns`), builds the slot's
+filesystem view in a fresh mount namespace (the same binds as the container's, so the
+files are the same) and applies the hardening before it execs `/bin/sh -c COMMAND`:
+Docker's default capability set (within the slot's user namespace only), no_new_privs,
+the seccomp filter (seccomp.py), masked /proc entries, and an environment made of the
+slot's variables alone (`--clearenv`/`--setenv`: nothing from an image or a request is
+ever in the environment of a host-side process, so no LD_PRELOAD reaches the loader of
+nsenter, setpriv or bwrap). Processes a command leaves in the background stay in the
+container's pid namespace, so they outlive the command (a server started in one tool
+call answers the next) until the slot is reset.
+
+bubblewrap runs as the slot's unprivileged host uid, so a host path it binds must be one
+that uid can reach: others (a data dir of mode 0700, an interpreter under /root) are bound
+by the server into a world-traversable stage directory first (`Stage`, in the server's
+private mount namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import itertools
+import signal
+import tempfile
+from dataclasses import dataclass
+
+from sandbox_image import mounts, seccomp
+from sandbox_image.isolation import HOST_ENV, _proc_masks, env_args
+from sandbox_image.spawn import spawn, watch_exit
+from sandbox_image.userns import IdRange, MappingNamespace, idmapped_clone, write_maps
+
+log = logging.getLogger(__name__)
+
+# Docker's default capabilities for a container's root (they apply in the slot's own user
+# namespace only: none of them is a capability on the host).
+DOCKER_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+               "SETPCAP", "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE",
+               "SETFCAP")
+_READY = b"ready\n"
+_START_TIMEOUT = 30.0
+_BINDS = ("--bind", "--ro-bind", "--bind-try", "--ro-bind-try")
+
+
+class ContainerError(Exception):
+    """A slot container could not be started (the message says why)."""
+
+
+def hardening_args() -> list[str]:
+    # /proc/sys needs no mask here: its files belong to the host's uid 0, which is not
+    # mapped in a slot's user namespace, so root in a slot cannot write them.
+    args = [*_proc_masks(), "--cap-drop", "ALL"]
+    for cap in DOCKER_CAPS:
+        args += ["--cap-add", f"CAP_{cap}"]
+    return args
+
+
+def _traversable(path: str) -> bool:
+    """Whether any uid can reach `path` (every directory on the way has o+x)."""
+    cur = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(cur).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if cur == "/":
+            return True
+        cur = os.path.dirname(cur)
+
+
+class Stage:
+    """Bind sources an unprivileged bubblewrap can reach. bwrap (running as the slot's
+    host uid) resolves every bind source by path, so a source under a directory of mode
+    0700 (a data dir from mkdtemp, an interpreter under /root) is bound here first, by the
+    server, in its private mount namespace: `<stage dir>/<n>`, a directory only the
+    staged trees hang off. One Stage per container; `close` unmounts what it staged."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._made: list[str] = []
+
+    def rewrite(self, mount_args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(mount_args):
+            arg = mount_args[i]
+            if arg in _BINDS:
+                src, dst = mount_args[i + 1], mount_args[i + 2]
+                i += 3
+                if not os.path.lexists(src):
+                    if arg.endswith("-try"):
+                        continue
+                elif not _traversable(src):
+                    src = self._stage(src)
+                out += [arg, src, dst]
+                continue
+            out.append(arg)
+            i += 1
+        return out
+
+    def _stage(self, src: str) -> str:
+        target = os.path.join(self.root, str(len(self._made)))
+        if os.path.isdir(src):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(self.root, exist_ok=True)
+            with open(target, "a"):
+                pass
+        mounts.mount(src, target, "", mounts.MS_BIND | mounts.MS_REC)
+        self._made.append(target)
+        return target
+
+    def close(self) -> None:
+        for target in reversed(self._made):
+            with contextlib.suppress(OSError):
+                mounts.unmount(target)
+        self._made.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every slot container of one server shares: the id range, the seccomp filter
+    file and the host tools' paths."""
+
+    ids: IdRange
+    bwrap: str
+    nsenter: str
+    setpriv: str
+    seccomp_file: str
+    network: bool
+    stage_dir: str  # world-traversable (0711); each container stages its sources under it
+
+    @classmethod
+    def create(cls, data_dir: str, bwrap: str, ids: IdRange, network: bool) -> Runtime:
+        """Raises ContainerError when this host cannot run slot containers."""
+        if os.geteuid() != 0:
+            raise ContainerError("slot containers need the server to run as root (it maps "
+                                 "the slots' uid ranges)")
+        tools = {name: shutil.which(name, path=HOST_ENV["PATH"])
+                 for name in ("nsenter", "setpriv")}
+        missing = [n for n, p in tools.items() if not p]
+        if missing:
+            raise ContainerError(f"{', '.join(missing)} not found (util-linux)")
+        if not seccomp.supported():
+            raise ContainerError("no seccomp syscall table for this architecture")
+        stage = tempfile.mkdtemp(prefix="slot-stage-", dir="/tmp")
+        os.chmod(stage, 0o711)
+        path = seccomp.write_program(os.path.join(stage, "seccomp.bpf"))
+        return cls(ids, shutil.which(bwrap) or bwrap, tools["nsenter"], tools["setpriv"],  # type: ignore[arg-type]
+                   path, network, stage)
+
+    def close(self) -> None:
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _drop(self) -> list[str]:
+        return [self.setpriv, f"--reuid={self.ids.base}", f"--regid={self.ids.base}",
+                "--clear-groups", "--"]
+
+
+class SlotContainer:
+    """One slot's container. `start` and `stop` are called by the server between
+    commands; `command` builds how a command enters it.
+
+    Guarantees: after `start` returns the container is ready for commands; after `stop`
+    returns no process of it is alive. `alive` turns False as soon as its pid 1 is gone
+    (a command that killed it: the server starts a fresh one on the same filesystem)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str]) -> None:
+        self.rt = runtime
+        self._mount_args = mounts  # bubblewrap's mount args for the slot's view (host paths)
+        self.mounts: list[str] = []  # the same, with sources staged (while it runs)
+        self._stage: Stage | None = None
+        self.wrapper = wrapper  # the slot's cgroup-joining prefix
+        self.pid = 0  # the container's pid 1 (host pid), what commands enter
+        self._outer = 0
+        self._stdin = -1
+        self._exited: asyncio.Future[int] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._exited is not None and not self._exited.done()
+
+    async def start(self) -> None:
+        fds: list[int] = []
+        try:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            fds += (in_r, in_w, out_r, out_w, info_r, info_w, block_r, block_w)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        # Targets above every source fd, so no dup2 overwrites a source not yet dup'ed.
+        base = max(fds) + 1
+        if self._stage is None:
+            self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))))
+            try:
+                self.mounts = await asyncio.to_thread(self._stage.rewrite, self._mount_args)
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                await asyncio.to_thread(self._stage.close)
+                self._stage = None
+                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
+        mounts = self.mounts
+        argv = [*self.wrapper, *self.rt._drop(), self.rt.bwrap,
+                "--unshare-user", "--userns-block-fd", str(base + 1), "--info-fd", str(base),
+                "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                *([] if self.rt.network else ["--unshare-net"]),
+                "--hostname", "sandbox", "--uid", "0", "--gid", "0",
+                *mounts, *hardening_args(), "--seccomp", str(base + 2), "--die-with-parent",
+                "--clearenv", "--", "/bin/sh", "-c", "echo ready; read _"]
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, info_w, base), (os.POSIX_SPAWN_DUP2, block_r, base + 1),
+                       (os.POSIX_SPAWN_OPEN, base + 2, self.rt.seccomp_file, os.O_RDONLY, 0)]
+            self._outer = spawn(argv, env=dict(HOST_ENV), cwd=None, stdout=out_w,
+                                stderr=out_w, new_session=False, preexec=None, stdin=in_r,
+                                extra_actions=actions)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd in (in_r, out_w, info_w, block_r):
+            os.close(fd)
+        self._stdin = in_w
+        self._exited = watch_exit(self._outer)
+        try:
+            try:
+                info = await asyncio.wait_for(_read_until(info_r, _json_complete),
+                                              _START_TIMEOUT)
+                self.pid = int(json.loads(info)["child-pid"])
+                write_maps(self.pid, self.rt.ids)
+                os.write(block_w, b"1")
+            finally:
+                os.close(info_r)
+                os.close(block_w)
+            out = await asyncio.wait_for(_read_until(out_r, lambda b: b.endswith(_READY)
+                                                     or len(b) > 4096), _START_TIMEOUT)
+            if not out.endswith(_READY):
+                raise ContainerError(out.decode(errors="replace").strip()[-500:])
+        except (ValueError, KeyError, OSError, TimeoutError, ContainerError) as e:
+            rest = b""
+            with contextlib.suppress(Exception):
+                rest = await asyncio.wait_for(_read_until(out_r, lambda b: False), 2.0)
+            await self.stop()
+            why = rest.decode(errors="replace").strip()[-500:] or str(e) or type(e).__name__
+            raise ContainerError(f"the slot container did not start: {why}") from None
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            os.close(out_r)
+
+    async def stop(self) -> None:
+        if self._stdin >= 0:
+            os.close(self._stdin)
+            self._stdin = -1
+        if self._outer:
+            with contextlib.suppress(OSError):
+                os.kill(self._outer, signal.SIGKILL)
+        if self._exited is not None:
+            await self._exited
+        self._outer = 0
+
+    async def close(self) -> None:
+        """Stop it for good: also unmount what it staged."""
+        await self.stop()
+        if self._stage is not None:
+            await asyncio.to_thread(self._stage.close)
+            self._stage = None
+
+    def command(self, command: str, env: dict[str, str], cwd: str
+                ) -> tuple[list[str], list[tuple]]:
+        """(argv, posix_spawn file actions) of `command` entering this container."""
+        # nsenter joins the container's network, ipc and uts namespaces and drops to the
+        # slot's host uid (-S/-G; supplementary groups cleared) in one exec.
+        base = str(self.rt.ids.base)
+        argv = [*self.wrapper, self.rt.nsenter, "-t", str(self.pid), "-n", "-i", "-u",
+                "-S", base, "-G", base, "--", self.rt.bwrap,
+                "--userns", "3", "--pidns", "4", "--uid", "0", "--gid", "0",
+                "--unshare-cgroup-try", *self.mounts, *hardening_args(), "--seccomp", "5",
+                "--die-with-parent", *env_args(env), "--chdir", cwd,
+                "--", "/bin/sh", "-c", command]
+        actions = [(os.POSIX_SPAWN_OPEN, 3, f"/proc/{self.pid}/ns/user", os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 4, f"/proc/{self.pid}/ns/pid", os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 5, self.rt.seccomp_file, os.O_RDONLY, 0)]
+        return argv, actions
+
+
+def _json_complete(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+async def _read_until(fd: int, done: object) -> bytes:
+    """Read `fd` from the event loop until `done(data)` or EOF."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = bytearray()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        data.extend(chunk)
+        if (not chunk or done(bytes(data))) and not finished.done():  # type: ignore[operator]
+            finished.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await finished
+    finally:
+        loop.remove_reader(fd)
+    return bytes(data)
+
+
+class IdmappedRoots:
+    """Each image's root filesystem, mounted once per server through an idmapped mount
+    (its files, owned by 0 on disk, belong to the containers' root), the lower layer of
+    its slots' root overlays. `close` unmounts them and ends the mapping namespace."""
+
+    def __init__(self, data_dir: str, ids: IdRange) -> None:
+        self._dir = os.path.join(data_dir, "lowers")
+        self._ids = ids
+        self._ns: MappingNamespace | None = None
+        self._mounted: dict[str, str] = {}
+
+    async def get(self, digest: str, rootfs: str) -> str:
+        path = self._mounted.get(digest)
+        if path is None:
+            path = os.path.join(self._dir, digest.replace(":", "-")[:24])
+            await asyncio.to_thread(self._mount, rootfs, path)
+            self._mounted[digest] = path
+        return path
+
+    def _mount(self, rootfs: str, path: str) -> None:
+        if self._ns is None:
+            self._ns = MappingNamespace(self._ids)
+        os.makedirs(path, exist_ok=True)
+        idmapped_clone(rootfs, path, self._ns.fd)
+
+    def close(self) -> None:
+        for path in self._mounted.values():
+            with contextlib.suppress(OSError):
+                mounts.unmount(path)
+        self._mounted.clear()
+        if self._ns is not None:
+            self._ns.close()
+            self._ns = None
