@@ -52,6 +52,31 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _enter(fd: int, part: str, create: bool, owner: int | None) -> int:
+    """The directory `part` of the directory `fd` (made first if `create`; what is made
+    belongs to `owner` if set), opened without following a symlink. Closes `fd`."""
+    try:
+        if create:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                if owner is not None:
+                    os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+        return os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(root: str, path: str, owner: int | None = None) -> None:
+    """`mkdir -p root/path`, never following a symlink on the way; what it makes belongs to
+    `owner` (root of a slot container) if set."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for part in [p for p in path.split("/") if p]:
+        fd = _enter(fd, part, True, owner)
+    os.close(fd)
+
+
 def _open_walk(ws_real: str, real: str, flags: int, mode: int = 0o644, *,
                create_parents: bool = False, owner: int | None = None) -> int:
     """Open `real` (inside ws_real) without following any symlink on the way. Directories
@@ -61,16 +86,8 @@ def _open_walk(ws_real: str, real: str, flags: int, mode: int = 0o644, *,
     fd = os.open(ws_real, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
-            if create_parents:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    if owner is not None:
-                        os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
+            old, fd = fd, -1
+            fd = _enter(old, part, create_parents, owner)
         if not parts:
             out, fd = fd, -1
             return out

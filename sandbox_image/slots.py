@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox_image import mounts
+from sandbox_image import files, mounts
 from sandbox_image.disks import HOME, ROOT, SHM, TMP, SlotDisk, SlotDisks
 from sandbox_image.slot_images import SlotImage, SlotImageError, copy_tree, mount_overlay
 
@@ -34,25 +34,6 @@ def _force_remove(path: str) -> None:
             func(p)
 
     shutil.rmtree(path, onerror=onerror)
-
-
-def _make_dirs(root: str, path: str, owner: int | None) -> None:
-    """mkdir -p `path` under `root`, never following a symlink; what it makes belongs to
-    `owner` (root of the slot's container) if set."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in [p for p in path.split("/") if p]:
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                if owner is not None:
-                    os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
-            except FileExistsError:
-                pass
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
 
 
 class SlotWorkspaces:
@@ -141,7 +122,7 @@ class SlotWorkspaces:
             self._own(upper)
             mounts.mount("overlay", target, "overlay", mounts.MS_NOSUID | mounts.MS_NODEV,
                          f"lowerdir={lower},upperdir={upper},workdir={work}")
-            _make_dirs(target, workdir, self.owner)
+            files.make_dirs(target, workdir, self.owner)
             return os.path.realpath(target + workdir)
 
         try:
