@@ -21,6 +21,7 @@ from sandbox_image.config import ConfigError, ServerConfig, config_from_args
 from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.host_view import HostView
 from sandbox_image.isolation import Bubblewrap, choose_workspace_path, exposed_paths
+from sandbox_image.guard import ConnectionGuard
 from sandbox_image.mounts import enter_private_mount_namespace
 from sandbox_image.slot_images import SlotImageError, SlotImages
 from sandbox_image.spawn import become_subreaper, reap_orphans
@@ -138,7 +139,9 @@ async def serve(cfg: ServerConfig, ns_problem: str | None = None) -> None:
     except BaseException:
         await server.close()
         raise
-    runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False)
+    # keepalive_timeout: an idle kept-alive connection is closed after it (aiohttp's own).
+    runner = web.AppRunner(build_app(server), access_log=None, handle_signals=False,
+                           keepalive_timeout=30.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,10 +153,13 @@ async def serve(cfg: ServerConfig, ns_problem: str | None = None) -> None:
         log.warning("cannot become a child subreaper; init reaps the sandboxes' zombies")
     loop.add_signal_handler(signal.SIGCHLD, reap_orphans)
     watcher = asyncio.create_task(_watch_parent(stop)) if cfg.exit_with_parent else None
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        guard = ConnectionGuard(runner.server, max_connections=cfg.max_connections,
+                                header_timeout=cfg.header_timeout)
+        server.connections = guard
+        listener = await loop.create_server(guard, cfg.host, cfg.port, backlog=1024)
+        host, port = listener.sockets[0].getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
         ready = {"url": f"http://{url_host}:{port}", "port": port, "pid": os.getpid(),
                  "isolation": mode, "workspace": inside or None}
@@ -171,6 +177,8 @@ async def serve(cfg: ServerConfig, ns_problem: str | None = None) -> None:
     finally:
         if watcher:
             watcher.cancel()
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         await server.close()
         log.info("slot server stopped")

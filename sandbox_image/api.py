@@ -8,6 +8,8 @@ server's `SlotLimits` (command size, timeout cap) come in through the validation
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from typing import Any, Literal
 
@@ -201,13 +203,23 @@ def batch_body_cap(limits: SlotLimits) -> int:
     return 8 * exec_body_cap(limits)
 
 
+# Longest pause a request body may take between two chunks.
+BODY_IDLE_TIMEOUT = 30.0
+
+
 async def read_body(request: web.Request, cap: int, what: str) -> bytes:
     """The request body, or a 413 naming the limit once it is over `cap` bytes."""
     declared = request.content_length
     if declared is not None and declared > cap:
         raise BadRequest(f"{what} body of {declared} bytes is over the limit of {cap} bytes", 413)
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 20):
+    while True:
+        try:  # a client that stalls mid-body does not hold the request (and its memory)
+            chunk = await asyncio.wait_for(request.content.readany(), BODY_IDLE_TIMEOUT)
+        except TimeoutError:
+            raise BadRequest(f"{what} body: no data for {BODY_IDLE_TIMEOUT:g}s", 408) from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > cap:
             raise BadRequest(f"{what} body is over the limit of {cap} bytes", 413)

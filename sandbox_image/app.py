@@ -89,6 +89,7 @@ class SlotServer:
         self.owner = self.runtime.ids.base if self.runtime else None
         self.containers: list[SlotContainer | None] = [None] * cfg.slots
         self._restarts: dict[int, asyncio.Task[None]] = {}
+        self.connections: Any = None  # the ConnectionGuard (set by __main__), for /health
         self._lowers = IdmappedRoots(str(cfg.data_dir), self.runtime.ids) if self.runtime else None
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks, owner=self.owner)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
@@ -339,6 +340,7 @@ class SlotServer:
             "slots": self.cfg.slots,
             "isolation": self.isolation,
             "containers": self.runtime is not None,
+            "connections": self.connections.describe() if self.connections else None,
             "uid_base": self.owner,
             "network": self.slot_limits.network,
             "workspace": self.workspace_inside if self.isolation == "bwrap" else None,

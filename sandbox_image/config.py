@@ -230,6 +230,8 @@ class ServerConfig:
     # required: a slot request must carry the slot's current lease (X-Slot-Lease), set by
     # the pool at acquire; optional: a lease is checked only when one is sent.
     leases: str = "optional"
+    max_connections: int = 512  # open client connections; one more is closed at once
+    header_timeout: float = 30.0  # seconds a new connection has to send its request's headers
 
 
 _D = SlotLimits()
@@ -292,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one long-lived container per slot (auto: when this host can)")
     p.add_argument("--leases", choices=("optional", "required"), default="optional",
                    help="required: every slot request must carry the slot's current lease")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="open client connections at most (one more is closed at once)")
+    p.add_argument("--header-timeout", type=float, default=30.0,
+                   help="seconds a new connection has to send its first request's headers")
     p.add_argument("--uid-base", type=int, default=100000,
                    help="host uid of root inside slot containers (65536 uids from there)")
     p.add_argument("--exit-with-parent", action="store_true",
@@ -384,5 +390,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         host_python=args.host_python,
         uid_base=args.uid_base,
         leases=args.leases,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
     )
     return cfg, args.log_level
