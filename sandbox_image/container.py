@@ -5,7 +5,8 @@ reset (or the server's end). It is a bubblewrap sandbox holding the slot's names
 - user: uid/gid 0..65535 inside are `IdRange.base`.. on the host (userns.py); root in a
   slot is an unprivileged uid outside;
 - pid, ipc, uts (hostname `sandbox`), and network (loopback only: two slots may both
-  listen on 127.0.0.1:8080);
+  listen on 127.0.0.1:8080; with network on, slirp4netns gives it its own tap device with
+  NAT to the outside, and no way to the host's loopback);
 - its pid 1 is bubblewrap's reaper, its one child a shell waiting on a pipe from the
   server. When the pipe closes, or the server dies, or the slot's cgroups are killed,
   the pid namespace ends and every process in it dies with it.
@@ -148,6 +149,7 @@ class Runtime:
     seccomp_file: str
     network: bool
     stage_dir: str  # world-traversable (0711); each container stages its sources under it
+    slirp: str | None = None  # slirp4netns, the egress of each slot when network is on
 
     @classmethod
     def create(cls, data_dir: str, bwrap: str, ids: IdRange, network: bool) -> Runtime:
@@ -162,11 +164,15 @@ class Runtime:
             raise ContainerError(f"{', '.join(missing)} not found (util-linux)")
         if not seccomp.supported():
             raise ContainerError("no seccomp syscall table for this architecture")
+        slirp = shutil.which("slirp4netns", path=HOST_ENV["PATH"])
+        if network and not slirp:
+            raise ContainerError("network=on needs slirp4netns for each slot's own network "
+                                 "(apt-get install slirp4netns)")
         stage = tempfile.mkdtemp(prefix="slot-stage-", dir="/tmp")
         os.chmod(stage, 0o711)
         path = seccomp.write_program(os.path.join(stage, "seccomp.bpf"))
         return cls(ids, shutil.which(bwrap) or bwrap, tools["nsenter"], tools["setpriv"],  # type: ignore[arg-type]
-                   path, network, stage)
+                   path, network, stage, slirp)
 
     def close(self) -> None:
         shutil.rmtree(self.stage_dir, ignore_errors=True)
@@ -196,6 +202,7 @@ class SlotContainer:
         self._outer = 0
         self._stdin = -1
         self._exited: asyncio.Future[int] | None = None
+        self._egress: tuple[int, int, asyncio.Future[int]] | None = None
 
     @property
     def alive(self) -> bool:
@@ -229,7 +236,7 @@ class SlotContainer:
         argv = [*self.wrapper, *self.rt._drop(), self.rt.bwrap,
                 "--unshare-user", "--userns-block-fd", str(base + 1), "--info-fd", str(base),
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                *([] if self.rt.network else ["--unshare-net"]),
+                "--unshare-net",
                 "--hostname", "sandbox", "--uid", "0", "--gid", "0",
                 *mounts, *hardening_args(), "--seccomp", str(base + 2), "--die-with-parent",
                 "--clearenv", "--", "/bin/sh", "-c", "echo ready; read _"]
@@ -261,6 +268,8 @@ class SlotContainer:
                                                      or len(b) > 4096), _START_TIMEOUT)
             if not out.endswith(_READY):
                 raise ContainerError(out.decode(errors="replace").strip()[-500:])
+            if self.rt.network:
+                await self._start_egress()
         except (ValueError, KeyError, OSError, TimeoutError, ContainerError) as e:
             rest = b""
             with contextlib.suppress(Exception):
@@ -274,7 +283,51 @@ class SlotContainer:
         finally:
             os.close(out_r)
 
+    async def _start_egress(self) -> None:
+        """User-mode networking for this container (slirp4netns, as the slot's host uid, in
+        its user namespace): a tap device with NAT to the outside, never to the host's
+        loopback, where the slot server and the host's local services listen."""
+        assert self.rt.slirp is not None
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+        base = max(ready_r, ready_w, exit_r, exit_w) + 1
+        argv = [*self.rt._drop(), self.rt.slirp, "--configure", "--mtu=65520",
+                "--disable-host-loopback", f"--ready-fd={base}", f"--exit-fd={base + 1}",
+                f"--userns-path=/proc/{self.pid}/ns/user", "--netns-type=path",
+                f"/proc/{self.pid}/ns/net", "tap0"]
+        try:
+            with open(os.devnull, "wb") as null:
+                pid = spawn(argv, env=dict(HOST_ENV), cwd=None, stdout=null.fileno(),
+                            stderr=null.fileno(), new_session=False, preexec=None,
+                            extra_actions=[(os.POSIX_SPAWN_DUP2, ready_w, base),
+                                           (os.POSIX_SPAWN_DUP2, exit_r, base + 1)])
+        except BaseException:
+            for fd in (ready_r, ready_w, exit_r, exit_w):
+                os.close(fd)
+            raise
+        os.close(ready_w)
+        os.close(exit_r)
+        self._egress = (pid, exit_w, watch_exit(pid))
+        try:
+            got = await asyncio.wait_for(_read_until(ready_r, lambda b: len(b) > 0),
+                                         _START_TIMEOUT)
+        finally:
+            os.close(ready_r)
+        if not got:
+            raise ContainerError("slirp4netns (the slot's network) did not start")
+
+    async def _stop_egress(self) -> None:
+        if self._egress is None:
+            return
+        pid, exit_w, exited = self._egress
+        self._egress = None
+        os.close(exit_w)  # slirp4netns exits when this closes
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        await exited
+
     async def stop(self) -> None:
+        await self._stop_egress()
         if self._stdin >= 0:
             os.close(self._stdin)
             self._stdin = -1

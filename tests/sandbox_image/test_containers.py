@@ -202,3 +202,58 @@ async def test_a_released_slot_refuses_its_old_lease(tmp_path: Path) -> None:
             assert (await c.exec(0, "echo new-holder", lease=second)).stdout == "new-holder\n"
     finally:
         next(gen, None)
+
+
+def _host_address() -> str:
+    """This host's address on its outward interface (not loopback)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))  # no packet is sent: picks the outward interface
+        return s.getsockname()[0]
+
+
+_FETCH = ("python3 - <<'EOF'\n"
+          "import urllib.request\n"
+          "for url in {urls!r}:\n"
+          "    try:\n"
+          "        print(url, urllib.request.urlopen(url, timeout=5).read().decode().strip())\n"
+          "    except Exception as e:\n"
+          "        print(url, 'refused', type(e).__name__)\n"
+          "EOF")
+
+
+async def test_network_on_gives_each_slot_its_own_egress_not_the_hosts_loopback(
+        tmp_path: Path) -> None:
+    """With sandbox.network=true a slot reaches the outside through its own user-mode
+    network (NAT), but neither the host's loopback (where the slot server listens) nor the
+    host's namespace: two slots still bind the same port."""
+    import http.server
+    import threading
+
+    (tmp_path / "index.html").write_text("from-the-host\n")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    gen = running_server("slot-net-", "--slots", "2", "--isolation", "required",
+                         "--network", "on", "--containers", "on")
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = SlotServerClient(session, srv.url, srv.token)
+            outside = f"http://{_host_address()}:{port}/index.html"
+            host_loopback = f"http://10.0.2.2:{port}/index.html"
+            server = f"http://127.0.0.1:{srv.port}/livez"
+            r = await c.exec(0, _FETCH.format(urls=[outside, host_loopback, server]),
+                             timeout=60)
+            lines = r.stdout.splitlines()
+            assert lines[0] == f"{outside} from-the-host", r
+            assert lines[1].startswith(f"{host_loopback} refused"), r
+            assert lines[2].startswith(f"{server} refused"), r
+            r = await c.exec(0, "cat /proc/net/dev | grep -c tap0; ip -4 -o addr 2>/dev/null "
+                                "| grep -c tap0 || true")
+            assert r.stdout.split()[0] == "1", r
+    finally:
+        next(gen, None)
+        httpd.shutdown()
