@@ -138,12 +138,6 @@ class BatchItem(ExecRequest):
     lease: str | None = Field(None, max_length=256)
 
 
-class LeaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    lease: str = Field(min_length=16, max_length=256)
-
-
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 

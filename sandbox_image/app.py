@@ -15,12 +15,12 @@ slot's disk full is a 507.
                                          session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
                                          restore the image's workdir (or switch image); ends
-                                         the slot's lease (and needs it, if it has one)
-    POST /slots/{i}/lease                {lease} -> the slot's lease from now on
+                                         the slot's lease
 
-Slot requests may carry `X-Slot-Lease: <lease>`: one with a lease other than the slot's
-current one is refused (403), so a holder whose lease ended can no longer touch the slot;
-with --leases required, a slot request without a lease is refused too.
+Slot requests carry `X-Slot-Lease: <lease>` (minted by the pool per acquire): the first
+request of a lease makes it the slot's lease, a reset ends it, and a request with an ended
+lease is refused (403), so a holder whose lease ended can no longer touch the slot; with
+--leases required, a slot request without a lease is refused too.
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
     GET  /slots/{i}/list?path=
@@ -45,6 +45,7 @@ from sandbox_image import VERSION, api, files
 from sandbox_image.api import BadRequest, ExecRequest
 
 LEASE_HEADER = "X-Slot-Lease"
+_ENDED_KEPT = 256  # ended leases remembered per slot
 from sandbox_image.config import HOST_IMAGE, ConfigError, ServerConfig
 from sandbox_image.container import (ContainerError, IdmappedRoots, Runtime, SlotContainer)
 from sandbox_image.disks import DiskError, SlotDisks
@@ -94,8 +95,9 @@ class SlotServer:
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks, owner=self.owner)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
-        # Each slot's current lease (set by the pool at acquire, ended by a reset).
+        # Each slot's current lease, and the last leases a reset ended (never valid again).
         self.leases: list[str | None] = [None] * cfg.slots
+        self._ended: list[dict[str, None]] = [{} for _ in range(cfg.slots)]
         self._session_per_command = not detach_from_terminal()
         if self._session_per_command:
             log.warning("the server leads a session with a terminal: every command gets its "
@@ -313,18 +315,29 @@ class SlotServer:
         return Launch(argv, env, run_cwd, preexec)
 
     def check_lease(self, i: int, sent: str | None) -> None:
-        """A request for slot i carrying a lease must carry the slot's current one (an
-        ended lease is refused: its holder's trajectory is over); with --leases required,
-        a request without one is refused too."""
-        current = self.leases[i]
+        """Slot i's lease: the pool mints one per acquire and sends it with every request
+        for the slot; the first request of a lease makes it the slot's lease, and a reset
+        (the release) ends it for good. A request carrying an ended lease is refused: its
+        holder's trajectory is over, and the slot may be someone else's now (a request
+        still in flight at the release lands here). With --leases required, a request
+        without a lease is refused too."""
         if sent is None:
             if self.cfg.leases == "required":
                 raise BadRequest(f"slot {i}: this server requires the slot's lease "
                                  f"({LEASE_HEADER} header)", 403)
             return
-        if current is None or not hmac.compare_digest(sent.encode(), current.encode()):
-            raise BadRequest(f"slot {i} is not leased by this lease (it was released or "
-                             "leased to another holder)", 403)
+        if sent in self._ended[i]:
+            raise BadRequest(f"slot {i} is not leased by this lease (it was released; the "
+                             "slot was reset since)", 403)
+        self.leases[i] = sent
+
+    def end_lease(self, i: int) -> None:
+        current, self.leases[i] = self.leases[i], None
+        if current is not None:
+            ended = self._ended[i]
+            if len(ended) >= _ENDED_KEPT:
+                ended.pop(next(iter(ended)))
+            ended[current] = None
 
     def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -452,22 +465,17 @@ def build_app(server: SlotServer) -> web.Application:
 
     async def reset(request: web.Request) -> web.Response:
         i = server.slot_index(request.match_info["slot"])
-        if server.leases[i] is not None:  # ending a lease takes that lease
-            server.check_lease(i, request.headers.get(LEASE_HEADER))
+        sent = request.headers.get(LEASE_HEADER)
+        if sent is not None or server.leases[i] is not None:
+            server.check_lease(i, sent)  # a leased slot is reset by its holder's release
         image = None
         if request.can_read_body:
             body = await api.read_json(request, 64 << 10, "reset request")
             image = api.validate(api.ResetRequest, body, limits, "reset request").image
-        server.leases[i] = None
+        server.end_lease(i)
         await server.reset(i, image)
         return web.json_response({"ok": True, **server.slot_image[i].describe(),
                                   "writable": server.writable[i]})
-
-    async def lease(request: web.Request) -> web.Response:
-        i = server.slot_index(request.match_info["slot"])
-        body = await api.read_json(request, 4096, "lease request")
-        server.leases[i] = api.validate(api.LeaseRequest, body, limits, "lease request").lease
-        return web.json_response({"ok": True})
 
     async def read_file(request: web.Request) -> web.Response:
         i = leased_slot(request)
@@ -518,7 +526,6 @@ def build_app(server: SlotServer) -> web.Application:
         web.post("/exec_batch", exec_batch),
         web.post("/slots/{slot}/python", python),
         web.post("/slots/{slot}/reset", reset),
-        web.post("/slots/{slot}/lease", lease),
         web.get("/slots/{slot}/file", read_file),
         web.put("/slots/{slot}/file", write_file),
         web.get("/slots/{slot}/list", list_dir),

@@ -29,7 +29,8 @@ SLOT_OPS = ("exec", "python", "read_file", "write_file", "list_dir", "archive",
             "upload_archive")
 
 
-# The header a slot request carries its lease in (see SlotServerClient.lease).
+# The header a slot request carries its lease in (the pool's per-acquire lease: the server
+# refuses a lease that a reset ended).
 LEASE_HEADER = "X-Slot-Lease"
 
 
@@ -189,8 +190,8 @@ class SlotServerClient:
 
     async def reset(self, slot: int, image: str | None = None, *,
                     lease: str | None = None) -> None:
-        """Wipe the slot and end its lease (`lease`: the one being ended, where the server
-        requires leases); with `image`, move it to that image (the server fetches it)."""
+        """Wipe the slot and end its lease (`lease`: the one being ended; the server refuses
+        it from then on); with `image`, move it to that image (the server fetches it)."""
         if image is None:
             await self._request("POST", f"/slots/{slot}/reset", timeout=FILE_TIMEOUT,
                                 lease=lease)
@@ -198,9 +199,3 @@ class SlotServerClient:
             await self._request("POST", f"/slots/{slot}/reset", timeout=IMAGE_TIMEOUT,
                                 json={"image": image}, lease=lease)
 
-    async def lease(self, slot: int, lease: str) -> None:
-        """Make `lease` the slot's lease: from now on the server refuses any request for the
-        slot that carries another one (a holder whose lease ended), and, where it requires
-        leases, any request without one."""
-        await self._request("POST", f"/slots/{slot}/lease", json={"lease": lease},
-                            timeout=FILE_TIMEOUT)

@@ -162,7 +162,6 @@ class SlotPool:
             if hs.slot_image[index] != image:
                 await self._move(hs, index, image)
             lease = uuid.uuid4().hex
-            await self._install_lease(hs, index, lease)
             hs.leases[index] = lease
             hs.holders[index] = trajectory_id
             self._counts["acquires"] += 1
@@ -233,19 +232,6 @@ class SlotPool:
             if isinstance(r, Exception):
                 log.warning("releasing %s/%d of a dead holder failed: %s", s.host_id, s.index, r)
         return len(mine)
-
-    async def _install_lease(self, hs: HostState, index: int, lease: str) -> None:
-        """Tell the slot's server the new lease: requests of any earlier holder are refused
-        from now on. A failure gives the slot back (an unreachable host is suspected)."""
-        try:
-            await hs.client.lease(index, lease)
-        except BaseException as e:
-            self._give(hs, index)
-            if isinstance(e, HostUnreachable):
-                await self.fleet.suspect(hs)
-            if isinstance(e, Exception):
-                raise SandboxError(f"could not lease slot {hs.host_id}/{index}: {e}") from e
-            raise
 
     async def _move(self, hs: HostState, index: int, image: str | None) -> None:
         """Reset a reserved free slot into `image` (mix_images). A failure is the acquirer's

@@ -172,9 +172,10 @@ def _processes_with(text: str) -> list[int]:
 
 
 async def test_a_released_slot_refuses_its_old_lease(tmp_path: Path) -> None:
-    """The server knows which lease holds each slot: a request with an ended lease (the
-    slot was reset, or leased to someone else) is refused, and with --leases required so
-    is a request without one."""
+    """The server knows which lease holds each slot: the first request of a lease makes it
+    the slot's, the release's reset ends it, and a request with an ended lease (a holder
+    whose trajectory is over, a request still in flight at the release) is refused; with
+    --leases required so is a request without one."""
     gen = running_server("slot-lease-", "--slots", "1", "--isolation", "required",
                          "--leases", "required")
     srv = next(gen)
@@ -182,24 +183,25 @@ async def test_a_released_slot_refuses_its_old_lease(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             c = SlotServerClient(session, srv.url, srv.token)
             first, second = "a" * 32, "b" * 32
-            await c.lease(0, first)
             assert (await c.exec(0, "echo mine", lease=first)).stdout == "mine\n"
             with pytest.raises(SandboxError, match="requires the slot's lease"):
                 await c.exec(0, "echo no-lease")
+            with pytest.raises(SandboxError, match="requires the slot's lease"):
+                await c.reset(0)  # a leased slot is reset by its holder
             await c.write_file(0, "f", b"x", lease=first)
             await c.reset(0, lease=first)  # the release: ends the lease
             with pytest.raises(SandboxError, match="not leased by this lease"):
                 await c.exec(0, "echo stale", lease=first)
             with pytest.raises(SandboxError, match="not leased by this lease"):
                 await c.read_file(0, "f", lease=first)
-            await c.lease(0, second)
+            assert (await c.exec(0, "echo new-holder", lease=second)).stdout == "new-holder\n"
             with pytest.raises(SandboxError, match="not leased by this lease"):
                 await c.python(0, "print(1)", lease=first)
             with pytest.raises(SandboxError, match="not leased by this lease"):
                 await c.reset(0, lease=first)
             (result,) = await c.exec_batch([{"slot": 0, "command": "true", "lease": first}])
             assert isinstance(result, Exception) and "not leased" in str(result)
-            assert (await c.exec(0, "echo new-holder", lease=second)).stdout == "new-holder\n"
+            assert (await c.exec(0, "cat f 2>&1; echo ok", lease=second)).stdout.endswith("ok\n")
     finally:
         next(gen, None)
 
