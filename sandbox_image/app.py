@@ -252,7 +252,8 @@ class SlotServer:
                 launch.argv, env=launch.env, cwd=launch.cwd, timeout=timeout,
                 output_cap=self.slot_limits.output_cap,
                 output_kill=self.slot_limits.output_kill,
-                preexec=launch.preexec, on_start=on_start, new_session=self._session_per_command,
+                preexec=launch.preexec, on_start=on_start, on_exit=running.discard,
+                new_session=self._session_per_command,
                 oom_check=lambda: self.limits.oom_kills(i) > oom_before,
                 extra_actions=launch.actions, keep_background=launch.keep_background,
             )

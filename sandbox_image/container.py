@@ -322,8 +322,9 @@ class SlotContainer:
         pid, exit_w, exited = self._egress
         self._egress = None
         os.close(exit_w)  # slirp4netns exits when this closes
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        if not exited.done():  # (a reaped pid may be another process's by now)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         await exited
 
     async def stop(self) -> None:
@@ -331,7 +332,9 @@ class SlotContainer:
         if self._stdin >= 0:
             os.close(self._stdin)
             self._stdin = -1
-        if self._outer:
+        # Only a process not yet reaped may be signalled: a reaped one's pid may be another
+        # process's by now.
+        if self._outer and self._exited is not None and not self._exited.done():
             with contextlib.suppress(OSError):
                 os.kill(self._outer, signal.SIGKILL)
         if self._exited is not None:

@@ -141,6 +141,7 @@ async def run_command(
     output_kill: int,
     preexec: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
     oom_check: Callable[[], bool] | None = None,
     new_session: bool = False,
     extra_actions: tuple[tuple, ...] = (),
@@ -170,6 +171,8 @@ async def run_command(
     pipes = _PipeReaders({1: out_r, 2: err_r}, capture)
     if on_start:
         on_start(pid)
+    if on_exit:  # as soon as it is reaped: its pid may be another process's after that
+        exited.add_done_callback(lambda _f: on_exit(pid))
     timed_out = False
     finished = False
     try:
