@@ -46,8 +46,7 @@ from sandbox_image.api import BadRequest, ExecRequest
 
 LEASE_HEADER = "X-Slot-Lease"
 _ENDED_KEPT = 256  # ended leases remembered per slot
-from sandbox_image.config import HOST_IMAGE, ConfigError, ServerConfig
-from sandbox_image.container import (ContainerError, IdmappedRoots, Runtime, SlotContainer)
+from sandbox_image.config import HOST_IMAGE, ServerConfig
 from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import HOST_ENV, Bubblewrap, default_env
 from sandbox_image.limits import SlotCgroups
@@ -55,8 +54,8 @@ from sandbox_image.python_sessions import PythonSessions
 from sandbox_image.runner import CommandResult, Launch, run_command
 from sandbox_image.spawn import detach_from_terminal, die_with_server
 from sandbox_image.slot_images import SlotImage, SlotImageError, SlotImages
+from sandbox_image.slot_containers import SlotContainers
 from sandbox_image.slots import SlotWorkspaces
-from sandbox_image.userns import IdRange
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,9 @@ class SlotServer:
         label = cfg.image if self.images.is_host(cfg.image) else HOST_IMAGE
         self.slot_image: list[SlotImage] = [self.images.host(label)] * cfg.slots
         self.writable: list[str | None] = [None] * cfg.slots
-        self.runtime = self._container_runtime()
-        self.owner = self.runtime.ids.base if self.runtime else None
-        self.containers: list[SlotContainer | None] = [None] * cfg.slots
-        self._restarts: dict[int, asyncio.Task[None]] = {}
+        self.containers = SlotContainers(cfg, isolation)
+        self.owner = self.containers.owner
         self.connections: Any = None  # the ConnectionGuard (set by __main__), for /health
-        self._lowers = IdmappedRoots(str(cfg.data_dir), self.runtime.ids) if self.runtime else None
         self.workspaces = SlotWorkspaces(cfg.data_dir, cfg.slots, disks, owner=self.owner)
         self.limits = SlotCgroups(cfg.slots, cfg.limits.memory_mb, cfg.limits.pids)
         self._token = cfg.token.encode()
@@ -108,33 +104,17 @@ class SlotServer:
             limits=self.limits, running=self.workspaces.running,
             output_cap=cfg.limits.output_cap, new_session=self._session_per_command)
 
-    def _container_runtime(self) -> Runtime | None:
-        """Slot containers when this server can run them (see container.py), else None:
-        the fallback is a fresh bubblewrap per command."""
-        if self.isolation != "bwrap" or self.slot_limits.containers == "off":
-            return None
-        try:
-            return Runtime.create(str(self.cfg.data_dir), self.cfg.bwrap_path,
-                                  IdRange(self.cfg.uid_base), self.slot_limits.network)
-        except ContainerError as e:
-            if self.slot_limits.containers == "on":
-                raise ConfigError(f"--containers on, but {e}") from None
-            log.warning("slot containers unavailable (%s): each command gets a fresh "
-                        "sandbox, and processes do not outlive their command", e)
-            return None
-
     async def _fill(self, i: int, image: SlotImage) -> None:
         """Give slot i (empty, its processes gone) the image's files and its container."""
-        if (self.runtime is not None and self._lowers is not None and image.image is not None
-                and self.disks is not None):
-            lower = await self._lowers.get(image.image.digest, str(image.image.rootfs))
+        if self.containers.enabled and image.image is not None and self.disks is not None:
+            lower = await self.containers.lower(image.image.digest, str(image.image.rootfs))
             await self.workspaces.mount_root(i, lower, image.workdir)
             self.writable[i] = "root"
         else:
             self.writable[i] = await self.workspaces.populate(i, image,
                                                               self.slot_limits.writable)
-        if self.runtime is not None:
-            await self._start_container(i)
+        if self.containers.enabled:
+            await self.containers.start(i, self._mounts(i), self.limits.wrapper_for(i))
 
     def _mounts(self, i: int) -> list[str]:
         image = self.slot_image[i]
@@ -144,37 +124,6 @@ class SlotServer:
         if root is not None:
             return image.bwrap.mount_args(None, image.workdir, scratch, root=root)
         return image.bwrap.mount_args(self.workspaces.paths[i], image.workdir, scratch)
-
-    async def _start_container(self, i: int) -> None:
-        assert self.runtime is not None
-        container = SlotContainer(self.runtime, self._mounts(i), self.limits.wrapper_for(i))
-        try:
-            await container.start()
-        except ContainerError as e:
-            raise SlotImageError(str(e), 500) from None
-        self.containers[i] = container
-
-    async def container(self, i: int) -> SlotContainer | None:
-        """Slot i's container, running: one that ended under a command (a `kill -9 -1`
-        took its init) is started again on the same files."""
-        c = self.containers[i]
-        if c is None or c.alive:
-            return c
-        task = self._restarts.get(i)
-        if task is None:
-            log.warning("slot %d: its container ended; starting it again (same files)", i)
-            task = self._restarts[i] = asyncio.ensure_future(c.start())
-            task.add_done_callback(lambda _t: self._restarts.pop(i, None))
-        try:
-            await asyncio.shield(task)
-        except ContainerError as e:
-            raise SlotImageError(str(e), 500) from None
-        return c
-
-    async def _stop_container(self, i: int) -> None:
-        c, self.containers[i] = self.containers[i], None
-        if c is not None:
-            await c.close()
 
     def _base_env(self, i: int) -> dict[str, str]:
         home = "/tmp" if self.isolation == "bwrap" else self.workspaces.home(i)
@@ -212,7 +161,7 @@ class SlotServer:
         old = self.slot_image[i]
         new = old if image is None or image == old.label else await self.images.load(image)
         await self.python.stop(i)
-        await self._stop_container(i)
+        await self.containers.stop(i)
         await self.workspaces.reset(i, kill=lambda: self.limits.kill_slot(i))
         self.slot_image[i] = new
         if new is not old:
@@ -237,7 +186,7 @@ class SlotServer:
 
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
-        await self.container(i)
+        await self.containers.get(i)
         launch = self.launch_spec(i, req)
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
@@ -288,7 +237,7 @@ class SlotServer:
             inside = self.slot_image[i].workdir
             rel = "." if cwd_host == ws_host else os.path.relpath(cwd_host, ws_host)
             cwd_inside = inside + ("" if rel == "." else "/" + rel)
-            container = self.containers[i]
+            container = self.containers.current(i)
             if container is not None:
                 # The command's env goes inside only; host processes get HOST_ENV.
                 argv, actions = container.command(req.command, env, cwd_inside)
@@ -353,7 +302,7 @@ class SlotServer:
             "version": VERSION,
             "slots": self.cfg.slots,
             "isolation": self.isolation,
-            "containers": self.runtime is not None,
+            "containers": self.containers.enabled,
             "connections": self.connections.describe() if self.connections else None,
             "uid_base": self.owner,
             "network": self.slot_limits.network,
@@ -375,13 +324,8 @@ class SlotServer:
 
     async def close(self) -> None:
         await self.python.close()
-        for i in range(self.cfg.slots):
-            await self._stop_container(i)
+        await self.containers.close()
         await self.workspaces.close()
-        if self._lowers is not None:
-            await asyncio.to_thread(self._lowers.close)
-        if self.runtime is not None:
-            self.runtime.close()
         for image in self.slot_image:
             self.images.release(image)
         await self.images.close()
@@ -460,7 +404,7 @@ def build_app(server: SlotServer) -> web.Application:
         i = leased_slot(request)
         body = await api.read_json(request, exec_cap, "python request")
         req = api.validate(api.PythonRequest, body, limits, "python request")
-        await server.container(i)
+        await server.containers.get(i)
         reply = await server.python.call(i, req.code, req.effective_timeout(limits))
         return web.json_response(reply)
 

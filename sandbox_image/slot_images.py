@@ -14,7 +14,6 @@ at reset, see `populate`. A reset restores it (a fresh disk, a fresh overlay or 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
