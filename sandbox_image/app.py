@@ -114,7 +114,8 @@ class SlotServer:
             self.writable[i] = await self.workspaces.populate(i, image,
                                                               self.slot_limits.writable)
         if self.containers.enabled:
-            await self.containers.start(i, self._mounts(i), self.limits.wrapper_for(i))
+            await self.containers.start(i, self._mounts(i), self.limits.wrapper_for(i),
+                                        self.limits.self_join_files(i))
 
     def _mounts(self, i: int) -> list[str]:
         image = self.slot_image[i]

@@ -230,6 +230,7 @@ class ServerConfig:
     # required: a slot request must carry the slot's current lease (X-Slot-Lease), set by
     # the pool at acquire; optional: a lease is checked only when one is sent.
     leases: str = "optional"
+    enter_helper: bool = True  # slot-enter (slot_enter.c) when it builds; off: nsenter + bwrap
     max_connections: int = 512  # open client connections; one more is closed at once
     header_timeout: float = 30.0  # seconds a new connection has to send its request's headers
 
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one long-lived container per slot (auto: when this host can)")
     p.add_argument("--leases", choices=("optional", "required"), default="optional",
                    help="required: every slot request must carry the slot's current lease")
+    p.add_argument("--enter-helper", choices=("on", "off"), default="on",
+                   help="commands enter slot containers through the slot-enter helper when "
+                   "it can be built (off: through nsenter and bwrap)")
     p.add_argument("--max-connections", type=int, default=512,
                    help="open client connections at most (one more is closed at once)")
     p.add_argument("--header-timeout", type=float, default=30.0,
@@ -391,6 +395,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
         uid_base=args.uid_base,
         leases=args.leases,
         max_connections=args.max_connections,
+        enter_helper=args.enter_helper == "on",
         header_timeout=args.header_timeout,
     )
     return cfg, args.log_level

@@ -11,18 +11,21 @@ reset (or the server's end). It is a bubblewrap sandbox holding the slot's names
   server. When the pipe closes, or the server dies, or the slot's cgroups are killed,
   the pid namespace ends and every process in it dies with it.
 
-A command enters the container: the server's wrapper joins the slot's cgroups, `nsenter`
-joins its network, ipc and uts namespaces and drops to the slot's host uid, and
-bubblewrap joins its user and pid namespaces (`--userns`, `--pidns`), builds the slot's
-filesystem view in a fresh mount namespace (the same binds as the container's, so the
-files are the same) and applies the hardening before it execs `/bin/sh -c COMMAND`:
-Docker's default capability set (within the slot's user namespace only), no_new_privs,
-the seccomp filter (seccomp.py), masked /proc entries, and an environment made of the
-slot's variables alone (`--clearenv`/`--setenv`: nothing from an image or a request is
-ever in the environment of a host-side process, so no LD_PRELOAD reaches the loader of
-nsenter, setpriv or bwrap). Processes a command leaves in the background stay in the
-container's pid namespace, so they outlive the command (a server started in one tool
-call answers the next) until the slot is reset.
+A command enters the container. The fast way is the slot-enter helper (slot_enter.c, built
+once per host with the system's C compiler): it joins the slot's cgroups, joins all the
+container's namespaces at once through a pidfd of its pid 1 (a pid number could name
+another process by then; a pidfd cannot), becomes root of the slot's user namespace, forks
+into its pid namespace, keeps Docker's default capability set (within the slot's user
+namespace only), sets no_new_privs, loads the seccomp filter (seccomp.py) and execs
+`/bin/sh -c COMMAND` with an environment made of the slot's variables alone. Without a
+compiler (or on a kernel before 5.8) the server's wrapper joins the cgroups, `nsenter` joins
+the network, ipc and uts namespaces and drops to the slot's host uid, and bubblewrap joins
+the user and pid namespaces (`--userns`, `--pidns`) and rebuilds the slot's view in a fresh
+mount namespace with the same hardening (`--clearenv`/`--setenv`, masked /proc). Either
+way nothing from an image or a request is ever in the environment of a host-side process,
+so no LD_PRELOAD reaches a host process's loader. Processes a command leaves in the
+background stay in the container's pid namespace, so they outlive the command (a server
+started in one tool call answers the next) until the slot is reset.
 
 bubblewrap runs as the slot's unprivileged host uid, so a host path it binds must be one
 that uid can reach: others (a data dir of mode 0700, an interpreter under /root) are bound
@@ -34,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
-import itertools
 import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass
 
@@ -150,9 +155,11 @@ class Runtime:
     network: bool
     stage_dir: str  # world-traversable (0711); each container stages its sources under it
     slirp: str | None = None  # slirp4netns, the egress of each slot when network is on
+    enter: str | None = None  # the slot-enter helper (slot_enter.c), when it could be built
 
     @classmethod
-    def create(cls, data_dir: str, bwrap: str, ids: IdRange, network: bool) -> Runtime:
+    def create(cls, data_dir: str, bwrap: str, ids: IdRange, network: bool,
+               enter_helper: bool = True) -> Runtime:
         """Raises ContainerError when this host cannot run slot containers."""
         if os.geteuid() != 0:
             raise ContainerError("slot containers need the server to run as root (it maps "
@@ -172,7 +179,7 @@ class Runtime:
         os.chmod(stage, 0o711)
         path = seccomp.write_program(os.path.join(stage, "seccomp.bpf"))
         return cls(ids, shutil.which(bwrap) or bwrap, tools["nsenter"], tools["setpriv"],  # type: ignore[arg-type]
-                   path, network, stage, slirp)
+                   path, network, stage, slirp, build_enter() if enter_helper else None)
 
     def close(self) -> None:
         shutil.rmtree(self.stage_dir, ignore_errors=True)
@@ -192,12 +199,18 @@ class SlotContainer:
 
     _ids = itertools.count()
 
-    def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str]) -> None:
+    def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str],
+                 joins: list[str] | None = None) -> None:
+        """`wrapper`: the argv prefix that joins the slot's cgroups (and sets rlimits);
+        `joins`: the same as files to write "0" to, when that is all it does (the fast
+        entering helper takes those; None: commands go through `wrapper`)."""
         self.rt = runtime
         self._mount_args = mounts  # bubblewrap's mount args for the slot's view (host paths)
         self.mounts: list[str] = []  # the same, with sources staged (while it runs)
         self._stage: Stage | None = None
         self.wrapper = wrapper  # the slot's cgroup-joining prefix
+        self.joins = joins
+        self._pidfd = -1  # of the container's pid 1: what the entering helper joins
         self.pid = 0  # the container's pid 1 (host pid), what commands enter
         self._outer = 0
         self._stdin = -1
@@ -270,6 +283,11 @@ class SlotContainer:
                 raise ContainerError(out.decode(errors="replace").strip()[-500:])
             if self.rt.network:
                 await self._start_egress()
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+            self._pidfd = os.pidfd_open(self.pid)
+            if self.rt.enter is not None and self.rt.enter not in _ENTER_WORKS:
+                _ENTER_WORKS[self.rt.enter] = await self._probe_enter()
         except (ValueError, KeyError, OSError, TimeoutError, ContainerError) as e:
             rest = b""
             with contextlib.suppress(Exception):
@@ -282,6 +300,20 @@ class SlotContainer:
             raise
         finally:
             os.close(out_r)
+
+    async def _probe_enter(self) -> bool:
+        """Whether the slot-enter helper works on this kernel (setns through a pidfd needs
+        5.8): `true` through it, once per server."""
+        argv, actions = self._enter_argv("true", {}, "/")
+        with open(os.devnull, "wb") as null:
+            pid = spawn(argv, env=dict(HOST_ENV), cwd=None, stdout=null.fileno(),
+                        stderr=null.fileno(), new_session=False, preexec=None,
+                        extra_actions=actions)
+        code = await watch_exit(pid)
+        if code != 0:
+            log.warning("slot-enter does not work here (exit %d): slot commands enter "
+                        "through nsenter and bwrap", code)
+        return code == 0
 
     async def _start_egress(self) -> None:
         """User-mode networking for this container (slirp4netns, as the slot's host uid, in
@@ -328,6 +360,9 @@ class SlotContainer:
         await exited
 
     async def stop(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         await self._stop_egress()
         if self._stdin >= 0:
             os.close(self._stdin)
@@ -351,6 +386,9 @@ class SlotContainer:
     def command(self, command: str, env: dict[str, str], cwd: str
                 ) -> tuple[list[str], list[tuple]]:
         """(argv, posix_spawn file actions) of `command` entering this container."""
+        if _ENTER_WORKS.get(self.rt.enter or "") and self.joins is not None \
+                and self._pidfd >= 0:
+            return self._enter_argv(command, env, cwd)
         # nsenter joins the container's network, ipc and uts namespaces and drops to the
         # slot's host uid (-S/-G; supplementary groups cleared) in one exec.
         base = str(self.rt.ids.base)
@@ -364,6 +402,25 @@ class SlotContainer:
                    (os.POSIX_SPAWN_OPEN, 4, f"/proc/{self.pid}/ns/pid", os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 5, self.rt.seccomp_file, os.O_RDONLY, 0)]
         return argv, actions
+
+
+    def _enter_argv(self, command: str, env: dict[str, str], cwd: str
+                    ) -> tuple[list[str], list[tuple]]:
+        """The fast way in: the slot-enter helper joins the container's namespaces through
+        a pidfd of its pid 1 (slot_enter.c)."""
+        assert self.rt.enter is not None
+        argv = [self.rt.enter, "3", "4", cwd]
+        for path in self.joins or ():
+            argv += ["-j", path]
+        for key, value in env.items():
+            argv += ["-e", f"{key}={value}"]
+        argv += ["--", "/bin/sh", "-c", command]
+        return argv, [(os.POSIX_SPAWN_DUP2, self._pidfd, 3),
+                      (os.POSIX_SPAWN_OPEN, 4, self.rt.seccomp_file, os.O_RDONLY, 0)]
+
+
+# slot-enter helper path -> whether it works on this kernel (probed once per server).
+_ENTER_WORKS: dict[str, bool] = {}
 
 
 def _json_complete(data: bytes) -> bool:
@@ -398,6 +455,45 @@ async def _read_until(fd: int, done: object) -> bytes:
     finally:
         loop.remove_reader(fd)
     return bytes(data)
+
+
+_ENTER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slot_enter.c")
+
+
+def build_enter() -> str | None:
+    """The slot-enter helper, compiled once per source version into a shared cache (a C
+    compiler is needed once per host); None when it cannot be built: commands then enter
+    through nsenter and bwrap (about twice the cost)."""
+    cc = shutil.which("cc", path=HOST_ENV["PATH"]) or shutil.which("gcc", path=HOST_ENV["PATH"])
+    try:
+        with open(_ENTER_SOURCE, "rb") as f:
+            source = f.read()
+    except OSError:
+        return None
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    cache = os.path.join("/var/tmp", "rollout-slot-enter")
+    target = os.path.join(cache, f"slot-enter-{digest}")
+    if os.path.exists(target):
+        return target
+    if cc is None:
+        log.info("no C compiler: slot commands enter through nsenter and bwrap")
+        return None
+    try:
+        os.makedirs(cache, mode=0o755, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        proc = subprocess.run([cc, "-O2", "-o", tmp, _ENTER_SOURCE], capture_output=True,
+                              timeout=120, env=dict(HOST_ENV))
+        if proc.returncode != 0:
+            log.warning("building slot-enter failed (%s): slot commands enter through "
+                        "nsenter and bwrap", proc.stderr.decode(errors="replace")[-300:])
+            return None
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("building slot-enter failed (%s): slot commands enter through nsenter "
+                    "and bwrap", e)
+        return None
+    return target
 
 
 class IdmappedRoots:

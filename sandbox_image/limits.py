@@ -259,6 +259,15 @@ class SlotCgroups:
             cached = self._wrappers[slot] = self.wrapper(slot)
         return cached
 
+    def self_join_files(self, slot: int) -> list[str] | None:
+        """The files a process writes "0" to, to move itself into slot's cgroups (what a
+        slot container's entering helper does instead of the wrapper shell); None when a
+        command needs more than that (rlimits)."""
+        if self.mode == "rlimit" and (self.memory_bytes or self.pids):
+            return None
+        name = "tasks" if self.mode == "cgroup1" else "cgroup.procs"
+        return [str(g / name) for g in self._groups[slot]]
+
     def _join_files(self, slot: int, pid: str) -> list[tuple[Path, str]]:
         """(file, what to write) that moves the calling single-threaded process into the
         slot's cgroups.

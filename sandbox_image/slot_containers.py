@@ -39,9 +39,10 @@ class SlotContainers:
         assert self._lowers is not None
         return await self._lowers.get(digest, rootfs)
 
-    async def start(self, i: int, mounts: list[str], wrapper: list[str]) -> None:
+    async def start(self, i: int, mounts: list[str], wrapper: list[str],
+                    joins: list[str] | None) -> None:
         assert self.runtime is not None
-        container = SlotContainer(self.runtime, mounts, wrapper)
+        container = SlotContainer(self.runtime, mounts, wrapper, joins)
         try:
             await container.start()
         except ContainerError as e:
@@ -87,7 +88,7 @@ def _runtime(cfg: ServerConfig, isolation: str) -> Runtime | None:
         return None
     try:
         return Runtime.create(str(cfg.data_dir), cfg.bwrap_path, IdRange(cfg.uid_base),
-                              cfg.limits.network)
+                              cfg.limits.network, cfg.enter_helper)
     except ContainerError as e:
         if mode == "on":
             raise ConfigError(f"--containers on, but {e}") from None

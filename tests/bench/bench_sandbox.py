@@ -57,9 +57,10 @@ def show(name: str, samples: list[float]) -> tuple[float, float]:
 
 async def spawn(argv: list[str], env: dict[str, str] | None = None) -> None:
     p = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                             stderr=asyncio.subprocess.DEVNULL, env=env)
-    code = await p.wait()
-    assert code == 0, f"{argv[0]} exited {code}: a failing command would time nothing"
+                                             stderr=asyncio.subprocess.PIPE, env=env)
+    _, err = await p.communicate()
+    assert p.returncode == 0, (f"{argv[0]} exited {p.returncode} ({err.decode()[-300:]}): a "
+                               "failing command would time nothing")
 
 
 def server_bwrap_argv(root: str) -> list[str]:

@@ -259,3 +259,30 @@ async def test_network_on_gives_each_slot_its_own_egress_not_the_hosts_loopback(
     finally:
         next(gen, None)
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("helper", ["on", "off"])
+async def test_both_ways_into_a_container_give_the_same_sandbox(helper: str) -> None:
+    """The slot-enter helper and the nsenter + bwrap way in (no C compiler, old kernel)
+    apply the same rules."""
+    gen = running_server(f"slot-enter-{helper}-", "--slots", "1", "--isolation", "required",
+                         "--enter-helper", helper, "--pids", "64")
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = SlotServerClient(session, srv.url, srv.token)
+            r = await c.exec(0, "id -u; cat /proc/self/uid_map; grep -E 'CapEff|NoNewPrivs|"
+                                "Seccomp:' /proc/self/status; echo $MINE; hostname; "
+                                "echo 1 > /proc/sys/kernel/core_uses_pid || echo refused; "
+                                "unshare -U true 2>/dev/null || echo no-userns; "
+                                "(sleep 1000.4242 >/dev/null 2>&1 &); pwd",
+                             env={"MINE": "inside"})
+            lines = r.stdout.split("\n")
+            assert lines[0] == "0" and lines[1].split() == ["0", "100000", "65536"], r
+            assert lines[2:5] == ["CapEff:\t00000000a80425fb", "NoNewPrivs:\t1",
+                                  "Seccomp:\t2"], r
+            assert lines[5:9] == ["inside", "sandbox", "refused", "no-userns"], r
+            r = await c.exec(0, "ps -eo args | grep -c '^sleep 1000.4242'")
+            assert r.stdout.strip() == "1", r  # it outlived the command that started it
+    finally:
+        next(gen, None)
