@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -473,13 +474,20 @@ def build_enter() -> str | None:
     digest = hashlib.sha256(source).hexdigest()[:16]
     cache = os.path.join("/var/tmp", "rollout-slot-enter")
     target = os.path.join(cache, f"slot-enter-{digest}")
-    if os.path.exists(target):
-        return target
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(cache, 0o755)
+    # It runs as root: only a helper in a directory and file that only we could have
+    # written (ours, not writable by group or others, no symlink) is used.
+    if not _only_ours(cache):
+        log.warning("%s is not a directory only this user can write: slot-enter not used",
+                    cache)
+        return None
+    if os.path.lexists(target):
+        return target if _only_ours(target) else None
     if cc is None:
         log.info("no C compiler: slot commands enter through nsenter and bwrap")
         return None
     try:
-        os.makedirs(cache, mode=0o755, exist_ok=True)
         tmp = f"{target}.{os.getpid()}.tmp"
         proc = subprocess.run([cc, "-O2", "-o", tmp, _ENTER_SOURCE], capture_output=True,
                               timeout=120, env=dict(HOST_ENV))
@@ -494,6 +502,15 @@ def build_enter() -> str | None:
                     "and bwrap", e)
         return None
     return target
+
+
+def _only_ours(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (not stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o022)
 
 
 class IdmappedRoots:
