@@ -183,6 +183,7 @@ def row_config(args: argparse.Namespace, c: int, run_dir: Path) -> Any:
         f"backend.slots_per_host={args.slots_per_host}", "backend.start_burst=16",
         "backend.max_starting=8", "backend.start_rate=50", "backend.health_check_interval=30",
         "sandbox.disk_mb=" + (str(args.disk_mb) if args.disk_mb else "null"),
+        f"sandbox.containers={args.containers}",
         "queue.lease_seconds=600", "workers.acquire_timeout=600", "run.shutdown_grace=30",
         "agent.max_context_tokens=32000",
     ]
@@ -208,8 +209,8 @@ async def one_row(args: argparse.Namespace, c: int) -> dict[str, Any]:
     def tick(s: Snapshot) -> None:
         nonlocal last_sample
         now = time.monotonic()
-        done = sum(w.get("trajectories_done", 0) for w in s.workers)
-        flying = sum(w.get("trajectories_in_flight", 0) for w in s.workers)
+        done = sum(w.trajectories_done for w in s.workers)
+        flying = sum(w.trajectories_in_flight for w in s.workers)
         series.append((now, done, flying))
         if flying and not meter.base:  # from the first trajectory on: no start-up costs
             meter.sample(start=True)
@@ -245,8 +246,7 @@ async def one_row(args: argparse.Namespace, c: int) -> dict[str, Any]:
     for m in meta:
         outcomes[m["outcome"]] = outcomes.get(m["outcome"], 0) + 1
     ws = snap.workers
-    traj_time = sum(w.get("traj_time", 0) for w in ws) / max(1, sum(
-        w.get("trajectories_done", 0) for w in ws))
+    traj_time = sum(w.traj_time for w in ws) / max(1, sum(w.trajectories_done for w in ws))
     return {
         "c": c, "n": n, "done": done, "group": group, "workers": workers, "gif": gif,
         "hosts": hosts, "slots": hosts * args.slots_per_host, "makespan": makespan,
@@ -279,6 +279,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     print(f"\nthroughput: {os.cpu_count()} cpus, latency {args.latency}s x {args.turns} turns "
           f"(ideal trajectory {ideal_t:.1f}s, spread {args.spread}), commands {args.commands}, "
           f"prepare={args.prepare}, grading={args.grading}, disk_mb={args.disk_mb or None}, "
+          f"containers={args.containers}, "
           f"{args.slots_per_host} slots/host, waves={args.waves}; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'conc':>5} {'trajs':>6} {'wk':>3} {'hosts':>5} {'traj/s':>7} {'ideal':>7} "
@@ -346,6 +347,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--headroom", type=float, default=0.25, help="spare slots (resets)")
     ap.add_argument("--disk-mb", type=int, default=0, help="per-slot disk (0: none)")
     ap.add_argument("--grading", action="store_true", help="the tasks' real grading")
+    ap.add_argument("--containers", default="auto", choices=("auto", "on", "off"),
+                    help="sandbox.containers: slot containers, or a fresh bwrap per command")
     ap.add_argument("--no-prepare", dest="prepare", action="store_false")
     return ap.parse_args()
 
