@@ -220,10 +220,11 @@ def test_double_ctrl_c_summary_equals_the_files(tmp_path: Path):
     summary counts what the files hold (it used to count the workers' own tallies, which
     include them), and says how many groups it cancelled, not the 0 left in flight after."""
     run_dir = tmp_path / "run"
-    # Turns of 0.1-1.9 s: the members of a group finish at different times, so groups in
-    # flight at the second Ctrl-C have members that already finished.
+    # Turns of 0.4-7.6 s: the members of a group finish at different times, so groups in
+    # flight at the second Ctrl-C have members that already finished; and a group takes long
+    # enough that a loaded machine's delay between the two Ctrl-Cs cannot see them all end.
     proc = launch("policy=simulated", f"policy.tokenizer={qwen_tokenizer_dir()}",
-                  "policy.simulated.latency=1.0", "policy.simulated.latency_spread=0.9",
+                  "policy.simulated.latency=4.0", "policy.simulated.latency_spread=0.9",
                   "policy.simulated.turns=2", "env.group_size=4", "workers.num=2",
                   "workers.groups_in_flight=2", "backend.slots_per_host=8",
                   "tasks.max_items=12", "run.shutdown_grace=600", run_dir=run_dir)

@@ -48,6 +48,10 @@ def gold_run(tmp_path_factory) -> GoldRun:
     return result
 
 
+def _has_cluster_gauges(text: str) -> bool:
+    return 'rollout_slots{' in text and 'rollout_hosts{' in text
+
+
 async def _run_and_scrape(cluster, result: GoldRun) -> None:
     """Scrape /metrics once a group is delivered and its task completed while another is
     still in flight. The driver polls the queue before the sink, and a worker completes its
@@ -64,7 +68,11 @@ async def _run_and_scrape(cluster, result: GoldRun) -> None:
 
     def tick(snap) -> None:
         completed = snap.queue.get("completed", 0)
-        if not scraping and snap.sink.get("delivered", 0) >= 1 and 1 <= completed < GOLD_TASKS:
+        if scraping and (not scraping[-1].done() or _has_cluster_gauges(result.scrape)):
+            return
+        # Again at a later tick if the observer had not published the cluster's gauges
+        # (slots, hosts) yet when the last scrape came back: it does so on its own period.
+        if snap.sink.get("delivered", 0) >= 1 and 1 <= completed < GOLD_TASKS:
             scraping.append(asyncio.get_running_loop().create_task(scrape()))
 
     result.snapshot = await run_until_done(cluster, tick)
