@@ -50,9 +50,13 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
 class ChatRenderer:
     """Turns chat messages into token ids with one tokenizer's chat template."""
 
-    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None,
+                 tool_prompt: str = "hermes") -> None:
         self.tokenizer = tokenizer
         self.template_kwargs = dict(template_kwargs or {})
+        if tool_prompt not in TOOL_PROMPTS:
+            raise ValueError(f"unknown tool_prompt {tool_prompt!r}; one of {sorted(TOOL_PROMPTS)}")
+        self.tool_prompt = tool_prompt
         self._added = set(tokenizer.get_added_vocab().values())
         self.turn_end_id = self._find_turn_end_id()
         stops = {self.turn_end_id, tokenizer.eos_token_id}
@@ -69,7 +73,7 @@ class ChatRenderer:
         add_generation_prompt: bool,
     ) -> str:
         if tools and not self.template_renders_tools:
-            messages, tools = with_tool_instructions(messages, tools), None
+            messages, tools = TOOL_PROMPTS[self.tool_prompt](messages, tools), None
         return self._apply(messages, tools, add_generation_prompt)
 
     def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -174,9 +178,51 @@ def with_tool_instructions(messages: list[dict[str, Any]],
         '<tool_call>\n{"name": "<tool name>", "arguments": {<arguments as JSON>}}\n</tool_call>\n'
         "Each result comes back in a message from the tool."
     )
+    return _with_system_block(messages, block)
+
+
+def with_smollm2_tool_instructions(messages: list[dict[str, Any]],
+                                   tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools in the shape SmolLM2-Instruct was tuned on for function calling (APIGen data):
+    the schemas as one JSON list inside `<tools>`, and calls answered as a JSON list inside
+    one `<tool_call>` block, here with a worked example built from the task's own first tool.
+
+    Measured by tests/bench/bench_embedded_toolcalls.py (the README quotes it): with the
+    Hermes block SmolLM2-135M almost never calls a tool; with this one it usually does.
+    Pure function of its inputs, like `with_tool_instructions`.
+    """
+    functions = [t.get("function", t) if isinstance(t, dict) else t for t in tools]
+    block = (
+        "You have access to these tools:\n<tools>" + json.dumps(functions) + "</tools>\n"
+        "To use tools, answer with a JSON list of calls inside <tool_call></tool_call>, "
+        "exactly in this format:\n"
+        '<tool_call>[{"name": "tool_name", "arguments": {"argument_name": "value"}}]</tool_call>\n'
+        f"For example:\n{_example_call(functions)}\n"
+        "Each result comes back in a message from the tool."
+    )
+    return _with_system_block(messages, block)
+
+
+def _example_call(functions: list[Any]) -> str:
+    """A well-formed call of one of the offered tools (a shell command when there is one)."""
+    names = [f.get("name") for f in functions if isinstance(f, dict)]
+    if "terminal" in names:
+        call = {"name": "terminal", "arguments": {"command": "ls"}}
+    else:
+        first = next((f for f in functions if isinstance(f, dict) and f.get("name")), {})
+        required = (first.get("parameters") or {}).get("required") or []
+        call = {"name": first.get("name", "tool_name"), "arguments": {k: "..." for k in required}}
+    return f"<tool_call>[{json.dumps(call)}]</tool_call>"
+
+
+def _with_system_block(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
     out = [dict(m) for m in messages]
     if out and out[0].get("role") == "system":
         out[0]["content"] = f"{out[0].get('content') or ''}\n\n{block}"
     else:
         out.insert(0, {"role": "system", "content": block})
     return out
+
+
+# How tools are described to a model whose chat template ignores `tools=` (policy.tool_prompt).
+TOOL_PROMPTS = {"hermes": with_tool_instructions, "smollm2": with_smollm2_tool_instructions}
