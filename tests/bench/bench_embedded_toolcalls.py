@@ -68,10 +68,130 @@ def _smollm2_tools_first(messages: Messages, tools: list[dict[str, Any]]) -> Mes
     return _with_system_block(rest, block)
 
 
+STRICT = ("Answer with tool calls only, in the format above and with no other text, until "
+          "the work is done.")
+
+
+def _strict(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
+    """`fn`, then a line asking for calls and nothing else (as the tuning data's prompt does)."""
+    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+        out = fn(messages, tools)
+        out[0]["content"] += "\n" + STRICT
+        return out
+    return wrapped
+
+
+def _fewshot(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
+    """`fn`, then one worked exchange as real chat turns before the task's user message: a
+    question, the assistant's call, the tool's answer, the assistant's closing reply."""
+    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+        out = fn(messages, tools)
+        at = 1 if out and out[0].get("role") == "system" else 0
+        example = [
+            {"role": "user", "content": "Which files are in the working directory?"},
+            {"role": "assistant",
+             "content": '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>'},
+            {"role": "tool", "content": "README.md\nsrc\ntests"},
+            {"role": "assistant", "content": "It holds README.md, src and tests."},
+        ]
+        return out[:at] + example + out[at:]
+    return wrapped
+
+
+def _call(name: str, **args: Any) -> dict[str, Any]:
+    return {"role": "assistant",
+            "content": f'<tool_call>[{json.dumps({"name": name, "arguments": args})}]</tool_call>'}
+
+
+EXAMPLE_TURNS: Messages = [
+    {"role": "user", "content": "Which files are in the working directory?"},
+    _call("terminal", command="ls"),
+    {"role": "tool", "content": "README.md\nsrc\ntests"},
+    {"role": "user", "content": "Show me the README."},
+    _call("read_file", path="README.md"),
+    {"role": "tool", "content": "# demo\nA small library."},
+]
+
+
+def _fewshot2(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
+    """`fn`, then two worked exchanges where every assistant turn is a call."""
+    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+        out = fn(messages, tools)
+        at = 1 if out and out[0].get("role") == "system" else 0
+        return out[:at] + [dict(m) for m in EXAMPLE_TURNS] + out[at:]
+    return wrapped
+
+
+ISSUE_TURNS: Messages = [
+    {"role": "user", "content": "<issue>\n`add(2, 3)` returns -1 instead of 5.\n</issue>\n\n"
+                                "Fix this issue by editing the library code."},
+    _call("terminal", command="grep -rn 'def add' ."),
+    {"role": "tool", "content": "./calc.py:1:def add(a, b):"},
+    _call("read_file", path="calc.py"),
+    {"role": "tool", "content": "def add(a, b):\n    return a - b\n"},
+    _call("write_file", path="calc.py", content="def add(a, b):\n    return a + b\n"),
+    {"role": "tool", "content": "wrote 32 bytes to calc.py"},
+    {"role": "assistant", "content": "Fixed: `add` subtracted; it now adds."},
+]
+
+
+def _fewshot_issue(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
+    """`fn`, then one worked bug fix in the task's own shape: every step a call, a summary last."""
+    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+        out = fn(messages, tools)
+        at = 1 if out and out[0].get("role") == "system" else 0
+        return out[:at] + [dict(m) for m in ISSUE_TURNS] + out[at:]
+    return wrapped
+
+
+def _compact(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+    """One line per tool (name, arguments, description) instead of JSON schemas, the list
+    call format and its example."""
+    lines = []
+    for t in tools:
+        fn = t.get("function", t)
+        params = fn.get("parameters", {})
+        required = set(params.get("required", []))
+        args = ", ".join(k if k in required else f"{k}?" for k in params.get("properties", {}))
+        lines.append(f"- {fn['name']}({args}): {fn.get('description', '')}")
+    block = ("Tools:\n" + "\n".join(lines) + "\nTo call tools, answer with a JSON list inside "
+             "<tool_call></tool_call>, for example:\n"
+             '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>')
+    return _with_system_block(messages, block)
+
+
+REMINDER = ("\n\nStart with a tool call, for example:\n"
+            '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>')
+
+
+def _remind(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
+    """`fn`, then the call format once more at the end of the first user message (the last
+    thing the model reads before its first turn)."""
+    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+        out = fn(messages, tools)
+        for m in out:
+            if m.get("role") == "user":
+                m["content"] = f"{m['content']}{REMINDER}"
+                break
+        return out
+    return wrapped
+
+
 PROMPTS: dict[str, Callable[[Messages, list[dict[str, Any]]], Messages]] = {
     **TOOL_PROMPTS,
     "smollm2-noexample": _smollm2_no_example,
     "smollm2-first": _smollm2_tools_first,
+    "smollm2-strict": _strict(TOOL_PROMPTS["smollm2"]),
+    "smollm2-first-strict": _strict(_smollm2_tools_first),
+    "smollm2-fewshot": _fewshot(TOOL_PROMPTS["smollm2"]),
+    "smollm2-first-fewshot": _fewshot(_smollm2_tools_first),
+    "hermes-fewshot": _fewshot(TOOL_PROMPTS["hermes"]),
+    "smollm2-fewshot2": _fewshot2(TOOL_PROMPTS["smollm2"]),
+    "compact": _compact,
+    "compact-fewshot2": _fewshot2(_compact),
+    "smollm2-fewshot-issue": _fewshot_issue(TOOL_PROMPTS["smollm2"]),
+    "smollm2-remind": _remind(TOOL_PROMPTS["smollm2"]),
+    "compact-remind": _remind(_compact),
 }
 DEFAULT_VARIANTS = ["hermes@1.0", "hermes@0.7", "smollm2-noexample@1.0", "smollm2@1.0",
                     "smollm2@0.7", "smollm2-first@0.7"]
@@ -165,6 +285,22 @@ async def run(variants: list[Variant], *, n: int, max_tokens: int, num_tasks: in
         await engine.stop()
 
 
+def run_dir_share(run_dir: Path) -> tuple[int, int, int]:
+    """(trajectories, with >= 1 well-formed call, with >= 1 attempted call) of a finished
+    run, from its events.jsonl: a `tool` event is a call the agent ran, one marked
+    `parse_error` a call the parser refused."""
+    total = well = attempted = 0
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "ev" not in record:
+            continue
+        tools = [e[3] for e in record["ev"] if e[0] == "tool"]
+        total += 1
+        attempted += bool(tools)
+        well += any(not t.get("parse_error") for t in tools)
+    return total, well, attempted
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
@@ -175,7 +311,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--show", action="store_true", help="print one sample per variant")
     ap.add_argument("--json", action="store_true", help="print the results as JSON lines")
+    ap.add_argument("--run-dir", type=Path,
+                    help="instead: the share of a finished run's trajectories with a tool call")
     args = ap.parse_args(argv)
+    if args.run_dir:
+        total, well, attempted = run_dir_share(args.run_dir)
+        print(f"{args.run_dir}: {well}/{total} trajectories with >= 1 well-formed tool call, "
+              f"{attempted}/{total} with >= 1 attempted")
+        return []
     variants = [Variant.parse(v) for v in args.variants]
     results = asyncio.run(run(variants, n=args.n, max_tokens=args.max_tokens,
                               num_tasks=args.tasks, batch=args.batch, seed=args.seed))
