@@ -16,6 +16,9 @@ samples with at least one call the agent would run; "attempted" also counts call
 rejects (bad JSON, unknown tool). Samples cycle over the first --tasks tasks; seeds are fixed,
 so a rerun on the same machine reproduces the counts.
 
+`--run-dir runs/<time>` instead counts a finished run's trajectories with at least one
+well-formed tool call (from its events.jsonl), e.g. after the README's main job.
+
 `run(...)` is what tests/policy_embedded/test_bench_toolcalls.py calls in its smoke mode.
 """
 
@@ -38,7 +41,12 @@ from rollout.agent import AgentConfig  # noqa: E402
 from rollout.policy.embedded import load_model  # noqa: E402
 from rollout.policy.embedded.engine import BatchedEngine  # noqa: E402
 from rollout.policy.embedded.sampling import SamplingParams  # noqa: E402
-from rollout.policy.template import TOOL_PROMPTS, ChatRenderer, _with_system_block  # noqa: E402
+from rollout.policy.template import (  # noqa: E402
+    TOOL_PROMPTS,
+    ChatRenderer,
+    _with_system_block,
+    smollm2_tool_block,
+)
 from rollout.tasks import load_tasks, make_env  # noqa: E402
 from rollout.tasks.base import tool_names  # noqa: E402
 from rollout.toolcalls import parse_tool_calls  # noqa: E402
@@ -47,20 +55,15 @@ from rollout.tools import describe_tools  # noqa: E402
 Messages = list[dict[str, Any]]
 
 
-def _smollm2_no_example(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-    """`smollm2` without its worked example (does the example matter?)."""
-    out = TOOL_PROMPTS["smollm2"](messages, tools)
-    system = out[0]["content"]
-    start = system.index("For example:\n")
-    end = system.index("\n", start + len("For example:\n")) + 1
-    out[0]["content"] = system[:start] + system[end:]
-    return out
+def _smollm2_system_only(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+    """`smollm2` without its worked example: the tools block in the system message only."""
+    return _with_system_block(messages, smollm2_tool_block(tools))
 
 
 def _smollm2_tools_first(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-    """`smollm2` with the tools block before the task's own system prompt (as in the tuning
-    data, where the tools block is the whole system message)."""
-    block = TOOL_PROMPTS["smollm2"]([], tools)[0]["content"]
+    """The tools block alone, before the task's own system prompt (as in the APIGen data,
+    where the tools block is the whole system message)."""
+    block = smollm2_tool_block(tools)
     rest = [dict(m) for m in messages]
     if rest and rest[0].get("role") == "system":
         rest[0]["content"] = f"{block}\n\n{rest[0]['content']}"
@@ -68,133 +71,32 @@ def _smollm2_tools_first(messages: Messages, tools: list[dict[str, Any]]) -> Mes
     return _with_system_block(rest, block)
 
 
-STRICT = ("Answer with tool calls only, in the format above and with no other text, until "
-          "the work is done.")
-
-
-def _strict(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
-    """`fn`, then a line asking for calls and nothing else (as the tuning data's prompt does)."""
-    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-        out = fn(messages, tools)
-        out[0]["content"] += "\n" + STRICT
-        return out
-    return wrapped
-
-
-def _fewshot(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
-    """`fn`, then one worked exchange as real chat turns before the task's user message: a
-    question, the assistant's call, the tool's answer, the assistant's closing reply."""
-    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-        out = fn(messages, tools)
-        at = 1 if out and out[0].get("role") == "system" else 0
-        example = [
-            {"role": "user", "content": "Which files are in the working directory?"},
-            {"role": "assistant",
-             "content": '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>'},
-            {"role": "tool", "content": "README.md\nsrc\ntests"},
-            {"role": "assistant", "content": "It holds README.md, src and tests."},
-        ]
-        return out[:at] + example + out[at:]
-    return wrapped
-
-
-def _call(name: str, **args: Any) -> dict[str, Any]:
-    return {"role": "assistant",
-            "content": f'<tool_call>[{json.dumps({"name": name, "arguments": args})}]</tool_call>'}
-
-
-EXAMPLE_TURNS: Messages = [
+QA_TURNS: Messages = [
     {"role": "user", "content": "Which files are in the working directory?"},
-    _call("terminal", command="ls"),
+    {"role": "assistant", "content": '<tool_call>[{"name": "terminal", "arguments": '
+                                     '{"command": "ls"}}]</tool_call>'},
     {"role": "tool", "content": "README.md\nsrc\ntests"},
     {"role": "user", "content": "Show me the README."},
-    _call("read_file", path="README.md"),
+    {"role": "assistant", "content": '<tool_call>[{"name": "read_file", "arguments": '
+                                     '{"path": "README.md"}}]</tool_call>'},
     {"role": "tool", "content": "# demo\nA small library."},
 ]
 
 
-def _fewshot2(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
-    """`fn`, then two worked exchanges where every assistant turn is a call."""
-    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-        out = fn(messages, tools)
-        at = 1 if out and out[0].get("role") == "system" else 0
-        return out[:at] + [dict(m) for m in EXAMPLE_TURNS] + out[at:]
-    return wrapped
-
-
-ISSUE_TURNS: Messages = [
-    {"role": "user", "content": "<issue>\n`add(2, 3)` returns -1 instead of 5.\n</issue>\n\n"
-                                "Fix this issue by editing the library code."},
-    _call("terminal", command="grep -rn 'def add' ."),
-    {"role": "tool", "content": "./calc.py:1:def add(a, b):"},
-    _call("read_file", path="calc.py"),
-    {"role": "tool", "content": "def add(a, b):\n    return a - b\n"},
-    _call("write_file", path="calc.py", content="def add(a, b):\n    return a + b\n"),
-    {"role": "tool", "content": "wrote 32 bytes to calc.py"},
-    {"role": "assistant", "content": "Fixed: `add` subtracted; it now adds."},
-]
-
-
-def _fewshot_issue(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
-    """`fn`, then one worked bug fix in the task's own shape: every step a call, a summary last."""
-    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-        out = fn(messages, tools)
-        at = 1 if out and out[0].get("role") == "system" else 0
-        return out[:at] + [dict(m) for m in ISSUE_TURNS] + out[at:]
-    return wrapped
-
-
-def _compact(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-    """One line per tool (name, arguments, description) instead of JSON schemas, the list
-    call format and its example."""
-    lines = []
-    for t in tools:
-        fn = t.get("function", t)
-        params = fn.get("parameters", {})
-        required = set(params.get("required", []))
-        args = ", ".join(k if k in required else f"{k}?" for k in params.get("properties", {}))
-        lines.append(f"- {fn['name']}({args}): {fn.get('description', '')}")
-    block = ("Tools:\n" + "\n".join(lines) + "\nTo call tools, answer with a JSON list inside "
-             "<tool_call></tool_call>, for example:\n"
-             '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>')
-    return _with_system_block(messages, block)
-
-
-REMINDER = ("\n\nStart with a tool call, for example:\n"
-            '<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}]</tool_call>')
-
-
-def _remind(fn: Callable[[Messages, list[dict[str, Any]]], Messages]):
-    """`fn`, then the call format once more at the end of the first user message (the last
-    thing the model reads before its first turn)."""
-    def wrapped(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
-        out = fn(messages, tools)
-        for m in out:
-            if m.get("role") == "user":
-                m["content"] = f"{m['content']}{REMINDER}"
-                break
-        return out
-    return wrapped
+def _smollm2_qa(messages: Messages, tools: list[dict[str, Any]]) -> Messages:
+    """The tools block, then two short questions each answered by a call (not a bug fix)."""
+    out = _smollm2_system_only(messages, tools)
+    return out[:1] + [dict(m) for m in QA_TURNS] + out[1:]
 
 
 PROMPTS: dict[str, Callable[[Messages, list[dict[str, Any]]], Messages]] = {
     **TOOL_PROMPTS,
-    "smollm2-noexample": _smollm2_no_example,
+    "smollm2-system-only": _smollm2_system_only,
     "smollm2-first": _smollm2_tools_first,
-    "smollm2-strict": _strict(TOOL_PROMPTS["smollm2"]),
-    "smollm2-first-strict": _strict(_smollm2_tools_first),
-    "smollm2-fewshot": _fewshot(TOOL_PROMPTS["smollm2"]),
-    "smollm2-first-fewshot": _fewshot(_smollm2_tools_first),
-    "hermes-fewshot": _fewshot(TOOL_PROMPTS["hermes"]),
-    "smollm2-fewshot2": _fewshot2(TOOL_PROMPTS["smollm2"]),
-    "compact": _compact,
-    "compact-fewshot2": _fewshot2(_compact),
-    "smollm2-fewshot-issue": _fewshot_issue(TOOL_PROMPTS["smollm2"]),
-    "smollm2-remind": _remind(TOOL_PROMPTS["smollm2"]),
-    "compact-remind": _remind(_compact),
+    "smollm2-qa": _smollm2_qa,
 }
-DEFAULT_VARIANTS = ["hermes@1.0", "hermes@0.7", "smollm2-noexample@1.0", "smollm2@1.0",
-                    "smollm2@0.7", "smollm2-first@0.7"]
+DEFAULT_VARIANTS = ["hermes@1.0", "hermes@0.7", "smollm2-system-only@0.7", "smollm2-qa@0.7",
+                    "smollm2@1.0", "smollm2@0.7", "smollm2@0.5"]
 
 
 @dataclass
@@ -273,14 +175,20 @@ async def run_variant(engine: BatchedEngine, renderer: ChatRenderer, variant: Va
 
 
 async def run(variants: list[Variant], *, n: int, max_tokens: int, num_tasks: int = 8,
-              batch: int = 8, seed: int = 0) -> list[Result]:
+              batch: int = 8, seed: int = 0,
+              on_result: Callable[[Result], None] | None = None) -> list[Result]:
     loaded = load_model()
     renderer = ChatRenderer(loaded.tokenizer)
     turns = first_turns(num_tasks)
     engine = BatchedEngine(loaded, max_batch_size=batch)
     await engine.start()
     try:
-        return [await run_variant(engine, renderer, v, turns, n, max_tokens, seed) for v in variants]
+        results = []
+        for v in variants:
+            results.append(await run_variant(engine, renderer, v, turns, n, max_tokens, seed))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
     finally:
         await engine.stop()
 
@@ -320,17 +228,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
               f"{attempted}/{total} with >= 1 attempted")
         return []
     variants = [Variant.parse(v) for v in args.variants]
-    results = asyncio.run(run(variants, n=args.n, max_tokens=args.max_tokens,
-                              num_tasks=args.tasks, batch=args.batch, seed=args.seed))
-    print(f"{'variant':<26} {'well-formed':>12} {'attempted':>10} {'tok/s':>7}")
-    for r in results:
+    print(f"{'variant':<26} {'well-formed':>12} {'attempted':>10} {'tok/s':>7}", flush=True)
+
+    def show(r: Result) -> None:
         print(f"{r.variant:<26} {r.well_formed:>4}/{r.n:<3} {r.share:>4.0%} "
-              f"{r.attempted:>6}/{r.n:<3} {r.tokens / r.seconds:>7.1f}")
+              f"{r.attempted:>6}/{r.n:<3} {r.tokens / r.seconds:>7.1f}", flush=True)
         if args.show:
-            print("    " + r.example[:400].replace("\n", "\n    "))
+            print("    " + r.example[:400].replace("\n", "\n    "), flush=True)
         if args.json:
-            print(json.dumps({**dataclasses.asdict(r), "share": r.share}))
-    return results
+            print(json.dumps({**dataclasses.asdict(r), "share": r.share}), flush=True)
+
+    return asyncio.run(run(variants, n=args.n, max_tokens=args.max_tokens, num_tasks=args.tasks,
+                           batch=args.batch, seed=args.seed, on_result=show))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import yaml
+
 from rollout.policy import PolicyConfig, make_policy
 from rollout.policy.embedded import checkpoint_dir
 
@@ -23,6 +25,8 @@ def _bench():
 
 def test_the_bench_prompt_is_the_embedded_policys_prompt(checkpoint: Path) -> None:
     bench = _bench()
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf/policy/embedded.yaml").read_text())
+    assert shipped["tool_prompt"] == "smollm2"
     cfg = PolicyConfig(type="scripted", tokenizer=str(checkpoint_dir()), tool_prompt="smollm2")
     renderer = make_policy(cfg).renderer
     for messages, tools in bench.first_turns(2):
