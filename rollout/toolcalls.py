@@ -3,8 +3,9 @@
 Accepted inside `<tool_call>...</tool_call>` tags (several per message):
 - Hermes JSON: `{"name": "terminal", "arguments": {"command": "ls"}}`
   (`arguments` may also be a JSON-encoded string, as some servers emit it);
-- a JSON list of such objects, one call each (`[{"name": ...}, {"name": ...}]`): the format
-  SmolLM2-Instruct was tuned on (APIGen function calling); `[]` is no call;
+- a JSON list of such objects, one call each (`[{"name": ...}, {"name": ...}]`): the APIGen
+  function-calling format of SmolLM2-1.7B-Instruct's tuning data, which the embedded policy's
+  `smollm2` tool prompt asks for; `[]` is no call;
 - GLM / llama.cpp style: `terminal{"command": "ls"}` (name, then a JSON object);
 - GLM-4.5 style: `terminal\n<arg_key>command</arg_key>\n<arg_value>ls</arg_value>`.
 
