@@ -3,6 +3,9 @@
 Accepted inside `<tool_call>...</tool_call>` tags (several per message):
 - Hermes JSON: `{"name": "terminal", "arguments": {"command": "ls"}}`
   (`arguments` may also be a JSON-encoded string, as some servers emit it);
+- a JSON list of such objects, one call each (`[{"name": ...}, {"name": ...}]`): the APIGen
+  function-calling format of SmolLM2-1.7B-Instruct's tuning data, which the embedded policy's
+  `smollm2` tool prompt asks for; `[]` is no call;
 - GLM / llama.cpp style: `terminal{"command": "ls"}` (name, then a JSON object);
 - GLM-4.5 style: `terminal\n<arg_key>command</arg_key>\n<arg_value>ls</arg_value>`.
 
@@ -72,7 +75,7 @@ def parse_tool_calls(text: str, limits: ParseLimits = ParseLimits()) -> ParsedTu
     """Parse every tool call in an assistant message. Never raises."""
     raw: list[tuple[str, Any] | ToolCallError] = []
     for match in _BLOCK.finditer(text):
-        raw.append(_parse_block(match.group(1)))
+        raw.extend(_parse_block(match.group(1)))
     tail = text[_last_block_end(text):]
     if OPEN_TAG in tail:
         raw.append(ToolCallError(
@@ -118,32 +121,38 @@ def _last_block_end(text: str) -> int:
     return end
 
 
-def _parse_block(body: str) -> tuple[str, Any] | ToolCallError:
+def _parse_block(body: str) -> list[tuple[str, Any] | ToolCallError]:
+    """The calls of one `<tool_call>` block: one, or one per item of a JSON list."""
     body = body.strip()
     if not body:
-        return ToolCallError(f"Empty tool call. A valid call looks like:\n{EXAMPLE}")
+        return [ToolCallError(f"Empty tool call. A valid call looks like:\n{EXAMPLE}")]
     if body[0] in "{[":
         try:
             obj = json.loads(body)
         except (json.JSONDecodeError, RecursionError) as exc:
-            return ToolCallError(
+            return [ToolCallError(
                 f"Tool call is not valid JSON ({_json_problem(exc)}). "
                 f"A valid call looks like:\n{EXAMPLE}"
-            )
-        if not isinstance(obj, dict):
-            return ToolCallError(f"Tool call must be a JSON object. Example:\n{EXAMPLE}")
-        args = obj.get("arguments", obj.get("parameters", {}))
-        return _named_arguments(obj.get("name"), args)
+            )]
+        items = obj if isinstance(obj, list) else [obj]
+        return [_call_object(item) for item in items]
     if m := _NAME_THEN_JSON.match(body):
-        return _named_arguments(m.group(1), m.group(2))
+        return [_named_arguments(m.group(1), m.group(2))]
     if m := _NAME_THEN_ARGS.match(body):
         args: dict[str, Any] = {}
         for key, value in _ARG_PAIR.findall(m.group(2)):
             args[key.strip()] = _loose_value(value.strip())
-        return m.group(1), args
-    return ToolCallError(
+        return [(m.group(1), args)]
+    return [ToolCallError(
         f"Could not read this tool call: {body[:80]!r}. A valid call looks like:\n{EXAMPLE}"
-    )
+    )]
+
+
+def _call_object(obj: Any) -> tuple[str, Any] | ToolCallError:
+    if not isinstance(obj, dict):
+        return ToolCallError(f"Tool call must be a JSON object. Example:\n{EXAMPLE}")
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return _named_arguments(obj.get("name"), args)
 
 
 def _named_arguments(name: Any, args: Any) -> tuple[str, Any] | ToolCallError:

@@ -79,7 +79,7 @@ def test_truncated_call_is_reported():
 def test_non_json_and_wrong_types():
     cases = {
         "<tool_call>{'name': 'terminal'}</tool_call>": "not valid JSON",
-        "<tool_call>[1, 2]</tool_call>": "must be a JSON object",
+        "<tool_call>[1]</tool_call>": "must be a JSON object",
         '<tool_call>{"name": 7, "arguments": {}}</tool_call>': "no 'name'",
         '<tool_call>{"name": "terminal", "arguments": [1]}</tool_call>': "must be a JSON object, got list",
         "<tool_call>   </tool_call>": "Empty tool call",
@@ -90,6 +90,26 @@ def test_non_json_and_wrong_types():
         assert turn.calls == [], text
         assert len(turn.errors) == 1 and expected in turn.errors[0].message, (text, turn.errors)
         assert "<tool_call>" in turn.errors[0].message or "'" in turn.errors[0].message
+
+
+def test_a_json_list_in_one_block_is_one_call_per_item():
+    # SmolLM2-Instruct's tuned format: a list of calls inside one block.
+    text = ('<tool_call>[{"name": "terminal", "arguments": {"command": "ls"}}, '
+            '{"name": "read_file", "arguments": {"path": "a.py"}}, 3, '
+            '{"name": "nope", "arguments": {}}]</tool_call>')
+    turn = parse_tool_calls(text, KNOWN)
+    assert [(c.name, c.arguments, c.call_id) for c in turn.calls] == [
+        ("terminal", {"command": "ls"}, "call_0"), ("read_file", {"path": "a.py"}, "call_1")]
+    assert [(e.call_id, e.message.split(".")[0]) for e in turn.errors] == [
+        ("call_2", "Tool call must be a JSON object"), ("call_3", "Unknown tool 'nope'")]
+    # The per-turn cap counts the list's items.
+    capped = parse_tool_calls(text, ParseLimits(max_calls=1, known_tools=KNOWN.known_tools))
+    assert len(capped.calls) == 1 and "Too many tool calls" in capped.errors[0].message
+
+
+def test_an_empty_list_is_no_call():
+    turn = parse_tool_calls("Done.\n<tool_call>[]</tool_call>", KNOWN)
+    assert not turn.attempted
 
 
 def test_unknown_tool_names_the_available_ones():

@@ -38,6 +38,10 @@ class PolicyConfig(ConfigModel):
     tokenizer: Annotated[Str, Field(validate_default=True)] = ""
     chat_template: Str | None = None  # override: a Jinja file path or string
     template_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. enable_thinking
+    # How tools are described when the chat template ignores `tools=` (template.py):
+    # hermes (one JSON object per <tool_call> block) or smollm2 (the JSON-list format
+    # SmolLM2-Instruct was tuned on, with a worked example; the embedded default).
+    tool_prompt: Literal["hermes", "smollm2"] = "hermes"
     api_key_env: Str | None = None  # the *name* of the env var holding the key
     temperature: float = 1.0
     top_p: float = 1.0
@@ -70,7 +74,7 @@ class PolicyConfig(ConfigModel):
 def make_policy(cfg: PolicyConfig, env: Any | None = None) -> TokenPolicy:
     """Build the client for `cfg.type`. `env` (a TaskEnv) is needed only by `gold`."""
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.chat_template)
-    renderer = ChatRenderer(tokenizer, cfg.template_kwargs)
+    renderer = ChatRenderer(tokenizer, cfg.template_kwargs, cfg.tool_prompt)
     if cfg.type in ("openai_completions", "embedded"):
         from rollout.policy.completions import CompletionsPolicy, EmbeddedPolicy
 

@@ -50,9 +50,13 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
 class ChatRenderer:
     """Turns chat messages into token ids with one tokenizer's chat template."""
 
-    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None,
+                 tool_prompt: str = "hermes") -> None:
         self.tokenizer = tokenizer
         self.template_kwargs = dict(template_kwargs or {})
+        if tool_prompt not in TOOL_PROMPTS:
+            raise ValueError(f"unknown tool_prompt {tool_prompt!r}; one of {sorted(TOOL_PROMPTS)}")
+        self.tool_prompt = tool_prompt
         self._added = set(tokenizer.get_added_vocab().values())
         self.turn_end_id = self._find_turn_end_id()
         stops = {self.turn_end_id, tokenizer.eos_token_id}
@@ -69,7 +73,7 @@ class ChatRenderer:
         add_generation_prompt: bool,
     ) -> str:
         if tools and not self.template_renders_tools:
-            messages, tools = with_tool_instructions(messages, tools), None
+            messages, tools = TOOL_PROMPTS[self.tool_prompt](messages, tools), None
         return self._apply(messages, tools, add_generation_prompt)
 
     def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -174,9 +178,80 @@ def with_tool_instructions(messages: list[dict[str, Any]],
         '<tool_call>\n{"name": "<tool name>", "arguments": {<arguments as JSON>}}\n</tool_call>\n'
         "Each result comes back in a message from the tool."
     )
+    return _with_system_block(messages, block)
+
+
+def with_smollm2_tool_instructions(messages: list[dict[str, Any]],
+                                   tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tools for SmolLM2-135M-Instruct: the schemas as one JSON list inside `<tools>` and calls
+    as a JSON list inside one `<tool_call>` block (the format of the APIGen function-calling
+    data its larger siblings were tuned on; the 135M model's own tuning set has no function
+    calling), then one worked example as real chat turns before the task's first user
+    message: a small bug fixed by calls only, closed by a summary without a call.
+
+    Why the example: with tool descriptions alone (either format) the 135M model answers the
+    issue in prose on every first turn; with the worked example it mostly opens with a call
+    (tests/bench/bench_embedded_toolcalls.py; the README quotes the shares). The example's
+    turns are prompt tokens (masked), never trained on. Pure function of its inputs, like
+    `with_tool_instructions`, so every re-render of a history agrees.
+    """
+    out = _with_system_block(messages, smollm2_tool_block(tools))
+    at = 1 if out and out[0].get("role") == "system" else 0
+    return out[:at] + smollm2_example_turns(tools) + out[at:]
+
+
+def smollm2_tool_block(tools: list[dict[str, Any]]) -> str:
+    functions = [t.get("function", t) if isinstance(t, dict) else t for t in tools]
+    return (
+        "You have access to these tools:\n<tools>" + json.dumps(functions) + "</tools>\n"
+        "To use tools, answer with a JSON list of calls inside <tool_call></tool_call>, "
+        "exactly in this format:\n"
+        '<tool_call>[{"name": "tool_name", "arguments": {"argument_name": "value"}}]</tool_call>\n'
+        "Each result comes back in a message from the tool. When the work is done, answer "
+        "without a tool call."
+    )
+
+
+def smollm2_example_turns(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A worked example as chat turns: a bug fix with the file tools when the task offers
+    them, else one call of the first offered tool."""
+    names = [(t.get("function", t) or {}).get("name") for t in tools if isinstance(t, dict)]
+    if {"terminal", "read_file", "write_file"} <= set(names):
+        return [
+            {"role": "user", "content": "<issue>\n`add(2, 3)` returns -1 instead of 5.\n"
+                                        "</issue>\n\nFix this issue by editing the code."},
+            _list_call("terminal", command="grep -rn 'def add' ."),
+            {"role": "tool", "content": "./calc.py:1:def add(a, b):"},
+            _list_call("read_file", path="calc.py"),
+            {"role": "tool", "content": "def add(a, b):\n    return a - b\n"},
+            _list_call("write_file", path="calc.py", content="def add(a, b):\n    return a + b\n"),
+            {"role": "tool", "content": "wrote 32 bytes to calc.py"},
+            {"role": "assistant", "content": "Fixed: `add` subtracted; it now adds."},
+        ]
+    first = next((t.get("function", t) for t in tools if isinstance(t, dict)), {}) or {}
+    name = first.get("name", "tool_name")
+    required = (first.get("parameters") or {}).get("required") or []
+    return [
+        {"role": "user", "content": f"Use the {name} tool once."},
+        _list_call(name, **{k: "..." for k in required}),
+        {"role": "tool", "content": "(its result)"},
+        {"role": "assistant", "content": f"I called {name} and read its result."},
+    ]
+
+
+def _list_call(name: str, **arguments: Any) -> dict[str, Any]:
+    call = json.dumps([{"name": name, "arguments": arguments}])
+    return {"role": "assistant", "content": f"<tool_call>{call}</tool_call>"}
+
+
+def _with_system_block(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
     out = [dict(m) for m in messages]
     if out and out[0].get("role") == "system":
         out[0]["content"] = f"{out[0].get('content') or ''}\n\n{block}"
     else:
         out.insert(0, {"role": "system", "content": block})
     return out
+
+
+# How tools are described to a model whose chat template ignores `tools=` (policy.tool_prompt).
+TOOL_PROMPTS = {"hermes": with_tool_instructions, "smollm2": with_smollm2_tool_instructions}
