@@ -78,9 +78,9 @@ async def test_wall_clock_budget_ends_in_timeout(tmp_path):
     assert traj.turns == 1 and traj.tool_time < 30
 
 
-async def test_a_slow_llm_call_is_a_policy_error_not_a_timeout(tmp_path):
-    """One call past llm_timeout is the server's failure (an infrastructure outcome, retried),
-    not the trajectory running out of its own budget."""
+async def _run_against_a_stalling_server(tmp_path, cfg: AgentConfig):
+    """One trajectory against a model server that answers after 30 s; (conversation,
+    trajectory)."""
     from rollout.policy.template import load_tokenizer
 
     server = FakeModelServer(load_tokenizer(QWEN_TOKENIZER))
@@ -89,11 +89,18 @@ async def test_a_slow_llm_call_is_a_policy_error_not_a_timeout(tmp_path):
     policy = make_policy(PolicyConfig(base_url=server.url, tokenizer=QWEN_TOKENIZER))
     try:
         conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
-        traj = await run_agent(conv, DirSandbox(tmp_path), AgentConfig(llm_timeout=0.3),
-                               trajectory_id="tr", task_id="t")
+        traj = await run_agent(conv, DirSandbox(tmp_path), cfg, trajectory_id="tr",
+                               task_id="t")
     finally:
         await policy.close()
         await server.stop()
+    return conv, traj
+
+
+async def test_a_slow_llm_call_is_a_policy_error_not_a_timeout(tmp_path):
+    """One call past llm_timeout is the server's failure (an infrastructure outcome, retried),
+    not the trajectory running out of its own budget."""
+    conv, traj = await _run_against_a_stalling_server(tmp_path, AgentConfig(llm_timeout=0.3))
     assert traj.outcome == Outcome.POLICY_ERROR and traj.outcome in INFRA_OUTCOMES
     assert traj.error.startswith("policy timeout") and "llm_timeout" in traj.error
     assert traj.turns == 0 and traj.record.tokens == conv.token_ids()
@@ -102,20 +109,8 @@ async def test_a_slow_llm_call_is_a_policy_error_not_a_timeout(tmp_path):
 async def test_the_budget_running_out_during_an_llm_call_is_the_agents_timeout(tmp_path):
     """The wall-clock budget is the trajectory's own: when it, not llm_timeout, cuts a call
     short, the outcome is `timeout` (graded as it stands), not an infrastructure failure."""
-    from rollout.policy.template import load_tokenizer
-
-    server = FakeModelServer(load_tokenizer(QWEN_TOKENIZER))
-    await server.start()
-    server.delay = 30
-    policy = make_policy(PolicyConfig(base_url=server.url, tokenizer=QWEN_TOKENIZER))
-    try:
-        conv = policy.open(MESSAGES, TOOL_SCHEMAS, TASK)
-        traj = await run_agent(conv, DirSandbox(tmp_path),
-                               AgentConfig(wall_clock_budget=0.3, llm_timeout=300),
-                               trajectory_id="tr", task_id="t")
-    finally:
-        await policy.close()
-        await server.stop()
+    _, traj = await _run_against_a_stalling_server(
+        tmp_path, AgentConfig(wall_clock_budget=0.3, llm_timeout=300))
     assert traj.outcome == Outcome.TIMEOUT and "wall-clock budget" in traj.error
     assert traj.outcome not in INFRA_OUTCOMES
 

@@ -59,6 +59,23 @@ def wait_for_first_group(proc: subprocess.Popen[str], run_dir: Path,
         time.sleep(0.2)
 
 
+def ctrl_c_twice(proc, run_dir: Path, timeout: float) -> str:
+    """Once a group is delivered, Ctrl-C; once that one is handled, Ctrl-C again. Returns
+    the run's output."""
+    wait_for_first_group(proc, run_dir)
+    proc.send_signal(signal.SIGINT)
+    seen = []
+    for line in proc.stdout:  # the first Ctrl-C is handled before the second is sent
+        seen.append(line)
+        if "Ctrl-C again to cancel" in line:
+            break
+    else:
+        raise AssertionError("".join(seen)[-3000:])
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
 GOLD = ("policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2",
         "workers.num=2", "backend.slots_per_host=4")
 
@@ -169,17 +186,7 @@ def test_second_ctrl_c_cancels_at_once_and_still_tears_down(tmp_path: Path):
     before = our_processes("-m sandbox_image")
     proc = launch(*GOLD, "tasks.max_items=6", "workers.num=1", "workers.groups_in_flight=2",
                   "run.shutdown_grace=600", run_dir=run_dir)
-    wait_for_first_group(proc, run_dir)
-    proc.send_signal(signal.SIGINT)
-    seen = []
-    for line in proc.stdout:  # the first Ctrl-C is handled before the second is sent
-        seen.append(line)
-        if "Ctrl-C again to cancel" in line:
-            break
-    else:
-        raise AssertionError("".join(seen)[-3000:])
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)  # far less than the 600 s grace
+    out = ctrl_c_twice(proc, run_dir, timeout=120)  # far less than the 600 s grace
     assert "(forced)" in out, out[-3000:]
     state = read_state(run_dir / "queue_state.json")
     assert len(state["completed"]) == len(groups_jsonl(run_dir))
@@ -228,17 +235,7 @@ def test_double_ctrl_c_summary_equals_the_files(tmp_path: Path):
                   "policy.simulated.turns=2", "env.group_size=4", "workers.num=2",
                   "workers.groups_in_flight=2", "backend.slots_per_host=8",
                   "tasks.max_items=12", "run.shutdown_grace=600", run_dir=run_dir)
-    wait_for_first_group(proc, run_dir)
-    proc.send_signal(signal.SIGINT)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "Ctrl-C again to cancel" in line:
-            break
-    else:
-        raise AssertionError("".join(seen)[-3000:])
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    out = ctrl_c_twice(proc, run_dir, timeout=300)
     assert "(forced)" in out, out[-3000:]
     figures = summary_figures(out)
     state = read_state(run_dir / "queue_state.json")
