@@ -58,6 +58,7 @@ class Snapshot:
     stop_level: int = 0  # 1: grace period running, 2: cancelling
     grace_deadline: float | None = None  # time.time() when the grace period ends
     cancelled_groups: int = 0  # in-flight groups cancelled at shutdown (tasks back in queue)
+    cancel_counted: bool = False  # the workers have answered how many they cancelled
     worker_deaths: dict[str, int] = field(default_factory=dict)  # cause -> deaths
 
 
@@ -350,6 +351,7 @@ class RolloutCluster:
 
     def _count_cancelled(self, results: list[Any]) -> None:
         self.snapshot.cancelled_groups += sum(r for r in results if isinstance(r, int))
+        self.snapshot.cancel_counted = True
 
     async def _teardown(self) -> None:
         self._count_cancelled(

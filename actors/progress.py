@@ -89,7 +89,9 @@ def _stopping(snap: Snapshot, t: dict[str, Any]) -> str | None:
     n = t["groups_in_flight"]
     if snap.stop_level >= 2:
         # The count the workers answered when they cancelled (the polled in-flight figure
-        # is already 0 by the time this is shown).
+        # is already 0 by the time this is shown); none until they have answered.
+        if not snap.cancel_counted:
+            return f"{snap.stopping}: cancelling the groups in flight"
         return (f"{snap.stopping}: cancelled {snap.cancelled_groups} group(s) in flight "
                 "(their tasks go back to the queue)")
     left = max(0.0, (snap.grace_deadline or time.time()) - time.time())
@@ -192,8 +194,10 @@ class ProgressView:
                      q.get("completed", 0), q.get("dropped", 0), q.get("leased", 0),
                      q.get("pending", 0), q.get("total", "?"))
         stopping = _stopping(snap, _totals(snap))
-        if stopping and stopping.split(":")[0] != self._last_stop:
-            self._last_stop = stopping.split(":")[0]
+        # Once per stage: the grace period, the cancelling, the count it ended with.
+        stage = (stopping or "").split(":")[0] + ("+" if snap.cancel_counted else "")
+        if stopping and stage != self._last_stop:
+            self._last_stop = stage
             log.warning("%s", stopping)
 
     def summary(self, snap: Snapshot, rec: RunRecord, resumed: bool = False) -> str:

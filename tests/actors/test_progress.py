@@ -79,7 +79,11 @@ def test_stopping_row_says_what_happens_next(tmp_path):
     console.print(render(cfg, snap))
     text = console.export_text()
     assert "SIGINT: 2 group(s) in flight get" in text and "Ctrl-C again cancels them" in text
-    snap.stop_level, snap.cancelled_groups = 2, 2
+    snap.stop_level = 2  # the workers have not answered yet: no count to show
+    console = Console(record=True, width=200)
+    console.print(render(cfg, snap))
+    assert "SIGINT: cancelling the groups in flight" in console.export_text()
+    snap.cancelled_groups, snap.cancel_counted = 2, True
     console = Console(record=True, width=200)
     console.print(render(cfg, snap))
     assert "cancelled 2 group(s) in flight" in console.export_text()
