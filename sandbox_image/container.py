@@ -47,6 +47,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandbox_image import mounts, seccomp
@@ -93,6 +94,14 @@ def _traversable(path: str) -> bool:
         cur = os.path.dirname(cur)
 
 
+def _readable_by_others(path: str) -> bool:
+    """Whether any uid may list and enter the directory `path` itself."""
+    try:
+        return os.stat(path).st_mode & 0o005 == 0o005
+    except OSError:
+        return False
+
+
 class Stage:
     """Bind sources an unprivileged bubblewrap can reach. bwrap (running as the slot's
     host uid) resolves every bind source by path, so a source under a directory of mode
@@ -100,8 +109,12 @@ class Stage:
     server, in its private mount namespace: `<stage dir>/<n>`, a directory only the
     staged trees hang off. One Stage per container; `close` unmounts what it staged."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, idmap: Callable[[str, str], None] | None = None) -> None:
+        """`idmap(source, target)`: mount `source` read-only on `target` with its owners
+        shifted into the slots' uid range (a read-only source the slot's root could not
+        read as it is: a virtualenv made by mkdtemp, mode 0700, owned by the host's root)."""
         self.root = root
+        self._idmap = idmap
         self._made: list[str] = []
 
     def rewrite(self, mount_args: list[str]) -> list[str]:
@@ -115,6 +128,9 @@ class Stage:
                 if not os.path.lexists(src):
                     if arg.endswith("-try"):
                         continue
+                elif arg.startswith("--ro-bind") and self._idmap is not None \
+                        and os.path.isdir(src) and not _readable_by_others(src):
+                    src = self._stage(src, idmapped=True)
                 elif not _traversable(src):
                     src = self._stage(src)
                 out += [arg, src, dst]
@@ -123,8 +139,14 @@ class Stage:
             i += 1
         return out
 
-    def _stage(self, src: str) -> str:
+    def _stage(self, src: str, idmapped: bool = False) -> str:
         target = os.path.join(self.root, str(len(self._made)))
+        if idmapped:
+            assert self._idmap is not None
+            os.makedirs(target, exist_ok=True)
+            self._idmap(src, target)
+            self._made.append(target)
+            return target
         if os.path.isdir(src):
             os.makedirs(target, exist_ok=True)
         else:
@@ -201,7 +223,8 @@ class SlotContainer:
     _ids = itertools.count()
 
     def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str],
-                 joins: list[str] | None = None) -> None:
+                 joins: list[str] | None = None,
+                 idmap: Callable[[str, str], None] | None = None) -> None:
         """`wrapper`: the argv prefix that joins the slot's cgroups (and sets rlimits);
         `joins`: the same as files to write "0" to, when that is all it does (the fast
         entering helper takes those; None: commands go through `wrapper`)."""
@@ -211,6 +234,7 @@ class SlotContainer:
         self._stage: Stage | None = None
         self.wrapper = wrapper  # the slot's cgroup-joining prefix
         self.joins = joins
+        self._idmap = idmap
         self._pidfd = -1  # of the container's pid 1: what the entering helper joins
         self.pid = 0  # the container's pid 1 (host pid), what commands enter
         self._outer = 0
@@ -237,7 +261,8 @@ class SlotContainer:
         # Targets above every source fd, so no dup2 overwrites a source not yet dup'ed.
         base = max(fds) + 1
         if self._stage is None:
-            self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))))
+            self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))),
+                                self._idmap)
             try:
                 self.mounts = await asyncio.to_thread(self._stage.rewrite, self._mount_args)
             except OSError as e:
@@ -533,10 +558,15 @@ class IdmappedRoots:
         return path
 
     def _mount(self, rootfs: str, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.clone(rootfs, path)
+
+    def clone(self, source: str, target: str) -> None:
+        """An idmapped, read-only clone of `source` on the existing directory `target` (it
+        goes with the caller's own mount namespace or unmount)."""
         if self._ns is None:
             self._ns = MappingNamespace(self._ids)
-        os.makedirs(path, exist_ok=True)
-        idmapped_clone(rootfs, path, self._ns.fd)
+        idmapped_clone(source, target, self._ns.fd)
 
     def close(self) -> None:
         for path in self._mounted.values():

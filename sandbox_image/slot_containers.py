@@ -42,7 +42,8 @@ class SlotContainers:
     async def start(self, i: int, mounts: list[str], wrapper: list[str],
                     joins: list[str] | None) -> None:
         assert self.runtime is not None
-        container = SlotContainer(self.runtime, mounts, wrapper, joins)
+        container = SlotContainer(self.runtime, mounts, wrapper, joins,
+                                  self._lowers.clone if self._lowers else None)
         try:
             await container.start()
         except ContainerError as e:

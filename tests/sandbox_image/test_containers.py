@@ -286,3 +286,29 @@ async def test_both_ways_into_a_container_give_the_same_sandbox(helper: str) -> 
             assert r.stdout.strip() == "1", r  # it outlived the command that started it
     finally:
         next(gen, None)
+
+
+async def test_an_exposed_dir_of_mode_0700_is_usable_by_the_slots_root() -> None:
+    """An interpreter prefix made by mkdtemp (mode 0700, owned by the host's root: CI's
+    virtualenv) is shown to the slot through an idmapped mount, so its root can use it
+    (read-only) though it is an unprivileged uid on the host."""
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="private-prefix-", dir="/var/tmp")  # mode 0700
+    os.makedirs(os.path.join(private, "bin"))
+    tool = os.path.join(private, "bin", "hello")
+    Path(tool).write_text("#!/bin/sh\necho hello from a private prefix\n")
+    os.chmod(tool, 0o755)
+    gen = running_server("slot-expose-", "--slots", "1", "--isolation", "required",
+                         "--expose", private)
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = SlotServerClient(session, srv.url, srv.token)
+            r = await c.exec(0, f"{tool}; touch {private}/x 2>/dev/null || echo read-only")
+            assert r.stdout == "hello from a private prefix\nread-only\n", r
+    finally:
+        next(gen, None)
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)
