@@ -204,6 +204,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
-    n = ap.parse_args().n
+    ap.add_argument("--smoke", action="store_true", help="2 rounds: only proves it works")
+    args = ap.parse_args()
+    n = 2 if args.smoke else args.n
     with local_ray():
         asyncio.run(main(n))

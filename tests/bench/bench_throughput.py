@@ -350,7 +350,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--containers", default="auto", choices=("auto", "on", "off"),
                     help="sandbox.containers: slot containers, or a fresh bwrap per command")
     ap.add_argument("--no-prepare", dest="prepare", action="store_false")
-    return ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny run (4 trajectories, one short turn) that only proves it works")
+    args = ap.parse_args()
+    if args.smoke:
+        args.concurrency, args.latency, args.turns, args.waves = [4], 0.1, 1, 1
+        args.group_size, args.slots_per_host, args.prepare = 2, 8, False
+    return args
 
 
 if __name__ == "__main__":
