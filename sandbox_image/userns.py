@@ -10,9 +10,8 @@ Three kernel features make that work with images whose files are owned by uid 0:
 - an image's root filesystem is shown to its slots through an *idmapped mount*
   (`idmapped_clone`): the files stay owned by 0 on disk, and through that mount they are
   owned by `base` (root inside), so a slot's root can change them in its overlay;
-- what the server itself writes into a slot (uploads, files) is written with its
-  filesystem uid set to `base` (`as_slot_root`), so root inside owns it and the host
-  never sees a root-owned file appear from a slot.
+- what the server itself writes into a slot (uploads, files) is given to `base` once
+  written (files.py, `owner`), so root inside owns it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -127,20 +125,3 @@ def idmapped_clone(source: str, target: str, userns_fd: int, *, read_only: bool 
                              _MOVE_MOUNT_F_EMPTY_PATH), f"move_mount to {target}")
     finally:
         os.close(tree)
-
-
-@contextlib.contextmanager
-def as_slot_root(uid: int | None) -> Iterator[None]:
-    """Within the block, files this thread creates belong to the slot's root (host uid and
-    gid `uid`, an `IdRange.base`) and access is checked as that uid (the thread's
-    filesystem ids only; other threads are unaffected). No-op for None."""
-    if uid is None:
-        yield
-        return
-    old_gid = _libc.setfsgid(uid)
-    old_uid = _libc.setfsuid(uid)
-    try:
-        yield
-    finally:
-        _libc.setfsuid(old_uid)
-        _libc.setfsgid(old_gid)
