@@ -33,8 +33,11 @@ READY_PREFIX = "SLOT_SERVER_READY "
 def _enter_mount_namespace(cfg: ServerConfig) -> str | None:
     """Before any thread exists: give the server a private mount namespace for the slot
     disks (see disks.py: nothing mounted leaks onto the host, even after a SIGKILL).
+    Slot containers need it too: what they stage is mounted by the server.
     Returns why that is impossible, or None."""
-    if not cfg.limits.disk_mb:
+    containers = cfg.limits.containers != "off" and cfg.limits.isolation != "none" \
+        and os.geteuid() == 0
+    if not cfg.limits.disk_mb and not containers:
         return None
     try:
         enter_private_mount_namespace()

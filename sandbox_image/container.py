@@ -103,19 +103,58 @@ def _readable_by_others(path: str) -> bool:
 
 
 class Stage:
-    """Bind sources an unprivileged bubblewrap can reach. bwrap (running as the slot's
-    host uid) resolves every bind source by path, so a source under a directory of mode
-    0700 (a data dir from mkdtemp, an interpreter under /root) is bound here first, by the
-    server, in its private mount namespace: `<stage dir>/<n>`, a directory only the
-    staged trees hang off. One Stage per container; `close` unmounts what it staged."""
+    """Bind sources an unprivileged bubblewrap can reach, shared by all the slot containers
+    of one server. bwrap (running as the slot's host uid) resolves every bind source by
+    path, so a source under a directory of mode 0700 (a data dir from mkdtemp, an
+    interpreter under /root) is made reachable here, in the server's private mount
+    namespace, under `root` (mode 0711: only the trees hung off it can be entered):
+    - the server's data dir (every slot's workspace, scratch, disks, root overlays): one
+      alias, `<root>/data`, bound once at the server's start and kept a peer of the data dir
+      (shared propagation), so a disk or overlay the server mounts there later shows in the
+      alias too. No per-container mount: a container's start costs no mount and no unmount
+      (and the server's namespace, which bubblewrap copies at every start, stays small);
+    - any other source: bound once under `<root>/<n>`, re-bound if the path now names
+      another directory (same path, new inode).
+    `close` unmounts all of it."""
 
-    def __init__(self, root: str, idmap: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, root: str, data_dir: str | None = None,
+                 idmap: Callable[[str, str], None] | None = None) -> None:
         """`idmap(source, target)`: mount `source` read-only on `target` with its owners
         shifted into the slots' uid range (a read-only source the slot's root could not
         read as it is: a virtualenv made by mkdtemp, mode 0700, owned by the host's root)."""
         self.root = root
         self._idmap = idmap
         self._made: list[str] = []
+        self._staged: dict[tuple[str, bool], tuple[str, tuple[int, int]]] = {}
+        self._ids = itertools.count()
+        self._data: tuple[str, str] | None = None  # (data dir, its alias)
+        if data_dir is not None:
+            self._alias(os.path.realpath(data_dir))
+
+    def _alias(self, data_dir: str) -> None:
+        if _traversable(os.path.join(data_dir, "_")):
+            return  # reachable as it is
+        if not os.stat(data_dir).st_mode & 0o001 or mounts.mounts_under(data_dir):
+            # An alias of a dir the slots' uid cannot enter would not help; one made over
+            # existing mounts would hold stale copies of them: bind sources one by one.
+            return
+        alias = os.path.join(self.root, "data")
+        try:
+            os.makedirs(alias, exist_ok=True)
+            mounts.mount(data_dir, data_dir, "", mounts.MS_BIND)
+            self._made.append(data_dir)
+            mounts.mount("", data_dir, "", mounts.MS_SHARED)
+            mounts.mount(data_dir, alias, "", mounts.MS_BIND)
+            self._made.append(alias)
+        except OSError as e:
+            log.warning("no alias of the data dir for slot containers (%s): their sources "
+                        "are staged one by one", e)
+            for target in reversed(self._made):
+                with contextlib.suppress(OSError):
+                    mounts.unmount(target)
+            self._made.clear()
+            return
+        self._data = (data_dir, alias)
 
     def rewrite(self, mount_args: list[str]) -> list[str]:
         out: list[str] = []
@@ -128,6 +167,9 @@ class Stage:
                 if not os.path.lexists(src):
                     if arg.endswith("-try"):
                         continue
+                elif self._data is not None and (src == self._data[0]
+                                                 or src.startswith(self._data[0] + "/")):
+                    src = self._data[1] + src[len(self._data[0]):]
                 elif arg.startswith("--ro-bind") and self._idmap is not None \
                         and os.path.isdir(src) and not _readable_by_others(src):
                     src = self._stage(src, idmapped=True)
@@ -140,21 +182,25 @@ class Stage:
         return out
 
     def _stage(self, src: str, idmapped: bool = False) -> str:
-        target = os.path.join(self.root, str(len(self._made)))
+        st = os.stat(src)
+        known = self._staged.get((src, idmapped))
+        if known is not None and known[1] == (st.st_dev, st.st_ino):
+            return known[0]
+        target = os.path.join(self.root, str(next(self._ids)))
         if idmapped:
             assert self._idmap is not None
             os.makedirs(target, exist_ok=True)
             self._idmap(src, target)
-            self._made.append(target)
-            return target
-        if os.path.isdir(src):
-            os.makedirs(target, exist_ok=True)
         else:
-            os.makedirs(self.root, exist_ok=True)
-            with open(target, "a"):
-                pass
-        mounts.mount(src, target, "", mounts.MS_BIND | mounts.MS_REC)
+            if os.path.isdir(src):
+                os.makedirs(target, exist_ok=True)
+            else:
+                os.makedirs(self.root, exist_ok=True)
+                with open(target, "a"):
+                    pass
+            mounts.mount(src, target, "", mounts.MS_BIND | mounts.MS_REC)
         self._made.append(target)
+        self._staged[(src, idmapped)] = (target, (st.st_dev, st.st_ino))
         return target
 
     def close(self) -> None:
@@ -162,6 +208,13 @@ class Stage:
             with contextlib.suppress(OSError):
                 mounts.unmount(target)
         self._made.clear()
+        self._staged.clear()
+        self._data = None
+        left = mounts.mounts_under(self.root)
+        if left:  # never delete through a mount: it would delete its source's files
+            log.warning("stage %s: %d mounts did not come off; left in place", self.root,
+                        len(left))
+            return
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -187,6 +240,10 @@ class Runtime:
         if os.geteuid() != 0:
             raise ContainerError("slot containers need the server to run as root (it maps "
                                  "the slots' uid ranges)")
+        if not mounts.in_private_namespace():
+            # What a container stages is mounted by the server: on the host's namespace it
+            # would be left behind by a server that was killed.
+            raise ContainerError("slot containers need the server's private mount namespace")
         tools = {name: shutil.which(name, path=HOST_ENV["PATH"])
                  for name in ("nsenter", "setpriv")}
         missing = [n for n, p in tools.items() if not p]
@@ -224,13 +281,16 @@ class SlotContainer:
 
     def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str],
                  joins: list[str] | None = None,
-                 idmap: Callable[[str, str], None] | None = None) -> None:
+                 idmap: Callable[[str, str], None] | None = None,
+                 stage: Stage | None = None) -> None:
         """`wrapper`: the argv prefix that joins the slot's cgroups (and sets rlimits);
         `joins`: the same as files to write "0" to, when that is all it does (the fast
-        entering helper takes those; None: commands go through `wrapper`)."""
+        entering helper takes those; None: commands go through `wrapper`); `stage`: the
+        server's shared Stage (None: the container stages its sources itself)."""
         self.rt = runtime
         self._mount_args = mounts  # bubblewrap's mount args for the slot's view (host paths)
         self.mounts: list[str] = []  # the same, with sources staged (while it runs)
+        self._shared_stage = stage
         self._stage: Stage | None = None
         self.wrapper = wrapper  # the slot's cgroup-joining prefix
         self.joins = joins
@@ -260,9 +320,16 @@ class SlotContainer:
             raise
         # Targets above every source fd, so no dup2 overwrites a source not yet dup'ed.
         base = max(fds) + 1
-        if self._stage is None:
+        if not self.mounts and self._shared_stage is not None:
+            try:  # usually no mount at all: paths under the data dir's alias
+                self.mounts = self._shared_stage.rewrite(self._mount_args)
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
+        elif self._stage is None and self._shared_stage is None:
             self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))),
-                                self._idmap)
+                                idmap=self._idmap)
             try:
                 self.mounts = await asyncio.to_thread(self._stage.rewrite, self._mount_args)
             except OSError as e:

@@ -29,6 +29,7 @@ MS_NODEV = 4
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 _LOOP_CTL_GET_FREE = 0x4C82
@@ -47,8 +48,18 @@ def enter_private_mount_namespace() -> None:
     """Move this process into a new mount namespace whose mounts do not propagate to the
     host's. Must be called while the process is single-threaded: unshare(CLONE_NEWNS)
     only moves the calling thread, and the server's worker threads must see its mounts."""
+    global _private
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    _private = True
+
+
+_private = False
+
+
+def in_private_namespace() -> bool:
+    """Whether this process entered its own private mount namespace."""
+    return _private
 
 
 def syncfs(fd: int) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from sandbox_image.config import ConfigError, ServerConfig
-from sandbox_image.container import ContainerError, IdmappedRoots, Runtime, SlotContainer
+from sandbox_image.container import ContainerError, IdmappedRoots, Runtime, SlotContainer, Stage
 from sandbox_image.slot_images import SlotImageError
 from sandbox_image.userns import IdRange
 
@@ -26,6 +27,11 @@ class SlotContainers:
         self._current: list[SlotContainer | None] = [None] * cfg.slots
         self._restarts: dict[int, asyncio.Task[None]] = {}
         self._lowers = IdmappedRoots(str(cfg.data_dir), self.runtime.ids) if self.runtime else None
+        # One Stage for all the slots' containers, made before any slot disk is mounted
+        # (its alias of the data dir must see every later mount: container.Stage).
+        self._stage = (Stage(os.path.join(self.runtime.stage_dir, "s"), str(cfg.data_dir),
+                             self._lowers.clone if self._lowers else None)
+                       if self.runtime else None)
 
     @property
     def enabled(self) -> bool:
@@ -42,8 +48,7 @@ class SlotContainers:
     async def start(self, i: int, mounts: list[str], wrapper: list[str],
                     joins: list[str] | None) -> None:
         assert self.runtime is not None
-        container = SlotContainer(self.runtime, mounts, wrapper, joins,
-                                  self._lowers.clone if self._lowers else None)
+        container = SlotContainer(self.runtime, mounts, wrapper, joins, stage=self._stage)
         try:
             await container.start()
         except ContainerError as e:
@@ -75,6 +80,8 @@ class SlotContainers:
     async def close(self) -> None:
         for i in range(len(self._current)):
             await self.stop(i)
+        if self._stage is not None:
+            await asyncio.to_thread(self._stage.close)
         if self._lowers is not None:
             await asyncio.to_thread(self._lowers.close)
         if self.runtime is not None:

@@ -312,3 +312,43 @@ async def test_an_exposed_dir_of_mode_0700_is_usable_by_the_slots_root() -> None
         import shutil
 
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _mount_points(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+async def test_staging_stays_in_the_servers_namespace_and_resets_add_no_mounts() -> None:
+    """Without slot disks too, what a server stages for its containers is mounted in its
+    own mount namespace (a killed server leaves nothing mounted on the host), once: a
+    reset neither mounts nor unmounts (bubblewrap copies the server's mounts at every
+    container start, so they must not pile up)."""
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="private-prefix-", dir="/var/tmp")  # staged, idmapped
+    gen = running_server("slot-stage-", "--slots", "2", "--isolation", "required",
+                         "--disk-mb", "0", "--expose", private)
+    srv = next(gen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = SlotServerClient(session, srv.url, srv.token)
+            r = await c.exec(0, f"ls -d {private} && id -u")
+            assert r.ok and r.stdout == f"{private}\n0\n", r
+            staged = sorted({p.rsplit("/slot-stage-", 1)[1].split("/")[0]
+                             for p in _mount_points(srv.proc.pid) if "/slot-stage-" in p})
+            assert staged, "nothing staged: the test proves nothing"
+            before = _mount_points(srv.proc.pid)
+            for _ in range(3):
+                await c.reset(0)
+                await c.reset(1)
+            assert (await c.exec(1, "id -u")).stdout == "0\n"
+            assert _mount_points(srv.proc.pid) == before
+        on_host = [p for p in _mount_points("self")
+                   if any(f"/slot-stage-{s}" in p for s in staged)]
+        assert on_host == []
+    finally:
+        next(gen, None)
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)
