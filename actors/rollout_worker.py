@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.sandbox_pool import CALL_SLACK, ActorSandbox
+from actors.sandbox_pool import CALL_SLACK, ActorSandbox, close_direct_session
 from rollout.agent import AgentConfig
 from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
@@ -135,6 +135,7 @@ class RolloutWorker:
                 await asyncio.gather(*self._groups.values(), return_exceptions=True)
         finally:
             await self._policy.close()
+            await close_direct_session()
         return self.stats()
 
     async def _renew(self, lease: Lease) -> None:

@@ -61,6 +61,13 @@ class Slot:
     lease: str
     # Seconds the acquire waited in the pool's queue before this slot was handed out.
     waited: float = field(default=0.0, compare=False)
+    # How a holder reaches the slot's server itself, without the pool on the path: its
+    # address, the lease's key (sandbox_image.api.lease_key: opens this slot's commands and
+    # files under this lease only) and the Ray node of the pool that handed it out (a
+    # loopback address is reachable from that node only). Empty: through the pool.
+    url: str = field(default="", compare=False)
+    key: str = field(default="", compare=False, repr=False)
+    node: str = field(default="", compare=False)
 
 
 @dataclass

@@ -9,6 +9,8 @@ server's `SlotLimits` (command size, timeout cap) come in through the validation
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 
 import json
 from typing import Any, Literal
@@ -25,6 +27,18 @@ MAX_ENV_ENTRIES = 256
 MAX_ENV_KEY = 256
 MAX_ENV_BYTES = 256 * 1024  # keys + values of one request's env together
 DEFAULT_TIMEOUT = 60.0
+
+
+# A slot request's lease (minted by the pool per acquire) and, for a caller without the
+# host's token (a worker talking to the slot server directly), the lease's key: an HMAC of
+# the slot and lease under the host's token, so only the pool can mint one, and it opens
+# that slot's commands and files under that lease only (never a reset, never another slot).
+LEASE_HEADER = "X-Slot-Lease"
+KEY_HEADER = "X-Slot-Key"
+
+
+def lease_key(token: bytes, slot: int, lease: str) -> str:
+    return hmac.new(token, f"{slot}:{lease}".encode(), hashlib.sha256).hexdigest()
 
 
 class TooLarge(ValueError):

@@ -20,7 +20,9 @@ slot's disk full is a 507.
 Slot requests carry `X-Slot-Lease: <lease>` (minted by the pool per acquire): the first
 request of a lease makes it the slot's lease, a reset ends it, and a request with an ended
 lease is refused (403), so a holder whose lease ended can no longer touch the slot; with
---leases required, a slot request without a lease is refused too.
+--leases required, a slot request without a lease is refused too. Instead of the bearer
+token, a slot's command and file routes take `X-Slot-Key` (api.lease_key: minted by the
+pool, which holds the token, for one lease of one slot): how workers reach a slot directly.
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
     GET  /slots/{i}/list?path=
@@ -42,10 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox_image import VERSION, api, files
-from sandbox_image.api import BadRequest, ExecRequest
-
-LEASE_HEADER = "X-Slot-Lease"
-_ENDED_KEPT = 256  # ended leases remembered per slot
+from sandbox_image.api import KEY_HEADER, LEASE_HEADER, BadRequest, ExecRequest, lease_key
 from sandbox_image.config import HOST_IMAGE, ServerConfig
 from sandbox_image.disks import DiskError, SlotDisks
 from sandbox_image.isolation import HOST_ENV, Bubblewrap, default_env
@@ -58,6 +57,11 @@ from sandbox_image.slot_containers import SlotContainers
 from sandbox_image.slots import SlotWorkspaces
 
 log = logging.getLogger(__name__)
+
+_ENDED_KEPT = 256  # ended leases remembered per slot
+# The routes a lease's key opens (its slot's commands and files).
+_KEYED_ROUTES = frozenset({"exec", "python", "read_file", "write_file", "list_dir", "archive",
+                           "upload"})
 
 # Without bubblewrap, setpriv (util-linux) sets the parent-death signal before exec'ing
 # the command, so a command never outlives a server killed with SIGKILL.
@@ -292,10 +296,25 @@ class SlotServer:
 
     def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
+        key = request.headers.get(KEY_HEADER)
+        if key is not None and not header:
+            self._check_key(request, key)
+            return
         if not header.startswith("Bearer "):
             raise BadRequest("missing bearer token", 401)
         if not hmac.compare_digest(header[7:].strip().encode(), self._token):
             raise BadRequest("wrong token", 403)
+
+    def _check_key(self, request: web.Request, key: str) -> None:
+        """A lease's key (api.lease_key) opens its slot's commands and files, nothing else:
+        not a reset, not the server's routes, not another slot."""
+        if request.match_info.route.name not in _KEYED_ROUTES:
+            raise BadRequest("a lease key opens only its slot's commands and files", 403)
+        lease = request.headers.get(LEASE_HEADER)
+        i = self.slot_index(request.match_info.get("slot"))
+        if not lease or not hmac.compare_digest(key.encode(),
+                                                lease_key(self._token, i, lease).encode()):
+            raise BadRequest(f"wrong key for this lease of slot {i}", 403)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -468,14 +487,14 @@ def build_app(server: SlotServer) -> web.Application:
     app.add_routes([
         web.get("/livez", livez),
         web.get("/health", health),
-        web.post("/slots/{slot}/exec", exec_one),
+        web.post("/slots/{slot}/exec", exec_one, name="exec"),
         web.post("/exec_batch", exec_batch),
-        web.post("/slots/{slot}/python", python),
+        web.post("/slots/{slot}/python", python, name="python"),
         web.post("/slots/{slot}/reset", reset),
-        web.get("/slots/{slot}/file", read_file),
-        web.put("/slots/{slot}/file", write_file),
-        web.get("/slots/{slot}/list", list_dir),
-        web.get("/slots/{slot}/archive", archive),
-        web.post("/slots/{slot}/upload", upload),
+        web.get("/slots/{slot}/file", read_file, name="read_file"),
+        web.put("/slots/{slot}/file", write_file, name="write_file"),
+        web.get("/slots/{slot}/list", list_dir, name="list_dir"),
+        web.get("/slots/{slot}/archive", archive, name="archive"),
+        web.post("/slots/{slot}/upload", upload, name="upload"),
     ])
     return app

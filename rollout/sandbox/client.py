@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from rollout.types import ExecResult, PythonResult, SandboxError
+from sandbox_image.api import KEY_HEADER, LEASE_HEADER, lease_key
 
 # Extra seconds over a command's own timeout before the client gives up on the server.
 EXEC_MARGIN = 30.0
@@ -29,9 +30,6 @@ SLOT_OPS = ("exec", "python", "read_file", "write_file", "list_dir", "archive",
             "upload_archive")
 
 
-# The header a slot request carries its lease in (the pool's per-acquire lease: the server
-# refuses a lease that a reset ended).
-LEASE_HEADER = "X-Slot-Lease"
 
 
 class HostUnreachable(SandboxError):
@@ -78,7 +76,20 @@ class SlotServerClient:
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
         self.session = session
         self.url = url.rstrip("/")
+        self._token = token.encode()
         self._headers = {"Authorization": f"Bearer {token}"}
+
+    @classmethod
+    def for_lease(cls, session: aiohttp.ClientSession, url: str, key: str) -> SlotServerClient:
+        """A client for one leased slot, by its lease's key instead of the host's token
+        (what a worker holds): its commands and files only (pass the lease on each call)."""
+        client = cls(session, url, "")
+        client._headers = {KEY_HEADER: key}
+        return client
+
+    def lease_key(self, slot: int, lease: str) -> str:
+        """The key of `lease` on `slot` (needs the host's token: the pool mints it)."""
+        return lease_key(self._token, slot, lease)
 
     async def _request(self, method: str, path: str, *, timeout: float,
                        raw: bool = False, lease: str | None = None, **kwargs: Any) -> Any:

@@ -168,7 +168,8 @@ class SlotPool:
             waited = loop.time() - t0
             self._counts["wait_ms"] += int(waited * 1000)
             return Slot(host_id=hs.host_id, index=index, image=image, lease=lease,
-                        waited=waited)
+                        waited=waited, url=hs.client.url,
+                        key=hs.client.lease_key(index, lease))
 
     async def _wait_for_slot(self, image: str | None,
                              deadline: float) -> tuple[HostState, int] | None:
@@ -324,6 +325,13 @@ class SlotPool:
             return await getattr(hs.client, op)(slot.index, *args, lease=slot.lease, **kwargs)
         except HostUnreachable as e:
             raise await self._unreachable(hs, f"slot {slot.host_id}/{slot.index}: host", e) from e
+
+    async def unreachable(self, slot: Slot, error: str) -> SandboxError:
+        """A holder that calls the slot's server itself could not reach it: the fleet
+        judges the host as if the pool's own call had failed."""
+        hs = self._validate(slot)
+        return await self._unreachable(hs, f"slot {slot.host_id}/{slot.index}: host",
+                                       HostUnreachable(error))
 
     async def _unreachable(self, hs: HostState, what: str, error: Exception) -> SandboxError:
         """A transport failure: let the fleet judge the host, and say what became of it."""
