@@ -28,14 +28,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class NomadAPIError(SandboxError):
-    """Nomad answered with an error (its body is plain text)."""
+def capability(method: str, path: str) -> str | None:
+    """The namespace ACL capability Nomad checks for one of the backend's calls (None: the
+    call needs no capability). From nomad/*_endpoint.go: registering and deregistering
+    (purging) a job is submit-job, reading jobs, evaluations and allocations read-job, the
+    job list list-jobs, stopping an allocation alloc-lifecycle, task logs read-logs."""
+    if path.startswith("/v1/status/") or path.startswith("/v1/agent/"):
+        return None
+    if path.startswith("/v1/client/fs/logs/"):
+        return "read-logs"
+    if path.startswith("/v1/allocation/") and path.endswith("/stop"):
+        return "alloc-lifecycle"
+    if path.endswith("/scale") and method != "GET":
+        return "scale-job"
+    if path == "/v1/jobs" and method == "GET":
+        return "list-jobs"
+    return "submit-job" if method in ("POST", "PUT", "DELETE") else "read-job"
 
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+
+class NomadAPIError(SandboxError):
+    """Nomad answered with an error (its body is plain text). A 403 names what the token
+    lacks: the capability of that call, or the token itself."""
+
+    def __init__(self, method: str, path: str, status: int, body: str,
+                 namespace: str = "default") -> None:
         hint = ""
         if status == 403:
-            hint = (" (the ACL token was refused: set NOMAD_TOKEN or backend.token to a token "
-                    "that may submit jobs in this namespace)")
+            if "token not found" in body.lower():
+                hint = (" (Nomad does not know the ACL token: set NOMAD_TOKEN or backend.token "
+                        "to a valid token's secret)")
+            else:
+                cap = capability(method, path)
+                hint = (f" (token lacks {cap}: the ACL token in NOMAD_TOKEN / backend.token "
+                        f"needs the {cap} capability in namespace {namespace!r}; the "
+                        "backend needs submit-job, read-job, list-jobs and read-logs)")
         super().__init__(f"Nomad {method} {path}: HTTP {status}: {body.strip()[:300]}{hint}")
         self.status = status
         self.body = body
@@ -83,9 +109,10 @@ class NomadAPI:
             await self._session.close()
 
     async def once(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                   body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
-        """One request: (decoded JSON, X-Nomad-Index). Raises NomadAPIError for an error
-        status, aiohttp/timeout errors for no answer."""
+                   body: Any = None, timeout: float | None = None,
+                   raw: bool = False) -> tuple[Any, int]:
+        """One request: (decoded JSON, or the text with `raw`; X-Nomad-Index). Raises
+        NomadAPIError for an error status, aiohttp/timeout errors for no answer."""
         query = {"namespace": self.cfg.namespace, **(params or {})}
         if self.cfg.region:
             query["region"] = self.cfg.region
@@ -98,8 +125,10 @@ class NomadAPI:
                 **kwargs) as r:
             text = await r.text()
             if r.status >= 400:
-                raise NomadAPIError(method, path, r.status, text)
+                raise NomadAPIError(method, path, r.status, text, self.cfg.namespace)
             index = int(r.headers.get("X-Nomad-Index", "0") or 0)
+            if raw:
+                return text, index
             return (await r.json(content_type=None) if text else None), index
 
     async def call(self, method: str, path: str, *, params: dict[str, str] | None = None,

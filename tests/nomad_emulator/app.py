@@ -120,7 +120,9 @@ class NomadAPI:
             given = request.headers.get("X-Nomad-Token") or bearer
             need = _capability(request.method, request.path)
             caps = self.tokens.get(given)
-            if caps is None or (need is not None and need not in caps):
+            if caps is None and need is not None:
+                return self._text(403, "ACL token not found")
+            if need is not None and need not in (caps or ()):
                 return self._text(403, "Permission denied")
         try:
             return await handler(request)
