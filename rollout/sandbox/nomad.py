@@ -367,8 +367,8 @@ class NomadBackend:
             return
         metric = next(iter(failed.values()))
         evaluated = metric.get("NodesEvaluated") or 0
-        dims = ", ".join(f"{k} on {n}" for k, n in (metric.get("DimensionExhausted") or {}
-                                                    ).items())
+        dims = ", ".join(f"{k} exhausted on {n}" for k, n in
+                         (metric.get("DimensionExhausted") or {}).items())
         if evaluated and metric.get("NodesFiltered") == evaluated and not dims:
             raise SandboxError(
                 f"no Nomad node can run job {job_id}: all {evaluated} node(s) were filtered "
@@ -379,7 +379,7 @@ class NomadBackend:
             self._warned = time.monotonic()
             log.warning(
                 "Nomad cannot place slot-server job %s yet: %d of %d node(s) lack room "
-                "(%s exhausted) for backend.cpu=%d MHz, backend.memory_mb=%d, "
+                "(%s) for backend.cpu=%d MHz, backend.memory_mb=%d, "
                 "backend.disk_mb=%d; it stays pending until room frees up (lower those, "
                 "or add Nomad clients)", job_id, metric.get("NodesExhausted") or 0,
                 evaluated, dims or "resources", self.cfg.cpu, self.cfg.memory_mb,

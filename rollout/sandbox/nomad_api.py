@@ -12,8 +12,10 @@ import asyncio
 import atexit
 import logging
 import random
+import socket
 import ssl
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -152,6 +154,41 @@ class NomadAPI:
             log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, why, delay)
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, 5.0)
+
+
+def probe(cfg: NomadConfig, timeout: float = 5.0) -> str | None:
+    """Before a run: None if the Nomad API at `cfg.address` answers and accepts the token
+    for listing jobs, else one line naming the key to change. Blocking (stdlib only)."""
+    api = NomadAPI(cfg)
+    query = urllib.parse.urlencode({"prefix": cfg.job_prefix, "namespace": cfg.namespace,
+                                    **({"region": cfg.region} if cfg.region else {})})
+    req = urllib.request.Request(f"{api.base}/v1/jobs?{query}",
+                                 headers={"X-Nomad-Token": cfg.token or ""})
+    try:
+        ctx = api._ssl()
+        with urllib.request.urlopen(  # noqa: S310 - the configured Nomad
+                req, timeout=timeout, context=ctx if isinstance(ctx, ssl.SSLContext) else None):
+            return None
+    except urllib.error.HTTPError as e:
+        body = e.read().decode(errors="replace").strip()[:200]
+        if e.code == 403:
+            what = ("does not know the token" if "not found" in body.lower()
+                    else "refused the token (it needs list-jobs, submit-job, read-job and "
+                    "read-logs in the namespace)")
+            return (f"Nomad at backend.address={cfg.address} {what}: set backend.token (or "
+                    f"NOMAD_TOKEN), namespace {cfg.namespace!r}")
+        return (f"Nomad at backend.address={cfg.address} answered GET /v1/jobs with HTTP "
+                f"{e.code} ({body}); check backend.address / backend.namespace / region")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused: nothing listens there"
+        elif isinstance(reason, (TimeoutError, socket.timeout)):
+            why = f"no answer within {timeout:g}s"
+        else:
+            why = str(reason)
+        return (f"the Nomad API at backend.address={cfg.address} is not reachable ({why}); "
+                "start Nomad or set backend.address (or NOMAD_ADDR)")
 
 
 # job id -> the API of every job this process registered and has not purged: the

@@ -107,6 +107,41 @@ class NomadSettings(BackendConfig):
             raise ValueError(problem)
         return self
 
+    def preflight(self) -> str | None:
+        """Before a run (launch.py's preflight): the API answers and takes the token; a
+        Nomad client on this machine (a loopback address: a dev agent) can import the slot
+        server's dependencies with backend.python. One line naming the key, or None."""
+        from rollout.sandbox.nomad_api import probe
+
+        problem = probe(self)
+        if problem or self.driver != "raw_exec" or not _loopback(self.address):
+            return problem
+        return _python_problem(self.python, self.pythonpath)
+
+
+def _loopback(address: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(address).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _python_problem(python: str, pythonpath: str | None) -> str | None:
+    """Whether `python` can import what `python -m sandbox_image` needs."""
+    import subprocess
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+    try:
+        r = subprocess.run([python, "-c", "import aiohttp, pydantic, sandbox_image.config"],
+                           env=env, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"backend.python={python} cannot run on this machine's Nomad client ({e})"
+    if r.returncode == 0:
+        return None
+    last = (r.stderr.strip().splitlines() or ["?"])[-1]
+    return (f"backend.python={python} cannot import the slot server's dependencies ({last}); "
+            "install them for it, or point backend.python at an interpreter that has them")
+
 
 # Nomad's own limits (hashicorp/nomad v1.9.7 and v1.10.5, nomad/structs/structs.go and the
 # api package's defaults); a job breaking one is refused with a 400 at registration.

@@ -16,6 +16,7 @@ from rollout.sandbox import nomad_api
 from rollout.sandbox import nomad_job as nj
 from rollout.sandbox.nomad import Constraint, NomadAPIError, NomadBackend, NomadConfig
 from rollout.sandbox.registry import backend_config
+from rollout.types import SandboxError
 from sandbox_image.config import SlotLimits
 from tests.nomad_emulator.app import EmulatorServer
 from tests.nomad_emulator.go_fields import load_fields, problems
@@ -393,5 +394,130 @@ async def test_cancelled_start_purges_its_job(emulator: EmulatorServer) -> None:
         assert emulator.cluster.jobs == {} and backend.jobs == {}
         assert [e["event"] for e in emulator.cluster.history
                 if e["event"] in ("register", "deregister")] == ["register", "deregister"]
+    finally:
+        await backend.close()
+
+
+# --- Nomad's own validation: the config and the emulator refuse the same values ------------
+
+
+@pytest.mark.parametrize(("bad", "key", "nomad_says"), [
+    ({"restart_interval": 2}, "restart_interval", "Interval can not be less than 5s"),
+    ({"reschedule_delay": 1}, "reschedule_delay", "Delay cannot be less than 5s"),
+    ({"reschedule_interval": 10}, "reschedule_interval", "Interval cannot be less than 15s"),
+    ({"reschedule_attempts": 5, "reschedule_interval": 20}, "reschedule_interval",
+     "Nomad can only make 4 attempts in 20s"),
+    ({"disk_mb": 30}, "disk_mb", "log storage (30 MB) must be less than requested disk"),
+    ({"disk_mb": 5}, "disk_mb", "minimum DiskMB value is 10"),
+    ({"kill_timeout": 700}, "kill_timeout", "longer than the group's ProgressDeadline (10m0s)"),
+])
+async def test_config_and_emulator_refuse_what_nomad_refuses(
+        emulator: EmulatorServer, bad: dict[str, Any], key: str, nomad_says: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        config(emulator, **bad)
+    line = str(refused.value).splitlines()
+    assert any(f"backend.{key}=" in x for x in line), refused.value
+    # The same values in a job, past the config's checks: Nomad's 400, with its reason.
+    good = config(emulator)
+    cfg = NomadConfig.model_construct(**{**good.model_dump(), **bad})
+    job = nj.job_spec(cfg, LIMITS, job_id=nj.host_job_id("rollout-", "bad"), run_id="bad",
+                      owner="h:1:2", group=nj.GroupSpec.of(None, 1), token="t" * 32)
+    with pytest.raises(NomadAPIError) as e:
+        await good.create(LIMITS, "bad").api.once("POST", "/v1/jobs", body={"Job": job})
+    assert e.value.status == 400 and nomad_says in e.value.body, e.value.body
+    assert emulator.cluster.jobs == {}
+
+
+def test_the_defaults_pass_nomads_rules() -> None:
+    from rollout.sandbox.nomad_config import nomad_rule_violations
+    from tests.nomad_emulator.validate import canonicalize, job_errors
+
+    assert nomad_rule_violations(NomadConfig()) == []
+    for driver in ("raw_exec", "docker"):
+        assert job_errors(canonicalize(_spec(driver=driver)["Job"])) == []
+
+
+# --- what runs: the docker driver, resources, a broken interpreter --------------------------
+
+
+@pytest.fixture
+async def docker_emulator(tmp_path: Path) -> AsyncIterator[EmulatorServer]:
+    """Nodes whose docker driver knows the slot-server image (what `docker run` of
+    sandbox_image/Dockerfile runs, with this checkout as its /opt/slot-server) and allows
+    SYS_ADMIN (`allow_caps`, as conf/backend/nomad.yaml's dev cluster does)."""
+    root = str(Path(__file__).resolve().parents[2])
+    images = {"registry.test/rollout-slots:1": {
+        "entrypoint": [sys.executable, "-m", "sandbox_image",
+                       "--data-dir", "${NOMAD_TASK_DIR}/slots"],
+        "env": {"PYTHONPATH": root}}}
+    server = EmulatorServer(tmp_path / "nomad", token=TOKEN, docker_images=images,
+                            docker_allow_caps=("chown", "kill", "sys_admin"))
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_the_docker_driver_runs_the_slot_server_image(
+        docker_emulator: EmulatorServer) -> None:
+    backend = config(docker_emulator, driver="docker",
+                     docker_image="registry.test/rollout-slots:1").create(LIMITS, "docker")
+    try:
+        host = await backend.start_host("img", 1)
+        assert await _healthy(host)
+        (alloc,) = docker_emulator.cluster.allocs.values()
+        assert alloc.proc is not None and alloc.proc.returncode is None
+    finally:
+        await backend.close()
+    assert docker_emulator.cluster.running_pids() == set()
+
+
+async def test_a_docker_failure_ends_the_start_with_the_drivers_reason(
+        docker_emulator: EmulatorServer) -> None:
+    docker_emulator.cluster.docker_allow_caps = {"chown", "kill"}  # the driver's default
+    backend = config(docker_emulator, driver="docker",
+                     docker_image="registry.test/rollout-slots:1").create(LIMITS, "nocaps")
+    try:
+        with pytest.raises(SandboxError, match="caps allowlisted.*sys_admin"):
+            await asyncio.wait_for(backend.start_host(None, 1), 30)
+        assert docker_emulator.cluster.jobs == {}  # the failed start's job is purged
+    finally:
+        await backend.close()
+
+
+async def test_a_host_that_does_not_fit_stays_pending_and_says_why(
+        emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
+    node = next(iter(emulator.cluster.nodes.values()))
+    for info in emulator.cluster.nodes.values():
+        info["Resources"]["MemoryMB"] = 1000
+    backend = config(emulator, memory_mb=600).create(LIMITS, "fit")
+    try:
+        first, second = await asyncio.gather(backend.start_host(None, 1),
+                                             backend.start_host(None, 1))
+        third = asyncio.ensure_future(backend.start_host(None, 1))  # no node has 600 MB left
+        await eventually(lambda: "backend.memory_mb=600" in caplog.text)
+        assert "2 of 2 node(s) lack room (memory exhausted on 2)" in caplog.text, caplog.text
+        evals = [e for e in emulator.cluster.evals if e["FailedTGAllocs"]]
+        assert evals and not third.done()
+        await backend.stop_host(first)  # room again: Nomad's blocked evaluation places it
+        host = await asyncio.wait_for(third, 60)
+        assert await _healthy(host) and node["Resources"]["MemoryMB"] == 1000
+        assert await backend.hosts_alive([second, host]) == {second.host_id, host.host_id}
+    finally:
+        await backend.close()
+
+
+async def test_an_interpreter_without_the_dependencies_fails_the_start_at_once(
+        emulator: EmulatorServer) -> None:
+    """backend.python without aiohttp: the slot server dies on import; the start ends with
+    the task's own error and the key to change, not a wait."""
+    python = "/usr/bin/python3"
+    probe = await asyncio.create_subprocess_exec(python, "-c", "import aiohttp",
+                                                 stderr=asyncio.subprocess.DEVNULL)
+    assert await probe.wait() != 0, f"{python} has aiohttp: this test needs one without"
+    backend = config(emulator, python=python).create(LIMITS, "nodeps")
+    try:
+        with pytest.raises(SandboxError, match=r"backend.python=/usr/bin/python3 lacks the "
+                                               r"module 'aiohttp'"):
+            await asyncio.wait_for(backend.start_host(None, 1), 30)
     finally:
         await backend.close()
