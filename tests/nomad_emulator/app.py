@@ -471,8 +471,10 @@ class EmulatorServer:
         self.control_port = self._control_runner.addresses[0][1]
 
     async def _open_api(self) -> None:
+        # An outage drops in-flight requests (blocking queries included) at once, as a
+        # server going away does, instead of waiting for them to finish.
         self._api_runner = web.AppRunner(self.api.app(), access_log=None,
-                                         handler_cancellation=True)
+                                         handler_cancellation=True, shutdown_timeout=0.1)
         await self._api_runner.setup()
         site = web.TCPSite(self._api_runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()

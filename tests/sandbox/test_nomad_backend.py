@@ -521,3 +521,37 @@ async def test_an_interpreter_without_the_dependencies_fails_the_start_at_once(
             await asyncio.wait_for(backend.start_host(None, 1), 30)
     finally:
         await backend.close()
+
+
+# --- preflight: before Ray starts ----------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again on return: nothing listens there
+
+
+async def test_preflight_names_the_key_for_nomad_problems(emulator: EmulatorServer) -> None:
+    from rollout.preflight import PreflightError, check_backend
+
+    def check(**overrides: Any) -> str:
+        with pytest.raises(PreflightError) as e:
+            check_backend(config(emulator, **overrides))  # blocking, like launch.py's
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    # The emulator serves on this loop: the blocking checks run in a thread.
+    async def in_thread(**overrides: Any) -> str:
+        return await asyncio.to_thread(check, **overrides)
+
+    address = f"http://127.0.0.1:{_closed_port()}"
+    assert (await in_thread(address=address)).startswith(
+        f"the Nomad API at backend.address={address} is not reachable (connection refused")
+    assert "does not know the token: set backend.token" in await in_thread(token="nope-0000")
+    assert "backend.python=/usr/bin/python3 cannot import the slot server's dependencies " \
+           "(ModuleNotFoundError: No module named 'aiohttp')" in await in_thread(
+               python="/usr/bin/python3")
+    await asyncio.to_thread(check_backend, config(emulator))  # all well: no error
