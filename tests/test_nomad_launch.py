@@ -98,7 +98,7 @@ def test_gold_on_nomad_delivers_every_instance_of_two_images(tmp_path: Path,
     run_dir = tmp_path / "run"
     proc = launch(*NOMAD, f"tasks.source={tasks}", f"tasks.repo_sources=[{BUNDLED_DIR}]",
                   f"+sandbox.images.{SECOND_IMAGE}={{source: host}}", run_dir=run_dir)
-    out, _ = proc.communicate(timeout=1500)
+    out, _ = proc.communicate(timeout=280)
     assert proc.returncode == 0, out[-3000:]
     expected = sorted(json.loads(x)["instance_id"] for x in tasks.read_text().splitlines())
     groups = groups_jsonl(run_dir)
@@ -134,7 +134,7 @@ def test_killed_allocation_and_api_outage_mid_run(tmp_path: Path, emulator: Emul
     emulator.post("outage", {"seconds": 30})
     _wait(lambda: not emulator.get("state")["api_up"])
     _wait(lambda: emulator.get("state")["api_up"], timeout=120)
-    out, _ = proc.communicate(timeout=1500)
+    out, _ = proc.communicate(timeout=280)
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 8
@@ -159,7 +159,7 @@ def test_sigkilled_driver_then_a_new_run_leaves_nothing(tmp_path: Path,
     leftover = emulator.get("state")["jobs"]
     assert leftover  # a dead driver cannot deregister: the job is still there
     proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)  # the same run resumes
-    out, _ = proc.communicate(timeout=1500)
+    out, _ = proc.communicate(timeout=280)
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 6

@@ -491,6 +491,9 @@ class NomadBackend:
             for job_id, r in zip(jobs, results):
                 if isinstance(r, Exception):
                     log.error("could not purge Nomad job %s: %s", job_id, r)
+            # Only what was purged is waited for: a refused purge (403) is reported now,
+            # not after stop_timeout.
+            jobs = [j for j, r in zip(jobs, results) if not isinstance(r, Exception)]
             if jobs:
                 # Allocations placed since the watcher's last answer are waited for too.
                 with contextlib.suppress(Exception):
@@ -500,8 +503,7 @@ class NomadBackend:
                 await self._until(lambda: all(_terminal(s) for s in self.allocs.values()
                                               if s.get("JobID") in jobs),
                                   self.cfg.stop_timeout)
-                log.info("purged %d Nomad job(s) of run %s", len(jobs) - len(self.jobs),
-                         self.run_id)
+                log.info("purged %d Nomad job(s) of run %s", len(jobs), self.run_id)
         except Exception as e:  # noqa: BLE001 - best effort, logged
             log.error("could not stop the Nomad jobs of run %s: %s", self.run_id, e)
         finally:

@@ -203,9 +203,15 @@ async def test_a_token_without_a_capability_is_named_at_once(emulator: EmulatorS
         with pytest.raises(NomadAPIError, match="token lacks alloc-lifecycle"):
             await backend.api.call("POST", f"/v1/allocation/{host.host_id}/stop")
         assert emulator.cluster.allocs[host.host_id].desired == "run"  # nothing happened
+        # close() reports the refused purge and does not wait stop_timeout for the job.
+        await asyncio.wait_for(backend.close(), backend.cfg.stop_timeout / 3)
+        assert emulator.cluster.allocs[host.host_id].desired == "run"
     finally:
         emulator.api.tokens[TOKEN] = emulator.api.tokens["no-purge"] | {"submit-job"}
         await backend.close()
+    again = config(emulator).create(LIMITS, "acl")  # the same run, with a good token again
+    assert [h.host_id for h in await again.discover()] == [host.host_id]
+    await again.close()
     assert emulator.cluster.jobs == {}
 
 
