@@ -460,7 +460,7 @@ class NomadBackend:
         _OPEN_JOBS[job_id] = self.api
         tasks = [t for tg in job.get("TaskGroups") or [] for t in tg.get("Tasks") or []]
         token = next((t.get("Env", {}).get(nj.TOKEN_ENV) for t in tasks), None)
-        stubs, index = await self.api.once("GET", f"/v1/job/{job_id}/allocations")
+        stubs, _ = await self.api.once("GET", f"/v1/job/{job_id}/allocations")
         self._absorb(stubs or [])
         self._watch()
         alive = [s["ID"] for s in stubs or [] if _alive(s)]

@@ -133,7 +133,7 @@ def _python_problem(python: str, pythonpath: str | None) -> str | None:
            **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     try:
         r = subprocess.run([python, "-c", "import aiohttp, pydantic, sandbox_image.config"],
-                           env=env, capture_output=True, text=True, timeout=5)
+                           env=env, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"backend.python={python} cannot run on this machine's Nomad client ({e})"
     if r.returncode == 0:

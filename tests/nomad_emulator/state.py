@@ -410,7 +410,7 @@ class Cluster:
             metric["NodesEvaluated"] += 1
             if task["Driver"] not in info["Drivers"]:
                 metric["NodesFiltered"] += 1
-                metric["ConstraintFiltered"] = {f"missing drivers": metric["NodesFiltered"]}
+                metric["ConstraintFiltered"] = {"missing drivers": metric["NodesFiltered"]}
                 continue
             free = self._free(node_id)
             short = [k for k in ("cpu", "memory", "disk") if free[k] < need[k]]
