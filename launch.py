@@ -172,6 +172,7 @@ def preflight(cfg: Any) -> list[Any]:
     from rollout.tasks.mix import TaskEnvs
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
+    pf.check_backend(cfg.backend)
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
     tasks = load_tasks(cfg.tasks)

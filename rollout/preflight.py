@@ -101,3 +101,12 @@ def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:
             if need is not None and have is not None and have < need:
                 raise PreflightError(f"tasks of kind {kind} need slots with at least {need} MB "
                                      f"({key}); sandbox.{key}={have} is less (raise it)")
+
+
+def check_backend(backend: Any) -> None:
+    """A remote backend's own check (its control plane answers, with the configured
+    credentials): `BackendConfig.preflight()` where a backend defines one."""
+    check = getattr(backend, "preflight", None)
+    problem = check() if check is not None else None
+    if problem:
+        raise PreflightError(problem)

@@ -98,11 +98,34 @@ class ModalConfig(BackendConfig):
                 f"backend.timeout ({self.timeout}s) must exceed backend.lease_reserve "
                 f"({self.lease_reserve:g}s): hosts are retired lease_reserve seconds before "
                 "their sandbox times out (a few times lease_reserve wastes least)")
-        if self.block_network and (self.outbound_cidr_allowlist
-                                   or self.outbound_domain_allowlist):
-            raise ValueError("backend.block_network cannot be combined with an outbound "
-                             "allowlist (set one or the other)")
+        if self.block_network:
+            # Modal refuses open ports on such a sandbox ("Cannot specify open ports when
+            # `block_network` is enabled", modal/sandbox/_common.py), and the slot server is
+            # reached through one: every start would fail. Slots have no network anyway.
+            raise ValueError(
+                "backend.block_network=true cannot work: Modal refuses open ports on a "
+                "sandbox with block_network, and the slot server is reached through its "
+                "tunnel port. Slots have no network regardless (each its own loopback-only "
+                "namespace); to limit the sandbox's own egress set "
+                "backend.outbound_cidr_allowlist or backend.outbound_domain_allowlist")
         return self
+
+    def preflight(self) -> str | None:
+        """Before a run: the SDK imports and has credentials (`modal setup`'s
+        ~/.modal.toml or MODAL_TOKEN_ID / MODAL_TOKEN_SECRET). One line, or None."""
+        try:
+            importlib.import_module(self.sdk)
+        except ImportError as e:
+            return (f"backend=modal needs the {self.sdk} package ({e}); "
+                    "pip install 'rollout-cluster[modal]' and run `modal setup`")
+        try:
+            settings = importlib.import_module(f"{self.sdk}.config").config
+        except (ImportError, AttributeError):
+            return None  # an SDK without Modal's config module (the tests' fake)
+        if not (settings.get("token_id") and settings.get("token_secret")):
+            return ("backend=modal has no Modal credentials: run `modal setup` (it writes "
+                    "~/.modal.toml) or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
+        return None
 
     def check_lease_budget(self, needed: float) -> None:
         if self.lease_reserve < needed:

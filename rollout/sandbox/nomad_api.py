@@ -12,8 +12,10 @@ import asyncio
 import atexit
 import logging
 import random
+import socket
 import ssl
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -28,14 +30,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class NomadAPIError(SandboxError):
-    """Nomad answered with an error (its body is plain text)."""
+def capability(method: str, path: str) -> str | None:
+    """The namespace ACL capability Nomad checks for one of the backend's calls (None: the
+    call needs no capability). From nomad/*_endpoint.go: registering and deregistering
+    (purging) a job is submit-job, reading jobs, evaluations and allocations read-job, the
+    job list list-jobs, stopping an allocation alloc-lifecycle, task logs read-logs."""
+    if path.startswith("/v1/status/") or path.startswith("/v1/agent/"):
+        return None
+    if path.startswith("/v1/client/fs/logs/"):
+        return "read-logs"
+    if path.startswith("/v1/allocation/") and path.endswith("/stop"):
+        return "alloc-lifecycle"
+    if path.endswith("/scale") and method != "GET":
+        return "scale-job"
+    if path == "/v1/jobs" and method == "GET":
+        return "list-jobs"
+    return "submit-job" if method in ("POST", "PUT", "DELETE") else "read-job"
 
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+
+class NomadAPIError(SandboxError):
+    """Nomad answered with an error (its body is plain text). A 403 names what the token
+    lacks: the capability of that call, or the token itself."""
+
+    def __init__(self, method: str, path: str, status: int, body: str,
+                 namespace: str = "default") -> None:
         hint = ""
         if status == 403:
-            hint = (" (the ACL token was refused: set NOMAD_TOKEN or backend.token to a token "
-                    "that may submit jobs in this namespace)")
+            if "token not found" in body.lower():
+                hint = (" (Nomad does not know the ACL token: set NOMAD_TOKEN or backend.token "
+                        "to a valid token's secret)")
+            else:
+                cap = capability(method, path)
+                hint = (f" (token lacks {cap}: the ACL token in NOMAD_TOKEN / backend.token "
+                        f"needs the {cap} capability in namespace {namespace!r}; the "
+                        "backend needs submit-job, read-job, list-jobs and read-logs)")
         super().__init__(f"Nomad {method} {path}: HTTP {status}: {body.strip()[:300]}{hint}")
         self.status = status
         self.body = body
@@ -83,9 +111,10 @@ class NomadAPI:
             await self._session.close()
 
     async def once(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                   body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
-        """One request: (decoded JSON, X-Nomad-Index). Raises NomadAPIError for an error
-        status, aiohttp/timeout errors for no answer."""
+                   body: Any = None, timeout: float | None = None,
+                   raw: bool = False) -> tuple[Any, int]:
+        """One request: (decoded JSON, or the text with `raw`; X-Nomad-Index). Raises
+        NomadAPIError for an error status, aiohttp/timeout errors for no answer."""
         query = {"namespace": self.cfg.namespace, **(params or {})}
         if self.cfg.region:
             query["region"] = self.cfg.region
@@ -98,8 +127,10 @@ class NomadAPI:
                 **kwargs) as r:
             text = await r.text()
             if r.status >= 400:
-                raise NomadAPIError(method, path, r.status, text)
+                raise NomadAPIError(method, path, r.status, text, self.cfg.namespace)
             index = int(r.headers.get("X-Nomad-Index", "0") or 0)
+            if raw:
+                return text, index
             return (await r.json(content_type=None) if text else None), index
 
     async def call(self, method: str, path: str, *, params: dict[str, str] | None = None,
@@ -123,6 +154,41 @@ class NomadAPI:
             log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, why, delay)
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, 5.0)
+
+
+def probe(cfg: NomadConfig, timeout: float = 5.0) -> str | None:
+    """Before a run: None if the Nomad API at `cfg.address` answers and accepts the token
+    for listing jobs, else one line naming the key to change. Blocking (stdlib only)."""
+    api = NomadAPI(cfg)
+    query = urllib.parse.urlencode({"prefix": cfg.job_prefix, "namespace": cfg.namespace,
+                                    **({"region": cfg.region} if cfg.region else {})})
+    req = urllib.request.Request(f"{api.base}/v1/jobs?{query}",
+                                 headers={"X-Nomad-Token": cfg.token or ""})
+    try:
+        ctx = api._ssl()
+        with urllib.request.urlopen(  # noqa: S310 - the configured Nomad
+                req, timeout=timeout, context=ctx if isinstance(ctx, ssl.SSLContext) else None):
+            return None
+    except urllib.error.HTTPError as e:
+        body = e.read().decode(errors="replace").strip()[:200]
+        if e.code == 403:
+            what = ("does not know the token" if "not found" in body.lower()
+                    else "refused the token (it needs list-jobs, submit-job, read-job and "
+                    "read-logs in the namespace)")
+            return (f"Nomad at backend.address={cfg.address} {what}: set backend.token (or "
+                    f"NOMAD_TOKEN), namespace {cfg.namespace!r}")
+        return (f"Nomad at backend.address={cfg.address} answered GET /v1/jobs with HTTP "
+                f"{e.code} ({body}); check backend.address / backend.namespace / region")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused: nothing listens there"
+        elif isinstance(reason, (TimeoutError, socket.timeout)):
+            why = f"no answer within {timeout:g}s"
+        else:
+            why = str(reason)
+        return (f"the Nomad API at backend.address={cfg.address} is not reachable ({why}); "
+                "start Nomad or set backend.address (or NOMAD_ADDR)")
 
 
 # job id -> the API of every job this process registered and has not purged: the

@@ -70,7 +70,6 @@ class NomadSettings(BackendConfig):
     reschedule_interval: float = Field(3600.0, gt=0, allow_inf_nan=False)
     reschedule_delay: float = Field(5.0, ge=0, allow_inf_nan=False)
     # API behaviour.
-    scale_cooldown: float = Field(1.0, ge=0, allow_inf_nan=False)  # between scale calls/group
     request_timeout: float = Field(15.0, gt=0, allow_inf_nan=False)
     blocking_wait: float = Field(30.0, gt=0, le=600, allow_inf_nan=False)
     api_retry_window: float = Field(120.0, gt=0, allow_inf_nan=False)  # stop/close retries
@@ -103,4 +102,92 @@ class NomadSettings(BackendConfig):
             raise ValueError("datacenters must name at least one datacenter (or '*')")
         if TOKEN_ENV in self.task_env:
             raise ValueError(f"task_env must not set {TOKEN_ENV} (the backend sets it)")
+        problem = next(iter(nomad_rule_violations(self)), None)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def preflight(self) -> str | None:
+        """Before a run (launch.py's preflight): the API answers and takes the token; a
+        Nomad client on this machine (a loopback address: a dev agent) can import the slot
+        server's dependencies with backend.python. One line naming the key, or None."""
+        from rollout.sandbox.nomad_api import probe
+
+        problem = probe(self)
+        if problem or self.driver != "raw_exec" or not _loopback(self.address):
+            return problem
+        return _python_problem(self.python, self.pythonpath)
+
+
+def _loopback(address: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(address).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _python_problem(python: str, pythonpath: str | None) -> str | None:
+    """Whether `python` can import what `python -m sandbox_image` needs."""
+    import subprocess
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+    try:
+        r = subprocess.run([python, "-c", "import aiohttp, pydantic, sandbox_image.config"],
+                           env=env, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"backend.python={python} cannot run on this machine's Nomad client ({e})"
+    if r.returncode == 0:
+        return None
+    last = (r.stderr.strip().splitlines() or ["?"])[-1]
+    return (f"backend.python={python} cannot import the slot server's dependencies ({last}); "
+            "install them for it, or point backend.python at an interpreter that has them")
+
+
+# Nomad's own limits (hashicorp/nomad v1.9.7 and v1.10.5, nomad/structs/structs.go and the
+# api package's defaults); a job breaking one is refused with a 400 at registration.
+RESTART_MIN_INTERVAL = 5.0  # RestartPolicyMinInterval
+RESCHEDULE_MIN_DELAY = 5.0  # ReschedulePolicyMinDelay
+RESCHEDULE_MIN_INTERVAL = 15.0  # ReschedulePolicyMinInterval
+DISK_MIN_MB = 10  # EphemeralDisk.Validate
+MEMORY_MIN_MB = 10  # MinResources
+PROGRESS_DEADLINE = 600.0  # api.DefaultUpdateStrategy().ProgressDeadline (our Update block)
+
+
+def nomad_rule_violations(cfg: NomadSettings) -> list[str]:
+    """Each setting Nomad would refuse in the job built from `cfg`, as one line naming the
+    key (empty: Nomad accepts it). The job's fixed parts are in `nomad_job`: RestartPolicy
+    attempts 0 (mode fail), a constant-delay ReschedulePolicy, an Update block with
+    MaxParallel 0 and LogConfig of LOG_MAX_FILES x LOG_MAX_FILE_MB."""
+    from rollout.sandbox.nomad_job import LOG_MAX_FILE_MB, LOG_MAX_FILES, ns
+
+    out = []
+    if ns(cfg.restart_interval) < ns(RESTART_MIN_INTERVAL):
+        out.append(f"backend.restart_interval={cfg.restart_interval:g}s is below Nomad's "
+                   f"minimum restart interval of {RESTART_MIN_INTERVAL:g}s; raise it")
+    if cfg.reschedule_attempts > 0:
+        if ns(cfg.reschedule_delay) < ns(RESCHEDULE_MIN_DELAY):
+            out.append(f"backend.reschedule_delay={cfg.reschedule_delay:g}s is below Nomad's "
+                       f"minimum reschedule delay of {RESCHEDULE_MIN_DELAY:g}s; raise it (or "
+                       "set backend.reschedule_attempts=0 to turn rescheduling off)")
+        elif ns(cfg.reschedule_interval) < ns(RESCHEDULE_MIN_INTERVAL):
+            out.append(f"backend.reschedule_interval={cfg.reschedule_interval:g}s is below "
+                       f"Nomad's minimum reschedule interval of {RESCHEDULE_MIN_INTERVAL:g}s; "
+                       "raise it")
+        elif cfg.reschedule_attempts * ns(cfg.reschedule_delay) > ns(cfg.reschedule_interval):
+            out.append(f"backend.reschedule_interval={cfg.reschedule_interval:g}s cannot hold "
+                       f"backend.reschedule_attempts={cfg.reschedule_attempts} reschedules "
+                       f"{cfg.reschedule_delay:g}s apart (Nomad requires interval >= attempts "
+                       "x delay); raise the interval or lower the attempts")
+    logs = LOG_MAX_FILES * LOG_MAX_FILE_MB
+    if cfg.disk_mb < DISK_MIN_MB or cfg.disk_mb <= logs:
+        out.append(f"backend.disk_mb={cfg.disk_mb} is too small: Nomad needs at least "
+                   f"{DISK_MIN_MB} MB and more than the task's log storage ({logs} MB); "
+                   f"set it to {logs + 1} or more")
+    if cfg.memory_mb < MEMORY_MIN_MB:
+        out.append(f"backend.memory_mb={cfg.memory_mb} is below Nomad's minimum of "
+                   f"{MEMORY_MIN_MB} MB")
+    if ns(cfg.kill_timeout) > ns(PROGRESS_DEADLINE):
+        out.append(f"backend.kill_timeout={cfg.kill_timeout:g}s is longer than the task "
+                   f"group's progress deadline ({PROGRESS_DEADLINE:g}s), which Nomad refuses; "
+                   "lower it")
+    return out

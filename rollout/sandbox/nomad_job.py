@@ -1,9 +1,11 @@
-"""The Nomad job of one run: pure data, no I/O (the backend is `rollout.sandbox.nomad`).
+"""The Nomad job of one host: pure data, no I/O (the backend is `rollout.sandbox.nomad`).
 
-One service job per run, one task group per (host image, slots per host), one task in each:
-the slot server from `sandbox_image/`, listening on a dynamic port labelled `slot`. Field
-names follow the Go structs of hashicorp/nomad `api/` (tests/nomad_emulator/go_api_fields.json
-checks every one we send); durations are integer nanoseconds, as the JSON API wants.
+One service job per slot-server host (see the backend's module doc for why), with one task
+group of count 1 and one task: the slot server from `sandbox_image/`, listening on a dynamic
+port labelled `slot`. Field names follow the Go structs of hashicorp/nomad `api/` in v1.9 and
+v1.10 (tests/nomad_emulator/go_api_fields.json checks every one we send); durations are
+integer nanoseconds, as the JSON API wants. Every value passes Nomad's own validation
+(`rollout.sandbox.nomad_config` checks the settings against the same rules).
 
 Policies are explicit, never Nomad's defaults:
 - RestartPolicy: 0 attempts, mode "fail". A restarted slot server has lost every workspace it
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,9 @@ META_RUN = "rollout_run"  # Job.Meta: the run id (never the token)
 META_OWNER = "rollout_owner"  # Job.Meta: host:pid of the process that registered the job
 META_IMAGE = "rollout_image"  # TaskGroup.Meta: the host image the group serves
 META_SLOTS = "rollout_slots"
+# LogConfig: Nomad requires the ephemeral disk to be larger than MaxFiles * MaxFileSizeMB.
+LOG_MAX_FILES = 3
+LOG_MAX_FILE_MB = 10
 
 
 def ns(seconds: float) -> int:
@@ -54,13 +60,26 @@ class GroupSpec:
         return cls(name=f"{label or 'image'}-{slots}s-{digest}", image=image, slots=slots)
 
 
-def job_id(prefix: str, run_id: str) -> str:
-    return f"{prefix}{run_id}"
+_SUFFIX = "--"  # between the run id and a host job's own random part
+
+
+def host_job_id(prefix: str, run_id: str) -> str:
+    """A new host job's id: `<prefix><run id>--<8 hex>`."""
+    return f"{prefix}{run_id}{_SUFFIX}{secrets.token_hex(4)}"
+
+
+def run_job_pattern(prefix: str, run_id: str) -> str:
+    """A regular expression (Go RE2 and Python alike) that matches exactly the ids
+    `host_job_id` makes for this run, written without backslashes or quotes so that it
+    can sit inside a Nomad filter expression's string literal."""
+    literal = "".join(c if c.isalnum() else f"[{c}]" if c in "-_.~:@+ " else "."
+                      for c in f"{prefix}{run_id}{_SUFFIX}")
+    return f"^{literal}[0-9a-f]{{8}}$"
 
 
 def job_spec(cfg: NomadConfig, limits: SlotLimits, *, job_id: str, run_id: str, owner: str,
-             groups: list[GroupSpec], counts: dict[str, int], token: str) -> dict[str, Any]:
-    """The `Job` object of `POST /v1/jobs` (wrap it as `{"Job": ...}`)."""
+             group: GroupSpec, token: str) -> dict[str, Any]:
+    """The `Job` object of `POST /v1/jobs` (wrap it as `{"Job": ...}`): one host."""
     job: dict[str, Any] = {
         "ID": job_id,
         "Name": job_id,
@@ -71,7 +90,7 @@ def job_spec(cfg: NomadConfig, limits: SlotLimits, *, job_id: str, run_id: str, 
         "Meta": {META_RUN: run_id, META_OWNER: owner},
         "Constraints": [{"LTarget": c.attribute, "Operand": c.operator, "RTarget": c.value}
                         for c in cfg.constraints],
-        "TaskGroups": [task_group(cfg, limits, g, counts.get(g.name, 0), token) for g in groups],
+        "TaskGroups": [task_group(cfg, limits, group, 1, token)],
     }
     if cfg.region:
         job["Region"] = cfg.region
@@ -137,5 +156,5 @@ def task(cfg: NomadConfig, limits: SlotLimits, group: GroupSpec, token: str) -> 
         "Env": env,
         "Resources": {"CPU": cfg.cpu, "MemoryMB": cfg.memory_mb},
         "KillTimeout": ns(cfg.kill_timeout),
-        "LogConfig": {"MaxFiles": 3, "MaxFileSizeMB": 10},
+        "LogConfig": {"MaxFiles": LOG_MAX_FILES, "MaxFileSizeMB": LOG_MAX_FILE_MB},
     }

@@ -8,10 +8,15 @@ the installed `modal` package (tests/sandbox/test_modal_fake.py compares them wi
 Each sandbox really runs its entrypoint as local processes (see `_supervisor.py`), reachable
 through tunnels; `timeout` and `idle_timeout` are enforced; the control plane is a directory
 (`$FAKE_MODAL_DIR`, see `_control.py`) so sandboxes outlive the client, as on Modal.
+Modal's waits and refusals are reproduced (see `_control.Faults`): the first create() of an
+image recipe spends the image's build time inside create(), a created sandbox waits for a
+worker and then cold-starts before its entrypoint runs, creations past a rate limit or an
+injected quota are refused with ResourceExhaustedError, and create() refuses what modal 1.6
+refuses (InvalidError: open ports with `block_network`, allowlists with it).
 Deviations: tunnels are plain TCP on loopback (`Tunnel.url` is http://, not https://);
-images are not built: an image is "python plus the local sources added to it", i.e. this
-machine's interpreter and the named modules' directories; without `block_network` a
-sandbox still has no network (only its own loopback).
+nothing is installed by a build: an image is "python plus the local sources added to it",
+i.e. this machine's interpreter and the named modules' directories; without `block_network`
+a sandbox still has no network (only its own loopback).
 """
 
 from __future__ import annotations
@@ -145,6 +150,22 @@ class Image:
             dirs.append(str(Path(next(iter(spec.submodule_search_locations))).parent))
         return self._with("add_local_python_source", list(modules),
                           sources=(*self.sources, *dirs))
+
+
+async def _build(image: Image) -> None:
+    """Modal builds an image the first time a sandbox uses it (inside create(), which
+    blocks meanwhile), then reuses it. The fake spends `Faults.image_build` seconds on a
+    recipe not built before and records it under images/."""
+    recipe = hashlib.sha256(repr(image.steps).encode()).hexdigest()[:16]
+    marker = _control.root() / "images" / recipe
+    if marker.exists():
+        return
+    seconds = _control.Faults.load().image_build
+    if seconds:
+        await asyncio.sleep(seconds)
+    marker.parent.mkdir(exist_ok=True)
+    _control.write_json(marker, {"steps": [list(s) for s in image.steps],
+                                 "built_at": time.time(), "seconds": seconds})
 
 
 def _flat(items: tuple[Any, ...]) -> list[str]:
@@ -295,9 +316,13 @@ class Sandbox:
             raise exception.InvalidError("Sandbox.create needs an app outside a Modal container")
         if not args:
             raise exception.InvalidError("the fake runs an entrypoint; none was given")
+        if block_network and (encrypted_ports or unencrypted_ports):  # modal 1.6's check
+            raise exception.InvalidError(
+                "Cannot specify open ports when `block_network` is enabled")
         if block_network and (outbound_cidr_allowlist or outbound_domain_allowlist):
             raise exception.InvalidError("block_network cannot be combined with allowlists")
         image = image or Image()
+        await _build(image)
         with _control.locked():
             faults = _control.Faults.load()
             now = time.time()
@@ -326,6 +351,7 @@ class Sandbox:
             "env": merged, "workdir": workdir, "timeout": timeout, "idle_timeout": idle_timeout,
             "created_at": now, "encrypted_ports": list(encrypted_ports),
             "unencrypted_ports": list(unencrypted_ports), "start_delay": faults.start_delay,
+            "schedule_delay": faults.schedule_delay,
             "binds": [p for p in {sys.prefix, sys.base_prefix, *image.sources}
                       if p.startswith("/tmp/")],
             "resources": {"cpu": cpu, "memory": memory, "gpu": gpu, "cloud": cloud},

@@ -11,6 +11,7 @@ directory (a test sets it; Ray workers inherit it). Layout:
     sandboxes/<id>.activity       touched on every exec / filesystem call (idle_timeout)
     sandboxes/<id>.terminated     terminate() was called (the control plane's view, at once)
     creations.jsonl               one line per create() accepted: id and time (the rate test)
+    images/<recipe hash>          an image built (create() builds a recipe not yet there)
     faults.json                   fault injection (see `Faults`)
 
 Each sandbox is a supervisor process (`_supervisor.py`), started detached: like a Modal
@@ -80,12 +81,17 @@ def start_time(pid: int) -> int | None:
 
 @dataclass
 class Faults:
-    """Fault injection, read at every create(): `throttle_next` creates refused with
-    ResourceExhaustedError; `rate_limit` creates per second accepted account-wide (more are
-    refused, as Modal's own limit does); `start_delay` seconds before an entrypoint starts."""
+    """What Modal's control plane does that takes time or says no, read at every create():
+    `throttle_next` creates refused with ResourceExhaustedError; `rate_limit` creates per
+    second accepted account-wide (more are refused, as Modal's own limit does);
+    `image_build` seconds spent inside the first create() of each image recipe (Modal builds
+    an image on first use, then caches it); `schedule_delay` seconds a created sandbox waits
+    for a worker; `start_delay` seconds of cold start before its entrypoint runs."""
 
     throttle_next: int = 0
     rate_limit: float = 0.0
+    image_build: float = 0.0
+    schedule_delay: float = 0.0
     start_delay: float = 0.0
 
     @classmethod

@@ -122,9 +122,11 @@ class Supervisor:
             s.bind(("127.0.0.1", 0))
             s.listen(128)
             listeners[port] = s
-        if spec["start_delay"]:
+        # Waiting for a worker (scheduling), then the container's cold start.
+        wait = spec.get("schedule_delay", 0.0) + spec["start_delay"]
+        if wait:
             try:
-                await asyncio.wait_for(self.stopped.wait(), spec["start_delay"])
+                await asyncio.wait_for(self.stopped.wait(), wait)
             except asyncio.TimeoutError:
                 pass
         if not self.stopped.is_set():

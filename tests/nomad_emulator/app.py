@@ -1,12 +1,17 @@
 """The emulator's HTTP side: the Nomad API subset, and a control API for fault injection.
 
 Nomad's conventions kept: JSON bodies with Go field names, plain-text error bodies, 403
-"Permission denied" for a bad token (X-Nomad-Token or Authorization: Bearer), 404
+"Permission denied" for a token that is unknown or lacks the route's ACL capability
+(X-Nomad-Token or Authorization: Bearer; `tokens` maps each secret to its namespace
+capabilities: submit-job, read-job, list-jobs, scale-job, alloc-lifecycle, read-logs), 404
 `job "x" not found`, `?namespace=` (default "default"), blocking queries (`index`, `wait` as a
 Go duration, default 5 min, max 10 min) with X-Nomad-Index, X-Nomad-KnownLeader and
-X-Nomad-LastContact on every answer. One deliberate strictness: a job with a field the Go
-`api` structs do not have is refused with a 400 (Nomad would silently ignore it, which is
-exactly the bug this emulator should catch).
+X-Nomad-LastContact on every answer, `filter` expressions on allocation lists (the subset
+`JobID matches "<regexp>"` / `JobID == "<id>"`). A registered job is canonicalized and
+validated with Nomad's own rules (validate.py): a bad one is a 400 with Nomad's message. One
+deliberate strictness: a job with a field the Go `api` structs of v1.9/v1.10 do not have is
+refused with a 400 (Nomad would silently ignore it, which is exactly the bug this emulator
+should catch).
 
 `EmulatorServer` runs both apps on this loop; `outage(seconds)` closes the API port (the
 allocations keep running, as when Nomad's servers are down) and opens it again.
@@ -26,10 +31,31 @@ from aiohttp import web
 
 from tests.nomad_emulator.go_fields import load_fields, problems
 from tests.nomad_emulator.state import NS, Alloc, APIError, Cluster
+from tests.nomad_emulator.validate import canonicalize, job_errors, validation_body
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_WAIT = 600.0
+ALL_CAPABILITIES = frozenset({"submit-job", "read-job", "list-jobs", "scale-job",
+                              "alloc-lifecycle", "read-logs"})
+_FILTER = re.compile(r'^\s*JobID\s+(matches|==)\s+"([^"\\]*)"\s*$')
+
+
+def _capability(method: str, path: str) -> str | None:
+    """The namespace ACL capability a route needs (None: any valid token, or none)."""
+    if path.startswith("/v1/status/"):
+        return None
+    if path.startswith("/v1/client/fs/logs/"):
+        return "read-logs"
+    if path.endswith("/stop") and path.startswith("/v1/allocation/"):
+        return "alloc-lifecycle"
+    if path.endswith("/scale") and method != "GET":
+        return "scale-job"
+    if path == "/v1/jobs" and method == "GET":
+        return "list-jobs"
+    if method in ("POST", "PUT", "DELETE"):
+        return "submit-job"
+    return "read-job"
 
 
 def go_duration(text: str) -> float:
@@ -52,6 +78,9 @@ class NomadAPI:
     def __init__(self, cluster: Cluster, token: str | None = None) -> None:
         self.cluster = cluster
         self.token = token
+        # ACL secret -> its capabilities (with `token` set, that one has them all).
+        self.tokens: dict[str, frozenset[str]] = {} if token is None else {
+            token: ALL_CAPABILITIES}
         self.faults = Faults()
         self.fields = load_fields()
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, query)
@@ -69,9 +98,12 @@ class NomadAPI:
         r.add_post("/v1/job/{id}/scale", self.scale)
         r.add_put("/v1/job/{id}/scale", self.scale)
         r.add_get("/v1/job/{id}/deployments", self.deployments)
+        r.add_get("/v1/job/{id}/evaluations", self.evaluations)
+        r.add_get("/v1/allocations", self.allocations)
         r.add_get("/v1/allocation/{id}", self.get_alloc)
         r.add_post("/v1/allocation/{id}/stop", self.stop_alloc)
         r.add_put("/v1/allocation/{id}/stop", self.stop_alloc)
+        r.add_get("/v1/client/fs/logs/{id}", self.logs)
         return app
 
     @web.middleware
@@ -83,10 +115,14 @@ class NomadAPI:
         if self.faults.fail_next:
             status = self.faults.fail_next.pop(0)
             return self._text(status, "rpc error: emulated failure (fault injection)")
-        if self.token is not None:
+        if self.tokens:
             bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             given = request.headers.get("X-Nomad-Token") or bearer
-            if given != self.token:
+            need = _capability(request.method, request.path)
+            caps = self.tokens.get(given)
+            if caps is None and need is not None:
+                return self._text(403, "ACL token not found")
+            if need is not None and need not in (caps or ()):
                 return self._text(403, "Permission denied")
         try:
             return await handler(request)
@@ -130,6 +166,9 @@ class NomadAPI:
             raise APIError(400, "; ".join(bad))
         job = body["Job"]
         self._validate(job)
+        errors = job_errors(canonicalize(job))
+        if errors:
+            raise APIError(400, validation_body(errors))
         job.setdefault("Namespace", self._ns(request))
         if job["Namespace"] != self._ns(request):
             raise APIError(400, "Job namespace does not match request namespace")
@@ -203,6 +242,49 @@ class NomadAPI:
         stubs = [self._alloc_stub(a) for a in self.cluster.job_allocs(ns, jid)]
         return self._json(stubs, index)
 
+    async def allocations(self, request: web.Request) -> web.Response:
+        """`GET /v1/allocations`, with `filter` (the subset in the module doc)."""
+        ns = self._ns(request)
+        text = request.query.get("filter")
+        keep: Any = lambda a: True  # noqa: E731
+        if text:
+            m = _FILTER.match(text)
+            if m is None:
+                raise APIError(400, f"failed to read filter expression: {text!r} (the "
+                               "emulator knows JobID matches/== only)")
+            op, value = m.groups()
+            if op == "==":
+                keep = lambda a: a.job_id == value  # noqa: E731
+            else:
+                pattern = re.compile(value)
+                keep = lambda a: pattern.search(a.job_id) is not None  # noqa: E731
+        index = await self._block(request, lambda: self.cluster.allocs_index(ns))
+        stubs = [self._alloc_stub(a) for a in self.cluster.allocs.values()
+                 if a.namespace == ns and keep(a)]
+        return self._json(stubs, index)
+
+    async def evaluations(self, request: web.Request) -> web.Response:
+        ns, jid = self._ns(request), request.match_info["id"]
+        self.cluster.job(ns, jid)
+        evals = [e for e in self.cluster.evals if e["JobID"] == jid and e["Namespace"] == ns]
+        return self._json(sorted(evals, key=lambda e: -e["CreateIndex"]))
+
+    async def logs(self, request: web.Request) -> web.Response:
+        """`GET /v1/client/fs/logs/:alloc?task=&type=stderr&plain=true&origin=end&offset=N`
+        (plain=true: the text itself)."""
+        a = self.cluster.allocs.get(request.match_info["id"])
+        if a is None:
+            raise APIError(404, "alloc not found")
+        task, kind = request.query.get("task", ""), request.query.get("type", "")
+        if not task or kind not in ("stdout", "stderr"):
+            raise APIError(400, "must include task and type (stdout or stderr)")
+        path = self.cluster.data_dir / "allocs" / a.id / "alloc" / "logs" / f"{task}.{kind}.0"
+        data = path.read_bytes() if path.exists() else b""
+        offset = int(request.query.get("offset", "0") or 0)
+        data = data[-offset:] if request.query.get("origin") == "end" and offset else \
+            data[offset:]
+        return web.Response(body=data, content_type="text/plain", headers=self._headers())
+
     async def _block(self, request: web.Request, current: Any) -> int:
         """A blocking query: wait until the watched index passes `index`, or `wait`."""
         try:
@@ -270,7 +352,7 @@ class NomadAPI:
             "TaskStates": {"slot-server": {
                 "State": a.task_state, "Failed": a.client == "failed",
                 "Restarts": len(a.restarts), "StartedAt": None, "FinishedAt": None,
-                "Events": []}},
+                "Events": list(a.events)}},
             "FollowupEvalID": "", "NextAllocation": a.next,
             "RescheduleTracker": {"Events": a.reschedule_events} if a.reschedule_events
             else None,
@@ -361,8 +443,10 @@ class EmulatorServer:
     """The API on `port` and the control API on `control_port` (0: free ports), on this loop."""
 
     def __init__(self, data_dir: str | Path, *, token: str | None = None, nodes: int = 2,
-                 placement_delay: float = 0.0, port: int = 0, control_port: int = 0) -> None:
-        self.cluster = Cluster(data_dir, nodes=nodes, placement_delay=placement_delay)
+                 placement_delay: float = 0.0, port: int = 0, control_port: int = 0,
+                 **cluster: Any) -> None:
+        self.cluster = Cluster(data_dir, nodes=nodes, placement_delay=placement_delay,
+                               **cluster)
         self.api = NomadAPI(self.cluster, token)
         self.port, self.control_port = port, control_port
         self._api_runner: web.AppRunner | None = None
@@ -387,8 +471,10 @@ class EmulatorServer:
         self.control_port = self._control_runner.addresses[0][1]
 
     async def _open_api(self) -> None:
+        # An outage drops in-flight requests (blocking queries included) at once, as a
+        # server going away does, instead of waiting for them to finish.
         self._api_runner = web.AppRunner(self.api.app(), access_log=None,
-                                         handler_cancellation=True)
+                                         handler_cancellation=True, shutdown_timeout=0.1)
         await self._api_runner.setup()
         site = web.TCPSite(self._api_runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()

@@ -1,7 +1,9 @@
 """Regenerate `go_api_fields.json`: the JSON field names of the Nomad Go `api` structs our job
-spec uses, read from a checkout of hashicorp/nomad (the ground truth for the HTTP API's JSON).
+spec uses, read from checkouts of hashicorp/nomad (the ground truth for the HTTP API's JSON).
+Given several checkouts (the releases we support: v1.9.7 and v1.10.5), a struct's fields are
+those every one of them has, so nothing we send is a field one supported release lacks.
 
-    python -m tests.nomad_emulator.go_fields /path/to/nomad 'hashicorp/nomad@<commit> api/' > tests/nomad_emulator/go_api_fields.json
+    python -m tests.nomad_emulator.go_fields 'hashicorp/nomad v1.9.7 (<commit>), v1.10.5 (<commit>) api/' /path/to/nomad-1.9.7 /path/to/nomad-1.10.5 > tests/nomad_emulator/go_api_fields.json
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ STRUCTS = {
     "AllocationListStub": "allocations.go", "AllocatedResources": "allocations.go",
     "AllocatedSharedResources": "allocations.go", "PortMapping": "allocations.go",
     "TaskState": "tasks.go", "Deployment": "deployments.go",
+    "Evaluation": "evaluations.go", "AllocationMetric": "allocations.go",
 }
 _FIELD = re.compile(r"^\s+([A-Z]\w*)\s+[^\s`]+(?:\s+`([^`]*)`)?")
 _JSON_TAG = re.compile(r'json:"([^",]*)')
@@ -46,17 +49,17 @@ def struct_fields(source: str, name: str) -> list[str]:
     return fields
 
 
-def main(repo: str, source: str = "hashicorp/nomad api/") -> None:
-    api = Path(repo, "api")
+def main(source: str, *repos: str) -> None:
     out: dict[str, object] = {"_source": source}
-    out.update({name: struct_fields((api / file).read_text(), name)
-                for name, file in STRUCTS.items()})
+    for name, file in STRUCTS.items():
+        per_repo = [struct_fields(Path(repo, "api", file).read_text(), name) for repo in repos]
+        out[name] = [f for f in per_repo[0] if all(f in other for other in per_repo[1:])]
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1], *sys.argv[2:])
 
 
 # --- checking JSON against the struct field names ------------------------------------------
@@ -79,6 +82,7 @@ NESTED = {
     "AllocationListStub": {"AllocatedResources": "AllocatedResources"},
     "AllocatedResources": {"Shared": "AllocatedSharedResources"},
     "AllocatedSharedResources": {"Ports": "PortMapping", "Networks": "NetworkResource"},
+    "Evaluation": {"FailedTGAllocs": "AllocationMetric{}"},
 }
 # time.Duration fields: integer nanoseconds in JSON (a string does not decode).
 DURATIONS = {
@@ -114,6 +118,10 @@ def problems(obj: object, struct: str, fields: dict[str, list[str]] | None = Non
             out.append(f"{where}.{key}: a duration must be integer nanoseconds, got {value!r}")
         inner = NESTED.get(struct, {}).get(key)
         if inner is None or value is None:
+            continue
+        if inner.endswith("{}"):  # a map of string -> struct
+            out += [p for k, item in value.items()
+                    for p in problems(item, inner[:-2], fields, f"{where}.{key}[{k!r}]")]
             continue
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):

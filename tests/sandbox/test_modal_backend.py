@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from rollout.sandbox.modal import ModalConfig
@@ -90,6 +92,71 @@ async def test_throttling_past_the_retries_is_a_clear_error(fake_modal) -> None:
         assert _control.Faults.load().throttle_next == 7  # 1 try + 2 retries
     finally:
         await backend.close()
+
+
+async def test_cold_start_image_build_and_scheduling_wait_are_waited_out(
+        fake_modal) -> None:  # noqa: F811
+    """Modal builds an image inside the first create() that uses it, a sandbox then waits
+    for a worker and cold-starts: a start waits all of it out (ready_timeout counts from
+    create's return), and a second host of the same image builds nothing."""
+    _control.set_faults(image_build=0.5, schedule_delay=0.2, start_delay=0.2)
+    backend = modal_config(ready_timeout=30.0).create(LIMITS, f"{new_run_id()}-0")
+    try:
+        first = await backend.start_host("img-a", 1)
+        built = list((fake_modal / "images").iterdir())
+        assert len(built) == 1 and _control.read_json(built[0])["seconds"] == 0.5
+        second = await backend.start_host("img-a", 1)
+        assert list((fake_modal / "images").iterdir()) == built
+        assert {first.host_id, second.host_id} <= _control.running_ids()
+    finally:
+        await backend.close()
+
+
+async def test_a_rate_limited_burst_is_retried_until_every_host_starts(
+        fake_modal, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """Modal's account-wide creation limit (ResourceExhaustedError) is retried with
+    backoff; a refusal of what can never work (InvalidError) is not."""
+    _control.set_faults(rate_limit=1.0)
+    backend = modal_config(create_retries=10).create(LIMITS, f"{new_run_id()}-0")
+    try:
+        hosts = await asyncio.gather(*(backend.start_host(None, 1) for _ in range(3)))
+        assert len({h.host_id for h in hosts}) == 3
+        assert "Sandbox creation rate limit exceeded" in caplog.text  # it was hit, and retried
+        times = sorted(c["t"] for c in _control.creations())
+        assert times[2] - times[0] >= 1.0  # never more than 1 per second accepted
+    finally:
+        await backend.close()
+    caplog.clear()
+    blocked = ModalConfig.model_construct(**{**modal_config().model_dump(),
+                                             "block_network": True})
+    backend = blocked.create(LIMITS, f"{new_run_id()}-0")
+    try:
+        with pytest.raises(Exception, match="Cannot specify open ports") as e:
+            await backend.start_host(None, 1)
+        assert type(e.value).__name__ == "InvalidError" and "retry" not in caplog.text
+    finally:
+        await backend.close()
+
+
+def test_block_network_is_refused_at_config_time_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="Modal refuses open ports") as e:
+        ModalConfig(block_network=True)
+    assert "outbound_cidr_allowlist" in str(e.value)
+
+
+def test_missing_modal_credentials_are_one_line(tmp_path, monkeypatch) -> None:
+    from rollout.preflight import PreflightError, check_backend
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / ".modal.toml"))
+    with pytest.raises(PreflightError) as e:
+        check_backend(ModalConfig())  # the real SDK's own configuration
+    assert "\n" not in str(e.value) and "MODAL_TOKEN_ID" in str(e.value)
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    check_backend(ModalConfig())
 
 
 def test_lifetime_shorter_than_the_lease_reserve_is_refused() -> None:
