@@ -28,8 +28,11 @@ TERMINAL = {"kind": "terminal", "filter": "", "pytest_plugin_autoload": False}
 def test_folders_and_jsonl_rows_are_the_same_tasks(tmp_path):
     folders = load_tasks(TERMINAL)
     assert sorted(t.task_id for t in folders) == ["archive-logs", "csv-total", "error-summary",
-                                                   "greet-script", "ini-config"]
-    assert all(t.data["solution"] and t.data["tests"] for t in folders)
+                                                   "greet-script", "ini-config", "setup-wizard"]
+    assert all((t.data["solution"] or t.data.get("solution_calls")) and t.data["tests"]
+               for t in folders)
+    wizard = next(t for t in folders if t.task_id == "setup-wizard")
+    assert wizard.data["tools"] == ["tmux"] and wizard.data["solution_calls"][0]["name"] == "tmux"
     rows = [read_task_folder(BUNDLED_TERMINAL / t.task_id) for t in folders]
     bad = [{"task_id": "no-test", "instruction": "x"},
            {"task_id": "params", "instruction": "x", "test_final_state":
