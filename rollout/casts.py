@@ -57,8 +57,12 @@ class Cast:
         self.events.append((round(t, 4), data))
 
     def frame(self, screen: str, at: float | None = None) -> None:
-        """A whole screen (lines separated by newlines) as one full redraw."""
-        self.output(CLEAR + "\r\n".join(screen.split("\n")), at)
+        """A whole screen (lines separated by newlines) as one full redraw; the same screen
+        twice in a row is recorded once."""
+        data = CLEAR + "\r\n".join(screen.split("\n"))
+        if self.events and self.events[-1][1] == data:
+            return
+        self.output(data, at)
 
     def to_text(self) -> str:
         header = {"version": 2, "width": self.width, "height": self.height,
