@@ -114,7 +114,7 @@ class ToolServerSection(ConfigModel):
     host: Str = "127.0.0.1"  # where a launched server listens
     concurrency: Annotated[int, Field(ge=1)] = 16  # calls run at once; the rest wait
     # Each external tool's own config, e.g. {http_fetch: {allow_hosts: [example.org],
-    # max_bytes: 200000, timeout: 30, auth: {example.org: EXAMPLE_TOKEN}}}.
+    # max_bytes: 200000, timeout: 30, auth: [{host: example.org, env: EXAMPLE_TOKEN}]}}.
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Variables of launch's environment that only the tool server gets: launch hands them to
     # it and removes them from its own environment before Ray (and every slot) starts.

@@ -17,8 +17,9 @@ from rollout.toolserver.registry import ExternalTool, ToolFailure, register
 @register
 class HttpFetch(ExternalTool):
     """GET a URL whose host is on the allow-list. Config: `allow_hosts` (host or host:port),
-    `max_bytes` (body cap, default 200000), `timeout`, `auth` ({host or host:port: NAME of
-    an environment variable of the tool server}: sent as `Authorization: Bearer <value>`)."""
+    `max_bytes` (body cap, default 200000), `timeout`, `auth` (a list of {host: host or
+    host:port, env: NAME of an environment variable of the tool server}, or a mapping host ->
+    NAME: its value is sent to that host as `Authorization: Bearer <value>`)."""
 
     name = "http_fetch"
     description = ("Fetch a web page or file over HTTP(S) (GET). Only some hosts are allowed; "
@@ -32,7 +33,10 @@ class HttpFetch(ExternalTool):
         self.allow = {str(h).lower() for h in config.get("allow_hosts") or []}
         self.max_bytes = int(config.get("max_bytes", 200_000))
         self._auth: dict[str, str] = {}
-        for host, var in (config.get("auth") or {}).items():
+        auth = config.get("auth") or {}
+        pairs = (auth.items() if isinstance(auth, dict)
+                 else [(a.get("host"), a.get("env")) for a in auth if isinstance(a, dict)])
+        for host, var in pairs:
             if var not in environ:
                 raise ValueError(f"http_fetch.auth[{host}] names ${var}, which is not set in "
                                  "the tool server's environment")
