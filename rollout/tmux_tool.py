@@ -138,36 +138,39 @@ class TmuxSession:
 
     def _wait_script(self, wait: str, timeout: float, until: str | None = None) -> str:
         """Poll the screen inside the slot; print each new screen after a frame mark with
-        its milliseconds since the keys were sent, and the foreground program last."""
+        its milliseconds since the keys were sent. One tmux client per poll reads both the
+        screen and, as its last line, the foreground program and cursor."""
         settle_ms = int(SETTLE * 1000) if wait != "none" or until else 0
+        look = (self._tmux("capture-pane", "-p", "-t", "main") + " \\; display-message -p -t main "
+                + shlex.quote("#{pane_current_command} #{cursor_x},#{cursor_y}"))
+        mark = self._mark
+        if settle_ms == 0:  # no wait: one look, no clock
+            return (f"cur=$({look}) || exit 3\n"
+                    f"printf '%s 0\\n%s\\n%s end\\n' '{mark}' \"$cur\" '{mark}'\n")
         wait_text = ""
         if until:
-            wait_text = (f"case \"$cur\" in *{shlex.quote(until)}*) ;; *) last=$now;; esac")
-        limit_ms = int(timeout * 1000)
-        cap = self._tmux("capture-pane", "-p", "-t", "main")
-        fg = self._tmux("display-message", "-p", "-t", "main",
-                        "#{pane_current_command} #{cursor_x},#{cursor_y}")
-        mark = self._mark
+            wait_text = f"case \"$cur\" in *{shlex.quote(until)}*) ;; *) last=$now;; esac"
         return f"""
 ms() {{ echo $(( $(date +%s%N) / 1000000 )); }}
+nl='
+'
 t0=$(ms); prev=; last=$t0; first=1
 while :; do
-  cur=$({cap}) || exit 3
+  cur=$({look}) || exit 3
   now=$(ms)
   if [ -n "$first" ] || [ "$cur" != "$prev" ]; then
     printf '%s %s\\n%s\\n' '{mark}' $((now - t0)) "$cur"; prev=$cur; last=$now; first=
   fi
   {wait_text}
-  info=$({fg})
-  [ {settle_ms} -eq 0 ] && break
   if [ $((now - last)) -ge {settle_ms} ]; then
     [ {int(wait == "prompt")} -eq 0 ] && break
+    info=${{cur##*"$nl"}}
     case "${{info%% *}}" in bash|sh|dash) break;; esac
   fi
-  [ $((now - t0)) -ge {limit_ms} ] && {{ printf '%s timeout\\n' '{mark}'; break; }}
+  [ $((now - t0)) -ge {int(timeout * 1000)} ] && {{ printf '%s timeout\\n' '{mark}'; break; }}
   sleep {POLL}
 done
-printf '%s end %s\\n' '{mark}' "$info"
+printf '%s end\\n' '{mark}'
 """
 
     async def send(self, keys: list[str], wait: str, timeout: float,
@@ -205,15 +208,14 @@ printf '%s end %s\\n' '{mark}' "$info"
         """The last screen, the foreground program and cursor, whether the wait timed out;
         every screen goes to the cast at its in-slot time."""
         screen, info, timed_out = "", "", False
-        parts = out.split(self._mark + " ")
-        for part in parts[1:]:
+        for part in out.split(self._mark + " ")[1:]:
             head, _, body = part.partition("\n")
             if head == "timeout":
                 timed_out = True
-            elif head.startswith("end"):
-                info = _describe(head[4:].strip())
             elif head.isdigit():
-                screen = body[:-1] if body.endswith("\n") else body
+                body = body[:-1] if body.endswith("\n") else body
+                screen, _, last = body.rpartition("\n")
+                info = _describe(last.strip())
                 if self.cast is not None:
                     self.cast.frame(screen, at=sent + int(head) / 1000)
         return screen, info, timed_out

@@ -159,7 +159,7 @@ async def test_the_tmux_tool_drives_an_interactive_session(pool):
         assert (await tmux(action="start")).startswith("$")
         out = await tmux(action="send", keys=["export KEPT=42", "Enter"], wait="prompt")
         assert "foreground bash" in out
-        out = await tmux(action="send", keys=["sleep 100", "Enter"], wait="none")
+        out = await tmux(action="send", keys=["sleep 100", "Enter"])  # settled: sleep runs
         out = await tmux(action="send", keys=["C-c"], wait="prompt", timeout=20)
         assert "^C" in out and out.endswith("foreground bash, cursor 2,3]")
         # Up recalls the last command line (readline): the arrow reached the shell as a key
