@@ -64,6 +64,9 @@ class AgentConfig(ConfigModel):
     tools: list[Str] = []
     tool_server_url: Str | None = None  # set by launch when tool_server.launch=true
     tool_server_token_env: Str = "ROLLOUT_TOOL_SERVER_TOKEN"  # where this process finds its token
+    # The terminal and tmux sessions as asciinema casts in <run_dir>/casts/ (when the run
+    # records events: metrics.enabled); the report plays them.
+    record_terminals: bool = True
 
     @field_validator("tools")
     @classmethod

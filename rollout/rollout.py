@@ -65,7 +65,7 @@ async def run_rollout(
         # Routed by schema: tmux in the slot, external tools to the tool server.
         toolbox = Toolbox(local, sandbox, cfg.tool_limits, offered,
                           server_url=cfg.tool_server_url, token_env=cfg.tool_server_token_env,
-                          record=trace is not None)
+                          record=trace is not None and cfg.record_terminals)
     except Exception as exc:  # a broken task row or a template that rejects it
         log.warning("could not open a conversation for %s: %s", task.task_id, exc)
         return _failed(task, trajectory_id, Outcome.POLICY_ERROR,

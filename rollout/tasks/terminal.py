@@ -52,7 +52,8 @@ GOLD_SCRIPT = ".gold.sh"
 DOCKERFILE_PREFIX = "dockerfile:"
 
 SYSTEM_PROMPT = """You are working in a Linux terminal. Your current working directory is the
-workspace where the task's files are. You have three tools:
+workspace where the task's files are. You have three tools (a task may offer more; each
+tool's description says how to use it):
 - terminal(command, timeout?): run a shell command in the workspace (no network; its description says whether `cd` carries over);
 - read_file(path): read a file (paths are relative to the workspace);
 - write_file(path, content): create or overwrite a file.

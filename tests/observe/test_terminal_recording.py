@@ -53,8 +53,10 @@ async def test_tmux_task_records_plays_replays_and_never_leaks_the_secret(tmp_pa
     runner, hostport = await _upstream(secret)
     run_dir = tmp_path / "run"
     keystrokes = json.loads((BUNDLED_TERMINAL / "setup-wizard" / "solution.json").read_text())
+    # `s3cr3[t]-` matches the secret's prefix but not this command line itself
     dump = ("env; for f in /proc/[0-9]*/environ; do cat $f | xargs -0 -n1 echo; done; "
-            "ls -a /tmp /workspace")
+            "ls -a /tmp /workspace; grep -rls s3cr3[t]- /tmp /workspace /etc "
+            "/proc/[0-9]*/environ /proc/[0-9]*/cmdline; echo grep-exit=$?")
     responses = [
         _calls(keystrokes),
         _calls([{"name": "http_fetch", "arguments": {"url": f"http://{hostport}/status"}},
@@ -100,7 +102,8 @@ async def test_tmux_task_records_plays_replays_and_never_leaks_the_secret(tmp_pa
     assert "authorized=True" in ok["out"] and "[secret removed]" in ok["out"] and not ok["err"]
     assert refused["err"] and "Refused: host example.org is not on the allow-list" in refused["out"]
     assert by_name["calculator"][0]["out"] == "42"
-    assert "PATH=" in by_name["terminal"][0]["out"]  # the slot's environment was dumped
+    slot_view = by_name["terminal"][0]["out"]
+    assert "PATH=" in slot_view and "grep-exit=1" in slot_view  # dumped; no file holds it
 
     # The secret is nowhere in the run dir (events, casts, report, logs, groups.jsonl, the
     # outbox, config.yaml), so not in the groups sent to the trainer, nor in what the slot's
