@@ -164,6 +164,65 @@ def _policy_host(joined: bool) -> str:
     return ray.util.get_node_ip_address()
 
 
+class ToolServerProcess:
+    """The external tool server launch.py started (rollout/toolserver/); `stop` ends it."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_tool_server(cfg: Any, run_dir: Path) -> tuple[ToolServerProcess | None, Any]:
+    """With tool_server.launch=true: start the tool server with the only copy of the
+    secrets (tool_server.secret_env, taken out of this process's environment so nothing
+    started later inherits them) and a fresh token (put in this environment, where the
+    workers read it); returns it and the config with agent.tool_server_url filled in."""
+    import json
+    import secrets
+    import subprocess
+
+    from rollout.toolbox import external_names
+
+    ts = cfg.tool_server
+    if not ts.launch:
+        return None, cfg
+    missing = [v for v in ts.secret_env if v not in os.environ]
+    if missing:
+        raise RuntimeError(f"tool_server.secret_env names {', '.join(missing)}, not set in "
+                           "launch's environment")
+    token = secrets.token_urlsafe(32)
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "PYTHONPATH", "HOME") if k in os.environ}
+    env.update({v: os.environ.pop(v) for v in ts.secret_env})
+    env["ROLLOUT_TOOL_SERVER_TOKEN"] = token
+    tools = {name: {} for name in external_names(cfg.agent.tools)}
+    tools.update(ts.tools)
+    config = {"tools": tools, "concurrency": ts.concurrency, "plugins": list(ts.plugins)}
+    logfile = (run_dir / "tool_server.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout.toolserver", "--host", ts.host, "--port", "0",
+         "--config", json.dumps(config)], cwd=Path(__file__).resolve().parent, env=env,
+        stdout=subprocess.PIPE, stderr=logfile, start_new_session=True)
+    server = ToolServerProcess(proc)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()  # the first line says where it listens
+    if "listening on " not in line:
+        server.stop()
+        raise RuntimeError(f"the tool server did not start (exit {proc.poll()}); see "
+                           f"{run_dir / 'tool_server.log'}")
+    url = line.rsplit(" ", 1)[1].strip()
+    os.environ[cfg.agent.tool_server_token_env] = token
+    log.info("tool server: %s (%s)", url, ", ".join(sorted(tools)) or "no tools")
+    return server, cfg.replace(agent=cfg.agent.replace(tool_server_url=url))
+
+
 def preflight(cfg: Any) -> list[Any]:
     """Everything that can be checked before Ray starts; returns the loaded tasks.
     Raises PreflightError (or the loader's own clear errors) with a one-line message."""
@@ -280,9 +339,11 @@ def main(dcfg: DictConfig) -> None:
         if _RESUME_CHANGES:  # allowed by run.resume_overrides=true; the old values in the log
             log.warning("run.resume_overrides=true: changing %s", "; ".join(_RESUME_CHANGES))
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
-    server = None
-    stage = "at start (Ray)"
+    server = tools = None
+    stage = "at start (tool server)"
     try:
+        tools, cfg = start_tool_server(cfg, run_dir)
+        stage = "at start (Ray)"
         joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
         stage = "at start (policy server)"
         server, cfg = start_policy_server(cfg, run_dir, joined)
@@ -295,6 +356,8 @@ def main(dcfg: DictConfig) -> None:
     finally:
         if server is not None:
             server.stop()
+        if tools is not None:
+            tools.stop()
         import ray
 
         ray.shutdown()

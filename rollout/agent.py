@@ -28,6 +28,8 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from pydantic import field_validator
+
 from rollout.config_model import ConfigModel, Str
 from rollout.protocols import Conversation, Sandbox
 from rollout.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
@@ -56,6 +58,23 @@ class AgentConfig(ConfigModel):
     min_turn_tokens: int = 16  # below this much room left, the context counts as full
     # The terminal tool keeps its working directory and exported variables between calls.
     persistent_shell: bool = False
+    # Tools offered beside the env's own, for every task: `tmux` (the interactive terminal)
+    # and external tools of the tool server (http_fetch, calculator, plug-ins). A task may
+    # name its own too (a terminal task's environment/tools). See rollout/toolbox.py.
+    tools: list[Str] = []
+    tool_server_url: Str | None = None  # set by launch when tool_server.launch=true
+    tool_server_token_env: Str = "ROLLOUT_TOOL_SERVER_TOKEN"  # where this process finds its token
+    # The terminal and tmux sessions as asciinema casts in <run_dir>/casts/ (when the run
+    # records events: metrics.enabled); the report plays them.
+    record_terminals: bool = True
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        from rollout.toolbox import extra_tool_schemas
+
+        extra_tool_schemas(value)  # raises, naming the known ones
+        return value
 
     @property
     def tool_limits(self) -> ToolLimits:

@@ -104,6 +104,24 @@ class MetricsConfig(ConfigModel):
     report_interval: Annotated[float, Field(gt=0)] = 30.0  # seconds between report.html refreshes
 
 
+class ToolServerSection(ConfigModel):
+    """The external tool server (rollout/toolserver/): launch.py starts it when `launch` is
+    true (the agent's `agent.tool_server_url` is then filled in), or give that URL yourself."""
+
+    section: ClassVar[str] = "tool_server"
+
+    launch: bool = False
+    host: Str = "127.0.0.1"  # where a launched server listens
+    concurrency: Annotated[int, Field(ge=1)] = 16  # calls run at once; the rest wait
+    # Each external tool's own config, e.g. {http_fetch: {allow_hosts: [example.org],
+    # max_bytes: 200000, timeout: 30, auth: [{host: example.org, env: EXAMPLE_TOKEN}]}}.
+    tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Variables of launch's environment that only the tool server gets: launch hands them to
+    # it and removes them from its own environment before Ray (and every slot) starts.
+    secret_env: list[Str] = Field(default_factory=list)
+    plugins: list[Str] = Field(default_factory=list)  # modules that register more tools
+
+
 class RayConfig(ConfigModel):
     section: ClassVar[str] = "ray"
 
@@ -118,6 +136,7 @@ class LaunchConfig(ConfigModel):
     queue: QueueConfig
     ray: RayConfig
     metrics: MetricsConfig
+    tool_server: ToolServerSection
     backend: BackendConfig  # the selected backend's own typed config (backend.name)
     sandbox: SlotLimits  # what every slot enforces, whatever the backend
     pool: PoolSection
@@ -129,8 +148,8 @@ class LaunchConfig(ConfigModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "policy", "agent", "tasks",
-            "trainer", "logger")
+SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "tool_server", "policy", "agent",
+            "tasks", "trainer", "logger")
 
 
 def _backend(data: Any) -> BackendConfig:
@@ -208,6 +227,12 @@ def _cross_check(cfg: LaunchConfig) -> None:
         cfg.backend.check_lease_budget(lease_budget(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from rollout.toolbox import external_names
+
+    external = external_names(cfg.agent.tools)
+    if external and not (cfg.agent.tool_server_url or cfg.tool_server.launch):
+        raise ConfigError(f"agent.tools names external tools ({', '.join(external)}): set "
+                          "tool_server.launch=true or agent.tool_server_url=URL")
     if cfg.queue.lease_seconds <= cfg.workers.lease_renew_interval:
         raise ConfigError(
             "queue.lease_seconds must exceed workers.lease_renew_interval, or live workers "

@@ -6,6 +6,9 @@ Guarantees:
 - `close()` writes everything added before it; lines are whole (a reader may read a file
   being written and skip only a trailing partial line, see `read_events`).
 - A write error is logged once and the lines are kept for the next try: the run goes on.
+- A line's terminal recordings (`"casts": {kind: cast text}`, rollout/casts.py) are written
+  to `<run_dir>/casts/<trajectory>.<kind>.cast` before the line that names them; the line
+  keeps `"casts": {kind: "casts/<file>"}`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
+
+from rollout.casts import CASTS_DIR, cast_name
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +31,23 @@ class EventLog:
         self.path = Path(run_dir) / EVENTS_FILE
         self.flush_interval = flush_interval
         self._buffer: list[str] = []
+        self._casts: list[tuple[str, str]] = []  # (file name, text), written before the lines
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._failed = False
         self.written = 0
 
     def add(self, lines: list[dict[str, Any]]) -> None:
-        self._buffer.extend(json.dumps(line, separators=(",", ":"), default=str) for line in lines)
+        for line in lines:
+            casts = line.get("casts")
+            if isinstance(casts, dict) and casts:
+                named = {}
+                for kind, text in casts.items():
+                    name = cast_name(str(line.get("id", "")), str(kind))
+                    self._casts.append((name, str(text)))
+                    named[kind] = f"{CASTS_DIR}/{name}"
+                line = {**line, "casts": named}
+            self._buffer.append(json.dumps(line, separators=(",", ":"), default=str))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._flush_loop(), name="event-log")
@@ -44,19 +59,28 @@ class EventLog:
 
     async def flush(self) -> None:
         async with self._lock:
-            if not self._buffer:
+            if not self._buffer and not self._casts:
                 return
             lines, self._buffer = self._buffer, []
+            casts, self._casts = self._casts, []
             try:
-                await asyncio.to_thread(self._append, lines)
+                await asyncio.to_thread(self._append, lines, casts)
                 self.written += len(lines)
             except OSError as e:
                 self._buffer[:0] = lines
+                self._casts[:0] = casts
                 if not self._failed:
                     log.error("cannot write %s (%s); events are kept in memory", self.path, e)
                     self._failed = True
 
-    def _append(self, lines: list[str]) -> None:
+    def _append(self, lines: list[str], casts: list[tuple[str, str]] = ()) -> None:
+        if casts:
+            folder = self.path.parent / CASTS_DIR
+            folder.mkdir(exist_ok=True)
+            for name, text in casts:
+                (folder / name).write_text(text, encoding="utf-8")
+        if not lines:
+            return
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + "\n")
 

@@ -31,6 +31,10 @@ from rollout.sandbox import SlotPool
 from rollout.tasks import load_tasks
 from rollout.tasks.base import NoSlot, sandbox_spec_for, tool_executor_for
 from rollout.tasks.mix import TaskEnvs
+from rollout.casts import CastError, final_screen, parse_cast
+from rollout.rollout import task_tools
+from rollout.toolbox import Toolbox, with_extra_tools
+from rollout.toolserver.registry import is_external
 from rollout.trace import Trace, TracedSandbox
 from rollout.types import GradingError, SandboxError, ToolCall
 
@@ -48,10 +52,12 @@ class ReplayResult:
     replayed: float | None  # None: grading could not run in the replay
     reason: str = ""
     exit_mismatches: list[str] = field(default_factory=list)  # tool calls whose exit differed
+    cast_mismatches: list[str] = field(default_factory=list)  # recordings that did not replay
 
     @property
     def reproduced(self) -> bool:
-        return self.recorded is not None and self.replayed == self.recorded
+        return (self.recorded is not None and self.replayed == self.recorded
+                and not self.cast_mismatches)
 
     def describe(self) -> str:
         verdict = "reproduces" if self.reproduced else "MISMATCH"
@@ -59,6 +65,8 @@ class ReplayResult:
                 f"{_score(self.replayed)} ({self.reason}): {verdict}")
         if self.exit_mismatches:
             line += "; tool exit codes differ: " + ", ".join(self.exit_mismatches)
+        if self.cast_mismatches:
+            line += "; recordings differ: " + "; ".join(self.cast_mismatches)
         return line
 
 
@@ -143,13 +151,25 @@ class Replayer:
         sandbox = TracedSandbox(slot, trace)
         try:
             await env.prepare(task, sandbox)
-            tools = tool_executor_for(env, task, sandbox, self.cfg.agent.tool_limits)
-            for call, exit_code in recorded_calls(line):
-                trace.last_exit = None
-                await tools.run(call)
-                if trace.last_exit != exit_code:
-                    result.exit_mismatches.append(
-                        f"{call.name} #{call.call_id[7:]}: {exit_code} -> {trace.last_exit}")
+            agent = self.cfg.agent
+            local = tool_executor_for(env, task, sandbox, agent.tool_limits)
+            offered = with_extra_tools(env.tools(task), [*agent.tools, *task_tools(task)])
+            # External tools are not replayed: they never touched the slot, and the run's
+            # tool server (and its secrets) is not this process's.
+            tools = Toolbox(local, sandbox, agent.tool_limits,
+                            [s for s in offered if not is_external(s)], record=True)
+            try:
+                for call, exit_code in recorded_calls(line):
+                    if call.name in {s["function"]["name"] for s in offered if is_external(s)}:
+                        continue
+                    trace.last_exit = None
+                    await tools.run(call)
+                    if trace.last_exit != exit_code and call.name != "tmux":
+                        result.exit_mismatches.append(
+                            f"{call.name} #{call.call_id[7:]}: {exit_code} -> {trace.last_exit}")
+            finally:
+                await tools.close()
+            result.cast_mismatches = self._check_casts(line, tools.casts())
             if getattr(env, "grades_transcript", False):
                 verdict = await env.verify(task, sandbox, transcript=recorded_transcript(line))
             else:
@@ -161,6 +181,25 @@ class Replayer:
         except SandboxError as e:
             result.reason = f"the sandbox failed: {e}"
         return result
+
+
+    def _check_casts(self, line: dict[str, Any], replayed: dict[str, str]) -> list[str]:
+        """The recorded tmux cast must be a valid cast whose last screen is the replay's."""
+        out = []
+        for kind, name in (line.get("casts") or {}).items():
+            try:
+                recorded = (self.run_dir / str(name)).read_text(encoding="utf-8")
+                parse_cast(recorded)
+            except (OSError, CastError) as e:
+                out.append(f"{kind}: the recording is unreadable ({e})")
+                continue
+            if kind == "tmux" and final_screen(recorded) != final_screen(replayed.get(kind, "")
+                                                                           or EMPTY_CAST):
+                out.append(f"{kind}: the last screen differs")
+        return out
+
+
+EMPTY_CAST = '{"version": 2, "width": 80, "height": 24}\n'
 
 
 def recorded_transcript(line: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import time
 from rollout.agent import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
 from rollout.tasks.base import tool_executor_for, tool_names
+from rollout.toolbox import Toolbox, with_extra_tools
 from rollout.tools import describe_tools
 from rollout.trace import Trace, TracedSandbox, verify_fields
 from rollout.types import (INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task,
@@ -57,9 +58,14 @@ async def run_rollout(
         trace.add("prepare", started, ok=True)
 
     try:
-        schemas = describe_tools(env.tools(task), cfg.tool_limits)
+        offered = with_extra_tools(env.tools(task), [*cfg.tools, *task_tools(task)])
+        schemas = describe_tools(offered, cfg.tool_limits)
         conversation = policy.open(env.messages(task), schemas, task)
-        executor = tools or tool_executor_for(env, task, sandbox, cfg.tool_limits)
+        local = tools or tool_executor_for(env, task, sandbox, cfg.tool_limits)
+        # Routed by schema: tmux in the slot, external tools to the tool server.
+        toolbox = Toolbox(local, sandbox, cfg.tool_limits, offered,
+                          server_url=cfg.tool_server_url, token_env=cfg.tool_server_token_env,
+                          record=trace is not None and cfg.record_terminals)
     except Exception as exc:  # a broken task row or a template that rejects it
         log.warning("could not open a conversation for %s: %s", task.task_id, exc)
         return _failed(task, trajectory_id, Outcome.POLICY_ERROR,
@@ -67,9 +73,14 @@ async def run_rollout(
 
     # The parser accepts exactly the tools this task offers.
     limits = dataclasses.replace(cfg.parse_limits, known_tools=tool_names(schemas))
-    traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
-                           task_id=task.task_id, tools=executor, parse_limits=limits,
-                           trace=trace)
+    try:
+        traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
+                               task_id=task.task_id, tools=toolbox, parse_limits=limits,
+                               trace=trace)
+    finally:
+        await toolbox.close()
+        if trace is not None:
+            trace.casts = toolbox.casts()
 
     if traj.outcome not in INFRA_OUTCOMES:
         started = time.monotonic()
@@ -105,6 +116,13 @@ async def run_rollout(
     traj.metadata["timings"] = timings
     traj.metadata["policy"] = getattr(policy, "name", type(policy).__name__)
     return traj
+
+
+def task_tools(task: Task) -> list[str]:
+    """Extra tools a task itself asks for (its data's `tools`, e.g. a terminal task's
+    environment/tools file)."""
+    names = task.data.get("tools") if isinstance(task.data, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def _failed(task: Task, trajectory_id: str, outcome: Outcome, error: str,

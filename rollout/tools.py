@@ -89,12 +89,15 @@ PERSISTENT_TERMINAL = (
 
 def describe_tools(schemas: list[dict[str, Any]], limits: ToolLimits) -> list[dict[str, Any]]:
     """`schemas` as the model should see them under `limits` (the terminal's description
-    says whether its state carries over). `schemas` itself is never changed: it comes back
+    says whether its state carries over; the `external` routing mark is left out). `schemas` itself is never changed: it comes back
     as it is when nothing differs, else as a new list."""
-    if not limits.persistent_shell:
+    if not limits.persistent_shell and not any(isinstance(s, dict) and "external" in s
+                                               for s in schemas):
         return schemas
     out = []
     for schema in schemas:
+        if isinstance(schema, dict) and "external" in schema:  # routing only: not the model's
+            schema = {k: v for k, v in schema.items() if k != "external"}
         fn = schema.get("function") if isinstance(schema, dict) else None
         if isinstance(fn, dict) and fn.get("name") == "terminal":
             schema = {**schema, "function": {**fn, "description": PERSISTENT_TERMINAL}}

@@ -12,6 +12,8 @@ Line format (version 1), one object per trajectory:
      "score": ..., "error": ..., "turns": n, "tokens": n, "group": the group's fate,
      "ev": [[kind, offset_s, duration_s, {fields}], ...]}
 
+plus "casts": {kind: file under casts/} when the trajectory's terminals were recorded
+(rollout/casts.py; in the line a worker sends, the cast texts, written out by the event log),
 plus "queued": seconds it waited for its worker's `workers.trajectories_in_flight` share
 before it started (t0 and wall start after that wait), when that bound is set.
 
@@ -45,7 +47,7 @@ def clip(text: str | None, limit: int = TEXT_CLIP) -> str:
 class Trace:
     """The events of one trajectory. Not thread-safe (one trajectory = one asyncio task)."""
 
-    __slots__ = ("trajectory_id", "task_id", "t0", "_m0", "events", "last_exit", "info")
+    __slots__ = ("trajectory_id", "task_id", "t0", "_m0", "events", "last_exit", "info", "casts")
 
     def __init__(self, trajectory_id: str, task_id: str, **info: Any) -> None:
         self.trajectory_id = trajectory_id
@@ -55,6 +57,7 @@ class Trace:
         self.events: list[list[Any]] = []
         self.last_exit: int | None = None  # set by TracedSandbox on every exec
         self.info = info
+        self.casts: dict[str, str] = {}  # kind -> asciinema cast text (rollout/casts.py)
 
     def restart(self, **info: Any) -> None:
         """Start the clock now (a trajectory that waited for its turn to run: its wall is its
@@ -70,9 +73,12 @@ class Trace:
     def to_line(self, **result: Any) -> dict[str, Any]:
         """The trajectory's JSON object (see the module docstring); `result` adds outcome,
         score and the like."""
-        return {"v": VERSION, "id": self.trajectory_id, "task": self.task_id, **self.info,
+        line = {"v": VERSION, "id": self.trajectory_id, "task": self.task_id, **self.info,
                 "t0": round(self.t0, 3), "wall": round(time.monotonic() - self._m0, 4),
                 **result, "ev": self.events}
+        if self.casts:  # the event log writes them to casts/ and keeps their file names
+            line["casts"] = dict(self.casts)
+        return line
 
 
 def tool_fields(name: str, arguments: dict[str, Any], exit_code: int | None, is_error: bool,

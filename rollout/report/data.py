@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from rollout.casts import CASTS_DIR
 from rollout.events import read_events
 from rollout.leases import read_state
 from rollout.types import INFRA_OUTCOMES
@@ -33,6 +34,7 @@ PHASES = ("acquire", "prepare", "llm", "tools", "verify", "send", "other")
 INFRA = {o.value for o in INFRA_OUTCOMES}
 VIEWER_PER_TASK = 8  # trajectories per task embedded in the viewer
 VIEWER_MAX = 2000  # trajectories embedded in all
+CAST_EMBED_MAX = 1_000_000  # bytes of one cast embedded in the page (bigger: left out)
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -149,12 +151,24 @@ def drops(trajs: list[dict[str, Any]], queue_state: dict[str, Any]) -> dict[str,
     return dict(out)
 
 
-def _viewer_entry(t: dict[str, Any]) -> dict[str, Any]:
+def _viewer_entry(t: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """What the viewer shows of one trajectory. `wall` runs until its whole group was done
-    (the line is written then); `own` is its own time, to the end of its grading."""
+    (the line is written then); `own` is its own time, to the end of its grading. Its
+    terminal recordings (casts/) are embedded: the page plays them offline."""
     entry = {k: t.get(k) for k in ("id", "task", "attempt", "worker", "outcome", "score",
                                    "error", "turns", "tokens", "wall", "group", "ev")}
     entry["own"] = round(completion_time(t), 4)
+    casts = {}
+    for kind, name in (t.get("casts") or {}).items():
+        path = run_dir / str(name)
+        try:
+            if path.resolve().parent == (run_dir / CASTS_DIR).resolve() \
+                    and path.stat().st_size <= CAST_EMBED_MAX:
+                casts[kind] = path.read_text(encoding="utf-8")
+        except OSError:
+            continue  # a cast not written (yet): the viewer shows the events alone
+    if casts:
+        entry["casts"] = casts
     return entry
 
 
@@ -196,7 +210,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         if room <= 0:
             break
         picked = sorted(ts, key=lambda t: (t.get("attempt", 1), t["id"]))[:min(VIEWER_PER_TASK, room)]
-        viewer[task] = [_viewer_entry(t) for t in picked]
+        viewer[task] = [_viewer_entry(t, run_dir) for t in picked]
         room -= len(picked)
     t0 = timeline[0]["t"] if timeline else (min(t["t0"] for t in trajs) if trajs else 0.0)
     summary = run_dir / "summary.txt"

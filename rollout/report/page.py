@@ -34,6 +34,9 @@ pre{background:#f3f5f7;padding:6px 8px;white-space:pre-wrap;word-break:break-all
 .ev.bad{border-color:#d64545}
 .muted{color:#6b7783;font-size:12px}
 select{max-width:100%}
+.player{margin:8px 0;border:1px solid #c4ccd5;border-radius:4px;padding:6px;background:#fafbfc}
+.player pre.term{background:#111;color:#ddd;font:12px/1.25 monospace;white-space:pre;max-height:none;overflow:hidden;display:inline-block;padding:6px}
+.player input[type=range]{width:300px;vertical-align:middle}
 """
 
 SCRIPT = r"""
@@ -177,6 +180,10 @@ function showTrajectory(t) {
   // whole group is done, so `wall` includes the wait for the group's slowest member
   const own = `${t.ev.some(e => e[0] === 'verify') ? 'graded' : 'ended'} after ${fmt(t.own, 's')}`;
   box.appendChild(text('div', `${t.id}: ${t.outcome}, score ${t.score}, ${t.turns} turns, ${t.tokens} tokens, ${own}; group done after ${fmt(t.wall, 's')}: ${t.group}` + (t.error ? `; error: ${t.error}` : '')));
+  for (const [kind, cast] of Object.entries(t.casts || {})) {
+    try { box.appendChild(player(kind, cast)); }
+    catch (e) { box.appendChild(text('div', `recording ${kind} cannot be played: ${e}`, 'muted')); }
+  }
   for (const [kind, off, dur, f] of t.ev) {
     const bad = (kind === 'tool' && (f.err || (f.exit !== null && f.exit !== 0))) || f.ok === false;
     const d = document.createElement('div');
@@ -201,6 +208,95 @@ function showTrajectory(t) {
     }
     box.appendChild(d);
   }
+}
+// A recording (asciinema v2 cast, rollout/casts.py) played on a tiny terminal: text, CR,
+// LF, BS, TAB, clear, cursor position; other escape sequences are skipped.
+class Term {
+  constructor(w, h) { this.w = w; this.h = h; this.reset(); }
+  reset() { this.rows = Array.from({length: this.h}, () => Array(this.w).fill(' ')); this.x = 0; this.y = 0; }
+  nl() { if (this.y === this.h - 1) { this.rows.shift(); this.rows.push(Array(this.w).fill(' ')); } else this.y++; }
+  feed(s) {
+    const csi = /^\x1b\[([0-9;?]*)([@-~])/, other = /^\x1b(\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78DEHMNOZc])/;
+    for (let i = 0; i < s.length;) {
+      const ch = s[i];
+      if (ch === '\x1b') {
+        const rest = s.slice(i, i + 64);
+        let m = csi.exec(rest);
+        if (m) { this.csi(m[1], m[2]); i += m[0].length; continue; }
+        m = other.exec(rest);
+        i += m ? m[0].length : 1;
+        continue;
+      }
+      i++;
+      if (ch === '\r') this.x = 0;
+      else if (ch === '\n') this.nl();
+      else if (ch === '\b') this.x = Math.max(this.x - 1, 0);
+      else if (ch === '\t') this.x = Math.min((Math.floor(this.x / 8) + 1) * 8, this.w - 1);
+      else if (ch >= ' ') {
+        if (this.x >= this.w) { this.x = 0; this.nl(); }
+        this.rows[this.y][this.x++] = ch;
+      }
+    }
+  }
+  csi(p, f) {
+    const n = p ? p.replace('?', '').split(';').map(v => parseInt(v, 10) || 0) : [];
+    if (f === 'H' || f === 'f') { this.y = Math.min((n[0] || 1) - 1, this.h - 1); this.x = Math.min((n[1] || 1) - 1, this.w - 1); }
+    else if (f === 'J' && (n[0] || 0) === 2) this.rows = Array.from({length: this.h}, () => Array(this.w).fill(' '));
+    else if (f === 'K') for (let x = this.x; x < this.w; x++) this.rows[this.y][x] = ' ';
+  }
+  text() {
+    const lines = this.rows.map(r => r.join('').replace(/ +$/, ''));
+    while (lines.length && !lines[lines.length - 1]) lines.pop();
+    return lines.join('\n');
+  }
+}
+function parseCast(text) {
+  const lines = text.split('\n').filter(l => l.trim());
+  const header = JSON.parse(lines[0]);
+  const events = lines.slice(1).map(l => JSON.parse(l)).filter(e => e[1] === 'o');
+  return {header, events};
+}
+function player(kind, castText) {
+  const {header, events} = parseCast(castText);
+  const box = document.createElement('div');
+  box.className = 'player';
+  box.dataset.kind = kind;
+  box.dataset.frames = events.length;
+  const term = new Term(header.width, header.height);
+  const screen = document.createElement('pre');
+  screen.className = 'term';
+  const play = document.createElement('button');
+  play.textContent = 'play';
+  const slider = document.createElement('input');
+  Object.assign(slider, {type: 'range', min: 0, max: Math.max(events.length - 1, 0), value: 0});
+  const label = document.createElement('span');
+  label.className = 'muted';
+  let shown = -1, timer = null;
+  function show(i) {  // frame i: every event up to it fed in order
+    if (i < shown) { term.reset(); shown = -1; }
+    for (let k = shown + 1; k <= i; k++) term.feed(events[k][2]);
+    shown = i;
+    screen.textContent = term.text() + '\n'.repeat(Math.max(0, header.height - term.text().split('\n').length));
+    slider.value = i;
+    box.dataset.frame = i;
+    label.textContent = ` ${kind}: frame ${i + 1} of ${events.length}, ${events.length ? events[i][0].toFixed(2) : 0} s`;
+  }
+  function step() {
+    if (shown >= events.length - 1) { timer = null; play.textContent = 'play'; box.dataset.playing = 'no'; return; }
+    show(shown + 1);
+    const gap = shown + 1 < events.length ? events[shown + 1][0] - events[shown][0] : 0;
+    timer = setTimeout(step, Math.min(Math.max(gap, 0), 1.0) * 1000 / (Number(box.dataset.speed) || 1));
+  }
+  play.onclick = () => {
+    if (timer) { clearTimeout(timer); timer = null; play.textContent = 'play'; box.dataset.playing = 'no'; return; }
+    if (shown >= events.length - 1) show(0);
+    play.textContent = 'pause'; box.dataset.playing = 'yes'; step();
+  };
+  slider.oninput = () => show(Number(slider.value));
+  box.appendChild(text('div', `recording: ${header.title || kind} (${header.width}x${header.height}, ${events.length} frames)`));
+  box.append(play, slider, label, document.createElement('br'), screen);
+  if (events.length) show(0);
+  return box;
 }
 function showTask(task) {
   const list = document.getElementById('trajs');

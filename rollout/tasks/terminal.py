@@ -10,6 +10,9 @@ A task is a folder (or the same fields as a JSONL row):
     <task>/environment/setup.sh         run in the slot before the agent   (row: setup)
     <task>/tests/test_final_state.py    the hidden test                    (row: test_final_state)
     <task>/solution.sh                  a reference solution (for gold)    (row: solution)
+    <task>/solution.json                or tool calls [{name, arguments}]  (row: solution_calls)
+    <task>/environment/tools            extra tools it needs, one a line   (row: tools)
+                                        (e.g. tmux: rollout/toolbox.py)
 
 Neither an environment image nor a Dockerfile: the run's default image. A Dockerfile task's
 image label is `dockerfile:<folder>/environment` (built by the slot server's image store,
@@ -49,7 +52,8 @@ GOLD_SCRIPT = ".gold.sh"
 DOCKERFILE_PREFIX = "dockerfile:"
 
 SYSTEM_PROMPT = """You are working in a Linux terminal. Your current working directory is the
-workspace where the task's files are. You have three tools:
+workspace where the task's files are. You have three tools (a task may offer more; each
+tool's description says how to use it):
 - terminal(command, timeout?): run a shell command in the workspace (no network; its description says whether `cd` carries over);
 - read_file(path): read a file (paths are relative to the workspace);
 - write_file(path, content): create or overwrite a file.
@@ -112,8 +116,33 @@ def row_to_terminal_task(row: Any, kind: str = "terminal") -> Task:
         image = DOCKERFILE_PREFIX + str(row["dockerfile"])
     data = {"test": test, "tests": graded_tests(test), "files": files,
             "setup": row.get("setup"), "solution": row.get("solution")}
+    data.update(_tools_and_calls(row))
     return Task(task_id=task_id.strip(), kind=kind, instruction=instruction.strip(),
                 image=image, data=data)
+
+
+def _tools_and_calls(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's extra tools and keystroke-level reference solution, checked."""
+    out: dict[str, Any] = {}
+    tools = row.get("tools")
+    if tools:
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise RowError("tools must be a list of tool names")
+        from rollout.toolbox import extra_tool_schemas
+
+        try:
+            extra_tool_schemas(tools)
+        except ValueError as e:
+            raise RowError(str(e)) from None
+        out["tools"] = list(tools)
+    calls = row.get("solution_calls")
+    if calls:
+        if not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str)
+                and isinstance(c.get("arguments", {}), dict) for c in calls):
+            raise RowError("solution_calls must be a list of {name, arguments}")
+        out["solution_calls"] = calls
+    return out
 
 
 def read_task_folder(folder: Path) -> dict[str, Any]:
@@ -126,6 +155,17 @@ def read_task_folder(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"task_id": folder.name, "instruction": text(folder / "instruction.md"),
                            "test_final_state": text(folder / "tests" / TEST_NAME),
                            "setup": text(env / "setup.sh"), "solution": text(folder / "solution.sh")}
+    tools = text(env / "tools")
+    if tools and tools.split():
+        row["tools"] = tools.split()
+    calls = text(folder / "solution.json")
+    if calls:
+        import json
+
+        try:
+            row["solution_calls"] = json.loads(calls)
+        except json.JSONDecodeError as e:
+            row["solution_calls"] = f"solution.json does not parse: {e}"  # refused as a row
     image = text(env / "image")
     if image and image.strip():
         row["image"] = image.strip()
@@ -233,6 +273,10 @@ class TerminalEnv(BaseTaskEnv):
         return verdict
 
     def reference_solution(self, task: Task) -> list[ToolCall]:
+        calls = task.data.get("solution_calls")
+        if calls:  # keystrokes, for a task only an interactive terminal solves
+            return [ToolCall(c["name"], dict(c.get("arguments") or {}), f"gold-{i}")
+                    for i, c in enumerate(calls, 1)]
         script = task.data.get("solution")
         if not script:
             raise ValueError(f"terminal task {task.task_id} has no reference solution")

@@ -52,11 +52,14 @@ async def test_the_event_log_buffers_writes_on_close_and_survives_a_bad_dir(tmp_
     assert [line["id"] for line in read_events(tmp_path)] == ["a", "b"]
 
     gone = EventLog(tmp_path / "missing")
-    gone.add([{"id": "kept"}])
+    gone.add([{"id": "kept", "casts": {"tmux": '{"version": 2}\n'}}])
     with caplog.at_level(logging.ERROR):
         await gone.flush()
         await gone.flush()
     assert sum("cannot write" in r.message for r in caplog.records) == 1  # logged once
     (tmp_path / "missing").mkdir()
     await gone.close()  # the dir is back: nothing was lost
-    assert [json.loads(x)["id"] for x in Path(tmp_path / "missing" / EVENTS_FILE).read_text().splitlines()] == ["kept"]
+    [kept] = [json.loads(x) for x in Path(tmp_path / "missing" / EVENTS_FILE).read_text().splitlines()]
+    # a recording is written beside the events, and the line names its file
+    assert kept["id"] == "kept" and kept["casts"] == {"tmux": "casts/kept.tmux.cast"}
+    assert (tmp_path / "missing" / "casts" / "kept.tmux.cast").read_text() == '{"version": 2}\n'

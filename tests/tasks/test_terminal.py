@@ -28,8 +28,11 @@ TERMINAL = {"kind": "terminal", "filter": "", "pytest_plugin_autoload": False}
 def test_folders_and_jsonl_rows_are_the_same_tasks(tmp_path):
     folders = load_tasks(TERMINAL)
     assert sorted(t.task_id for t in folders) == ["archive-logs", "csv-total", "error-summary",
-                                                   "greet-script", "ini-config"]
-    assert all(t.data["solution"] and t.data["tests"] for t in folders)
+                                                   "greet-script", "ini-config", "setup-wizard"]
+    assert all((t.data["solution"] or t.data.get("solution_calls")) and t.data["tests"]
+               for t in folders)
+    wizard = next(t for t in folders if t.task_id == "setup-wizard")
+    assert wizard.data["tools"] == ["tmux"] and wizard.data["solution_calls"][0]["name"] == "tmux"
     rows = [read_task_folder(BUNDLED_TERMINAL / t.task_id) for t in folders]
     bad = [{"task_id": "no-test", "instruction": "x"},
            {"task_id": "params", "instruction": "x", "test_final_state":
@@ -132,3 +135,52 @@ def test_dockerfile_environments_become_build_labels(tmp_path):
                                               cache_dir=str(cache)))[0]
     ctx = inline.image.removeprefix("dockerfile:")
     assert inline.image.startswith("dockerfile:") and (Path(ctx) / "Dockerfile").read_text() == row["dockerfile"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_tmux_tool_drives_an_interactive_session(pool):
+    """Keys, Ctrl-C, arrows, waits and the screen, in a real slot; the shell lives between
+    calls (the slot is a long-lived container) and is gone once stopped."""
+    from rollout.casts import final_screen
+    from rollout.toolbox import Toolbox, with_extra_tools
+    from rollout.tools import TOOL_SCHEMAS, SandboxTools
+    from rollout.types import ToolCall, ToolLimits
+
+    async with pool.session("tmux") as sandbox:
+        limits = ToolLimits()
+        tools = Toolbox(SandboxTools(sandbox, limits), sandbox, limits,
+                        with_extra_tools(list(TOOL_SCHEMAS), ["tmux"]), record=True)
+
+        async def tmux(**args):
+            res = await tools.run(ToolCall("tmux", args, "t"))
+            assert not res.is_error, res.content
+            return res.content
+
+        assert (await tmux(action="start")).startswith("$")
+        out = await tmux(action="send", keys=["export KEPT=42", "Enter"], wait="prompt")
+        assert "foreground bash" in out
+        out = await tmux(action="send", keys=["sleep 100", "Enter"])  # settled: sleep runs
+        out = await tmux(action="send", keys=["C-c"], wait="prompt", timeout=20)
+        assert "^C" in out and out.endswith("foreground bash, cursor 2,3]")
+        # Up recalls the last command line (readline): the arrow reached the shell as a key
+        out = await tmux(action="send", keys=["echo $KEPT-ok", "Enter"], wait="prompt")
+        out = await tmux(action="send", keys=["Up", "Enter"], wait="prompt")
+        assert out.count("42-ok") == 2
+        out = await tmux(action="send", keys=["seq 100000000"], timeout=10, wait="none")
+        out = await tmux(action="send", keys=["Enter"], timeout=1)  # never settles
+        assert "still changing after 1s" in out
+        await tmux(action="send", keys=["C-c"], wait="prompt", timeout=20)
+        captured = await tmux(action="capture")
+        assert (await tmux(action="stop")) == "Terminal closed."
+        assert "tmux" not in (await sandbox.exec("ps -eo comm")).stdout
+        assert (await tmux(action="capture")).startswith("$")  # a fresh one
+        bad = await tools.run(ToolCall("tmux", {"action": "send"}, "t"))
+        assert bad.is_error and "needs 'keys'" in bad.content
+        await tools.close()
+        assert "tmux" not in (await sandbox.exec("ps -eo comm")).stdout
+    # the recording's screen before the stop is the one the capture returned
+    cast = tools.casts()["tmux"]
+    screens = cast.split("\n")
+    assert final_screen(cast).startswith("$") and captured.rsplit("\n", 1)[0] in cast.replace(
+        "\\r\\n", "\n")
+    assert len(screens) > 5
