@@ -45,7 +45,7 @@ TESTS_DIR = "/tests"
 VERIFIER_DIR = "/logs/verifier"
 REWARD_FILES = ("reward.json", "reward.txt")
 _LOG_CAP = 256 << 10  # bytes of run-tests.sh output read back (the -rA summary is at the end)
-_SETUP_SLACK = 30.0  # seconds on top of the verifier's own timeout for moving files around
+
 
 
 def tests_archive(data: dict[str, Any], where: str) -> bytes:
@@ -234,7 +234,7 @@ async def verify_script(task: Task, sandbox: Sandbox, *, timeout: float) -> Verd
     nonce = secrets.token_hex(16)
     await sandbox.upload_archive(tests_archive(data, where))
     command = script_command(where, script, nonce, data.get("verifier_env") or {}, read_log=tb1)
-    result = await sandbox.exec(command, timeout=timeout + _SETUP_SLACK)
+    result = await sandbox.exec(command, timeout=timeout)
     blocks, rc, setup = _sections(result.stdout, nonce)
     tail = (result.stderr or "").strip()[-300:]
     shown = "run-tests.sh" if tb1 else f"tests/{script}"
