@@ -81,12 +81,12 @@ def check_isolation(backend: str, isolation: str) -> None:
 
 def check_tasks(tasks: list[Any], source: str, skipped: dict[str, int] | None = None) -> None:
     if not tasks:
-        why = ""
+        why = " (every row was skipped or filtered out; see the warnings above)"
         if skipped:  # one task folder, say: its own reason is the line to act on
             reason, n = max(skipped.items(), key=lambda kv: kv[1])
-            why = f": {n} skipped, {reason}" + (f" (and {sum(skipped.values()) - n} more)"
-                                                 if sum(skipped.values()) > n else "")
-        raise PreflightError(f"no tasks loaded from tasks.source={source!r}{why or ' (every row was skipped or filtered out; see the warnings above)'}")
+            rest = sum(skipped.values()) - n
+            why = f": {n} skipped, {reason}" + (f" (and {rest} more)" if rest else "")
+        raise PreflightError(f"no tasks loaded from tasks.source={source!r}{why}")
 
 
 def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:

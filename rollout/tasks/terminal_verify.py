@@ -101,8 +101,8 @@ def grade_functions(wanted: list[str], result: ExecResult, nonce: str,
         status, failed, collected = rep.end
         checks = [(status != 0, f"pytest's exit status is {status}"),
                   (failed, f"pytest counted {failed} failed test(s)"),
-                  (collected < len(wanted), f"pytest collected {collected} test(s) for "
-                                            f"{len(wanted)} graded"),
+                  (collected < len(wanted),
+                   f"pytest collected {collected} test(s) for {len(wanted)} graded"),
                   (rep.runner_rc != 0, f"the runner exited {rep.runner_rc}"),
                   (result.exit_code != 0, f"the process exited {result.exit_code}"),
                   (any(s != "PASSED" for s in rep.statuses.values()),
@@ -141,10 +141,10 @@ def script_command(where: str, script: str, nonce: str, env: dict[str, str],
     assigns = " ".join(f"{k}={q(v)}" for k, v in {"TEST_DIR": TESTS_DIR, **env}.items())
     lines = [
         f"W={q(where)}",
-        f"err=$( {{ rm -rf {TESTS_DIR} {VERIFIER_DIR} && mkdir -p {VERIFIER_DIR} && "
-        f"mv \"$W\" {TESTS_DIR}; }} 2>&1 ) || {{ rm -rf \"$W\"; "
-        f"printf '%s SETUP %s\\n' {nonce} \"$(printf %s \"$err\" | tr '\\n' ' ' | head -c 300)\"; "
-        "exit 0; }",
+        (f"err=$( {{ rm -rf {TESTS_DIR} {VERIFIER_DIR} && mkdir -p {VERIFIER_DIR} && "
+         f"mv \"$W\" {TESTS_DIR}; }} 2>&1 ) || {{ rm -rf \"$W\"; "
+         f"printf '%s SETUP %s\\n' {nonce} \"$(printf %s \"$err\" | tr '\\n' ' ' | head -c 300)\"; "
+         "exit 0; }"),
         f"chmod +x {TESTS_DIR}/{q(script)} 2>/dev/null",
         f"{assigns} {TESTS_DIR}/{q(script)} > {log} 2>&1 < /dev/null",
         f"echo \"{nonce} RC $?\"",

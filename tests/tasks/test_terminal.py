@@ -115,6 +115,21 @@ async def test_grading_that_cannot_run_is_not_a_zero(pool):
     assert traj.outcome == Outcome.GRADING_ERROR and "cannot_run" in traj.error
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_script_verifier_on_a_read_only_root_is_not_a_zero(pool):
+    """Harbor's test.sh needs /tests and /logs: the host view's root is read-only."""
+    from rollout.types import GradingError
+
+    env = make_env("terminal", TERMINAL)
+    task = load_tasks(TERMINAL)[0]
+    task.data = {**task.data, "verifier": "reward", "verifier_script": "test.sh",
+                 "tests_dir": {"test.sh": "#!/bin/sh\necho 1 > /logs/verifier/reward.txt\n"}}
+    async with pool.session("read-only-root") as sandbox:
+        with pytest.raises(GradingError, match="could not be put at /tests") as e:
+            await env.verify(task, sandbox)
+    assert e.value.kind == "cannot_run"
+
+
 def test_dockerfile_environments_become_build_labels(tmp_path):
     folder = tmp_path / "tasks" / "built"
     (folder / "environment").mkdir(parents=True)

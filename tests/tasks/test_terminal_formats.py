@@ -23,12 +23,13 @@ import pytest_asyncio
 
 from rollout.agent import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
-from rollout.preflight import PreflightError, check_tasks
+from rollout.preflight import PreflightError, check_sandbox_specs, check_tasks
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import make_env
 from rollout.tasks.base import agent_config_for
 from rollout.tasks.config import TaskSourceConfig
+from rollout.tasks.mix import TaskEnvs
 from rollout.tasks.terminal import load_terminal
 from rollout.tasks.terminal_verify import parse_reward
 from rollout.types import GradingError, Outcome, PolicyError
@@ -78,7 +79,13 @@ def test_each_layout_loads_with_its_own_settings_and_broken_folders_are_counted(
     assert agent_config_for(env, task, AgentConfig()).wall_clock_budget == 300.0
     assert agent_config_for(env, by_id["bundled-words"], AgentConfig()).wall_clock_budget == 1800.0
     assert env.sandbox_spec(task).memory_mb == 1024
-    assert make_env("terminal", {**TERMINAL, "task_resources": False}).sandbox_spec(task).memory_mb is None
+    # What task.toml asks for must fit the slots, or the launch stops before it starts.
+    small = SlotLimits(memory_mb=512)
+    with pytest.raises(PreflightError, match=r"1 task\(s\) need slots with more than "
+                       r"sandbox.memory_mb=512 MB \(task harbor-sum asks for 1024\).*"
+                       r"tasks.task_resources=false"):
+        check_sandbox_specs(tasks, TaskEnvs(TaskSourceConfig(**TERMINAL)), small)
+    check_sandbox_specs(tasks, TaskEnvs(TaskSourceConfig(**TERMINAL, task_resources=False)), small)
 
     # tasks.verifier=pytest: the pytest files instead of the scripts, parametrized ones too.
     pytest_mode = {t.task_id: t.data for t in _load(root, verifier="pytest")[0]}
@@ -202,10 +209,15 @@ async def test_the_tasks_own_verifier_timeout_replaces_tasks_test_timeout(pool, 
     assert traj.outcome == Outcome.DONE and traj.score == 1.0, (traj.error, traj.metadata)
     verdict = traj.metadata["verdict"]
     assert verdict["reward_file"] == "reward.txt" and verdict["duration"] > 1
-    # The same task with a task.toml that says 1 s is a grading timeout, never a 0.0.
+    # The same task with a task.toml that says 1 s is a grading timeout, never a 0.0; so is
+    # a test.sh that writes no reward file.
     short = type(task)(**{**task.to_dict(), "data": {**task.data, "verifier_timeout": 1.0}})
-    [traj] = await _rollouts(pool, env, [(short, "gold")])
-    assert traj.outcome == Outcome.GRADING_ERROR and traj.metadata["grading_error"] == "timeout"
+    silent = type(task)(**{**task.to_dict(), "task_id": "silent", "data": {
+        **task.data, "tests_dir": {**task.data["tests_dir"], "test.sh": "#!/bin/sh\necho hi\n"}}})
+    trajs = await _rollouts(pool, env, [(short, "gold"), (silent, "scripted")])
+    assert [(t.outcome, t.metadata.get("grading_error")) for t in trajs] == \
+        [(Outcome.GRADING_ERROR, "timeout"), (Outcome.GRADING_ERROR, "no_reward")], \
+        [t.error for t in trajs]
 
 
 # --- through launch.py -----------------------------------------------------------------------
