@@ -169,6 +169,11 @@ def read_task_toml(path: Path) -> dict[str, Any]:
         "disk_mb": _number(env, "storage_mb", "task.toml: [environment]", integer=True)
         or _size_mb(env.get("storage"), "task.toml: [environment] storage"),
     }
+    if doc.get("steps"):
+        raise RowError("task.toml: multi-step tasks ([[steps]]) are not supported")
+    if verifier.get("environment_mode") == "separate":
+        raise RowError("task.toml: [verifier] environment_mode = \"separate\" (a verifier in its "
+                       "own container) is not supported")
     gpus = env.get("gpus") or 0
     if gpus:
         raise RowError(f"task.toml: [environment] gpus = {gpus!r}: slots have no GPUs")

@@ -17,7 +17,10 @@ Three verifiers (`Task.data["verifier"]`, chosen at load by `terminal_formats`):
 What is not a score (`GradingError`, retried then dropped, never a 0.0): a timeout, a script
 that cannot start (exit 126/127) or cannot be put in place (a read-only root: script
 verifiers need an image slot), no reward file, a reward file that holds no number, a
-`run-tests.sh` whose output holds no test result.
+`run-tests.sh` whose output holds no test result, a reward below 1 from a test.sh that
+reported one of its own commands as not found (the usual offline failure of a script that
+installs uv or pytest first; a command the agent's own script lacks prints that script's
+name instead, and stays a score).
 
 The verifier runs as Harbor runs it, inside the agent's container: processes the agent left
 running can still touch `/logs/verifier` while it runs (the same hole as in Harbor).
@@ -152,6 +155,11 @@ def script_command(where: str, script: str, nonce: str, env: dict[str, str],
     if read_log:
         lines.append(f"echo '{nonce} BEGIN log'; tail -c {_LOG_CAP} {log}; echo; "
                      f"echo '{nonce} END log'")
+    # The script's own "command not found" lines (dash: `<script>: 5: uvx: not found`, bash:
+    # `<script>: line 5: uvx: command not found`): its tools are missing from the image.
+    lines.append(f"echo '{nonce} BEGIN missing'; grep -m 3 -E "
+                 f"'^{TESTS_DIR}/{script}: (line )?[0-9]+: [^ :]+: (command )?not found$' {log}; "
+                 f"echo; echo '{nonce} END missing'")
     for name in REWARD_FILES:
         path = f"{VERIFIER_DIR}/{name}"
         lines.append(f"if [ -f {path} ]; then echo '{nonce} BEGIN {name}'; head -c 65536 {path}; "
@@ -260,6 +268,14 @@ async def verify_script(task: Task, sandbox: Sandbox, *, timeout: float) -> Verd
             raise GradingError(f"{shown} wrote no {VERIFIER_DIR}/reward.txt or reward.json "
                                f"(exit {rc}): {tail or 'no output'}", "no_reward") from None
         raise
+    missing = blocks.get("missing", "").strip()
+    if missing and score < 1.0:
+        # Not the agent's doing: the script could not run its own tools (uv, pytest, curl,
+        # fetched over a network the slot does not have), then wrote a low reward anyway.
+        raise GradingError(f"{shown} scored {score:g} after its own commands were not found "
+                           f"({missing.splitlines()[0][:200]}): put its tools in the image, give "
+                           "the slots network, or grade with the pytest files "
+                           "(tasks.verifier=pytest)", "cannot_run")
     details.update(reason=f"reward {score:g} from {source}", reward=score, reward_file=source)
     return Verdict(score=score, details=details)
 

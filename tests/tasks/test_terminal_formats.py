@@ -30,7 +30,9 @@ from rollout.tasks import make_env
 from rollout.tasks.base import agent_config_for
 from rollout.tasks.config import TaskSourceConfig
 from rollout.tasks.mix import TaskEnvs
+from rollout.tasks.loader import RowError
 from rollout.tasks.terminal import load_terminal
+from rollout.tasks.terminal_formats import read_task_toml
 from rollout.tasks.terminal_verify import parse_reward
 from rollout.types import GradingError, Outcome, PolicyError
 from tests.actors.helpers import groups_jsonl
@@ -101,6 +103,27 @@ def test_each_layout_loads_with_its_own_settings_and_broken_folders_are_counted(
     none, skipped = _load(root / "broken-toml")
     with pytest.raises(PreflightError, match="1 skipped, task.toml is not valid TOML"):
         check_tasks(none, str(root / "broken-toml"), dict(skipped.skipped))
+
+
+@pytest.mark.parametrize("toml,error", [
+    ("[[steps]]\nname = 'a'\n", "multi-step tasks"),
+    ("[verifier]\nenvironment_mode = 'separate'\n", "environment_mode"),
+    ("[environment]\ngpus = 1\n", "slots have no GPUs"),
+    ("[verifier]\ntimeout_sec = 'x'\n", "timeout_sec must be a number > 0"),
+    ("[agent]\ntimeout_sec = -1\n", "timeout_sec must be a number > 0"),
+    ("[verifier.env]\n'bad-name' = '1'\n", "is not a variable name"),
+    ("[environment]\nmemory = 'lots'\n", "must be a size like"),
+])
+def test_task_toml_content_that_cannot_run_is_refused_with_the_key(tmp_path, toml, error):
+    (tmp_path / "task.toml").write_text(toml)
+    with pytest.raises(RowError, match=error):
+        read_task_toml(tmp_path / "task.toml")
+
+
+def test_harbor_older_size_spellings_are_read_in_mb(tmp_path):
+    (tmp_path / "task.toml").write_text("[environment]\nmemory = '2G'\nstorage = '512M'\n")
+    got = read_task_toml(tmp_path / "task.toml")
+    assert (got["memory_mb"], got["disk_mb"]) == (2048, 512)
 
 
 def test_reward_files_are_read_as_harbor_reads_them():
@@ -212,12 +235,21 @@ async def test_the_tasks_own_verifier_timeout_replaces_tasks_test_timeout(pool, 
     # The same task with a task.toml that says 1 s is a grading timeout, never a 0.0; so is
     # a test.sh that writes no reward file.
     short = type(task)(**{**task.to_dict(), "data": {**task.data, "verifier_timeout": 1.0}})
-    silent = type(task)(**{**task.to_dict(), "task_id": "silent", "data": {
-        **task.data, "tests_dir": {**task.data["tests_dir"], "test.sh": "#!/bin/sh\necho hi\n"}}})
-    trajs = await _rollouts(pool, env, [(short, "gold"), (silent, "scripted")])
+    # a test.sh that writes no reward file, or scores 0 because its own tools are missing
+    # (Endless Terminals' test.sh on an offline slot: uvx is fetched with curl first).
+    def variant(name, script):
+        return type(task)(**{**task.to_dict(), "task_id": name, "data": {
+            **task.data, "tests_dir": {**task.data["tests_dir"], "test.sh": script}}})
+
+    offline = ("#!/bin/sh\nuvx --with pytest pytest /tests/test_state.py\n"
+               "if [ $? -eq 0 ]; then echo 1; else echo 0; fi > /logs/verifier/reward.txt\n")
+    trajs = await _rollouts(pool, env, [(short, "gold"), (variant("silent", "#!/bin/sh\necho hi\n"),
+                                                           "scripted"),
+                                        (variant("offline", offline), "gold")])
     assert [(t.outcome, t.metadata.get("grading_error")) for t in trajs] == \
-        [(Outcome.GRADING_ERROR, "timeout"), (Outcome.GRADING_ERROR, "no_reward")], \
-        [t.error for t in trajs]
+        [(Outcome.GRADING_ERROR, "timeout"), (Outcome.GRADING_ERROR, "no_reward"),
+         (Outcome.GRADING_ERROR, "cannot_run")], [t.error for t in trajs]
+    assert "uvx: not found" in trajs[2].error
 
 
 # --- through launch.py -----------------------------------------------------------------------
