@@ -29,8 +29,8 @@ from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import make_env
 from rollout.tasks.base import agent_config_for
 from rollout.tasks.config import TaskSourceConfig
-from rollout.tasks.mix import TaskEnvs
 from rollout.tasks.loader import RowError
+from rollout.tasks.mix import TaskEnvs
 from rollout.tasks.terminal import load_terminal
 from rollout.tasks.terminal_formats import read_task_toml
 from rollout.tasks.terminal_verify import parse_reward
