@@ -17,13 +17,15 @@ import asyncio
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import pytest_asyncio
 
 from rollout.agent import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
-from rollout.preflight import PreflightError, check_sandbox_specs, check_tasks
+from rollout.preflight import (PreflightError, check_sandbox_specs, check_task_budgets,
+                               check_tasks)
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import make_env
@@ -124,6 +126,30 @@ def test_harbor_older_size_spellings_are_read_in_mb(tmp_path):
     (tmp_path / "task.toml").write_text("[environment]\nmemory = '2G'\nstorage = '512M'\n")
     got = read_task_toml(tmp_path / "task.toml")
     assert (got["memory_mb"], got["disk_mb"]) == (2048, 512)
+
+
+def test_the_tasks_own_timeouts_count_in_the_backends_lease_budget(tmp_path):
+    """A Modal sandbox must outlive a task whose task.toml allows a long agent run."""
+    from rollout.sandbox.modal import ModalConfig
+
+    root = write_layouts(tmp_path / "tasks", tmp_path / "base")
+    tasks, _ = _load(root)
+    envs = TaskEnvs(TaskSourceConfig(**TERMINAL))
+    cfg = SimpleNamespace(agent=AgentConfig(wall_clock_budget=60), backend=ModalConfig(
+        lease_reserve=800))
+    check_task_budgets(tasks, envs, cfg)  # harbor-sum: 300 s agent, 60 prepare, 280 verifier, 60
+    long = type(tasks[0])(**{**tasks[0].to_dict(), "data": {**tasks[0].data,
+                                                            "agent_timeout": 3000.0}})
+    with pytest.raises(PreflightError, match="lease_reserve .*task.toml / task.yaml"):
+        check_task_budgets([long], envs, cfg)
+
+
+def test_a_gold_solution_that_cannot_run_as_given_is_a_task_error(tmp_path):
+    folder = write_layouts(tmp_path / "tasks", tmp_path / "base") / "tb1-count"
+    (folder / "solution.sh").rename(folder / "solution.yaml")
+    [task], _ = _load(folder)
+    with pytest.raises(ValueError, match="task error: tb1-count: solution.yaml"):
+        make_env("terminal", TERMINAL).reference_solution(task)
 
 
 def test_reward_files_are_read_as_harbor_reads_them():
