@@ -93,6 +93,8 @@ def _dir_files(root: Path, what: str) -> tuple[dict[str, str], dict[str, str]]:
     total = 0
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
+        if "__pycache__" in p.relative_to(root).parts:  # the author's local test runs
+            continue
         if p.is_symlink() or not (p.is_file() or p.is_dir()):
             raise RowError(f"{what}/{rel} is a link or a special file (only plain files are copied)")
         if p.is_dir():
