@@ -223,21 +223,24 @@ def start_tool_server(cfg: Any, run_dir: Path) -> tuple[ToolServerProcess | None
     return server, cfg.replace(agent=cfg.agent.replace(tool_server_url=url))
 
 
-def preflight(cfg: Any) -> list[Any]:
-    """Everything that can be checked before Ray starts; returns the loaded tasks.
-    Raises PreflightError (or the loader's own clear errors) with a one-line message."""
+def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
+    """Everything that can be checked before Ray starts; returns the loaded tasks and what
+    the load skipped (by reason). Raises PreflightError (or the loader's own clear errors)
+    with a one-line message."""
     from rollout import preflight as pf
-    from rollout.tasks import load_tasks
-    from rollout.tasks.mix import TaskEnvs
+    from rollout.tasks.mix import TaskEnvs, load_mixed
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
     pf.check_backend(cfg.backend)
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
-    tasks = load_tasks(cfg.tasks)
-    pf.check_tasks(tasks, cfg.tasks.source)
-    pf.check_sandbox_specs(tasks, TaskEnvs(cfg.tasks), cfg.sandbox)
-    return tasks
+    tasks, report = load_mixed(cfg.tasks)
+    skipped = dict(report.skipped)
+    pf.check_tasks(tasks, cfg.tasks.source, skipped)
+    envs = TaskEnvs(cfg.tasks)
+    pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
+    pf.check_task_budgets(tasks, envs, cfg)
+    return tasks, skipped
 
 
 class ActorsFailedToStart(Exception):
@@ -327,11 +330,14 @@ def main(dcfg: DictConfig) -> None:
     from rollout.preflight import PreflightError
 
     try:
-        tasks = preflight(cfg)
+        tasks, skipped = preflight(cfg)
     except (PreflightError, OSError, ValueError, RuntimeError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    from rollout.run_record import write_load_report
+
+    write_load_report(run_dir, skipped)  # the summary counts what the load skipped
     if _RESUMED is None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
     else:

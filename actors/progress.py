@@ -25,6 +25,8 @@ INFRA_WORDS = {
     "grading_error": "grading could not run (a timeout, a missing interpreter or pytest, "
                      "or no test report)",
     "worker_error": "a rollout worker hit an internal error",
+    "task_error": "the task cannot run as given (its gold solution is cut by policy.max_tokens, "
+                  "or missing or not runnable; see the drops line)",
     "worker_died": "the rollout worker running it died",
     "lease_expired": "its worker stopped answering (lease expired)",
 }
@@ -35,7 +37,10 @@ GRADING_WORDS = {
     "grader_bug": "the grader itself failed",
     "killed": "the test process was killed (memory limit?) before pytest finished",
     "report_truncated": "the test report was cut off (raise sandbox.output_cap)",
+    "no_reward": "the verifier script wrote no reward file",
+    "bad_reward": "the reward file held no number",
 }
+SKIP_REASONS_SHOWN = 5  # load skip reasons named in the summary (all in load_report.json)
 PLAIN_LOG_EVERY = 30.0  # seconds between plain progress lines when stdout is not a terminal
 
 
@@ -221,6 +226,13 @@ class ProgressView:
         ]
         if resumed:
             lines.insert(1, "  (a resumed run: the figures cover every launch of its run dir)")
+        if rec.skipped_at_load:
+            reasons = sorted(rec.skipped_at_load.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = "; ".join(f"{n}x {why}" for why, n in reasons[:SKIP_REASONS_SHOWN])
+            more = f"; {len(reasons) - SKIP_REASONS_SHOWN} more reasons in load_report.json" \
+                if len(reasons) > SKIP_REASONS_SHOWN else ""
+            lines.append(f"  skipped at load: {rec.total_skipped_at_load} task folder(s) or "
+                         f"row(s): {shown}{more}")
         for kind, n in sorted(rec.infra_kinds.items()):
             lines.append(f"  FAILED: {n} task(s) dropped because {INFRA_WORDS.get(kind, kind)} "
                          f"on every attempt")

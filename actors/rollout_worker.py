@@ -162,7 +162,10 @@ class RolloutWorker:
             ))
             bad = [t for t in trajs if t.outcome in RETRY_OUTCOMES]
             if bad:
-                reason = f"{bad[0].outcome.value}: {bad[0].error}"
+                # A broken task (its gold solution cannot run as given) says so in its kind.
+                kind = ("task_error" if "task error:" in (bad[0].error or "")
+                        else bad[0].outcome.value)
+                reason = f"{kind}: {bad[0].error}"
                 fate = f"retry: {reason}"
                 self._stats.groups_failed += 1
                 await self._queue.fail.remote(lease.lease_id, reason)

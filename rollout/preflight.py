@@ -79,28 +79,63 @@ def check_isolation(backend: str, isolation: str) -> None:
             "unisolated, which is unsafe)")
 
 
-def check_tasks(tasks: list[Any], source: str) -> None:
+def check_tasks(tasks: list[Any], source: str, skipped: dict[str, int] | None = None) -> None:
     if not tasks:
-        raise PreflightError(f"no tasks loaded from tasks.source={source!r} "
-                             "(every row was skipped or filtered out; see the warnings above)")
+        why = " (every row was skipped or filtered out; see the warnings above)"
+        if skipped:  # one task folder, say: its own reason is the line to act on
+            reason, n = max(skipped.items(), key=lambda kv: kv[1])
+            rest = sum(skipped.values()) - n
+            why = f": {n} skipped, {reason}" + (f" (and {rest} more)" if rest else "")
+        raise PreflightError(f"no tasks loaded from tasks.source={source!r}{why}")
 
 
 def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:
-    """Every task kind's slot needs (`TaskEnv.sandbox_spec`) fit in the configured slots."""
+    """Every task's slot needs (`TaskEnv.sandbox_spec`: a kind's, or a task's own from its
+    task.toml) fit in the configured slots."""
     from rollout.tasks.base import sandbox_spec_for
 
-    first: dict[str, Any] = {}
+    worst: dict[str, tuple[int, str, int]] = {}  # key -> (most needed, a task needing it, count)
+    own = False  # a task's own needs (task.toml), which tasks.task_resources=false ignores
     for task in tasks:
-        first.setdefault(task.kind, task)
-    for kind, task in sorted(first.items()):
-        spec = sandbox_spec_for(envs.for_task(task), task)
+        env = envs.for_task(task)
+        spec = sandbox_spec_for(env, task)
         if spec is None:
             continue
         for need, have, key in ((spec.memory_mb, limits.memory_mb, "memory_mb"),
                                 (spec.disk_mb, limits.disk_mb, "disk_mb")):
             if need is not None and have is not None and have < need:
-                raise PreflightError(f"tasks of kind {kind} need slots with at least {need} MB "
-                                     f"({key}); sandbox.{key}={have} is less (raise it)")
+                most, who, n = worst.get(key, (0, "", 0))
+                worst[key] = (max(most, need), who if most >= need else task.task_id, n + 1)
+                own = own or hasattr(getattr(env, "cfg", None), "task_resources")
+    for key, (most, who, n) in sorted(worst.items()):
+        have = getattr(limits, key)
+        hint = (" (or tasks.task_resources=false to ignore what task.toml files ask for)"
+                if own else "")
+        raise PreflightError(f"{n} task(s) need slots with more than sandbox.{key}={have} MB "
+                             f"(task {who} asks for {most}): raise sandbox.{key}{hint}")
+
+
+def check_task_budgets(tasks: list[Any], envs: Any, cfg: Any) -> None:
+    """Tasks with their own agent or verifier timeouts (task.toml / task.yaml) may hold a
+    slot longer than the config says; the backend must keep its sandboxes that long."""
+    from rollout.config import LEASE_MARGIN
+    from rollout.tasks.base import task_budget
+
+    worst = 0.0
+    for task in tasks:
+        env = envs.for_task(task)
+        verifier = getattr(env, "verifier_timeout", None)
+        if not callable(verifier):
+            continue
+        source = env.cfg
+        agent = task_budget(env, task) or cfg.agent.wall_clock_budget
+        worst = max(worst, agent + source.prepare_timeout + verifier(task) + LEASE_MARGIN)
+    if worst:
+        try:
+            cfg.backend.check_lease_budget(worst)
+        except ValueError as e:
+            raise PreflightError(f"{e} (the tasks' own timeouts from task.toml / task.yaml "
+                                 "count)") from None
 
 
 def check_backend(backend: Any) -> None:

@@ -18,7 +18,7 @@ import time
 
 from rollout.agent import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
-from rollout.tasks.base import tool_executor_for, tool_names
+from rollout.tasks.base import agent_config_for, tool_executor_for, tool_names
 from rollout.toolbox import Toolbox, with_extra_tools
 from rollout.tools import describe_tools
 from rollout.trace import Trace, TracedSandbox, verify_fields
@@ -41,6 +41,7 @@ async def run_rollout(
 ) -> Trajectory:
     """`trace` (optional) gets the prepare and verify events, and the agent's."""
     timings: dict[str, float] = {}
+    cfg = agent_config_for(env, task, cfg)
     if trace is not None:
         sandbox = TracedSandbox(sandbox, trace)
     started = time.monotonic()

@@ -4,7 +4,8 @@ The summary of a run (actors/progress.py) used to add up the workers' in-memory 
 which count trajectories of groups cancelled at Ctrl-C (never recorded) and only this
 launch's work (so a resumed run read "0 delivered"). Read from the files instead:
 
-- tasks: `queue_state.json` (+ journal): completed, dropped and why;
+- tasks: `queue_state.json` (+ journal): completed, dropped and why; `load_report.json`: the
+  task folders or rows the loader skipped at start, by reason;
 - groups: `groups.jsonl` (what the trainer, or the file, got; one line per group) and
   `outbox.jsonl` (groups not delivered yet, and groups acknowledged but never sent: too long
   for the trainer or rejected by its API);
@@ -65,6 +66,8 @@ class RunRecord:
     times: dict[str, float] = field(default_factory=dict)
     kinds: dict[str, KindRecord] = field(default_factory=dict)
     from_events: bool = True  # False: trajectories of delivered groups only (no events.jsonl)
+    # Task folders / rows the loader skipped, by reason (load_report.json, written at start).
+    skipped_at_load: dict[str, int] = field(default_factory=dict)
 
     @property
     def infra_dropped(self) -> int:
@@ -75,6 +78,7 @@ class RunRecord:
         run_dir = Path(run_dir)
         rec = cls()
         rec._read_tasks(run_dir)
+        rec.skipped_at_load = read_load_report(run_dir)
         groups = rec._read_groups(run_dir)
         if (run_dir / EVENTS_FILE).exists():
             rec._read_events(run_dir)
@@ -82,6 +86,10 @@ class RunRecord:
             rec.from_events = False
             rec._read_delivered_trajectories(groups)
         return rec
+
+    @property
+    def total_skipped_at_load(self) -> int:
+        return sum(self.skipped_at_load.values())
 
     def _read_tasks(self, run_dir: Path) -> None:
         state = read_state(run_dir / "queue_state.json")
@@ -164,3 +172,20 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict):
                 yield rec
+
+
+LOAD_REPORT = "load_report.json"
+
+
+def write_load_report(run_dir: Path, skipped: dict[str, int]) -> None:
+    """What the task load skipped, by reason (the launch writes it once its run dir exists)."""
+    (Path(run_dir) / LOAD_REPORT).write_text(json.dumps({"skipped": dict(skipped)}, indent=1) + "\n")
+
+
+def read_load_report(run_dir: Path) -> dict[str, int]:
+    try:
+        doc = json.loads((Path(run_dir) / LOAD_REPORT).read_text())
+    except (OSError, ValueError):
+        return {}
+    skipped = doc.get("skipped") if isinstance(doc, dict) else None
+    return {str(k): int(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}

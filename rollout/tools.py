@@ -20,7 +20,7 @@ import logging
 import posixpath
 from typing import Any
 
-from rollout.protocols import Sandbox, ToolExecutor
+from rollout.protocols import Sandbox, ToolExecutor  # noqa: F401  (re-exported: rollout.agent)
 from rollout.shell_state import NOT_KEPT, ShellSession
 from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 

@@ -5,7 +5,8 @@ chat template's tokenizer (plus the end-of-turn token), appended to the record, 
 tool calls and executed by the agent. Logprobs are unavailable and marked so.
 
 - `gold` replays `env.reference_solution(task)`: one Hermes `<tool_call>` per turn, then a
-  final turn without a call. It validates an environment end to end.
+  final turn without a call. It validates an environment end to end. A turn that does not
+  fit the token limit is a task error (`PolicyError`, never graded), not a cut call.
 - `scripted` replays `PolicyConfig.responses` (the same list for every conversation); asking
   for a turn past the end is a PolicyError, which tests use as a policy failure.
 """
@@ -67,3 +68,15 @@ class GoldPolicy(ReplayPolicy):
     def script_for(self, task: Task) -> list[str]:
         calls = self.env.reference_solution(task)
         return [format_hermes_call(c) for c in calls] + [GOLD_FINAL_MESSAGE]
+
+    async def generate(self, conv: TokenConversation, max_tokens: int) -> Generation:
+        out = await super().generate(conv, max_tokens)
+        if out.finish_reason == "length":
+            # A cut tool call would not parse: the agent would stop and the task would be
+            # graded as if the solution did nothing (a 0.0 that blames the model).
+            full = len(self.renderer.encode(conv.script[conv.turns]))  # type: ignore[attr-defined]
+            raise PolicyError(
+                f"task error: the gold solution's turn {conv.turns + 1} is {full} tokens, over "
+                f"the {max_tokens} this turn may take (policy.max_tokens, and the room left in "
+                f"agent.max_context_tokens): raise them, or shorten the solution")
+        return out

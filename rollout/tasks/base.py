@@ -1,7 +1,9 @@
 """Defaults every TaskEnv may take, and the two look-ups the rollout makes on any env.
 
 `BaseTaskEnv` offers the built-in tools (terminal, read_file, write_file) over the slot and a
-slot of the task's image. `tool_executor_for` / `sandbox_spec_for` answer the same for an env
+slot of the task's image. An env may also give a task its own agent budget
+(`wall_clock_budget(task)`, see `agent_config_for`). `tool_executor_for` / `sandbox_spec_for`
+answer the same for an env
 written against the older, smaller protocol (no `tool_executor` / `sandbox_spec`), so test
 doubles and third-party envs keep working unchanged.
 """
@@ -41,6 +43,20 @@ def tool_executor_for(env: TaskEnv, task: Task, sandbox: Sandbox,
 def sandbox_spec_for(env: TaskEnv, task: Task) -> SandboxSpec | None:
     spec = getattr(env, "sandbox_spec", None)
     return spec(task) if spec is not None else SandboxSpec(image=task.image)
+
+
+def task_budget(env: TaskEnv, task: Task) -> float | None:
+    """The task's own wall-clock budget for the agent (an env's `wall_clock_budget`, e.g.
+    a terminal task's task.toml), or None: the run's `agent.wall_clock_budget`."""
+    budget = getattr(env, "wall_clock_budget", None)
+    value = budget(task) if callable(budget) else None
+    return float(value) if value else None
+
+
+def agent_config_for(env: TaskEnv, task: Task, cfg: Any) -> Any:
+    """The agent config of one trajectory: the run's, with the task's own budget if it has one."""
+    budget = task_budget(env, task)
+    return cfg.replace(wall_clock_budget=budget) if budget else cfg
 
 
 def tool_names(schemas: list[dict[str, Any]]) -> frozenset[str]:

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -120,6 +120,13 @@ class TaskSourceConfig(ConfigModel):
     prepare_timeout: float = 60.0
     python: Str = "python"
     pytest_plugin_autoload: bool = True
+    # Terminal tasks: "auto" grades with the task's own verifier script where it has one
+    # (Harbor's tests/test.sh, Terminal-Bench's run-tests.sh), else its pytest files;
+    # "pytest" prefers the pytest files (e.g. offline slots, when the script downloads tools).
+    verifier: Literal["auto", "pytest"] = "auto"
+    # Terminal tasks: the memory and storage a task.toml asks for must fit the slots
+    # (checked before the run starts); false ignores them.
+    task_resources: bool = True
     # Per-repo test profiles, keyed by the row's repo (`owner/name`, with or without the
     # `swesmith/` prefix, or its last component): python, paths, env, plugin_autoload, test_timeout.
     profiles: dict[str, GradingProfile] = Field(default_factory=dict)

@@ -12,7 +12,8 @@ It is never imported by the project: `grading.pytest_command` sends this file's 
   `BOOT`, `START`, `T <STATUS> <nodeid>` per wanted test, `END <exitstatus> <failed>
   <collected>`, `EXIT <rc>`, or `NOPYTEST <why>`.
 - Only the wanted tests run (the rest are deselected), so pytest's exit status speaks for
-  exactly the graded tests.
+  exactly the graded tests; with `match_params` in the spec a wanted `file::func` also keeps
+  its parametrized cases (`file::func[...]`), each reported under its own node id.
 
 A node's status is the worst of all its reports: any failed report (setup, call, teardown
 or a subtest's) makes it FAILED or ERROR; an xfail is XFAIL, an unexpected non-strict pass
@@ -49,6 +50,7 @@ def main() -> int:
         emit("NOPYTEST", f"{type(e).__name__}: {e}".replace("\n", " "))
         return 3
     wanted = set(spec["tests"])
+    params = bool(spec.get("match_params"))
 
     class Recorder:
         def __init__(self) -> None:
@@ -63,9 +65,12 @@ def main() -> int:
 
         @pytest.hookimpl(trylast=True)
         def pytest_collection_modifyitems(self, session, config, items) -> None:
-            drop = [i for i in items if i.nodeid not in wanted]
+            def keep(nodeid: str) -> bool:  # `func[case]` of a wanted `func` when asked
+                return nodeid in wanted or (params and nodeid.split("[", 1)[0] in wanted)
+
+            drop = [i for i in items if not keep(i.nodeid)]
             if drop:
-                items[:] = [i for i in items if i.nodeid in wanted]
+                items[:] = [i for i in items if keep(i.nodeid)]
                 config.hook.pytest_deselected(items=drop)
 
         def pytest_runtest_logreport(self, report) -> None:

@@ -93,9 +93,11 @@ def pytest_run(
     plugin_autoload: bool = True,
     paths: Iterable[str] = (".",),
     env: dict[str, str] | None = None,
+    match_params: bool = False,
 ) -> GradeRun:
     """The grading run of `tests` (node ids) from `files`. `paths` are appended to sys.path
-    (relative to the workspace); `env` are extra variables for the test process."""
+    (relative to the workspace); `env` are extra variables for the test process;
+    `match_params`: a wanted `file::func` also selects its parametrized cases `func[...]`."""
     nonce = secrets.token_hex(16)
     args = [
         "-c", ini_file or "/dev/null", "--rootdir", ".",
@@ -105,7 +107,8 @@ def pytest_run(
     if not allow_conftest:
         args.append("--noconftest")
     args += ["--", *files]
-    spec = {"nonce": nonce, "args": args, "tests": sorted(set(tests)), "paths": list(paths)}
+    spec = {"nonce": nonce, "args": args, "tests": sorted(set(tests)), "paths": list(paths),
+            "match_params": match_params}
     variables = {"PYTEST_ADDOPTS": "", **(env or {})}
     if not plugin_autoload:
         variables["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"

@@ -42,9 +42,11 @@ def test_folders_and_jsonl_rows_are_the_same_tasks(tmp_path):
     path = tmp_path / "terminal.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows + bad) + "\n")
     from_jsonl, report = load_terminal(TaskSourceConfig(kind="terminal", source=str(path), filter=""))
-    assert [t.to_dict() for t in from_jsonl] == [t.to_dict() for t in folders]
-    assert sum(report.skipped.values()) == 3
-    assert any("parametrize" in r for r in report.skipped)
+    *same, params = from_jsonl  # a parametrized test is graded through its cases
+    assert [t.to_dict() for t in same] == [t.to_dict() for t in folders]
+    assert params.task_id == "params" and params.data["tests"] == ["test_final_state.py::test_a"]
+    assert sum(report.skipped.values()) == 2
+    assert any("missing test_final_state" in r for r in report.skipped)
     assert any("leaves the workspace" in r for r in report.skipped)
     assert graded_tests("def test_a():\n    pass\nclass TestB:\n    def test_c(self):\n"
                           "        pass\n    def helper(self):\n        pass\n") == ["test_a", "TestB::test_c"]
@@ -114,6 +116,21 @@ async def test_grading_that_cannot_run_is_not_a_zero(pool):
         traj = await run_rollout(task, env, _policy(env), sandbox, AgentConfig(),
                                  trajectory_id="no-python")
     assert traj.outcome == Outcome.GRADING_ERROR and "cannot_run" in traj.error
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_script_verifier_on_a_read_only_root_is_not_a_zero(pool):
+    """Harbor's test.sh needs /tests and /logs: the host view's root is read-only."""
+    from rollout.types import GradingError
+
+    env = make_env("terminal", TERMINAL)
+    task = load_tasks(TERMINAL)[0]
+    task.data = {**task.data, "verifier": "reward", "verifier_script": "test.sh",
+                 "tests_dir": {"test.sh": "#!/bin/sh\necho 1 > /logs/verifier/reward.txt\n"}}
+    async with pool.session("read-only-root") as sandbox:
+        with pytest.raises(GradingError, match="could not be put at /tests") as e:
+            await env.verify(task, sandbox)
+    assert e.value.kind == "cannot_run"
 
 
 def test_dockerfile_environments_become_build_labels(tmp_path):
