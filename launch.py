@@ -84,6 +84,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        # Under token auth (RAY_AUTH_MODE=token) the token comes from RAY_AUTH_TOKEN or
+        # ~/.ray/auth_token; preflight has already checked that the cluster accepts it.
         ray.init(address=address, namespace="rollout", log_to_driver=False)
         return True
     else:
@@ -172,12 +174,26 @@ def preflight(cfg: Any) -> list[Any]:
     from rollout.tasks.mix import TaskEnvs
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
+    if cfg.backend.name == "local":
+        from rollout.sandbox.local import server_pythonpath
+
+        pf.check_server_python(cfg.backend.python, "backend.python", server_pythonpath())
+    pf.check_ray_address(*_ray_address(cfg))
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
     tasks = load_tasks(cfg.tasks)
     pf.check_tasks(tasks, cfg.tasks.source)
-    pf.check_sandbox_specs(tasks, TaskEnvs(cfg.tasks), cfg.sandbox)
+    envs = TaskEnvs(cfg.tasks)
+    pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
+    pf.check_tokenizer(cfg.policy, envs)
     return tasks
+
+
+def _ray_address(cfg: Any) -> tuple[str | None, str]:
+    """The cluster to join (None: a private local Ray) and the key that names it."""
+    if cfg.ray.address:
+        return cfg.ray.address, "ray.address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 class ActorsFailedToStart(Exception):

@@ -10,6 +10,7 @@ import shutil
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 # A failed connect to a local port is immediate; a remote host that drops packets is not.
@@ -101,3 +102,217 @@ def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:
             if need is not None and have is not None and have < need:
                 raise PreflightError(f"tasks of kind {kind} need slots with at least {need} MB "
                                      f"({key}); sandbox.{key}={have} is less (raise it)")
+
+
+# --- the policy's tokenizer ------------------------------------------------------------------
+
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "terminal", "description": "Run a shell command.",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
+                   "required": ["command"]}}}
+
+
+# Any one of these makes a directory a Hugging Face tokenizer to try.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_tokenizer(policy: Any, envs: Any = None) -> None:
+    """The policy client every worker builds must build here first: the tokenizer loads
+    offline, its chat template renders a prompt with tools and the suffix after a tool call
+    (what every turn needs), and the client accepts the config. Otherwise each worker dies
+    with the same error, one after another, and the run ends with nothing done.
+
+    `policy.tokenizer=embedded` is the bundled model's own tokenizer, filled in at start."""
+    if policy.tokenizer == "embedded":
+        return
+    from rollout.policy import make_policy
+    from rollout.policy.template import ChatRenderer, load_tokenizer
+
+    name = f"policy.tokenizer={policy.tokenizer}"
+    fix = "set it to the model's tokenizer dir (tokenizer.json, tokenizer_config.json)"
+    # The common mistakes without importing transformers (seconds on a busy machine).
+    path = Path(policy.tokenizer).expanduser()
+    if policy.tokenizer.startswith(("/", ".", "~")) and not path.exists():
+        raise PreflightError(f"{name} does not exist; {fix}")
+    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise PreflightError(f"{name} holds no tokenizer files; {fix}")
+    try:
+        tokenizer = load_tokenizer(policy.tokenizer, policy.chat_template)
+    except Exception as e:
+        if e.__cause__ is None:  # it loaded, and says what is missing (a chat template)
+            raise PreflightError(f"{name} cannot serve policy.type={policy.type}: "
+                                 f"{_one_line(e)}") from None
+        raise PreflightError(f"{name} cannot be loaded for policy.type={policy.type} "
+                             f"({_one_line(e.__cause__, 160)}); {fix}") from None
+    try:
+        renderer = ChatRenderer(tokenizer, policy.template_kwargs, policy.tool_prompt)
+        history = [{"role": "user", "content": "List the files."}]
+        renderer.prompt_ids(history, [_PROBE_TOOL])
+        renderer.tool_suffix_ids(history, [_PROBE_TOOL],
+                                 [{"role": "tool", "content": "a.txt", "tool_call_id": "c0"}], [])
+    except Exception as e:
+        raise PreflightError(f"the chat template of {name} cannot render a tool-calling turn "
+                             f"({_one_line(e)}); set policy.chat_template") from None
+    try:
+        make_policy(policy, envs)
+    except Exception as e:
+        raise PreflightError(f"policy.type={policy.type} cannot start with this config: "
+                             f"{_one_line(e)}") from None
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (some libraries' span several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --- the slot server's interpreter -----------------------------------------------------------
+
+# What `python -m sandbox_image` imports before it can answer (sandbox_image's own deps).
+SERVER_IMPORTS = ("aiohttp", "pydantic", "sandbox_image")
+
+
+def check_server_python(python: str, key: str, pythonpath: str | None = None,
+                        timeout: float = PROBE_TIMEOUT) -> None:
+    """The interpreter that runs the slot servers must have their dependencies; otherwise
+    every host dies at import and the run waits for hosts that never answer."""
+    import os
+    import subprocess
+    import sys
+
+    if python == sys.executable:
+        return  # this interpreter: it is running the project already
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    code = f"import {', '.join(SERVER_IMPORTS)}"
+    try:
+        proc = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise PreflightError(f"{key}={python} does not exist; set it to a Python 3.11+ "
+                             "interpreter that has the project installed") from None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PreflightError(f"{key}={python} cannot run ({e}); set it to a Python 3.11+ "
+                             "interpreter that has the project installed") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise PreflightError(
+            f"{key}={python} cannot run the slot server ({why}); install the project there "
+            "(`pip install rollout-cluster`, or at least aiohttp and pydantic) or point "
+            f"{key} at an interpreter that has it")
+
+
+# --- a Ray cluster to join -------------------------------------------------------------------
+
+# A GCS that answers takes well under a second; one that does not would cost ray.init's 20-40 s
+# of retries.
+GCS_PROBE_TIMEOUT = 8.0
+
+
+def check_ray_address(address: str | None, key: str = "ray.address") -> None:
+    """A cluster to join must be there, and must accept this process: without the cluster's
+    token (`RAY_AUTH_MODE=token`) `ray.init` retries for 20 s and fails with a bare
+    ConnectionError."""
+    if not address or address == "local":
+        return
+    auto = address == "auto"
+    if auto:
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+        if not found:
+            raise PreflightError(f"{key}=auto, but no Ray cluster runs on this machine: start "
+                                 f"one (`ray start --head`) or set {key} to the head's "
+                                 "address (host:6379)")
+        address = found
+    client = address.startswith("ray://")
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise PreflightError(f"{key}={address} is not an address of a Ray head: use host:port "
+                             "(the head's --port, 6379 by default), ray://host:10001 or auto")
+    problem = probe_tcp(host.strip("[]"), int(port_text))
+    if problem:
+        raise PreflightError(f"the Ray cluster at {key}={address} is not reachable ({problem}); "
+                             f"start it (`ray start --head`) or fix {key}")
+    # `auto` turns token auth on by itself when a token is at hand (Ray's rule), so only an
+    # explicit address is asked whether it accepts this process as it is configured.
+    if not client and not auto:
+        _check_gcs_accepts_us(hostport, address, key)
+
+
+def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if something accepts a TCP connection at host:port, else why not, in words."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there"
+    except socket.gaierror as e:
+        return f"unknown host ({e.strerror or e})"
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _check_gcs_accepts_us(hostport: str, address: str, key: str) -> None:
+    """Ask the cluster's GCS for its id: refused credentials are an AuthenticationError at
+    once. Ray's C++ client logs each refusal on stderr; that is muted, the error says it."""
+    import threading
+
+    outcome: dict[str, BaseException | None] = {}
+
+    def ask() -> None:
+        try:
+            from ray._raylet import GcsClient
+
+            GcsClient(address=hostport)
+            outcome["error"] = None
+        except BaseException as e:  # reported by the caller
+            outcome["error"] = e
+
+    with _stderr_muted():
+        # A thread: a port that accepts but is not a GCS would hold the client for 40 s.
+        asker = threading.Thread(target=ask, name="ray-address-preflight", daemon=True)
+        asker.start()
+        asker.join(GCS_PROBE_TIMEOUT)
+    if "error" not in outcome:
+        raise PreflightError(f"something listens at {key}={address}, but no Ray GCS answered "
+                             f"within {GCS_PROBE_TIMEOUT:g}s; use the head's --port "
+                             "(6379 by default)")
+    error = outcome["error"]
+    if error is None:
+        return
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(error, AuthenticationError):
+        raise PreflightError(
+            f"the Ray cluster at {key}={address} uses token auth and refused this process: "
+            "export RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or the file "
+            "~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+    why = (str(error).splitlines() or [type(error).__name__])[0]
+    raise PreflightError(f"the Ray cluster at {key}={address} did not answer ({why}); "
+                         f"check that {key} names the head's GCS port")
+
+
+class _stderr_muted:
+    """Redirect file descriptor 2 to /dev/null for a block (C++ logs go straight to it)."""
+
+    def __enter__(self) -> None:
+        import os
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
