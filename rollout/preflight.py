@@ -128,14 +128,8 @@ def check_tokenizer(policy: Any, envs: Any = None) -> None:
     from rollout.policy import make_policy
     from rollout.policy.template import ChatRenderer, load_tokenizer
 
+    check_tokenizer_files(policy)
     name = f"policy.tokenizer={policy.tokenizer}"
-    fix = "set it to the model's tokenizer dir (tokenizer.json, tokenizer_config.json)"
-    # The common mistakes without importing transformers (seconds on a busy machine).
-    path = Path(policy.tokenizer).expanduser()
-    if policy.tokenizer.startswith(("/", ".", "~")) and not path.exists():
-        raise PreflightError(f"{name} does not exist; {fix}")
-    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise PreflightError(f"{name} holds no tokenizer files; {fix}")
     try:
         tokenizer = load_tokenizer(policy.tokenizer, policy.chat_template)
     except Exception as e:
@@ -143,7 +137,7 @@ def check_tokenizer(policy: Any, envs: Any = None) -> None:
             raise PreflightError(f"{name} cannot serve policy.type={policy.type}: "
                                  f"{_one_line(e)}") from None
         raise PreflightError(f"{name} cannot be loaded for policy.type={policy.type} "
-                             f"({_one_line(e.__cause__, 160)}); {fix}") from None
+                             f"({_one_line(e.__cause__, 160)}); {_TOKENIZER_FIX}") from None
     try:
         renderer = ChatRenderer(tokenizer, policy.template_kwargs, policy.tool_prompt)
         history = [{"role": "user", "content": "List the files."}]
@@ -153,11 +147,28 @@ def check_tokenizer(policy: Any, envs: Any = None) -> None:
     except Exception as e:
         raise PreflightError(f"the chat template of {name} cannot render a tool-calling turn "
                              f"({_one_line(e)}); set policy.chat_template") from None
+    if policy.type == "embedded" and not policy.base_url:
+        return  # the server launch starts gives the client its URL; nothing more to build
     try:
         make_policy(policy, envs)
     except Exception as e:
         raise PreflightError(f"policy.type={policy.type} cannot start with this config: "
                              f"{_one_line(e)}") from None
+
+
+_TOKENIZER_FIX = "set it to the model's tokenizer dir (tokenizer.json, tokenizer_config.json)"
+
+
+def check_tokenizer_files(policy: Any) -> None:
+    """The common tokenizer mistakes, found without importing transformers (seconds)."""
+    if policy.tokenizer == "embedded":
+        return
+    name = f"policy.tokenizer={policy.tokenizer}"
+    path = Path(policy.tokenizer).expanduser()
+    if policy.tokenizer.startswith(("/", ".", "~")) and not path.exists():
+        raise PreflightError(f"{name} does not exist; {_TOKENIZER_FIX}")
+    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise PreflightError(f"{name} holds no tokenizer files; {_TOKENIZER_FIX}")
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:

@@ -21,9 +21,11 @@ BASE = ["conf=math_repl", "policy=gold", "tasks.max_items=2"]
 
 
 def preflight_error(*overrides: str) -> str:
+    """launch's preflight, then the policy-client check it runs while Ray starts."""
     cfg = compose_config([*BASE, *overrides])
     with pytest.raises(PreflightError) as info:
         launch.preflight(cfg)
+        launch.check_policy_client(cfg)
     message = str(info.value)
     assert "\n" not in message, message
     return message
@@ -73,7 +75,9 @@ def test_a_tokenizer_without_a_chat_template(tmp_path: Path):
 
 
 def test_a_good_tokenizer_passes():
-    assert launch.preflight(compose_config([*BASE, f"policy.tokenizer={qwen_tokenizer_dir()}"]))
+    cfg = compose_config([*BASE, f"policy.tokenizer={qwen_tokenizer_dir()}"])
+    assert launch.preflight(cfg)
+    launch.check_policy_client(cfg)
 
 
 # --- the slot server's interpreter -----------------------------------------------------------
@@ -104,3 +108,16 @@ def test_an_unreachable_ray_address(monkeypatch):
     assert f"RAY_ADDRESS=127.0.0.1:{port} is not reachable" in preflight_error()
     monkeypatch.delenv("RAY_ADDRESS")
     assert "ray.address=head is not an address of a Ray head" in preflight_error("ray.address=head")
+
+
+def test_launch_stops_on_a_tokenizer_that_cannot_serve_the_policy(tmp_path: Path):
+    """The check runs while Ray starts: still one line, exit 2, no run dir (before it, every
+    worker died in turn with RayTaskError(ValueError) and the run ended with nothing done)."""
+    from tests.test_first_hour import assert_one_line_exit_2, run_launch
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer_config.json").write_text("{not json")
+    run_dir = tmp_path / "run"
+    proc = run_launch("policy=gold", f"policy.tokenizer={tmp_path}/tok", "tasks.max_items=2",
+                      run_dir=run_dir)
+    assert_one_line_exit_2(proc, run_dir, f"policy.tokenizer={tmp_path}/tok cannot be loaded")
