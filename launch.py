@@ -1,10 +1,11 @@
 """Run the rollout cluster: `python launch.py conf=swe_smith [overrides]`.
 
 Composes the Hydra config (conf/), validates it once, checks what can be checked before
-anything starts (tasks load, policy server and trainer API answer, bubblewrap is there),
-starts or joins Ray, starts the embedded policy server when `policy=embedded`, runs the
-actors until every task is done (or Ctrl-C / SIGTERM), and prints a summary (also the last
-thing in launch.log).
+anything starts (tasks load, policy server and trainer API answer, bubblewrap and the slot
+server's interpreter are usable, a Ray cluster to join answers and accepts this process, the
+policy client every worker builds can be built), starts or joins Ray,
+starts the embedded policy server when `policy=embedded`, runs the actors until every task
+is done (or Ctrl-C / SIGTERM), and prints a summary (also the last thing in launch.log).
 
 A `run.dir` that holds a config.yaml is resumed with that saved config (rollout/resume.py):
 the command line may repeat it, and an override that changes it is refused (exit 2, the keys
@@ -181,45 +182,16 @@ def preflight(cfg: Any) -> list[Any]:
     pf.check_ray_address(*_ray_address(cfg))
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
-    pf.check_tokenizer_files(cfg.policy)  # the rest: check_policy_client, while Ray starts
+    pf.check_tokenizer_files(cfg.policy)  # the common mistakes, before the slow part
     tasks = load_tasks(cfg.tasks)
     pf.check_tasks(tasks, cfg.tasks.source)
-    pf.check_sandbox_specs(tasks, TaskEnvs(cfg.tasks), cfg.sandbox)
+    envs = TaskEnvs(cfg.tasks)
+    pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
+    # The policy client every worker builds, built once here (it imports transformers and
+    # torch: seconds, in the main thread; torch loaded from a second thread while ray.init
+    # ran died in oneMKL's loader).
+    pf.check_tokenizer(cfg.policy, envs)
     return tasks
-
-
-def check_policy_client(cfg: Any) -> None:
-    """The policy client every worker builds (tokenizer, chat template, client config) builds
-    here first; a PreflightError otherwise. It imports transformers (seconds): main runs it
-    while Ray starts."""
-    from rollout import preflight as pf
-    from rollout.tasks.mix import TaskEnvs
-
-    pf.check_tokenizer(cfg.policy, TaskEnvs(cfg.tasks))
-
-
-class _Background:
-    """A check running in a daemon thread; `result()` waits for it and re-raises its error.
-    (A daemon: a launch that fails otherwise does not wait for it at exit.)"""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        import threading
-
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
-                                        name=f"preflight-{fn.__name__}")
-        self._thread.start()
-
-    def _run(self, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # re-raised by result()
-            self._error = e
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _ray_address(cfg: Any) -> tuple[str | None, str]:
@@ -319,7 +291,6 @@ def main(dcfg: DictConfig) -> None:
         tasks = preflight(cfg)
     except (PreflightError, OSError, ValueError, RuntimeError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    policy_check = _Background(check_policy_client, cfg)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if _RESUMED is None:
@@ -333,12 +304,6 @@ def main(dcfg: DictConfig) -> None:
     stage = "at start (Ray)"
     try:
         joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
-        try:
-            policy_check.result()
-        except PreflightError as e:  # a usage error like any preflight's: exit 2, no run dir
-            if _RESUMED is None:
-                (run_dir / "config.yaml").unlink(missing_ok=True)
-            _fail(str(e))
         stage = "at start (policy server)"
         server, cfg = start_policy_server(cfg, run_dir, joined)
         stage = "while running"

@@ -184,9 +184,10 @@ SERVER_IMPORTS = ("aiohttp", "pydantic", "sandbox_image")
 
 
 def check_server_python(python: str, key: str, pythonpath: str | None = None,
-                        timeout: float = PROBE_TIMEOUT) -> None:
+                        timeout: float = 20.0) -> None:
     """The interpreter that runs the slot servers must have their dependencies; otherwise
-    every host dies at import and the run waits for hosts that never answer."""
+    every host dies at import and the run waits for hosts that never answer. (The imports
+    take well under a second; the timeout is for a machine under heavy load.)"""
     import os
     import subprocess
     import sys
