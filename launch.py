@@ -179,7 +179,9 @@ def preflight(cfg: Any) -> list[Any]:
         from rollout.sandbox.local import server_pythonpath
 
         pf.check_server_python(cfg.backend.python, "backend.python", server_pythonpath())
-    pf.check_ray_address(*_ray_address(cfg))
+    from actors.ray_preflight import check_ray_address
+
+    check_ray_address(*_ray_address(cfg))
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
     pf.check_tokenizer_files(cfg.policy)  # the common mistakes, before the slow part
