@@ -1,10 +1,11 @@
 """Run the rollout cluster: `python launch.py conf=swe_smith [overrides]`.
 
 Composes the Hydra config (conf/), validates it once, checks what can be checked before
-anything starts (tasks load, policy server and trainer API answer, bubblewrap is there),
-starts or joins Ray, starts the embedded policy server when `policy=embedded`, runs the
-actors until every task is done (or Ctrl-C / SIGTERM), and prints a summary (also the last
-thing in launch.log).
+anything starts (tasks load, policy server and trainer API answer, bubblewrap and the slot
+server's interpreter are usable, a Ray cluster to join answers and accepts this process, the
+policy client every worker builds can be built), starts or joins Ray,
+starts the embedded policy server when `policy=embedded`, runs the actors until every task
+is done (or Ctrl-C / SIGTERM), and prints a summary (also the last thing in launch.log).
 
 A `run.dir` that holds a config.yaml is resumed with that saved config (rollout/resume.py):
 the command line may repeat it, and an override that changes it is refused (exit 2, the keys
@@ -84,6 +85,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        # Under token auth (RAY_AUTH_MODE=token) the token comes from RAY_AUTH_TOKEN or
+        # ~/.ray/auth_token; preflight has already checked that the cluster accepts it.
         ray.init(address=address, namespace="rollout", log_to_driver=False)
         return True
     else:
@@ -232,15 +235,34 @@ def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
     pf.check_backend(cfg.backend)
+    if cfg.backend.name == "local":
+        from rollout.sandbox.local import server_pythonpath
+
+        pf.check_server_python(cfg.backend.python, "backend.python", server_pythonpath())
+    from actors.ray_preflight import check_ray_address
+
+    check_ray_address(*_ray_address(cfg))
     pf.check_trainer(cfg.trainer)
     pf.check_policy(cfg.policy)
+    pf.check_tokenizer_files(cfg.policy)  # the common mistakes, before the slow part
     tasks, report = load_mixed(cfg.tasks)
     skipped = dict(report.skipped)
     pf.check_tasks(tasks, cfg.tasks.source, skipped)
     envs = TaskEnvs(cfg.tasks)
     pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
     pf.check_task_budgets(tasks, envs, cfg)
+    # The policy client every worker builds, built once here (it imports transformers and
+    # torch: seconds, in the main thread; torch loaded from a second thread while ray.init
+    # ran died in oneMKL's loader).
+    pf.check_tokenizer(cfg.policy, envs)
     return tasks, skipped
+
+
+def _ray_address(cfg: Any) -> tuple[str | None, str]:
+    """The cluster to join (None: a private local Ray) and the key that names it."""
+    if cfg.ray.address:
+        return cfg.ray.address, "ray.address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 class ActorsFailedToStart(Exception):

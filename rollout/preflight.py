@@ -10,6 +10,7 @@ import shutil
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 # A failed connect to a local port is immediate; a remote host that drops packets is not.
@@ -145,3 +146,133 @@ def check_backend(backend: Any) -> None:
     problem = check() if check is not None else None
     if problem:
         raise PreflightError(problem)
+
+
+# --- the policy's tokenizer ------------------------------------------------------------------
+
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "terminal", "description": "Run a shell command.",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
+                   "required": ["command"]}}}
+
+
+# Any one of these makes a directory a Hugging Face tokenizer to try.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_tokenizer(policy: Any, envs: Any = None) -> None:
+    """The policy client every worker builds must build here first: the tokenizer loads
+    offline, its chat template renders a prompt with tools and the suffix after a tool call
+    (what every turn needs), and the client accepts the config. Otherwise each worker dies
+    with the same error, one after another, and the run ends with nothing done.
+
+    `policy.tokenizer=embedded` is the bundled model's own tokenizer, filled in at start."""
+    if policy.tokenizer == "embedded":
+        return
+    from rollout.policy import make_policy
+    from rollout.policy.template import ChatRenderer, load_tokenizer
+
+    check_tokenizer_files(policy)
+    name = f"policy.tokenizer={policy.tokenizer}"
+    try:
+        tokenizer = load_tokenizer(policy.tokenizer, policy.chat_template)
+    except Exception as e:
+        if e.__cause__ is None:  # it loaded, and says what is missing (a chat template)
+            raise PreflightError(f"{name} cannot serve policy.type={policy.type}: "
+                                 f"{_one_line(e)}") from None
+        raise PreflightError(f"{name} cannot be loaded for policy.type={policy.type} "
+                             f"({_one_line(e.__cause__, 160)}); {_TOKENIZER_FIX}") from None
+    try:
+        renderer = ChatRenderer(tokenizer, policy.template_kwargs, policy.tool_prompt)
+        history = [{"role": "user", "content": "List the files."}]
+        renderer.prompt_ids(history, [_PROBE_TOOL])
+        renderer.tool_suffix_ids(history, [_PROBE_TOOL],
+                                 [{"role": "tool", "content": "a.txt", "tool_call_id": "c0"}], [])
+    except Exception as e:
+        raise PreflightError(f"the chat template of {name} cannot render a tool-calling turn "
+                             f"({_one_line(e)}); set policy.chat_template") from None
+    if policy.type == "embedded" and not policy.base_url:
+        return  # the server launch starts gives the client its URL; nothing more to build
+    try:
+        make_policy(policy, envs)
+    except Exception as e:
+        raise PreflightError(f"policy.type={policy.type} cannot start with this config: "
+                             f"{_one_line(e)}") from None
+
+
+_TOKENIZER_FIX = "set it to the model's tokenizer dir (tokenizer.json, tokenizer_config.json)"
+
+
+def check_tokenizer_files(policy: Any) -> None:
+    """The common tokenizer mistakes, found without importing transformers (seconds)."""
+    if policy.tokenizer == "embedded":
+        return
+    name = f"policy.tokenizer={policy.tokenizer}"
+    path = Path(policy.tokenizer).expanduser()
+    if policy.tokenizer.startswith(("/", ".", "~")) and not path.exists():
+        raise PreflightError(f"{name} does not exist; {_TOKENIZER_FIX}")
+    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise PreflightError(f"{name} holds no tokenizer files; {_TOKENIZER_FIX}")
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (some libraries' span several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --- the slot server's interpreter -----------------------------------------------------------
+
+# What `python -m sandbox_image` imports before it can answer (sandbox_image's own deps).
+SERVER_IMPORTS = ("aiohttp", "pydantic", "sandbox_image")
+
+
+def check_server_python(python: str, key: str, pythonpath: str | None = None,
+                        timeout: float = 20.0) -> None:
+    """The interpreter that runs the slot servers must have their dependencies; otherwise
+    every host dies at import and the run waits for hosts that never answer. (The imports
+    take well under a second; the timeout is for a machine under heavy load.)"""
+    import os
+    import subprocess
+    import sys
+
+    if python == sys.executable:
+        return  # this interpreter: it is running the project already
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    code = f"import {', '.join(SERVER_IMPORTS)}"
+    try:
+        proc = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise PreflightError(f"{key}={python} does not exist; set it to a Python 3.11+ "
+                             "interpreter that has the project installed") from None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PreflightError(f"{key}={python} cannot run ({e}); set it to a Python 3.11+ "
+                             "interpreter that has the project installed") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise PreflightError(
+            f"{key}={python} cannot run the slot server ({why}); install the project there "
+            "(`pip install rollout-cluster`, or at least aiohttp and pydantic) or point "
+            f"{key} at an interpreter that has it")
+
+
+# --- generic probes ------------------------------------------------------------------------
+
+
+def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if something accepts a TCP connection at host:port, else why not, in words."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there"
+    except socket.gaierror as e:
+        return f"unknown host ({e.strerror or e})"
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except OSError as e:
+        return e.strerror or str(e)

@@ -71,6 +71,11 @@ class LocalConfig(BackendConfig):
                             image_store=self.image_store)
 
 
+def server_pythonpath() -> str:
+    """The PYTHONPATH a local slot server runs with: this checkout first (it is what runs)."""
+    return os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")]))
+
+
 def default_image_store() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "rollout", "images")
@@ -130,7 +135,7 @@ class LocalBackend:
             f.write(token)
         log_path = host_dir / "server.log"
         env = {k: v for k, v in os.environ.items() if k != "SLOT_SERVER_TOKEN"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = server_pythonpath()
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(host_dir, slots, image),

@@ -13,8 +13,10 @@ from tests.actors.helpers import gold_config, groups_jsonl, make_cluster, run_un
 
 @pytest.fixture
 def two_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1},
-                      connect=False)
+    # No dashboard: with ray[default] installed (tests/test_ray_jobs.py needs it) the head
+    # would start one, and nothing here uses it.
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False}, connect=False)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="rollout", log_to_driver=True)
