@@ -281,16 +281,66 @@ def test_a_start_failure_writes_its_cause_to_launch_log_and_summary(tmp_path):
     assert summary.startswith("run failed at start") and "backend.host_start_timeout" in summary
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_a_dead_worker_says_why_once(tmp_path):
+    """A worker process that dies (here SIGKILLed, as the OOM killer would) is replaced up to
+    3 x workers.num times; its cause is said once, then counted, and the run ends with exit
+    1 and the count. (A worker that could not build its policy is refused by preflight.)"""
+    import signal
+    import time
+
     run_dir = tmp_path / "run"
-    no_tokenizer = tmp_path / "empty"
-    no_tokenizer.mkdir()
-    # Every worker dies building its policy (the tokenizer dir holds no tokenizer).
-    proc = run_launch(*GOLD, f"policy.tokenizer={no_tokenizer}", "tasks.max_items=1",
-                      "workers.num=1", run_dir=run_dir, timeout=300)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "conf=swe_smith", f"run.dir={run_dir}",
+         "policy=simulated", "policy.simulated.latency=60", "tasks.max_items=1",
+         "workers.num=1"],
+        cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                       "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    killed: set[int] = set()
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            for pid in _descendants(proc.pid):
+                if pid not in killed and _cmdline(pid).startswith("ray::RolloutWorker"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            time.sleep(0.2)  # a scan of the process table, not a wait for an outcome
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = out + err
     assert proc.returncode == 1, out[-3000:]
+    assert len(killed) == 4, (killed, out[-3000:])
     assert "RayTaskError" not in out
-    causes = [ln for ln in out.splitlines() if "died: ValueError: Cannot load tokenizer" in ln]
+    causes = [ln for ln in out.splitlines() if "died: ActorDiedError" in ln]
     assert len(causes) == 1, out[-3000:]
-    assert "rollout workers died 4 time(s): ValueError: Cannot load tokenizer" in out
+    assert "(the same cause, 4 times now)" in out, out[-3000:]
+    assert "rollout workers died 4 time(s): ActorDiedError" in out, out[-3000:]
