@@ -15,7 +15,8 @@ slot's disk full is a 507.
                                          session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
                                          restore the image's workdir (or switch image); ends
-                                         the slot's lease
+                                         the slot's lease, unless {keep_lease: true} (the
+                                         holder's own wipe: a fresh slot for grading)
 
 Slot requests carry `X-Slot-Lease: <lease>` (minted by the pool per acquire): the first
 request of a lease makes it the slot's lease, a reset ends it, and a request with an ended
@@ -414,11 +415,15 @@ def build_app(server: SlotServer) -> web.Application:
         sent = request.headers.get(LEASE_HEADER)
         if sent is not None or server.leases[i] is not None:
             server.check_lease(i, sent)  # a leased slot is reset by its holder's release
-        image = None
+        image, keep = None, False
         if request.can_read_body:
             body = await api.read_json(request, 64 << 10, "reset request")
-            image = api.validate(api.ResetRequest, body, limits, "reset request").image
-        server.end_lease(i)
+            req = api.validate(api.ResetRequest, body, limits, "reset request")
+            image, keep = req.image, req.keep_lease
+        if keep and (sent is None or sent != server.leases[i]):
+            raise BadRequest(f"slot {i}: only the slot's current lease can keep it over a reset", 403)
+        if not keep:
+            server.end_lease(i)
         await server.reset(i, image)
         return web.json_response({"ok": True, **server.slot_image[i].describe(),
                                   "writable": server.writable[i]})
