@@ -177,6 +177,7 @@ def preflight(cfg: Any) -> list[Any]:
     tasks = load_tasks(cfg.tasks)
     pf.check_tasks(tasks, cfg.tasks.source)
     pf.check_sandbox_specs(tasks, TaskEnvs(cfg.tasks), cfg.sandbox)
+    pf.check_images(tasks, cfg.backend.name, cfg.sandbox.images)
     return tasks
 
 

@@ -45,7 +45,7 @@ import secrets
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from rollout.types import ExecResult, GradingError, Verdict
 
@@ -314,6 +314,33 @@ def _inconsistencies(rep: Report, result: ExecResult, wanted: int,
     if any(s != "PASSED" for n, s in rep.statuses.items() if n not in canaries):
         out.append("a reported test did not pass")
     return out
+
+
+# --- the interpreter of a grading run in the agent's own slot --------------------------------
+
+
+async def check_interpreter(sandbox: Any, python: str) -> None:
+    """Refuse to grade in the agent's slot with an interpreter the agent could have written:
+    one found in (or resolving into) its workspace, e.g. an image whose Python is a
+    virtualenv in the writable workdir (`/app/.venv`, `PATH` pointing at it). A virtualenv
+    there is unsafe even when its binary links elsewhere: its site-packages run `.pth`
+    files at start-up, `-I` or not. Raises `GradingError` ("unsafe_interpreter"): a task
+    configuration to fix (point `tasks.python` at an interpreter outside the workdir, e.g.
+    one exposed read-only), never a score. An interpreter that is not found is left for the
+    run itself to report."""
+    q = shlex.quote(python)
+    res = await sandbox.exec(f'p=$(command -v {q}) || exit 0; echo "$p"; readlink -f "$p"; pwd -P',
+                             timeout=30.0)
+    found = res.stdout.split("\n")
+    if len(found) < 3 or not found[2]:
+        return
+    path, real, workspace = found[0], found[1], found[2].rstrip("/")
+    for p in (path, real):
+        absolute = p if p.startswith("/") else f"{workspace}/{p}"
+        if absolute == workspace or absolute.startswith(workspace + "/"):
+            raise GradingError(
+                f"the grading interpreter {path} lies in the agent's writable workspace "
+                f"{workspace}: set tasks.python to an interpreter outside it", "unsafe_interpreter")
 
 
 # --- the environment's failures, not the agent's --------------------------------------------

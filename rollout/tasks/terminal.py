@@ -36,7 +36,7 @@ from typing import Any
 from rollout.protocols import Sandbox
 from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import BUNDLED, TaskSourceConfig
-from rollout.tasks.grading import grade, pytest_run
+from rollout.tasks.grading import check_interpreter, grade, pytest_run
 from rollout.tasks.loader import LoadReport, RowError, required_str, shape_tasks
 from rollout.tasks.registry import TaskKind, register
 from rollout.types import SandboxError, Task, ToolCall, Verdict
@@ -219,6 +219,7 @@ class TerminalEnv(BaseTaskEnv):
     async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
         where = f".rollout-grade-{secrets.token_hex(8)}"
         test_path = f"{where}/{TEST_NAME}"
+        await check_interpreter(sandbox, self.cfg.python)  # graded in the agent's slot
         # The hidden test enters the slot only now: the agent never had it to read.
         await sandbox.write_file(test_path, task.data["test"].encode())
         node_ids = [f"{test_path}::{name}" for name in task.data["tests"]]
