@@ -490,3 +490,64 @@ async def test_cheats_against_grading_never_score(pool, env, tasks):
     # grading: the fresh slot grades the unfixed bug as such.
     for name in ("interpreter_tampered", "background_rewriter", "disk_filled", "workspace_unreadable"):
         assert d[name]["fresh_slot"] and d[name]["reason"] == "tests failed", (name, d[name])
+
+
+def _envdemo_mirror(root) -> Task:
+    """A one-instance mirror in SWE-smith's layout whose pass-to-pass test needs a plugin's
+    fixture (pytest-benchmark's `benchmark`), graded with plugin autoload off."""
+    import subprocess
+
+    work = root / "envdemo"
+    (work / "envdemo").mkdir(parents=True)
+    (work / "tests").mkdir()
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=work,
+                       check=True, capture_output=True)
+
+    (work / "envdemo/__init__.py").write_text("def add(a, b):\n    return a + b\n")
+    (work / "tests/test_add.py").write_text("from envdemo import add\n\ndef test_add():\n"
+                                            "    assert add(2, 3) == 5\n")
+    (work / "tests/test_speed.py").write_text("from envdemo import add\n\ndef test_speed(benchmark):\n"
+                                              "    assert benchmark(add, 1, 1) == 2\n\n"
+                                              "def test_plain():\n    assert add(0, 0) == 0\n")
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "Initial commit")
+    iid = "acme__envdemo.00000000.env__1"
+    git("checkout", "-qb", iid)
+    (work / "envdemo/__init__.py").write_text("def add(a, b):\n    return a - b\n")
+    git("commit", "-qam", "Bug Patch")
+    patch = subprocess.run(["git", "diff", "main", "HEAD"], cwd=work, check=True,
+                           capture_output=True, text=True).stdout
+    git("rm", "-q", "tests/test_add.py")
+    git("commit", "-qm", "Remove F2P Tests")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "acme__envdemo.git")],
+                   check=True)
+    return Task(task_id=iid, kind="swe_smith", instruction="add subtracts", image=IMAGE,
+                data={"instance_id": iid, "repo": "acme/envdemo", "patch": patch,
+                      "FAIL_TO_PASS": ["tests/test_add.py::test_add"],
+                      "PASS_TO_PASS": ["tests/test_speed.py::test_speed",
+                                       "tests/test_speed.py::test_plain"],
+                      "image_name": IMAGE})
+
+
+async def test_environment_failures_are_grading_errors_and_agent_breakage_scores_zero(pool, tmp_path):
+    """Issue 26 case 4: a P2P test that needs a plugin's fixture the grading environment lacks
+    fails at setup under gold: a grading error naming the fixture, never a 0.0. The same
+    failure caused by the agent (its diff removes what the tests import) is its 0.0."""
+    task = _envdemo_mirror(tmp_path)
+    env = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path / "cache"),
+                                       repo_sources=[str(tmp_path)], pytest_plugin_autoload=False))
+    async with pool.session("env-gold", image=IMAGE) as sb:
+        await env.prepare(task, sb)
+        await apply_gold(env, task, sb)
+        with pytest.raises(GradingError) as err:
+            await env.verify(task, sb)
+    assert err.value.kind == "environment" and "fixture 'benchmark' not found" in str(err.value)
+    async with pool.session("env-agent", image=IMAGE) as sb:
+        await env.prepare(task, sb)
+        await sb.write_file("envdemo/__init__.py", b"import benchmark_helpers\n\n"
+                                                    b"def add(a, b):\n    return a + b\n")
+        verdict = await env.verify(task, sb)
+    assert verdict.score == 0.0 and verdict.details["f2p_passed"] == 0
