@@ -9,12 +9,14 @@ SKIPPED, XFAIL, XPASS, a failed subtest) makes it 0.0. A run that did not really
 `GradingError`: an infrastructure outcome, never a score. This closes the hole in
 SWE-smith's own grader, which counts a missing test as passed.
 
-The report does not come from pytest's terminal output: `grade_runner` (run with `-c`, so
-nothing of it lives in the slot) records each wanted test's outcome from pytest's report
-hooks and writes nonce-prefixed lines to a private duplicate of the stdout pipe, which the
-slot server owns; the terminal output and anything the code under test prints go to stderr.
-A file in the workspace is never read for grading, and lines without this run's nonce are
-ignored.
+The report does not come from pytest's terminal output: `grade_runner`'s supervisor (run
+with `-c`, so nothing of it lives in the slot) starts pytest in a child process, takes the
+child's account of each test from a pipe, and writes nonce-prefixed lines to a private
+duplicate of the stdout pipe, which the slot server owns; the terminal output and anything
+the code under test prints go to stderr. The child knows neither the nonce nor that pipe, nor
+which of its node ids are graded: hidden canary tests (`canaries.py`) are mixed in, and a
+must-fail canary reported passed exposes a forged account. A file in the workspace is never
+read for grading, and lines without this run's nonce are ignored.
 
 Hardening of the pytest run itself (what a reward-hacking agent could otherwise plant):
 - `python -I -B`: isolated mode ignores PYTHON* variables and the user site, and does not put
@@ -28,13 +30,11 @@ Hardening of the pytest run itself (what a reward-hacking agent could otherwise 
   conftest files survive (see `SweSmithEnv.verify`).
 - `-p no:cacheprovider`: no writes into the workspace, no `--lf` state the agent could seed.
 - `PYTEST_ADDOPTS` is cleared.
-Not defendable in-process: the package under test is imported into the pytest process, so
-code there can patch pytest's reports (all hooks then agree, and so does the exit status),
-find the report fd and nonce in the runner's memory or /proc, or detect the test run. That
-is why `suspicious_changes` flags diffs that reach for pytest internals, `sys.modules`,
-`os._exit`, /proc or the grading files: such a trajectory scores 0.0 and is counted as
-suspected reward hacking. Closing it fully needs an out-of-process oracle (hidden extra
-tests, or running the tests against a pristine copy in a second slot).
+The package under test is still imported into the test process, so code there can patch
+pytest's reports or forge the child's account: the canaries catch a blanket pass, and
+`suspicious_changes` flags diffs that reach for pytest internals, `sys.modules`, `os._exit`,
+/proc or the grading files (0.0, counted as suspected reward hacking). The threat model is
+in rollout/tasks/README.md.
 """
 
 from __future__ import annotations

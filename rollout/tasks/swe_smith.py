@@ -5,10 +5,13 @@ Isolation from the answer: the slot receives a plain tree of the instance branch
 one-commit git repo is made in the slot so the agent can `git diff`. The mirror's history,
 whose `main` holds the clean code, never enters the slot.
 
-Grading runs in the same slot: the instance's test files (F2P + P2P files, and files the
-"Remove F2P Tests" commit deleted), conftest files and root config files are restored from
-HEAD~1 on the worker side, planted conftest/ini/sitecustomize files are removed, then pytest
-runs hardened as described in `rollout.tasks.grading`.
+Grading never trusts the agent's slot: the workspace is exported host-side and diffed
+against the base tree (`rollout.tasks.workspace`), the slot is wiped under the same lease
+(a fresh slot), the base tree is laid out again and the diff applied; then the instance's
+test files (F2P + P2P files, and files the "Remove F2P Tests" commit deleted), conftest files
+and root config files are restored from HEAD~1 on the worker side, hidden canaries are
+planted, planted conftest/ini/sitecustomize files are removed, and pytest runs hardened as
+described in `rollout.tasks.grading`.
 
 Only `Sandbox.exec/read_file/write_file/upload_archive` are used, so this works over a local
 SlotPool, a Ray actor handle or a remote host alike. Safe for many concurrent tasks: all
