@@ -38,7 +38,8 @@ from rollout.tasks.grading import (SPEC_FILE, environment_failure, grade, node_f
 from rollout.tasks.loader import BUNDLED_DIR, load_tasks_with_report
 from rollout.tasks.registry import TaskKind, register
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
-from rollout.tasks.workspace import Change, Entry, diff_trees, read_tree, unified_diff, upload_tar
+from rollout.tasks.workspace import (SKIPPED_TOP, Change, Entry, diff_trees, read_tree,
+                                     unified_diff, upload_tar)
 from rollout.types import ExecResult, GradingError, SandboxError, Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class SweSmithEnv(BaseTaskEnv):
         self.cache = cache or RepoCache(self.cfg.cache_path, [str(BUNDLED_DIR), *self.cfg.repo_sources])
         self._files = _Memo(1024)
         self._bases = _Memo(64)  # task id -> base tree (bytes of every file)
+        # task id -> top-level names a prepared slot has beyond the repo (an image's workdir
+        # content: a virtualenv, build products); never exported, never carried over.
+        self._image_extras: dict[str, frozenset[str]] = {}
         self._grading_slots: dict[str, asyncio.Semaphore] = {}  # host id -> bound
 
     # --- prompt ----------------------------------------------------------------------------
@@ -131,6 +135,8 @@ class SweSmithEnv(BaseTaskEnv):
             raise SandboxError(f"cannot prepare {task.task_id}: clearing the image's workdir "
                                f"failed (exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
         await sandbox.upload_archive(archive)
+        if task.task_id not in self._image_extras:  # once per task: the image's own files
+            self._image_extras[task.task_id] = await self._extras(await self.base_tree(task), sandbox)
         res = await sandbox.exec(
             "git init -q -b main && git add -A && "
             "git -c user.name=rollout -c user.email=rollout@localhost -c commit.gpgsign=false "
@@ -194,12 +200,13 @@ class SweSmithEnv(BaseTaskEnv):
             raise GradingError("this sandbox cannot export its workspace for grading",
                                "cannot_run")
         try:
-            work = await asyncio.to_thread(read_tree, await export("."))
+            work = await self._export(task, sandbox, export)
         except (ValueError, OSError, tarfile.TarError) as e:
             # The server refused (too large, unreadable): what the agent did to its workspace.
             return _agent_broke(task, f"the workspace cannot be read for grading: {e}")
         fresh = await self._fresh_checkout(task, sandbox)
         extras = await self._extras(base, sandbox)
+        self._image_extras[task.task_id] = extras
         change = diff_trees(base, work, extras)
         diff = unified_diff(base, change)
         suspects = suspicious_changes(diff, tests)
@@ -235,6 +242,26 @@ class SweSmithEnv(BaseTaskEnv):
                                    "environment")
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
+
+    async def _export(self, task: Task, sandbox: Sandbox, export: Any) -> dict[str, Entry]:
+        """The workspace's files, tarred by the slot server: all of it in one archive, or
+        (when the prepared slot had an image's own files beside the repo) each top-level
+        entry but those, so a large virtualenv in the workdir is never shipped."""
+        extras = self._image_extras.get(task.task_id, frozenset())
+        list_dir = getattr(sandbox, "list_dir", None)
+        if not extras or list_dir is None:
+            return await asyncio.to_thread(read_tree, await export("."))
+        tree: dict[str, Entry] = {}
+        for e in await list_dir("."):
+            name = e["name"]
+            if name in extras or name in SKIPPED_TOP:
+                continue
+            part = await asyncio.to_thread(read_tree, await export(name))
+            if e.get("type") == "dir":
+                tree.update({f"{name}/{p}": entry for p, entry in part.items()})
+            else:
+                tree.update(part)
+        return tree
 
     async def _fresh_checkout(self, task: Task, sandbox: Sandbox) -> bool:
         """Wipe the slot (keeping the lease) and lay the base tree out again; True when the

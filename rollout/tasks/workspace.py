@@ -46,14 +46,16 @@ def read_tree(archive: bytes, max_bytes: int = MAX_TREE_BYTES) -> dict[str, Entr
             name = m.name.removeprefix("./").strip("/")
             if not name or name.split("/", 1)[0] in SKIPPED_TOP:
                 continue
-            total += m.size if m.isfile() else 0
-            if total > max_bytes:
-                raise TreeTooLarge(f"the workspace holds more than {max_bytes >> 20} MiB of files")
             if m.issym():
                 out[name] = Entry(b"", link=m.linkname)
-            elif m.isfile():
+            elif m.isfile() or m.islnk():  # a hard link reads as the file it links
                 f = tar.extractfile(m)
-                out[name] = Entry(f.read() if f else b"", executable=bool(m.mode & 0o100))
+                data = f.read(max_bytes - total + 1) if f else b""
+                total += len(data)
+                if total > max_bytes:
+                    raise TreeTooLarge(f"the workspace holds more than {max_bytes >> 20} MiB "
+                                       "of files")
+                out[name] = Entry(data, executable=bool(m.mode & 0o100))
     return out
 
 

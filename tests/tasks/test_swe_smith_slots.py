@@ -551,3 +551,19 @@ async def test_environment_failures_are_grading_errors_and_agent_breakage_scores
                                                     b"def add(a, b):\n    return a + b\n")
         verdict = await env.verify(task, sb)
     assert verdict.score == 0.0 and verdict.details["f2p_passed"] == 0
+
+
+async def test_an_images_own_workdir_files_are_neither_exported_nor_carried_over(pool, env, tasks):
+    """An image whose workdir holds more than the repo (a `.venv`, build products): what the
+    agent does there never reaches grading; its change to the repo does."""
+    task = tasks[0]
+    async with pool.session("image-extras", image=task.image) as sb:
+        await env.prepare(task, sb)
+        env._image_extras[task.task_id] = frozenset({".venv"})  # as a prepared image slot had
+        await apply_gold(env, task, sb)
+        await sb.write_file(".venv/bin/python", b"#!/bin/sh\nexit 0\n")
+        await sb.write_file(".venv/lib/cheat.pth", b"import _pytest\n")
+        verdict = await env.verify(task, sb)
+    assert verdict.score == 1.0, verdict.details["reason"]
+    assert not any(p.startswith(".venv") for p in verdict.details["changed_files"])
+    assert "suspected_hacking" not in verdict.details
