@@ -91,7 +91,7 @@ class SweSmithEnv(BaseTaskEnv):
         self.cfg = cfg or TaskSourceConfig()
         self.cache = cache or RepoCache(self.cfg.cache_path, [str(BUNDLED_DIR), *self.cfg.repo_sources])
         self._files = _Memo(1024)
-        self._bases = _Memo(64)  # task id -> base tree (bytes of every file)
+        self._bases = _Memo(16)  # task id -> base tree (every file's bytes: kept few)
         # task id -> top-level names a prepared slot has beyond the repo (an image's workdir
         # content: a virtualenv, build products); never exported, never carried over.
         self._image_extras: dict[str, frozenset[str]] = {}

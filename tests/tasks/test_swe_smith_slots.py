@@ -480,7 +480,8 @@ async def test_cheats_against_grading_never_score(pool, env, tasks):
     # Forged accounts and blanket patches that the scan cannot read: the canaries catch them.
     for name in ("frame_walk_forged_account", "testcase_run_success", "hidden_report_patch",
                  "exec_forger"):
-        assert any("canary" in r for r in d[name]["suspected_hacking"]), (name, d[name])
+        # ...and only they: the scan finds nothing in these diffs (as if it were off).
+        assert all("canary" in r for r in d[name]["suspected_hacking"]), (name, d[name])
     # The runner's own lines, forged with what the test process can find: nothing to find.
     assert d["frame_walk_execv"]["reason"].startswith("the test process ended"), d["frame_walk_execv"]
     # The supervisor is out of reach through /proc.
