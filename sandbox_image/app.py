@@ -420,8 +420,8 @@ def build_app(server: SlotServer) -> web.Application:
             body = await api.read_json(request, 64 << 10, "reset request")
             req = api.validate(api.ResetRequest, body, limits, "reset request")
             image, keep = req.image, req.keep_lease
-        if keep and (sent is None or sent != server.leases[i]):
-            raise BadRequest(f"slot {i}: only the slot's current lease can keep it over a reset", 403)
+        if keep and sent is None:
+            raise BadRequest(f"slot {i}: keep_lease needs the slot's lease ({LEASE_HEADER})")
         if not keep:
             server.end_lease(i)
         await server.reset(i, image)
