@@ -152,7 +152,8 @@ class RunRecord:
 def gold_failures(run_dir: Path) -> dict[str, str]:
     """Tasks of a `policy=gold` run whose reference solution did not score 1.0, with why:
     every trajectory that ended otherwise (a 0.0, a grading or environment error), and
-    every task dropped. A gold run validates the environment; these tasks would train on
+    every task dropped for an infrastructure failure (a group dropped because its scores
+    were all equal is no failure of gold). A gold run validates the environment; these tasks would train on
     wrong rewards. From events.jsonl and queue_state.json (the run dir, every launch)."""
     run_dir = Path(run_dir)
     out: dict[str, str] = {}
@@ -164,8 +165,9 @@ def gold_failures(run_dir: Path) -> dict[str, str]:
                                     else str(line.get("outcome")))
         out.setdefault(task, str(why)[:200])
     state = read_state(run_dir / "queue_state.json")
-    for task, why in (state.get("dropped") or {}).items():
-        out.setdefault(str(task), f"dropped: {why}"[:200])
+    dropped = state.get("dropped") or {}
+    for task in state.get("infra_dropped") or []:  # not a group dropped for equal scores
+        out.setdefault(str(task), f"dropped: {dropped.get(task, 'infrastructure')}"[:200])
     return out
 
 

@@ -71,7 +71,8 @@ def test_gold_failures_name_every_task_whose_gold_did_not_score_one(tmp_path: Pa
 
     (tmp_path / "queue_state.json").write_text(json.dumps({
         "completed": {"a": "accepted", "b": "accepted"},
-        "dropped": {"c": "grading_error: environment (after 3 attempts)"},
+        "dropped": {"c": "grading_error: environment (after 3 attempts)",
+                    "d": "all_scores_equal"},
         "infra_dropped": ["c"]}))
     write_jsonl(tmp_path / "events.jsonl", [
         traj("a", "done", 1.0, "accepted"), traj("a", "done", 1.0, "accepted"),
