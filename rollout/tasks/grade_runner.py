@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 # The same order as `grading._RANK` (this file cannot import it: it runs alone in the slot).
 _RANK = {"PASSED": 0, "SKIPPED": 1, "XFAIL": 1, "XPASS": 1, "FAILED": 2, "ERROR": 2}
@@ -73,33 +74,39 @@ def supervise(spec_path: str) -> int:
         child.stdin.close()
     except OSError:
         pass  # it died at once; its exit code says so
+    # Read in a thread and stop once the test process is gone: a process it left behind
+    # holding the pipe open must not keep grading waiting.
+    lines: list[bytes] = []
+    account = os.fdopen(read_end, "rb")
+    reader = threading.Thread(target=lambda: lines.extend(account), daemon=True)
+    reader.start()
+    rc = child.wait()
+    reader.join(timeout=5.0)
     status: dict[str, str] = {}
     end = None
-    with os.fdopen(read_end, "rb") as account:
-        for raw in account:
+    for raw in list(lines):
+        try:
+            item = json.loads(raw)
+            kind = item["k"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if kind == "start":
+            emit("START")
+        elif kind == "nopytest":
+            emit("NOPYTEST", str(item.get("why", "")).replace("\n", " ")[:500])
+        elif kind == "t" and item.get("s") in _RANK and isinstance(item.get("n"), str):
+            node, new = item["n"].replace("\n", " "), item["s"]
+            if _RANK[new] >= _RANK.get(status.get(node, ""), -1):
+                status[node] = new
+        elif kind == "err" and isinstance(item.get("n"), str):
+            emit("ERR", json.dumps([item["n"], str(item.get("why", ""))[-600:]]))
+        elif kind == "collecterror":
+            emit("COLLECTERROR", str(item.get("n") or ".").replace("\n", " "))
+        elif kind == "end":
             try:
-                item = json.loads(raw)
-                kind = item["k"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if kind == "start":
-                emit("START")
-            elif kind == "nopytest":
-                emit("NOPYTEST", str(item.get("why", "")).replace("\n", " ")[:500])
-            elif kind == "t" and item.get("s") in _RANK and isinstance(item.get("n"), str):
-                node, new = item["n"].replace("\n", " "), item["s"]
-                if _RANK[new] >= _RANK.get(status.get(node, ""), -1):
-                    status[node] = new
-            elif kind == "err" and isinstance(item.get("n"), str):
-                emit("ERR", json.dumps([item["n"], str(item.get("why", ""))[-600:]]))
-            elif kind == "collecterror":
-                emit("COLLECTERROR", str(item.get("n") or ".").replace("\n", " "))
-            elif kind == "end":
-                try:
-                    end = [str(int(x)) for x in item["v"]][:3]
-                except (KeyError, TypeError, ValueError):
-                    pass
-    rc = child.wait()
+                end = [str(int(x)) for x in item["v"]][:3]
+            except (KeyError, TypeError, ValueError):
+                pass
     for node, s in sorted(status.items()):
         emit("T", s, node)
     if end is not None and len(end) == 3:

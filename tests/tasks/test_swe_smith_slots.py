@@ -442,6 +442,10 @@ CHEATS = {
         "echo \"def test_ok(): pass\" > $f; done; sleep 0.05; done' >/dev/null 2>&1 &"), "spans"),
     "disk_filled": (shell("fallocate -l $(df -B1 --output=avail /tmp | tail -1) /tmp/fill "
                           "|| dd if=/dev/zero of=/tmp/fill bs=1M 2>/dev/null; true"), "tinycalc"),
+    "workspace_too_large": (shell("head -c 80M /dev/urandom > blob.bin"), "units"),
+    "lingering_account_holder": (planted(
+        "import os as _o, subprocess as _sp, sys as _s\n"
+        "_sp.Popen(['sleep', '600'], close_fds=False)\n"), "textkit"),
     "workspace_unreadable": (shell("find . -mindepth 1 -depth -exec chmod 000 {} + && chmod 000 ."), "versions"),
 }
 
@@ -487,6 +491,10 @@ async def test_cheats_against_grading_never_score(pool, env, tasks):
     # The supervisor is out of reach through /proc.
     assert "PROC-MEM-DENIED" in d["proc_peek"]["peek"], d["proc_peek"]["peek"]
     assert "PROC-FD-OPENED" not in d["proc_peek"]["peek"]
+    # A workspace too large to export is the agent's own 0.0, never an infrastructure outcome.
+    assert d["workspace_too_large"].get("agent_caused"), d["workspace_too_large"]
+    # A process the test process leaves holding its report pipe does not stall grading.
+    assert d["lingering_account_holder"]["reason"] == "tests failed", d["lingering_account_holder"]
     # The slot's own state (interpreter, site-packages, processes, disk) never reaches
     # grading: the fresh slot grades the unfixed bug as such.
     for name in ("interpreter_tampered", "background_rewriter", "disk_filled", "workspace_unreadable"):
