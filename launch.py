@@ -251,6 +251,7 @@ def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
     envs = TaskEnvs(cfg.tasks)
     pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
     pf.check_task_budgets(tasks, envs, cfg)
+    pf.check_images(tasks, cfg.backend.name, cfg.sandbox.images)
     # The policy client every worker builds, built once here (it imports transformers and
     # torch: seconds, in the main thread; torch loaded from a second thread while ray.init
     # ran died in oneMKL's loader).
@@ -306,7 +307,26 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool =
             log.info("report: %s", build_report(run_dir))
         except Exception as e:  # the run is over and recorded; the report is a view of it
             log.warning("writing report.html failed: %s", e)
-    return exit_code(snap)
+    code = exit_code(snap)
+    if cfg.policy.type == "gold":
+        code = _gold_verdict(run_dir) or code
+    return code
+
+
+def _gold_verdict(run_dir: Path) -> int:
+    """A gold run validates the tasks: name those whose reference solution did not score
+    1.0 (on stderr and in launch.log); 1 if there are any."""
+    from rollout.run_record import gold_failures
+
+    failed = gold_failures(run_dir)
+    if not failed:
+        return 0
+    lines = [f"error: gold failed on {len(failed)} task(s); their environment or row is "
+             "broken (fix or filter them before training):"]
+    lines += [f"  {task}: {why}" for task, why in sorted(failed.items())]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    _log_to_file_only("\n".join(lines))
+    return 1
 
 
 def _write_summary(run_dir: Path, summary: str) -> None:

@@ -6,6 +6,7 @@ wrong, and what to do. Mistakes found here cost a second, not a Ray start and an
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import urllib.error
@@ -276,3 +277,36 @@ def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | Non
         return f"no answer within {timeout:g}s"
     except OSError as e:
         return e.strerror or str(e)
+
+
+# Sources named in place of an image that need no registry: archives, layouts, Dockerfiles.
+_LOCAL_PREFIXES = ("oci:", "oci-archive:", "docker-archive:", "dockerfile:")
+
+
+def check_images(tasks: list[Any], backend: str, images: Any) -> None:
+    """Every image the tasks name is one the slot servers can run as configured: a label in
+    `sandbox.images`, `host`, an image in the store (`sha256:`) or a local archive, layout or
+    Dockerfile folder that exists. Anything else would be looked up in a registry by every
+    trajectory at run time (seconds each, then a sandbox error). Modal maps its own images."""
+    if backend == "modal":
+        return
+    named = sorted({t.image for t in tasks if getattr(t, "image", None)})
+    missing = [label for label in named if not _resolvable(label, images)]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ""
+        raise PreflightError(
+            f"task image {missing[0]!r}{more} is not in sandbox.images and is no local image: "
+            f"add sandbox.images.\"{missing[0]}\"={{source: ...}} (a registry reference, an "
+            "OCI layout or archive path, or host)")
+
+
+def _resolvable(label: str, images: Any) -> bool:
+    if label in (images or {}) or label == "host" or label.startswith("sha256:"):
+        return True
+    path = label
+    for prefix in _LOCAL_PREFIXES:
+        if label.startswith(prefix):
+            path = label[len(prefix):]
+            break
+    return path.startswith(("/", ".", "~")) and os.path.exists(os.path.expanduser(path)) or (
+        path != label and os.path.exists(os.path.expanduser(path)))

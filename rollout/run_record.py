@@ -157,6 +157,28 @@ class RunRecord:
                 self._add(str(m.get("outcome")), None, m.get("score"), grading)
 
 
+def gold_failures(run_dir: Path) -> dict[str, str]:
+    """Tasks of a `policy=gold` run whose reference solution did not score 1.0, with why:
+    every trajectory that ended otherwise (a 0.0, a grading or environment error), and
+    every task dropped for an infrastructure failure (a group dropped because its scores
+    were all equal is no failure of gold). A gold run validates the environment; these tasks would train on
+    wrong rewards. From events.jsonl and queue_state.json (the run dir, every launch)."""
+    run_dir = Path(run_dir)
+    out: dict[str, str] = {}
+    for line in read_events(run_dir):
+        task, score = str(line.get("task")), line.get("score")
+        if line.get("outcome") == "done" and score == 1.0:
+            continue
+        why = line.get("error") or (f"scored {score}" if line.get("outcome") == "done"
+                                    else str(line.get("outcome")))
+        out.setdefault(task, str(why)[:200])
+    state = read_state(run_dir / "queue_state.json")
+    dropped = state.get("dropped") or {}
+    for task in state.get("infra_dropped") or []:  # not a group dropped for equal scores
+        out.setdefault(str(task), f"dropped: {dropped.get(task, 'infrastructure')}"[:200])
+    return out
+
+
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The whole JSON lines of a file (a partial last line of a file being written, or a
     line a crash cut short, is skipped)."""

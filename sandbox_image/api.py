@@ -163,6 +163,8 @@ class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     image: str | None = Field(None, min_length=1, max_length=MAX_PATH)
+    # The holder's own reset (a fresh slot for grading): the lease stays valid.
+    keep_lease: bool = False
 
 
 class PathQuery(BaseModel):

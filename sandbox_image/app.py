@@ -15,13 +15,15 @@ slot's disk full is a 507.
                                          session_lost, message, duration}
     POST /slots/{i}/reset                {image?} -> wipe the workspace, kill its processes,
                                          restore the image's workdir (or switch image); ends
-                                         the slot's lease
+                                         the slot's lease, unless {keep_lease: true}
+    POST /slots/{i}/refresh              the same under the slot's lease, which it keeps (the
+                                         holder's own wipe: a fresh slot for grading)
 
 Slot requests carry `X-Slot-Lease: <lease>` (minted by the pool per acquire): the first
 request of a lease makes it the slot's lease, a reset ends it, and a request with an ended
 lease is refused (403), so a holder whose lease ended can no longer touch the slot; with
 --leases required, a slot request without a lease is refused too. Instead of the bearer
-token, a slot's command and file routes take `X-Slot-Key` (api.lease_key: minted by the
+token, a slot's command, file and refresh routes take `X-Slot-Key` (api.lease_key: minted by the
 pool, which holds the token, for one lease of one slot): how workers reach a slot directly.
     GET  /slots/{i}/file?path=&max_bytes=&encoding=raw|text|base64
     PUT  /slots/{i}/file?path=           raw body
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 _ENDED_KEPT = 256  # ended leases remembered per slot
 # The routes a lease's key opens (its slot's commands and files).
 _KEYED_ROUTES = frozenset({"exec", "python", "read_file", "write_file", "list_dir", "archive",
-                           "upload"})
+                           "upload", "refresh"})
 
 # Without bubblewrap, setpriv (util-linux) sets the parent-death signal before exec'ing
 # the command, so a command never outlives a server killed with SIGKILL.
@@ -433,12 +435,26 @@ def build_app(server: SlotServer) -> web.Application:
         sent = request.headers.get(LEASE_HEADER)
         if sent is not None or server.leases[i] is not None:
             server.check_lease(i, sent)  # a leased slot is reset by its holder's release
-        image = None
+        image, keep = None, False
         if request.can_read_body:
             body = await api.read_json(request, 64 << 10, "reset request")
-            image = api.validate(api.ResetRequest, body, limits, "reset request").image
-        server.end_lease(i)
+            req = api.validate(api.ResetRequest, body, limits, "reset request")
+            image, keep = req.image, req.keep_lease
+        if keep and sent is None:
+            raise BadRequest(f"slot {i}: keep_lease needs the slot's lease ({LEASE_HEADER})")
+        if not keep:
+            server.end_lease(i)
         await server.reset(i, image)
+        return web.json_response({"ok": True, **server.slot_image[i].describe(),
+                                  "writable": server.writable[i]})
+
+    async def refresh(request: web.Request) -> web.Response:
+        """A reset that keeps the lease: its holder gets the slot back as its image made it
+        (what grading starts from)."""
+        i = leased_slot(request)
+        if request.headers.get(LEASE_HEADER) is None:
+            raise BadRequest(f"slot {i}: a refresh needs the slot's lease ({LEASE_HEADER})")
+        await server.reset(i, None)
         return web.json_response({"ok": True, **server.slot_image[i].describe(),
                                   "writable": server.writable[i]})
 
@@ -491,6 +507,7 @@ def build_app(server: SlotServer) -> web.Application:
         web.post("/exec_batch", exec_batch),
         web.post("/slots/{slot}/python", python, name="python"),
         web.post("/slots/{slot}/reset", reset),
+        web.post("/slots/{slot}/refresh", refresh, name="refresh"),
         web.get("/slots/{slot}/file", read_file, name="read_file"),
         web.put("/slots/{slot}/file", write_file, name="write_file"),
         web.get("/slots/{slot}/list", list_dir, name="list_dir"),

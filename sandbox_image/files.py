@@ -203,12 +203,16 @@ def archive(ws_real: str, ws_inside: str, path: str, cap: int) -> bytes:
     if not os.path.lexists(real):
         raise PathError(f"no such file or directory: {path}", 404)
     out = _CappedBuffer(cap)
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
-        if os.path.isdir(real):
-            for name in sorted(os.listdir(real)):
-                tar.add(os.path.join(real, name), arcname=name)
-        else:
-            tar.add(real, arcname=os.path.basename(real))
+    try:
+        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+            if os.path.isdir(real):
+                for name in sorted(os.listdir(real)):
+                    tar.add(os.path.join(real, name), arcname=name)
+            else:
+                tar.add(real, arcname=os.path.basename(real))
+    except PermissionError as e:  # modes the slot's own user set: a bad request, not an I/O fault
+        where = os.path.relpath(e.filename, ws_real) if e.filename else path
+        raise PathError(f"cannot archive {path}: permission denied on {where}") from e
     return bytes(out.buf)
 
 

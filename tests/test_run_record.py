@@ -64,3 +64,23 @@ def test_without_events_the_delivered_trajectories_are_counted(tmp_path: Path):
 def test_an_empty_run_dir_records_nothing(tmp_path: Path):
     rec = RunRecord.read(tmp_path)
     assert rec.delivered == rec.trajectories == rec.completed == 0 and rec.mean_score is None
+
+
+def test_gold_failures_name_every_task_whose_gold_did_not_score_one(tmp_path: Path):
+    from rollout.run_record import gold_failures
+
+    (tmp_path / "queue_state.json").write_text(json.dumps({
+        "completed": {"a": "accepted", "b": "accepted"},
+        "dropped": {"c": "grading_error: environment (after 3 attempts)",
+                    "d": "all_scores_equal"},
+        "infra_dropped": ["c"]}))
+    write_jsonl(tmp_path / "events.jsonl", [
+        traj("a", "done", 1.0, "accepted"), traj("a", "done", 1.0, "accepted"),
+        traj("b", "done", 1.0, "accepted"), traj("b", "done", 0.0, "accepted"),
+        {**traj("c", "grading_error", 0.0, "retry", grading_error="environment"),
+         "error": "grading (environment): fixture 'benchmark' not found"},
+    ])
+    failed = gold_failures(tmp_path)
+    assert set(failed) == {"b", "c"}
+    assert failed["b"] == "scored 0.0" and "fixture 'benchmark'" in failed["c"]
+    assert gold_failures(tmp_path / "nothing") == {}

@@ -27,7 +27,7 @@ IMAGE_TIMEOUT = 900.0  # a reset into an image the host has never unpacked
 # The per-slot operations of SlotServerClient (first argument: the slot index) that pools and
 # sandbox views forward by name; `rollout.sandbox.slot_sandbox.SandboxOps` types them.
 SLOT_OPS = ("exec", "python", "read_file", "write_file", "list_dir", "archive",
-            "upload_archive")
+            "upload_archive", "refresh")
 
 
 
@@ -198,6 +198,12 @@ class SlotServerClient:
         d = await self._request("POST", f"/slots/{slot}/upload", params={"path": path},
                                 data=data, timeout=FILE_TIMEOUT, lease=lease)
         return int(d["members"])
+
+    async def refresh(self, slot: int, *, lease: str | None = None) -> None:
+        """Wipe the slot as a reset does (its processes killed, its writable layers and
+        workspace back to the image's) but keep the lease: the holder gets a fresh slot."""
+        await self._request("POST", f"/slots/{slot}/refresh", timeout=FILE_TIMEOUT,
+                            lease=lease)
 
     async def reset(self, slot: int, image: str | None = None, *,
                     lease: str | None = None) -> None:

@@ -45,6 +45,10 @@ class SandboxOps:
     async def archive(self, path: str = ".") -> bytes:
         return await self._forward("archive", path)
 
+    async def refresh(self) -> None:
+        """A fresh slot under the same lease (see `SlotServerClient.refresh`)."""
+        await self._forward("refresh")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.slot.host_id}/{self.slot.index})"
 

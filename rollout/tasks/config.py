@@ -136,6 +136,9 @@ class TaskSourceConfig(ConfigModel):
     # A timed-out grading run is retried once in the same slot with this many times the
     # timeout (0 = no retry here; the group is still retried by the queue).
     timeout_retry_factor: Annotated[float, Field(ge=0, le=100)] = 2.0
+    # Hidden canary tests planted in each grading run (rollout/tasks/canaries.py); off only
+    # to measure what the other layers catch alone.
+    canaries: bool = True
     # Several task sources mixed by weight, e.g. [{kind: swe_smith, weight: 3},
     # {kind: terminal, weight: 1, source: /data/terminal}]: each entry sets `kind`, `weight`
     # (> 0) and any key of this section for its own source (the rest as above). Empty: one

@@ -9,12 +9,14 @@ SKIPPED, XFAIL, XPASS, a failed subtest) makes it 0.0. A run that did not really
 `GradingError`: an infrastructure outcome, never a score. This closes the hole in
 SWE-smith's own grader, which counts a missing test as passed.
 
-The report does not come from pytest's terminal output: `grade_runner` (run with `-c`, so
-nothing of it lives in the slot) records each wanted test's outcome from pytest's report
-hooks and writes nonce-prefixed lines to a private duplicate of the stdout pipe, which the
-slot server owns; the terminal output and anything the code under test prints go to stderr.
-A file in the workspace is never read for grading, and lines without this run's nonce are
-ignored.
+The report does not come from pytest's terminal output: `grade_runner`'s supervisor (run
+with `-c`, so nothing of it lives in the slot) starts pytest in a child process, takes the
+child's account of each test from a pipe, and writes nonce-prefixed lines to a private
+duplicate of the stdout pipe, which the slot server owns; the terminal output and anything
+the code under test prints go to stderr. The child knows neither the nonce nor that pipe, nor
+which of its node ids are graded: hidden canary tests (`canaries.py`) are mixed in, and a
+must-fail canary reported passed exposes a forged account. A file in the workspace is never
+read for grading, and lines without this run's nonce are ignored.
 
 Hardening of the pytest run itself (what a reward-hacking agent could otherwise plant):
 - `python -I -B`: isolated mode ignores PYTHON* variables and the user site, and does not put
@@ -28,13 +30,11 @@ Hardening of the pytest run itself (what a reward-hacking agent could otherwise 
   conftest files survive (see `SweSmithEnv.verify`).
 - `-p no:cacheprovider`: no writes into the workspace, no `--lf` state the agent could seed.
 - `PYTEST_ADDOPTS` is cleared.
-Not defendable in-process: the package under test is imported into the pytest process, so
-code there can patch pytest's reports (all hooks then agree, and so does the exit status),
-find the report fd and nonce in the runner's memory or /proc, or detect the test run. That
-is why `suspicious_changes` flags diffs that reach for pytest internals, `sys.modules`,
-`os._exit`, /proc or the grading files: such a trajectory scores 0.0 and is counted as
-suspected reward hacking. Closing it fully needs an out-of-process oracle (hidden extra
-tests, or running the tests against a pristine copy in a second slot).
+The package under test is still imported into the test process, so code there can patch
+pytest's reports or forge the child's account: the canaries catch a blanket pass, and
+`suspicious_changes` flags diffs that reach for pytest internals, `sys.modules`, `os._exit`,
+/proc or the grading files (0.0, counted as suspected reward hacking). The threat model is
+in rollout/tasks/README.md.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import secrets
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from rollout.types import ExecResult, GradingError, Verdict
 
@@ -107,8 +107,8 @@ def pytest_run(
     if not allow_conftest:
         args.append("--noconftest")
     args += ["--", *files]
-    spec = {"nonce": nonce, "args": args, "tests": sorted(set(tests)), "paths": list(paths),
-            "match_params": match_params}
+    spec = {"nonce": nonce, "child": _RUNNER_SOURCE, "args": args, "tests": sorted(set(tests)),
+            "paths": list(paths), "match_params": match_params}
     variables = {"PYTEST_ADDOPTS": "", **(env or {})}
     if not plugin_autoload:
         variables["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -160,7 +160,7 @@ class Report:
     end: tuple[int, int, int] | None = None  # (exit status, tests failed, tests collected)
     runner_rc: int | None = None
     collect_errors: list[str] = field(default_factory=list)
-
+    errors: dict[str, str] = field(default_factory=dict)  # node -> why it errored at setup
 
 
 def parse_report(text: str, nonce: str) -> Report:
@@ -195,6 +195,12 @@ def parse_report(text: str, nonce: str) -> Report:
                 pass
         elif kind == "COLLECTERROR":
             rep.collect_errors.append(rest)
+        elif kind == "ERR":
+            try:
+                node, why = json.loads(rest)
+                rep.errors[str(node)] = str(why)
+            except (ValueError, TypeError):
+                pass
     return rep
 
 
@@ -223,19 +229,38 @@ def check_ran(result: ExecResult, rep: Report) -> None:
                            "report_truncated")
 
 
-def grade(f2p: list[str], p2p: list[str], result: ExecResult, nonce: str) -> Verdict:
+def grade(f2p: list[str], p2p: list[str], result: ExecResult, nonce: str,
+          canaries: dict[str, str] | None = None) -> Verdict:
     """Score one grading run: 1.0 iff every listed test is reported PASSED and the report is
     whole and consistent (see the module docstring). A run that did not really happen raises
-    `GradingError` (see `check_ran`) instead of scoring."""
+    `GradingError` (see `check_ran`) instead of scoring.
+
+    `canaries` (node id -> "FAILED" or "PASSED") are hidden tests the host mixed into the
+    run: each must be reported exactly so. A must-fail canary reported PASSED means the test
+    process's account is forged (a blanket "everything passes" patch): 0.0 and
+    `details["suspected_hacking"]`; any other canary off its expected status also voids a
+    pass."""
     rep = parse_report(result.stdout, nonce)
     check_ran(result, rep)
+    canaries = dict(canaries or {})
     per_test = {t: rep.statuses.get(t, MISSING) for t in [*f2p, *p2p]}
     f2p_ok = sum(per_test[t] == "PASSED" for t in f2p)
     p2p_ok = sum(per_test[t] == "PASSED" for t in p2p)
     all_ok = f2p_ok == len(f2p) and p2p_ok == len(p2p)
-    inconsistent = _inconsistencies(rep, result, len(per_test)) if all_ok else []
+    seen = {n: rep.statuses.get(n, MISSING) for n in canaries}
+    off = sorted(n for n, want in canaries.items() if seen[n] != want)
+    forged = sorted(n for n in off if canaries[n] == "FAILED" and seen[n] in ("PASSED", "XPASS"))
+    inconsistent = _inconsistencies(rep, result, len(per_test), canaries) if all_ok else []
+    suspects = []
+    if forged:
+        suspects.append(f"{len(forged)} hidden canary test(s) that must fail were reported "
+                        "passed (the test process's report is forged)")
+    elif off and all_ok:
+        suspects.append(f"{len(off)} hidden canary test(s) were not reported as they must be")
     if rep.end is None:
         reason = "the test process ended before pytest finished (os._exit or a crash)"
+    elif suspects:
+        reason = "suspected reward hacking: " + "; ".join(suspects)
     elif inconsistent:
         reason = "inconsistent report: " + "; ".join(inconsistent)
     elif all_ok:
@@ -244,47 +269,115 @@ def grade(f2p: list[str], p2p: list[str], result: ExecResult, nonce: str) -> Ver
         reason = "tests missing from the pytest report"
     else:
         reason = "tests failed"
-    passed = all_ok and not inconsistent and rep.end is not None
-    return Verdict(
-        score=1.0 if passed else 0.0,
-        details={
-            "reason": reason,
-            "fail_to_pass": {t: per_test[t] for t in f2p},
-            "pass_to_pass": {t: per_test[t] for t in p2p},
-            "f2p_passed": f2p_ok,
-            "f2p_total": len(f2p),
-            "p2p_passed": p2p_ok,
-            "p2p_total": len(p2p),
-            "exit_code": result.exit_code,
-            "pytest_exit_status": rep.end[0] if rep.end else None,
-            "report_inconsistent": inconsistent,
-            "collect_errors": rep.collect_errors[:20],
-            "timed_out": result.timed_out,
-            "duration": result.duration,
-            "log_tail": result.stderr[-2000:],
-        },
-    )
+    passed = all_ok and not inconsistent and rep.end is not None and not off
+    details = {
+        "reason": reason,
+        "fail_to_pass": {t: per_test[t] for t in f2p},
+        "pass_to_pass": {t: per_test[t] for t in p2p},
+        "f2p_passed": f2p_ok,
+        "f2p_total": len(f2p),
+        "p2p_passed": p2p_ok,
+        "p2p_total": len(p2p),
+        "exit_code": result.exit_code,
+        "pytest_exit_status": rep.end[0] if rep.end else None,
+        "report_inconsistent": inconsistent,
+        "collect_errors": rep.collect_errors[:20],
+        "setup_errors": {n: why for n, why in rep.errors.items() if n not in canaries},
+        "canaries": {"total": len(canaries), "off": len(off)},
+        "timed_out": result.timed_out,
+        "duration": result.duration,
+        "log_tail": result.stderr[-2000:],
+    }
+    if suspects:
+        details["suspected_hacking"] = suspects
+    return Verdict(score=1.0 if passed else 0.0, details=details)
 
 
-def _inconsistencies(rep: Report, result: ExecResult, wanted: int) -> list[str]:
-    """Why an all-PASSED report cannot be trusted: every other witness must agree."""
+def _inconsistencies(rep: Report, result: ExecResult, wanted: int,
+                     canaries: dict[str, str]) -> list[str]:
+    """Why an all-PASSED report cannot be trusted: every other witness must agree. The
+    must-fail canaries are the only failures there may be."""
     out = []
     if rep.end is None:
         return out
     status, failed, collected = rep.end
-    if status != 0:
-        out.append(f"pytest's exit status is {status}")
-    if failed:
-        out.append(f"pytest counted {failed} failed test(s)")
-    if collected < wanted:
-        out.append(f"pytest collected {collected} test(s) for {wanted} graded")
-    if rep.runner_rc != 0:
-        out.append(f"the runner exited {rep.runner_rc}")
-    if result.exit_code != 0:
+    must_fail = sum(want == "FAILED" for want in canaries.values())
+    want_status = 1 if must_fail else 0
+    if status != want_status:
+        out.append(f"pytest's exit status is {status}, not {want_status}")
+    if failed != must_fail:
+        out.append(f"pytest counted {failed} failed test(s), not {must_fail}")
+    if collected < wanted + len(canaries):
+        out.append(f"pytest collected {collected} test(s) for {wanted + len(canaries)} run")
+    if rep.runner_rc != want_status:
+        out.append(f"the test process exited {rep.runner_rc}")
+    if result.exit_code != want_status:
         out.append(f"the process exited {result.exit_code}")
-    if any(s != "PASSED" for s in rep.statuses.values()):
+    if any(s != "PASSED" for n, s in rep.statuses.items() if n not in canaries):
         out.append("a reported test did not pass")
     return out
+
+
+# --- the interpreter of a grading run in the agent's own slot --------------------------------
+
+
+async def check_interpreter(sandbox: Any, python: str) -> None:
+    """Refuse to grade in the agent's slot with an interpreter the agent could have written:
+    one found in (or resolving into) its workspace, e.g. an image whose Python is a
+    virtualenv in the writable workdir (`/app/.venv`, `PATH` pointing at it). A virtualenv
+    there is unsafe even when its binary links elsewhere: its site-packages run `.pth`
+    files at start-up, `-I` or not. Raises `GradingError` ("unsafe_interpreter"): a task
+    configuration to fix (point `tasks.python` at an interpreter outside the workdir, e.g.
+    one exposed read-only), never a score. An interpreter that is not found is left for the
+    run itself to report."""
+    q = shlex.quote(python)
+    res = await sandbox.exec(f'p=$(command -v {q}) || exit 0; echo "$p"; readlink -f "$p"; pwd -P',
+                             timeout=30.0)
+    found = res.stdout.split("\n")
+    if len(found) < 3 or not found[2]:
+        return
+    path, real, workspace = found[0], found[1], found[2].rstrip("/")
+    for p in (path, real):
+        absolute = p if p.startswith("/") else f"{workspace}/{p}"
+        if absolute == workspace or absolute.startswith(workspace + "/"):
+            raise GradingError(
+                f"the grading interpreter {path} lies in the agent's writable workspace "
+                f"{workspace}: set tasks.python to an interpreter outside it", "unsafe_interpreter")
+
+
+# --- the environment's failures, not the agent's --------------------------------------------
+
+_NO_FIXTURE = re.compile(r"fixture '([A-Za-z_][A-Za-z0-9_]*)' not found")
+_NO_MODULE = re.compile(r"No module named '([A-Za-z_][A-Za-z0-9_.]*)'")
+
+
+def environment_failure(details: dict, p2p: list[str], base: Iterable[str], diff: str) -> str | None:
+    """Why pass-to-pass tests failed for a reason the agent cannot have caused, or None.
+
+    Such tests passed when the task was made; they fail at setup or collection here for want
+    of something the repo never had: a fixture (a pytest plugin's, e.g. pytest-benchmark's
+    `benchmark`) defined nowhere in the base tree, or a module that is not the repo's. A name
+    that the agent's diff mentions is the agent's doing, never the environment's."""
+    tops = {p.split("/", 1)[0].removesuffix(".py") for p in base}
+    tops |= {p.split("/")[1].removesuffix(".py") for p in base
+             if p.startswith("src/") and p.count("/") >= 1}
+    p2p_files = set(node_files(p2p))
+    texts = [why for node, why in details.get("setup_errors", {}).items()
+             if node in p2p or node_file(node) in p2p_files or node == "."]
+    failed_p2p = [t for t, s in details.get("pass_to_pass", {}).items() if s != "PASSED"]
+    if not failed_p2p or not texts:
+        return None
+    changed = "\n".join(line for line in diff.splitlines()
+                        if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
+    for why in texts:
+        for name in _NO_FIXTURE.findall(why):
+            if not re.search(rf"\b{name}\b", changed):
+                return f"fixture '{name}' not found (a pytest plugin the environment lacks?)"
+        for mod in _NO_MODULE.findall(why):
+            top = mod.split(".", 1)[0]
+            if top not in tops and not re.search(rf"\b{re.escape(top)}\b", changed):
+                return f"No module named '{mod}' (a test dependency the environment lacks)"
+    return None
 
 
 # --- what a diff should not touch ------------------------------------------------------------

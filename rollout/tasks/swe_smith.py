@@ -5,10 +5,13 @@ Isolation from the answer: the slot receives a plain tree of the instance branch
 one-commit git repo is made in the slot so the agent can `git diff`. The mirror's history,
 whose `main` holds the clean code, never enters the slot.
 
-Grading runs in the same slot: the instance's test files (F2P + P2P files, and files the
-"Remove F2P Tests" commit deleted), conftest files and root config files are restored from
-HEAD~1 on the worker side, planted conftest/ini/sitecustomize files are removed, then pytest
-runs hardened as described in `rollout.tasks.grading`.
+Grading never trusts the agent's slot: the workspace is exported host-side and diffed
+against the base tree (`rollout.tasks.workspace`), the slot is wiped under the same lease
+(a fresh slot), the base tree is laid out again and the diff applied; then the instance's
+test files (F2P + P2P files, and files the "Remove F2P Tests" commit deleted), conftest files
+and root config files are restored from HEAD~1 on the worker side, hidden canaries are
+planted, planted conftest/ini/sitecustomize files are removed, and pytest runs hardened as
+described in `rollout.tasks.grading`.
 
 Only `Sandbox.exec/read_file/write_file/upload_archive` are used, so this works over a local
 SlotPool, a Ray actor handle or a remote host alike. Safe for many concurrent tasks: all
@@ -22,16 +25,21 @@ import contextlib
 import logging
 import posixpath
 import shlex
+import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.protocols import Sandbox
 from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import GradingProfile, TaskSourceConfig
-from rollout.tasks.grading import SPEC_FILE, grade, node_files, pytest_run, suspicious_changes
+from rollout.tasks.canaries import plant as canary_plant
+from rollout.tasks.grading import (SPEC_FILE, environment_failure, grade, node_files,
+                                   pytest_run, suspicious_changes)
 from rollout.tasks.loader import BUNDLED_DIR, load_tasks_with_report
 from rollout.tasks.registry import TaskKind, register
 from rollout.tasks.repo_cache import RepoCache, RepoError, _Memo
+from rollout.tasks.workspace import (SKIPPED_TOP, Change, Entry, diff_trees, read_tree,
+                                     unified_diff, upload_tar)
 from rollout.types import ExecResult, GradingError, SandboxError, Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)
@@ -45,11 +53,9 @@ _INI_MARKERS = (("pytest.ini", None), (".pytest.ini", None),
                 ("setup.cfg", b"[tool:pytest]"))
 GOLD_PATCH = ".gold.patch"
 GRADE_LOG = ".rollout-grade.log"  # no longer written; removed if an agent plants one
-# The agent's changes, for the reward-hacking scan: everything against the slot's first commit.
-DIFF_COMMAND = ("git -c core.hooksPath=/dev/null add -A -N . >/dev/null 2>&1; "
-                "git --no-pager -c core.hooksPath=/dev/null diff --no-color --no-ext-diff "
-                "--no-textconv \"$(git rev-list --max-parents=0 HEAD | tail -n 1)\" -- .")
+DOOMED_LIST = ".rollout-doomed"  # paths the grading checkout must lose, NUL-separated
 
+CLEAR_ALL = "find . -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +"
 CLEAR_WORKDIR = (
     "set -e; if [ -d .git ]; then "
     "git -c core.hooksPath=/dev/null -c safe.directory='*' ls-files -z | xargs -0 -r rm -f --; rm -rf .git; "
@@ -85,6 +91,10 @@ class SweSmithEnv(BaseTaskEnv):
         self.cfg = cfg or TaskSourceConfig()
         self.cache = cache or RepoCache(self.cfg.cache_path, [str(BUNDLED_DIR), *self.cfg.repo_sources])
         self._files = _Memo(1024)
+        self._bases = _Memo(16)  # task id -> base tree (every file's bytes: kept few)
+        # task id -> top-level names a prepared slot has beyond the repo (an image's workdir
+        # content: a virtualenv, build products); never exported, never carried over.
+        self._image_extras: dict[str, frozenset[str]] = {}
         self._grading_slots: dict[str, asyncio.Semaphore] = {}  # host id -> bound
 
     # --- prompt ----------------------------------------------------------------------------
@@ -125,6 +135,8 @@ class SweSmithEnv(BaseTaskEnv):
             raise SandboxError(f"cannot prepare {task.task_id}: clearing the image's workdir "
                                f"failed (exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
         await sandbox.upload_archive(archive)
+        if task.task_id not in self._image_extras:  # once per task: the image's own files
+            self._image_extras[task.task_id] = await self._extras(await self.base_tree(task), sandbox)
         res = await sandbox.exec(
             "git init -q -b main && git add -A && "
             "git -c user.name=rollout -c user.email=rollout@localhost -c commit.gpgsign=false "
@@ -164,50 +176,147 @@ class SweSmithEnv(BaseTaskEnv):
                 break
         return files
 
+    async def base_tree(self, task: Task) -> dict[str, Entry]:
+        """The instance's starting tree (what `prepare` uploads), from the repo cache."""
+        async def compute() -> dict[str, Entry]:
+            archive = await self.cache.archive(task.data["repo"], self._head(task))
+            return await asyncio.to_thread(read_tree, archive)
+        return await self._bases.get(task.task_id, compute)
+
     async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
+        """Grade the agent's change, never its slot: the workspace is read host-side and
+        diffed against the base tree (`rollout.tasks.workspace`); that diff is scanned and
+        applied to a pristine checkout in a fresh slot (the same lease, wiped: the agent's
+        processes, files outside the repo, env and git state are gone); the task's test files
+        are restored with hidden canaries planted; then pytest runs (see `grading`)."""
         try:
-            files = await self.instance_files(task)
+            files, base = await asyncio.gather(self.instance_files(task), self.base_tree(task))
         except RepoError as e:
             raise SandboxError(f"cannot grade {task.task_id}: {e}") from e
         f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
         tests = sorted(node_files(f2p + p2p))
-        diff = await sandbox.exec(DIFF_COMMAND, timeout=60.0)
-        suspects = suspicious_changes(diff.stdout, tests) if diff.ok else []
-        await self._restore(files, sandbox)
+        export = getattr(sandbox, "archive", None)
+        if export is None:
+            raise GradingError("this sandbox cannot export its workspace for grading",
+                               "cannot_run")
+        try:
+            work = await self._export(task, sandbox, export)
+        except (ValueError, OSError, tarfile.TarError) as e:
+            # The server refused (too large, unreadable): what the agent did to its workspace.
+            return _agent_broke(task, f"the workspace cannot be read for grading: {e}")
+        fresh = await self._fresh_checkout(task, sandbox)
+        extras = await self._extras(base, sandbox)
+        self._image_extras[task.task_id] = extras
+        change = diff_trees(base, work, extras)
+        diff = unified_diff(base, change)
+        suspects = suspicious_changes(diff, tests)
+        await self._apply(change, sandbox)
+        canaries = await self._restore(files, sandbox, f2p)
         profile = self.cfg.profile(task.data["repo"])
         timeout = profile.test_timeout or self.cfg.test_timeout
         async with self._grading_bound(sandbox):
             try:
-                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout)
+                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout,
+                                                 canaries)
             except GradingError as e:
                 if e.kind != "timeout" or not self.cfg.timeout_retry_factor:
                     raise
                 timeout *= self.cfg.timeout_retry_factor
                 log.warning("grading %s timed out; retrying once with %.0fs", task.task_id, timeout)
-                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout)
-        verdict.details["diff_checked"] = diff.ok
+                verdict = await self._grade_once(task, tests, files, profile, sandbox, timeout,
+                                                 canaries)
+        verdict.details.update(diff_checked=True, fresh_slot=fresh,
+                               changed_files=sorted([*change.written, *change.deleted])[:50],
+                               ignored_changes=dict(list(change.ignored.items())[:20]))
         if suspects:
-            verdict.details["suspected_hacking"] = suspects
+            verdict.details["suspected_hacking"] = [
+                *verdict.details.get("suspected_hacking", []), *suspects]
             if verdict.score > 0:
                 verdict.details["reason"] = "suspected reward hacking: " + "; ".join(suspects)
             verdict.score = 0.0
+        elif verdict.score == 0.0 and "suspected_hacking" not in verdict.details:
+            why = environment_failure(verdict.details, p2p, base, diff)
+            if why:
+                raise GradingError(f"{task.task_id}: pass-to-pass tests fail for a reason the "
+                                   f"agent did not cause ({why}); fix the task's environment",
+                                   "environment")
         log.info("graded %s: score %.1f (%s)", task.task_id, verdict.score, verdict.details["reason"])
         return verdict
 
+    async def _export(self, task: Task, sandbox: Sandbox, export: Any) -> dict[str, Entry]:
+        """The workspace's files, tarred by the slot server: all of it in one archive, or
+        (when the prepared slot had an image's own files beside the repo) each top-level
+        entry but those, so a large virtualenv in the workdir is never shipped."""
+        extras = self._image_extras.get(task.task_id, frozenset())
+        list_dir = getattr(sandbox, "list_dir", None)
+        if not extras or list_dir is None:
+            return await asyncio.to_thread(read_tree, await export("."))
+        tree: dict[str, Entry] = {}
+        for e in await list_dir("."):
+            name = e["name"]
+            if name in extras or name in SKIPPED_TOP:
+                continue
+            part = await asyncio.to_thread(read_tree, await export(name))
+            if e.get("type") == "dir":
+                tree.update({f"{name}/{p}": entry for p, entry in part.items()})
+            else:
+                tree.update(part)
+        return tree
+
+    async def _fresh_checkout(self, task: Task, sandbox: Sandbox) -> bool:
+        """Wipe the slot (keeping the lease) and lay the base tree out again; True when the
+        slot itself was renewed, False when only the workspace could be (a sandbox without
+        `refresh`: the agent's processes and files outside the workspace then remain)."""
+        refresh = getattr(sandbox, "refresh", None)
+        if refresh is not None:
+            await refresh()
+        archive = await self.cache.archive(task.data["repo"], self._head(task))
+        res = await sandbox.exec(CLEAR_WORKDIR if refresh is not None else CLEAR_ALL,
+                                 timeout=self.cfg.prepare_timeout)
+        if not res.ok:
+            raise SandboxError(f"cannot grade {task.task_id}: clearing the grading checkout "
+                               f"failed (exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
+        await sandbox.upload_archive(archive)
+        return refresh is not None
+
+    @staticmethod
+    async def _extras(base: dict[str, Entry], sandbox: Sandbox) -> frozenset[str]:
+        """Top-level names of the pristine checkout that are not the repo's (an image's own
+        build products or virtualenv in its workdir)."""
+        list_dir = getattr(sandbox, "list_dir", None)
+        if list_dir is None:
+            return frozenset()
+        tops = {p.split("/", 1)[0] for p in base}
+        return frozenset(e["name"] for e in await list_dir(".") if e["name"] not in tops)
+
+    @staticmethod
+    async def _apply(change: Change, sandbox: Sandbox) -> None:
+        doomed = sorted({*change.deleted, *change.written})
+        if doomed:
+            await sandbox.write_file(DOOMED_LIST, "\0".join(doomed).encode())
+            res = await sandbox.exec(f"xargs -0 -r rm -rf -- < {DOOMED_LIST}; rm -f {DOOMED_LIST}",
+                                     timeout=60.0)
+            if not res.ok:
+                raise SandboxError(f"applying the agent's change failed (exit {res.exit_code}): "
+                                   f"{(res.stderr or res.stdout)[-300:]}")
+        if change.written:
+            await sandbox.upload_archive(upload_tar(change))
+
     async def _grade_once(self, task: Task, tests: list[str], files: InstanceFiles,
-                          profile: GradingProfile, sandbox: Sandbox, timeout: float) -> Verdict:
+                          profile: GradingProfile, sandbox: Sandbox, timeout: float,
+                          canaries: dict[str, str]) -> Verdict:
         f2p, p2p = task.data["FAIL_TO_PASS"], task.data["PASS_TO_PASS"]
         paths = profile.paths if profile.paths is not None else (
             (".", "src") if files.src_layout else (".",))
         autoload = (profile.plugin_autoload if profile.plugin_autoload is not None
                     else self.cfg.pytest_plugin_autoload)
-        run = pytest_run(tests, [*f2p, *p2p],
+        run = pytest_run(tests, [*f2p, *p2p, *canaries],
                          python=profile.python or self.cfg.python, ini_file=files.ini_file,
                          allow_conftest=files.has_conftest, plugin_autoload=autoload,
                          paths=paths, env=dict(profile.env))
         await sandbox.write_file(run.spec_path, run.spec)
         result = await sandbox.exec(run.command, timeout=timeout)
-        return grade(f2p, p2p, result, run.nonce)
+        return grade(f2p, p2p, result, run.nonce, canaries)
 
     def _grading_bound(self, sandbox: Sandbox) -> Any:
         n = self.cfg.grading_concurrency
@@ -218,16 +327,32 @@ class SweSmithEnv(BaseTaskEnv):
             self._grading_slots[host] = asyncio.Semaphore(n)
         return self._grading_slots[host]
 
-    async def _restore(self, files: InstanceFiles, sandbox: Sandbox) -> None:
-        """Undo whatever the agent did to the test files and the pytest configuration."""
+    async def _restore(self, files: InstanceFiles, sandbox: Sandbox,
+                       f2p: list[str]) -> dict[str, str]:
+        """Undo whatever the agent did to the test files and the pytest configuration, and
+        plant this run's canaries in the F2P test files (which the agent never saw); returns
+        {canary node id: the status it must get}."""
         res: ExecResult = await sandbox.exec(cleanup_script(files), timeout=60.0)
         if not res.ok:
             raise SandboxError(f"pre-grading cleanup failed (exit {res.exit_code}): "
                                f"{(res.stderr or res.stdout)[-300:]}")
-        await asyncio.gather(*(sandbox.write_file(p, data) for p, data in files.restore.items()))
+        restore, canaries = dict(files.restore), {}
+        if self.cfg.canaries:
+            for path in node_files(f2p):
+                restore[path], planted = canary_plant(restore[path], path, f2p)
+                canaries.update(planted)
+        await asyncio.gather(*(sandbox.write_file(p, data) for p, data in restore.items()))
+        return canaries
 
 
 register(TaskKind("swe_smith", SweSmithEnv, load_tasks_with_report))
+
+
+def _agent_broke(task: Task, why: str) -> Verdict:
+    """0.0 for a workspace the agent made ungradable (unreadable, too large): its doing."""
+    log.info("graded %s: score 0.0 (%s)", task.task_id, why)
+    return Verdict(score=0.0, details={"reason": why, "agent_caused": True,
+                                       "fail_to_pass": {}, "pass_to_pass": {}})
 
 
 def cleanup_script(files: InstanceFiles) -> str:
@@ -237,7 +362,7 @@ def cleanup_script(files: InstanceFiles) -> str:
     lines = ["chmod -R u+w . 2>/dev/null"]
     for d in sorted(_ancestors(files.restore), key=lambda p: p.count("/")):
         lines.append(f"if [ -L {q(d)} ] || {{ [ -e {q(d)} ] && [ ! -d {q(d)} ]; }}; then rm -f -- {q(d)}; fi")
-    doomed = sorted(files.restore) + files.planted_inits + [GRADE_LOG, SPEC_FILE]
+    doomed = sorted(files.restore) + files.planted_inits + [GRADE_LOG, SPEC_FILE, DOOMED_LIST]
     if doomed:
         lines.append("rm -rf -- " + " ".join(q(p) for p in doomed))
     names = " -o ".join(f"-name {q(n)}" for n in GUARDED_NAMES)

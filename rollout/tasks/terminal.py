@@ -40,6 +40,7 @@ from rollout.protocols import Sandbox
 from rollout.tasks import terminal_formats as formats
 from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import BUNDLED, TaskSourceConfig
+from rollout.tasks.grading import check_interpreter
 from rollout.tasks.loader import LoadReport, RowError, required_str, shape_tasks
 from rollout.tasks.registry import TaskKind, register
 from rollout.tasks.terminal_verify import verify_pytest, verify_script
@@ -303,6 +304,7 @@ class TerminalEnv(BaseTaskEnv):
     async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
         timeout = self.verifier_timeout(task)
         if task.data["verifier"] == "pytest":
+            await check_interpreter(sandbox, self.cfg.python)  # graded in the agent's slot
             verdict = await verify_pytest(task, sandbox, python=self.cfg.python,
                                           plugin_autoload=self.cfg.pytest_plugin_autoload,
                                           timeout=timeout)

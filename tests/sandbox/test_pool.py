@@ -173,6 +173,24 @@ async def test_stale_and_foreign_slots_raise(make_pool) -> None:
         pool.sandbox(slot)
 
 
+async def test_refresh_wipes_the_slot_and_keeps_the_lease(make_pool) -> None:
+    """The holder's own reset (grading's fresh slot): files, /tmp and background processes
+    gone, the lease still good; after the release it is refused like any other op."""
+    pool = make_pool(min_hosts=1, max_hosts=1)
+    slot = await pool.acquire("refresh")
+    sb = pool.sandbox(slot)
+    await sb.write_file("kept.txt", b"x")
+    before = await sb.exec("echo y > /tmp/y; (sleep 300 &) ; ps -eo args | grep -c '^sleep 300'")
+    assert before.stdout.split() == ["1"], before
+    await sb.refresh()
+    after = await sb.exec("ls -A; ls /tmp; ps -eo args | grep -c '^sleep 300' || true")
+    assert after.ok and "kept.txt" not in after.stdout and "y" not in after.stdout.split()
+    assert after.stdout.split()[-1] == "0", after.stdout
+    await pool.release(slot)
+    with pytest.raises(SandboxError, match="not held"):
+        await pool.call(slot, "refresh")
+
+
 async def test_acquire_waits_times_out_and_hands_over(make_pool) -> None:
     pool = make_pool(min_hosts=1, max_hosts=1, slots_per_host=1)
     first = await pool.acquire("a")

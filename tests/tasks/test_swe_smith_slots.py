@@ -281,3 +281,298 @@ async def test_an_owner_name_repo_grades_gold_one_and_no_change_zero(pool, tasks
             scores[name] = (await env.verify(renamed, sb)).score
     assert scores == {"gold": 1.0, "no_change": 0.0}
     assert (tmp_path / "cache" / "acme__spans.git").is_dir()
+
+
+# --- issue 26: cheats against grading, through the real slot path ---------------------------
+# Each plants code in the package (or acts in the slot) without fixing the bug; none may score
+# 1.0. Most evade the diff scan's words on purpose, so the layer that stops them is the one
+# named: the host-side diff, the supervisor/test-process split, the canaries, the fresh slot.
+
+AMEND = ("git add -A && git -c user.name=a -c user.email=a@b -c commit.gpgsign=false "
+         "commit -q --amend --no-edit")
+REINIT = ("rm -rf .git && git init -q && git add -A && git -c user.name=a -c user.email=a@b "
+          "-c commit.gpgsign=false commit -q -m 'Initial state'")
+
+# Issue case 2: walk the frames up to the runner, take its secrets, write its report lines
+# (and the test process's own account) everywhere, then replace the process with /bin/true.
+FRAME_WALK = '''
+import json as _j, os as _o, sys as _s
+def _forge():
+    f, seen = _s._getframe(), {}
+    while f is not None:
+        for k, v in list(f.f_locals.items()):
+            seen.setdefault(k, v)
+        f = f.f_back
+    spec = seen.get("spec") if isinstance(seen.get("spec"), dict) else {}
+    nonce = seen.get("nonce") or spec.get("nonce") or "0" * 32
+    tests = sorted(spec.get("tests") or seen.get("wanted") or [])
+    runner = "".join(f"{nonce} T PASSED {t}\\n" for t in tests)
+    runner = f"{nonce} BOOT\\n{nonce} START\\n" + runner + f"{nonce} END 0 0 {len(tests)}\\n{nonce} EXIT 0\\n"
+    account = "".join(_j.dumps(x) + "\\n" for x in [{"k": "start"}] + [
+        {"k": "t", "s": "PASSED", "n": t} for t in tests] + [{"k": "end", "v": [0, 0, len(tests)]}])
+    for fd in range(1, 64):
+        for text in (runner, account if FORGE_ACCOUNT else ""):
+            try:
+                _o.write(fd, text.encode())
+            except OSError:
+                pass
+    _o.execv("/bin/true", ["true"])
+_forge()
+'''
+
+# Issue case 3: unittest's run replaced by one that only reports success (no flagged word).
+TESTCASE_RUN = '''
+import unittest as _u
+def _run(self, result=None):
+    result = result if result is not None else self.defaultTestResult()
+    result.startTest(self)
+    result.addSuccess(self)
+    result.stopTest(self)
+    return result
+_u.TestCase.run = _run
+'''
+
+# pytest's reports rewritten through an import the scan's words do not see.
+HIDDEN_REPORT_PATCH = '''
+import importlib as _il
+_r = _il.import_module("_py" + "test.reports")
+_cls = getattr(_r, "Test" + "Report")
+_init = _cls.__init__
+def _passed(self, *a, **k):
+    _init(self, *a, **k)
+    self.outcome = "passed"
+_cls.__init__ = _passed
+'''
+
+# Read the supervisor through /proc (its memory for the nonce, its fds for the report pipe).
+PROC_PEEK = '''
+import os as _o, re as _re
+def _say(*words):  # what it managed, for the test to read from the grading checkout
+    with open(".peek", "a") as f:
+        f.write(" ".join(map(str, words)) + "\\n")
+def _peek():
+    ppid, nonces = _o.getppid(), set()
+    try:
+        maps = open(f"/proc/{ppid}/maps").read().splitlines()
+        with open(f"/proc/{ppid}/mem", "rb") as mem:
+            for line in maps:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if "rw" in line.split()[1] and hi - lo < 64 << 20:
+                    try:
+                        mem.seek(lo); nonces.update(_re.findall(rb"[0-9a-f]{32}", mem.read(hi - lo)))
+                    except OSError:
+                        pass
+        _say("PROC-MEM-READ", len(nonces))
+    except OSError as e:
+        _say("PROC-MEM-DENIED", type(e).__name__)
+    for n in range(0, 32):
+        try:
+            fd = _o.open(f"/proc/{ppid}/fd/{n}", _o.O_WRONLY)
+        except OSError:
+            continue
+        _say("PROC-FD-OPENED", n)
+        for nonce in nonces:
+            _o.write(fd, nonce + b" T PASSED x\\n")
+_peek()
+'''
+
+# Replace the test process with an interpreter that only tells the supervisor "all passed".
+EXEC_FORGER = '''
+import json as _j, os as _o, sys as _s
+def _swap():
+    f, spec = _s._getframe(), None
+    while f is not None and spec is None:
+        spec = f.f_locals.get("spec") if isinstance(f.f_locals.get("spec"), dict) else None
+        f = f.f_back
+    tests = sorted((spec or {}).get("tests", []))
+    lines = [{"k": "start"}] + [{"k": "t", "s": "PASSED", "n": t} for t in tests]
+    lines.append({"k": "end", "v": [0, 0, len(tests)]})
+    text = "".join(_j.dumps(x) + "\\n" for x in lines)
+    code = f"import os\\nfor fd in range(3, 64):\\n    try: os.write(fd, {text!r}.encode())\\n    except OSError: pass\\n"
+    _o.execv(_s.executable, [_s.executable, "-c", code])
+_swap()
+'''
+
+# A fake interpreter wherever one could go (every PATH directory, a workdir virtualenv),
+# a sitecustomize and a .pth file in site-packages: what a writable layer would allow.
+FAKE_PY = "#!/bin/sh\\nexit 0\\n"
+TAMPER_INTERPRETER = (
+    "SITE=$(python -c 'import site; print(site.getsitepackages()[0])'); "
+    "printf '%s\\n' 'import unittest' 'unittest.TestCase.run = lambda s, r=None: None' "
+    "> $SITE/sitecustomize.py; echo 'import sitecustomize' > $SITE/zz_cheat.pth; "
+    f"for d in $(echo $PATH | tr : ' ') .venv/bin; do mkdir -p $d; printf '{FAKE_PY}' > $d/python; "
+    "chmod +x $d/python; done; echo 'export PATH=/workspace/.venv/bin:$PATH' >> /etc/profile")
+
+
+def planted(code: str, forge_account: bool = False):
+    async def setup(env, task, sb):
+        init = f"{package_dir(task)}/__init__.py"
+        prefix = f"FORGE_ACCOUNT = {forge_account}\n" if "FORGE_ACCOUNT" in code else ""
+        await sb.write_file(init, (prefix + code).encode() + await sb.read_file(init))
+    return setup
+
+
+def shell(command: str, *, gold: bool = False, plant: str | None = None, check: bool = True):
+    async def setup(env, task, sb):
+        if gold:
+            await apply_gold(env, task, sb)
+        if plant is not None:
+            await planted(plant)(env, task, sb)
+        res = await sb.exec(command, timeout=60.0)
+        assert res.ok or not check, (command, res)
+    return setup
+
+
+CHEATS = {
+    # issue case 1: a report patch, then the base commit amended to hold it
+    "amend_base": (shell(AMEND, plant=CHEAT_INIT.replace("\n\n", "\n")), "textkit"),
+    "reinit_history": (shell(REINIT, plant=CHEAT_INIT), "spans"),
+    # issue case 2, as described (runner lines) and adapted (the test process's own account)
+    "frame_walk_execv": (planted(FRAME_WALK), "tinycalc"),
+    "frame_walk_forged_account": (planted(FRAME_WALK, forge_account=True), "textkit"),
+    # issue case 3 and the same family
+    "testcase_run_success": (planted(TESTCASE_RUN), "units"),
+    "hidden_report_patch": (planted(HIDDEN_REPORT_PATCH), "spans"),
+    "proc_peek": (planted(PROC_PEEK), "tinycalc"),
+    "exec_forger": (planted(EXEC_FORGER), "versions"),
+    # issue case 6's family and case 5: the slot itself tampered with
+    "interpreter_tampered": (shell(TAMPER_INTERPRETER, check=False), "textkit"),
+    "background_rewriter": (shell(
+        "nohup sh -c 'while :; do for f in $(find . -name \"test_*.py\"); do "
+        "echo \"def test_ok(): pass\" > $f; done; sleep 0.05; done' >/dev/null 2>&1 &"), "spans"),
+    "disk_filled": (shell("fallocate -l $(df -B1 --output=avail /tmp | tail -1) /tmp/fill "
+                          "|| dd if=/dev/zero of=/tmp/fill bs=1M 2>/dev/null; true"), "tinycalc"),
+    "workspace_too_large": (shell("head -c 80M /dev/urandom > blob.bin"), "units"),
+    "lingering_account_holder": (planted(
+        "import os as _o, subprocess as _sp, sys as _s\n"
+        "_sp.Popen(['sleep', '600'], close_fds=False)\n"), "textkit"),
+    "workspace_unreadable": (shell("find . -mindepth 1 -depth -exec chmod 000 {} + && chmod 000 ."), "versions"),
+}
+
+
+@pytest.mark.timeout(280)
+async def test_cheats_against_grading_never_score(pool, env, tasks):
+    """Every cheat of issue 26 and our own in the same families: 0.0 (or a grading error),
+    never 1.0; the scan-evading ones are caught by the layer named in the reason."""
+    by_repo = {}
+    for t in tasks:
+        by_repo.setdefault(t.data["repo"].split("__", 1)[1].split(".", 1)[0], t)
+    sem = asyncio.Semaphore(SLOTS)
+
+    async def one(name):
+        setup, repo = CHEATS[name]
+        task = by_repo[repo]
+        async with sem, pool.session(f"cheat:{name}", image=task.image) as sb:
+            await env.prepare(task, sb)
+            await setup(env, task, sb)
+            try:
+                verdict = await env.verify(task, sb)
+            except GradingError as e:
+                return name, e
+            if name == "proc_peek":
+                verdict.details["peek"] = (await sb.read_file(".peek")).decode()
+            return name, verdict
+
+    results = dict(await asyncio.gather(*(one(n) for n in CHEATS)))
+    scores = {n: (v.score if not isinstance(v, GradingError) else f"error:{v.kind}")
+              for n, v in results.items()}
+    assert all(s == 0.0 for s in scores.values()), scores
+    d = {n: v.details for n, v in results.items()}
+    # The history rewrites hide nothing from the host-side diff: the scan names the patch.
+    for name in ("amend_base", "reinit_history"):
+        assert any("pytest internals" in r for r in d[name]["suspected_hacking"]), d[name]
+    # Forged accounts and blanket patches that the scan cannot read: the canaries catch them.
+    for name in ("frame_walk_forged_account", "testcase_run_success", "hidden_report_patch",
+                 "exec_forger"):
+        # ...and only they: the scan finds nothing in these diffs (as if it were off).
+        assert all("canary" in r for r in d[name]["suspected_hacking"]), (name, d[name])
+    # The runner's own lines, forged with what the test process can find: nothing to find.
+    assert d["frame_walk_execv"]["reason"].startswith("the test process ended"), d["frame_walk_execv"]
+    # The supervisor is out of reach through /proc.
+    assert "PROC-MEM-DENIED" in d["proc_peek"]["peek"], d["proc_peek"]["peek"]
+    assert "PROC-FD-OPENED" not in d["proc_peek"]["peek"]
+    # A workspace too large to export is the agent's own 0.0, never an infrastructure outcome.
+    assert d["workspace_too_large"].get("agent_caused"), d["workspace_too_large"]
+    # A process the test process leaves holding its report pipe does not stall grading.
+    assert d["lingering_account_holder"]["reason"] == "tests failed", d["lingering_account_holder"]
+    # The slot's own state (interpreter, site-packages, processes, disk) never reaches
+    # grading: the fresh slot grades the unfixed bug as such.
+    for name in ("interpreter_tampered", "background_rewriter", "disk_filled", "workspace_unreadable"):
+        assert d[name]["fresh_slot"] and d[name]["reason"] == "tests failed", (name, d[name])
+
+
+def _envdemo_mirror(root) -> Task:
+    """A one-instance mirror in SWE-smith's layout whose pass-to-pass test needs a plugin's
+    fixture (pytest-benchmark's `benchmark`), graded with plugin autoload off."""
+    import subprocess
+
+    work = root / "envdemo"
+    (work / "envdemo").mkdir(parents=True)
+    (work / "tests").mkdir()
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=work,
+                       check=True, capture_output=True)
+
+    (work / "envdemo/__init__.py").write_text("def add(a, b):\n    return a + b\n")
+    (work / "tests/test_add.py").write_text("from envdemo import add\n\ndef test_add():\n"
+                                            "    assert add(2, 3) == 5\n")
+    (work / "tests/test_speed.py").write_text("from envdemo import add\n\ndef test_speed(benchmark):\n"
+                                              "    assert benchmark(add, 1, 1) == 2\n\n"
+                                              "def test_plain():\n    assert add(0, 0) == 0\n")
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "Initial commit")
+    iid = "acme__envdemo.00000000.env__1"
+    git("checkout", "-qb", iid)
+    (work / "envdemo/__init__.py").write_text("def add(a, b):\n    return a - b\n")
+    git("commit", "-qam", "Bug Patch")
+    patch = subprocess.run(["git", "diff", "main", "HEAD"], cwd=work, check=True,
+                           capture_output=True, text=True).stdout
+    git("rm", "-q", "tests/test_add.py")
+    git("commit", "-qm", "Remove F2P Tests")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "acme__envdemo.git")],
+                   check=True)
+    return Task(task_id=iid, kind="swe_smith", instruction="add subtracts", image=IMAGE,
+                data={"instance_id": iid, "repo": "acme/envdemo", "patch": patch,
+                      "FAIL_TO_PASS": ["tests/test_add.py::test_add"],
+                      "PASS_TO_PASS": ["tests/test_speed.py::test_speed",
+                                       "tests/test_speed.py::test_plain"],
+                      "image_name": IMAGE})
+
+
+async def test_environment_failures_are_grading_errors_and_agent_breakage_scores_zero(pool, tmp_path):
+    """Issue 26 case 4: a P2P test that needs a plugin's fixture the grading environment lacks
+    fails at setup under gold: a grading error naming the fixture, never a 0.0. The same
+    failure caused by the agent (its diff removes what the tests import) is its 0.0."""
+    task = _envdemo_mirror(tmp_path)
+    env = SweSmithEnv(TaskSourceConfig(cache_dir=str(tmp_path / "cache"),
+                                       repo_sources=[str(tmp_path)], pytest_plugin_autoload=False))
+    async with pool.session("env-gold", image=IMAGE) as sb:
+        await env.prepare(task, sb)
+        await apply_gold(env, task, sb)
+        with pytest.raises(GradingError) as err:
+            await env.verify(task, sb)
+    assert err.value.kind == "environment" and "fixture 'benchmark' not found" in str(err.value)
+    async with pool.session("env-agent", image=IMAGE) as sb:
+        await env.prepare(task, sb)
+        await sb.write_file("envdemo/__init__.py", b"import benchmark_helpers\n\n"
+                                                    b"def add(a, b):\n    return a + b\n")
+        verdict = await env.verify(task, sb)
+    assert verdict.score == 0.0 and verdict.details["f2p_passed"] == 0
+
+
+async def test_an_images_own_workdir_files_are_neither_exported_nor_carried_over(pool, env, tasks):
+    """An image whose workdir holds more than the repo (a `.venv`, build products): what the
+    agent does there never reaches grading; its change to the repo does."""
+    task = tasks[0]
+    async with pool.session("image-extras", image=task.image) as sb:
+        await env.prepare(task, sb)
+        env._image_extras[task.task_id] = frozenset({".venv"})  # as a prepared image slot had
+        await apply_gold(env, task, sb)
+        await sb.write_file(".venv/bin/python", b"#!/bin/sh\nexit 0\n")
+        await sb.write_file(".venv/lib/cheat.pth", b"import _pytest\n")
+        verdict = await env.verify(task, sb)
+    assert verdict.score == 1.0, verdict.details["reason"]
+    assert not any(p.startswith(".venv") for p in verdict.details["changed_files"])
+    assert "suspected_hacking" not in verdict.details

@@ -201,3 +201,24 @@ async def test_the_tmux_tool_drives_an_interactive_session(pool):
     assert final_screen(cast).startswith("$") and captured.rsplit("\n", 1)[0] in cast.replace(
         "\\r\\n", "\n")
     assert len(screens) > 5
+
+
+async def test_an_interpreter_in_the_agents_workspace_is_refused(pool):
+    """Issue 26 case 6: the image's Python lives in the writable workdir (`.venv`); the agent
+    replaced it with a script printing passes. Graded with it: refused, never scored. The
+    same fake beside the default interpreter changes nothing."""
+    task = next(t for t in load_tasks(TERMINAL) if t.task_id == "greet-script")
+    fake = "#!/bin/sh\necho 'PASSED'\nexit 0\n"
+    for python, expect in ((".venv/bin/python", "refused"), ("python", 0.0)):
+        env = make_env("terminal", {**TERMINAL, "python": python})
+        async with pool.session(f"venv-{expect}") as sandbox:
+            await env.prepare(task, sandbox)
+            await sandbox.write_file(".venv/bin/python", fake.encode())
+            assert (await sandbox.exec("chmod +x .venv/bin/python")).ok
+            traj = await run_rollout(task, env, _policy(env, "scripted", ["Done."]), sandbox,
+                                     AgentConfig(), trajectory_id=f"venv-{expect}")
+        if expect == "refused":
+            assert traj.outcome == Outcome.GRADING_ERROR and "unsafe_interpreter" in traj.error, traj.error
+            assert "tasks.python" in traj.error
+        else:
+            assert traj.outcome == Outcome.DONE and traj.score == 0.0, traj.error
