@@ -1,0 +1,297 @@
+"""One filesystem step of an image build (RUN, or COPY/ADD/WORKDIR's writes), in a process
+of its own: `python -m sandbox_image.build_sandbox SPEC.json` (started by the Dockerfile
+builder, already in the build's memory/pids cgroup, under its time limit).
+
+The step's process has a private mount namespace, so every mount below ends with it:
+- the step's scratch filesystem: a loop-mounted ext4 of the build's disk size (a RUN that
+  writes more gets ENOSPC; the host's disk is never filled), holding the overlay's upper
+  layer, which is the step's layer;
+- the image root: an overlay of the parent layers (each a finished step's upper layer)
+  over the base image's root, shown through an idmapped mount so its files belong to root
+  of the build's user namespace;
+- RUN: bubblewrap as an unprivileged host uid, in a user namespace that maps 0..65535
+  inside to `uid_base`.. outside (so apt's setgroups to 65534 works, and root inside is no
+  one on the host), with its own pid/ipc/uts/net namespaces, the slots' capability set and
+  seccomp filter, masked /proc files and a read-only /proc/sys, and an environment made
+  of the Dockerfile's ENV/ARG alone;
+- COPY/ADD: the writes are done here, each path resolved inside the image root
+  (`sandbox_image.inroot`: openat2 RESOLVE_IN_ROOT), owned by the image's root.
+When the step succeeds its upper layer is copied to `out`. The outcome is written as JSON
+to `result` ({"exit": n, "disk_full": bool} or {"error": "..."}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from sandbox_image import mounts
+from sandbox_image.container import hardening_args
+from sandbox_image.inroot import Writer, open_in
+from sandbox_image.isolation import HOST_ENV
+from sandbox_image.userns import IdRange, MappingNamespace, idmapped_clone, write_maps
+
+_OVERLAY_OPTS = "redirect_dir=off,index=off,metacopy=off"
+_MOUNT_POINTS = ("proc", "dev", "tmp")
+
+
+class StepError(Exception):
+    pass
+
+
+def _read_in(root_fd: int, path: str) -> str:
+    try:
+        fd = open_in(root_fd, path, os.O_RDONLY)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 20).decode(errors="replace")
+
+
+def resolve_user(root: str, user: str) -> tuple[int, int]:
+    """(uid, gid) inside the image of `user` (`name`, `uid`, `name:group`, `uid:gid`)."""
+    name, _, group = (user or "0").partition(":")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        passwd, groups = _read_in(fd, "/etc/passwd"), _read_in(fd, "/etc/group")
+    finally:
+        os.close(fd)
+
+    def lookup(table: str, key: str, what: str) -> tuple[int, int]:
+        if key.isdigit():
+            return int(key), int(key)
+        for line in table.splitlines():
+            fields = line.split(":")
+            if len(fields) > 3 and fields[0] == key:
+                return int(fields[2]), int(fields[3]) if what == "user" else int(fields[2])
+        raise StepError(f"{what} {key!r} is not in the image's /etc/{'passwd' if what == 'user' else 'group'}")
+
+    uid, gid = lookup(passwd, name or "0", "user")
+    if group:
+        gid = lookup(groups, group, "group")[0]
+    return uid, gid
+
+
+def _mount_scratch(spec: dict[str, Any], at: str) -> str | None:
+    """The step's scratch filesystem at `at`; returns the backing file (None: a plain dir)."""
+    size = spec.get("disk_bytes")
+    if not size:
+        return None
+    image = spec["scratch_image"]
+    with open(image, "wb") as f:
+        f.truncate(size)
+    argv = ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E",
+            "lazy_itable_init=1,nodiscard,root_owner=0:0"]
+    if spec.get("inodes"):
+        argv[3:3] = ["-N", str(spec["inodes"])]
+    proc = subprocess.run([*argv, image], capture_output=True, env=dict(HOST_ENV), timeout=120)
+    if proc.returncode != 0:
+        raise StepError(f"mkfs.ext4 failed: {proc.stderr.decode(errors='replace').strip()}")
+    fd, dev = mounts.attach_loop(image)
+    try:
+        mounts.mount(dev, at, "ext4", mounts.MS_NOSUID, "noinit_itable")
+    finally:
+        os.close(fd)
+    return image
+
+
+def _overlay(layers_root: str, layers: list[str], base: str, target: str,
+             upper: tuple[str, str] | None) -> None:
+    """An overlay of `layers` (bottom first, names under `layers_root`) over `base`."""
+    # Relative lower paths (from the layers dir) keep the option string short: the kernel
+    # takes one page of mount options.
+    os.chdir(layers_root)
+    lowers = ":".join([*(f"{name}/diff" for name in reversed(layers)), base])
+    opts = f"lowerdir={lowers}"
+    if upper is not None:
+        opts += f",upperdir={upper[0]},workdir={upper[1]},{_OVERLAY_OPTS}"
+    mounts.mount("overlay", target, "overlay", mounts.MS_NOSUID | mounts.MS_NODEV, opts)
+
+
+def _source_root(spec: dict[str, Any], stage: dict[str, Any], tmp: str, n: int) -> str:
+    """A read-only view of another stage's root (COPY --from)."""
+    if not stage["layers"]:
+        return stage["base"]
+    target = os.path.join(tmp, f"from{n}")
+    os.mkdir(target)
+    _overlay(spec["layers_root"], stage["layers"], stage["base"], target, None)
+    return target
+
+
+def _copy(spec: dict[str, Any], root: str, tmp: str, ids: IdRange) -> None:
+    sources: dict[str, str] = {}
+    with Writer(root, (ids.base, ids.base)) as w:
+        for path in spec.get("mkdirs", []):
+            w.makedirs(path)
+        for n, item in enumerate(spec.get("items", [])):
+            owner = None
+            if item.get("chown"):
+                uid, gid = resolve_user(root, item["chown"])
+                owner = (ids.base + uid, ids.base + gid)
+            kind = item["kind"]
+            if kind == "data":
+                w.write_file(item["dest"], item["data"].encode(), item.get("mode", 0o644),
+                             owner=owner)
+            elif kind == "tar":
+                w.extract_tar(item["archive"], item["dest"], owner)
+            else:
+                src_root = item.get("src_root")
+                if item.get("stage") is not None:
+                    key = item["stage"]["key"]
+                    if key not in sources:
+                        sources[key] = _source_root(spec, item["stage"], tmp, n)
+                    src_root = sources[key]
+                w.copy_tree_from(src_root, item["src"], item["dest"], item["into_dir"], owner)
+
+
+def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
+    run = spec["run"]
+    uid, gid = resolve_user(root, run.get("user") or "0")
+    with Writer(root, (ids.base, ids.base)) as w:
+        for d in (*_MOUNT_POINTS, run["cwd"]):
+            w.makedirs(d)
+    info_r, info_w = os.pipe()
+    ublock_r, ublock_w = os.pipe()
+    block_r, block_w = os.pipe()
+    seccomp = os.open(run["seccomp"], os.O_RDONLY)
+    net = [] if run.get("network") else ["--unshare-net"]
+    caps = hardening_args() if uid == 0 else ["--cap-drop", "ALL"]
+    env: list[str] = ["--clearenv"]
+    for key, value in run["env"].items():
+        env += ["--setenv", key, value]
+    argv = [run["setpriv"], f"--reuid={ids.base}", f"--regid={ids.base}", "--clear-groups",
+            "--", run["bwrap"], "--unshare-user", "--userns-block-fd", str(ublock_r),
+            "--info-fd", str(info_w), "--block-fd", str(block_r),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", *net,
+            "--hostname", "buildkitsandbox", "--uid", str(uid), "--gid", str(gid),
+            "--bind", root, "/", "--dev", "/dev", "--proc", "/proc",
+            # Read-only even to root inside (whose host uid owns no sysctl anyway).
+            "--ro-bind", "/proc/sys", "/proc/sys", *caps, "--seccomp", str(seccomp),
+            "--die-with-parent", *env, "--chdir", run["cwd"], "--", *run["argv"]]
+    proc = subprocess.Popen(argv, env=dict(HOST_ENV), stdin=subprocess.DEVNULL,
+                            pass_fds=(info_w, ublock_r, block_r, seccomp), cwd="/")
+    for fd in (info_w, ublock_r, block_r, seccomp):
+        os.close(fd)
+    slirp = None
+    try:
+        info, child = b"", 0
+        while chunk := os.read(info_r, 4096):
+            info += chunk
+            try:
+                child = int(json.loads(info)["child-pid"])
+                break
+            except ValueError:
+                continue
+        os.close(info_r)
+        info_r = -1
+        if not child:  # bubblewrap failed before its namespaces existed: its stderr says why
+            return proc.wait()
+        write_maps(child, ids)
+        os.write(ublock_w, b"1")
+        if run.get("network"):
+            slirp = _egress(run, child, ids)
+        os.write(block_w, b"1")
+        return proc.wait()
+    finally:
+        if info_r >= 0:
+            os.close(info_r)
+        os.close(ublock_w)
+        os.close(block_w)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if slirp is not None:
+            slirp.kill()
+            slirp.wait()
+
+
+def _egress(run: dict[str, Any], child: int, ids: IdRange) -> subprocess.Popen[bytes]:
+    """The build's own user-mode network (slirp4netns), never the host's namespace."""
+    ready_r, ready_w = os.pipe()
+    slirp = subprocess.Popen(
+        [run["setpriv"], f"--reuid={ids.base}", f"--regid={ids.base}", "--clear-groups", "--",
+         run["slirp"], "--configure", "--mtu=65520", "--disable-host-loopback",
+         f"--ready-fd={ready_w}", f"--userns-path=/proc/{child}/ns/user",
+         "--netns-type=path", f"/proc/{child}/ns/net", "tap0"],
+        env=dict(HOST_ENV), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, pass_fds=(ready_w,))
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as f:
+        if not f.read(1):
+            raise StepError("slirp4netns (the build's network) did not start")
+    return slirp
+
+
+def step(spec: dict[str, Any]) -> dict[str, Any]:
+    ids = IdRange(spec["uid_base"])
+    mounts.enter_private_mount_namespace()
+    # bubblewrap runs as the unprivileged uid: the root it binds must be reachable by it.
+    tmp = tempfile.mkdtemp(prefix="image-build-", dir="/tmp")
+    os.chmod(tmp, 0o711)
+    scratch_image = None
+    try:
+        scratch, base, merged = (os.path.join(tmp, d) for d in ("s", "b", "m"))
+        for d in (scratch, base, merged):
+            os.mkdir(d, 0o711)
+        scratch_image = _mount_scratch(spec, scratch)
+        upper, work = os.path.join(scratch, "upper"), os.path.join(scratch, "work")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+        os.chown(upper, ids.base, ids.base)
+        ns = MappingNamespace(ids)
+        try:
+            idmapped_clone(spec["base"], base, ns.fd)
+        finally:
+            ns.close()
+        _overlay(spec["layers_root"], spec["layers"], base, merged, (upper, work))
+        code = 0
+        if spec.get("run"):
+            code = _run(spec, merged, ids)
+        else:
+            _copy(spec, merged, tmp, ids)
+        st = os.statvfs(scratch)
+        disk_full = bool(spec.get("disk_bytes")) and st.f_bavail * st.f_frsize < (1 << 20)
+        if code == 0:
+            # cp -a keeps what the layer means to overlayfs: whiteouts (0/0 char devices),
+            # opaque directories (trusted.overlay.opaque), owners, modes, links.
+            out = spec["out"]
+            os.mkdir(out, 0o755)
+            proc = subprocess.run(["cp", "-a", "--", f"{upper}/.", f"{out}/"],
+                                  capture_output=True, env=dict(HOST_ENV), timeout=3600)
+            if proc.returncode != 0:
+                raise StepError("copying the step's layer out failed: "
+                                + proc.stderr.decode(errors="replace").strip()[-300:])
+        return {"exit": code, "disk_full": disk_full}
+    finally:
+        os.chdir("/")
+        for target in mounts.mounts_under(tmp):
+            try:
+                mounts.unmount(target)
+            except OSError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+        if scratch_image:
+            try:
+                os.unlink(scratch_image)
+            except OSError:
+                pass
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(open(argv[1]).read())
+    try:
+        result = step(spec)
+    except (StepError, OSError, subprocess.SubprocessError) as e:
+        result = {"error": str(e)}
+    with open(spec["result"], "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
