@@ -114,8 +114,13 @@ class ImageStore:
 
     def __init__(self, root: Path | str, max_bytes: int, *, max_image_bytes: int | None = None,
                  max_entries: int = 1_000_000, registry: RegistryClient | None = None,
-                 platform: tuple[str, str] | None = None, unpack_threads: int = 2) -> None:
+                 platform: tuple[str, str] | None = None, unpack_threads: int = 2,
+                 sources: dict[str, str] | None = None) -> None:
+        """`sources`: image names (`ubuntu:22.04`) -> where that image really comes from
+        (an OCI layout dir, an OCI or `docker save` tar, `#name` to pick one, or another
+        reference, e.g. a registry mirror): a name found here never goes to its registry."""
         self.root = Path(root)
+        self.sources = dict(sources or {})
         self.max_bytes = max_bytes
         self.max_image_bytes = max_image_bytes if max_image_bytes is not None else max_bytes
         self.max_entries = max_entries
@@ -208,8 +213,29 @@ class ImageStore:
 
     # -- resolving a reference -----------------------------------------------------------
 
+    def mapped(self, text: str) -> str | None:
+        """What `sources` maps the name `text` to (exactly, or as the same registry
+        reference: `ubuntu:22.04` and `docker.io/library/ubuntu:22.04` are one name)."""
+        if text in self.sources:
+            return self.sources[text]
+        if not self.sources or is_local_ref(text) or text.startswith("sha256:"):
+            return None
+        try:
+            wanted = str(parse_reference(text))
+        except ImageError:
+            return None
+        for name, source in self.sources.items():
+            with contextlib.suppress(ImageError):
+                if str(parse_reference(name)) == wanted:
+                    return source
+        return None
+
     async def _pending(self, ref: str | os.PathLike[str], refresh: bool) -> _Pending:
         text = os.fspath(ref)
+        if not isinstance(ref, os.PathLike):
+            target = self.mapped(text)
+            if target is not None:
+                text = target
         if isinstance(ref, os.PathLike) or is_local_ref(text):
             for prefix in LOCAL_PREFIXES:
                 text = text.removeprefix(prefix)
