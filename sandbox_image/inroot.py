@@ -81,9 +81,10 @@ class Writer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def makedirs(self, path: str, owner: tuple[int, int] | None = None) -> None:
+    def makedirs(self, path: str, owner: tuple[int, int] | None = None, _depth: int = 0) -> None:
         """`mkdir -p` inside the root; directories it makes get `owner` (default: the
-        writer's)."""
+        writer's). A symlink on the way is followed inside the root, and a dangling one
+        gets its target made (as Docker's WORKDIR and COPY do)."""
         uid, gid = owner or self.owner
         parts = [p for p in path.split("/") if p and p != "."]
         for i in range(len(parts)):
@@ -96,16 +97,21 @@ class Writer:
             except NotADirectoryError:
                 raise InRootError(errno.ENOTDIR, f"{sub} exists in the image and is not a "
                                   "directory") from None
-            parent = open_in(self.fd, "/" + "/".join(parts[:i]), os.O_RDONLY | os.O_DIRECTORY)
+            parent_path = "/" + "/".join(parts[:i])
+            parent = open_in(self.fd, parent_path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 try:
                     os.mkdir(parts[i], 0o755, dir_fd=parent)
-                except FileExistsError:  # a dangling symlink: its target is outside any dir
-                    raise InRootError(errno.EEXIST, f"{sub} is a link to nothing in the "
-                                      "image") from None
-                os.chown(parts[i], uid, gid, dir_fd=parent, follow_symlinks=False)
+                    os.chown(parts[i], uid, gid, dir_fd=parent, follow_symlinks=False)
+                    continue
+                except FileExistsError:  # a dangling symlink
+                    target = os.readlink(parts[i], dir_fd=parent)
             finally:
                 os.close(parent)
+            if _depth >= 16:
+                raise InRootError(errno.ELOOP, f"{sub}: too many levels of symlinks")
+            # normpath keeps `..` from climbing above the root, as RESOLVE_IN_ROOT does.
+            self.makedirs(os.path.normpath(os.path.join(parent_path, target)), owner, _depth + 1)
 
     def is_dir(self, path: str) -> bool:
         try:
@@ -116,12 +122,21 @@ class Writer:
 
     def write_file(self, path: str, data: bytes | Iterator[bytes], mode: int,
                    mtime_ns: int | None = None, owner: tuple[int, int] | None = None) -> None:
-        """Create or replace the file `path` (a symlink on the way, or at it, is followed
-        inside the root, as Docker does)."""
+        """Create or replace the file `path` (a symlink on the way is followed inside the
+        root; one at `path` itself is replaced)."""
         uid, gid = owner or self.owner
-        parent, _ = _split(path)
+        parent, leaf = _split(path)
         self.makedirs(parent, owner)
-        fd = open_in(self.fd, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        pfd = open_in(self.fd, parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # The leaf itself is replaced, never written through (a link is not followed).
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISLNK(os.lstat(leaf, dir_fd=pfd).st_mode):
+                    os.unlink(leaf, dir_fd=pfd)
+            fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=pfd)
+        finally:
+            os.close(pfd)
         try:
             chunks = [data] if isinstance(data, bytes) else data
             for chunk in chunks:

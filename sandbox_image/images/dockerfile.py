@@ -616,9 +616,7 @@ class DockerfileBuilder:
             raise _fail(step.line, f"{step.op} needs a destination")
         if not dest.startswith("/"):
             dest = f"{c.workdir.rstrip('/')}/{dest}"
-        heredoc_words = {f"<<{d.word}", f"<<-{d.word}", f"<<'{d.word}'", f'<<"{d.word}"',
-                         f"<<-'{d.word}'", f'<<-"{d.word}"'} if step.heredocs else set()
-        sources = [w for w in words[:-1] if w not in heredoc_words]
+        sources = [w for w in words[:-1] if not _HEREDOC.fullmatch(w)]
         many = len(sources) + len(step.heredocs) > 1
         into_dir = many or dest.endswith("/")
         if many and not dest.endswith("/"):

@@ -90,3 +90,10 @@ def child_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def debian_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """A small Debian base with dpkg, apt, bash and coreutils (debian_image.py)."""
+    from .debian_image import build_debian_image
+    return build_debian_image(tmp_path_factory.mktemp("images") / "debian")
