@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from sandbox_image import mounts
@@ -174,7 +173,8 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             "--ro-bind", "/proc/sys", "/proc/sys", *caps, "--seccomp", str(seccomp),
             "--die-with-parent", *env, "--chdir", run["cwd"], "--", *run["argv"]]
     proc = subprocess.Popen(argv, env=dict(HOST_ENV), stdin=subprocess.DEVNULL,
-                            pass_fds=(info_w, ublock_r, block_r, seccomp), cwd="/")
+                            pass_fds=(info_w, ublock_r, block_r, seccomp), cwd="/",
+                            preexec_fn=_killable)
     for fd in (info_w, ublock_r, block_r, seccomp):
         os.close(fd)
     slirp = None
@@ -210,6 +210,18 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             slirp.wait()
 
 
+def _oom_score(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:
+        pass
+
+
+def _killable() -> None:
+    _oom_score(0)
+
+
 def _egress(run: dict[str, Any], child: int, ids: IdRange) -> subprocess.Popen[bytes]:
     """The build's own user-mode network (slirp4netns), never the host's namespace."""
     ready_r, ready_w = os.pipe()
@@ -230,9 +242,12 @@ def _egress(run: dict[str, Any], child: int, ids: IdRange) -> subprocess.Popen[b
 def step(spec: dict[str, Any]) -> dict[str, Any]:
     ids = IdRange(spec["uid_base"])
     mounts.enter_private_mount_namespace()
-    # bubblewrap runs as the unprivileged uid: the root it binds must be reachable by it.
-    tmp = tempfile.mkdtemp(prefix="image-build-", dir="/tmp")
-    os.chmod(tmp, 0o711)
+    # The build's memory limit should end the RUN rather than this process (the server
+    # cleans up after either; without CAP_SYS_RESOURCE this is refused, and that is fine).
+    _oom_score(-1000)
+    # bubblewrap runs as the unprivileged uid: the root it binds must be reachable by it
+    # (the server made this directory, 0711 under /tmp, and removes it after the step).
+    tmp = spec["mount_dir"]
     scratch_image = None
     try:
         scratch, base, merged = (os.path.join(tmp, d) for d in ("s", "b", "m"))
@@ -274,7 +289,6 @@ def step(spec: dict[str, Any]) -> dict[str, Any]:
                 mounts.unmount(target)
             except OSError:
                 pass
-        shutil.rmtree(tmp, ignore_errors=True)
         if scratch_image:
             try:
                 os.unlink(scratch_image)

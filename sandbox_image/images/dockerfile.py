@@ -43,6 +43,7 @@ import shutil
 import stat
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -675,11 +676,15 @@ class DockerfileBuilder:
                        line: int, what: str) -> None:
         tmp = self.root / "tmp" / f"{key}.{secrets.token_hex(4)}"
         tmp.mkdir(mode=0o700)
+        # Where the step mounts its root: reachable by the unprivileged uid bubblewrap runs
+        # as; removed here whatever happened to the step.
+        mount_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="image-build-", dir="/tmp")
+        os.chmod(mount_dir, 0o711)
         try:
             full = {**spec, "uid_base": self.ids.base, "base": st.base_rootfs,
                     "layers_root": str(self.root / "layers"), "layers": st.layers,
                     "out": str(tmp / "diff"), "result": str(tmp / "result.json"),
-                    "scratch_image": str(tmp / "scratch.img"),
+                    "scratch_image": str(tmp / "scratch.img"), "mount_dir": mount_dir,
                     "disk_bytes": self.disk_mb << 20 if self.disk_mb else None,
                     "inodes": self.inodes}
             (tmp / "spec.json").write_text(json.dumps(full))
@@ -702,6 +707,7 @@ class DockerfileBuilder:
             if result.timed_out:
                 reason = f"timed out after {self.run_timeout:g}s (the build's time limit)"
             elif "error" in outcome:
+                log.debug("build step %s: %s", key[:12], tail)
                 raise _fail(line, f"{what} failed: {outcome['error']}")
             elif code == 0 and result.exit_code == 0:
                 self._publish(tmp, key)
@@ -718,6 +724,7 @@ class DockerfileBuilder:
             raise _fail(line, f"{what} failed ({reason}): {tail or 'no output'}")
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
+            await asyncio.to_thread(shutil.rmtree, mount_dir, True)
 
     def _publish(self, tmp: Path, key: str) -> None:
         staging = tmp / "layer"
