@@ -75,7 +75,7 @@ def run_launch(tasks_dir: Path, run_dir: Path, *overrides: str) -> str:
 
 
 def builds(tasks_dir: Path) -> list[str]:
-    found = tasks_dir / "store" / "builds"
+    found = tasks_dir / "store" / "builds" / "images"
     return sorted(p.name for p in found.iterdir() if p.is_dir()) if found.is_dir() else []
 
 
