@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parent / "bench"
 @pytest.mark.parametrize("script, expect", [
     ("bench_sandbox.py", "a tool call in a warm slot container against bare bwrap"),
     ("bench_throughput.py", "CPU-seconds per tool call by process"),
+    ("bench_builds.py", "layer blobs on disk"),
 ])
 def test_bench_smoke(script: str, expect: str) -> None:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True,
