@@ -81,6 +81,8 @@ _FLAGS = {"COPY": ("from", "chown", "chmod", "link"), "ADD": ("chown", "chmod", 
 class DockerfileError(ImageError):
     """A Dockerfile that cannot be built: the message names the line and why."""
 
+    transient = False  # True: may build next time (the base could not be fetched)
+
 
 @dataclass(frozen=True)
 class Heredoc:
@@ -380,15 +382,15 @@ def _context_sources(context: Path, step: Step, patterns: list[str]) -> list[str
                        if fnmatch.fnmatch(n, os.path.basename(rel))]
             if not matched:
                 raise _fail(step.line, f"{step.op} source {pattern!r} matches nothing in the context")
-            out += matched
-            continue
-        path = os.path.join(context, rel)
-        if not os.path.lexists(path):
-            raise _fail(step.line, f"{step.op} source {pattern!r} does not exist in the context")
-        target = os.path.realpath(path)
-        if target != real and not target.startswith(real + os.sep):
-            raise _fail(step.line, f"{step.op} source {pattern!r} is outside the build context")
-        out.append(rel)
+        else:
+            matched = [rel]
+            if not os.path.lexists(os.path.join(context, rel)):
+                raise _fail(step.line, f"{step.op} source {pattern!r} does not exist in the context")
+        for m in matched:
+            target = os.path.realpath(os.path.join(context, m))
+            if target != real and not target.startswith(real + os.sep):
+                raise _fail(step.line, f"{step.op} source {m!r} is outside the build context")
+        out += matched
     return out
 
 
@@ -447,7 +449,7 @@ class DockerfileBuilder:
         except DockerfileError as e:
             # A Dockerfile that failed fails the same way until it (or its context) changes:
             # the next slot asking gets the error at once.
-            if not isinstance(e.__cause__, asyncio.CancelledError):
+            if not e.transient:
                 self._failed[request] = e
             raise
 
@@ -526,7 +528,9 @@ class DockerfileBuilder:
         try:
             image = await self.store.get(ref, pin=True)
         except ImageError as e:
-            raise _fail(line, f"cannot get the base image {ref!r}: {e}") from e
+            err = _fail(line, f"cannot get the base image {ref!r}: {e}")
+            err.transient = True  # a registry or mirror may answer next time
+            raise err from e
         pinned.append(image.digest)
         return image
 
