@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -154,28 +155,42 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
     with Writer(root, (ids.base, ids.base)) as w:
         for d in (*_MOUNT_POINTS, run["cwd"]):
             w.makedirs(d)
+    network = bool(run.get("network"))
     info_r, info_w = os.pipe()
     ublock_r, ublock_w = os.pipe()
-    block_r, block_w = os.pipe()
+    # With a network, the command waits at a gate (a shell inside the sandbox) until the
+    # build's slirp4netns has set it up; slirp4netns can join the sandbox's namespaces only
+    # once bubblewrap has built it, which the gate's "ready" tells. Two FIFOs under the
+    # sandbox's own /dev (a tmpfs: nothing of them lands in the layer).
+    fifo_dir = os.path.dirname(root)
+    ready_fifo, gate_fifo = os.path.join(fifo_dir, "ready"), os.path.join(fifo_dir, "gate")
+    gate_binds: list[str] = []
     seccomp = os.open(run["seccomp"], os.O_RDONLY)
-    net = [] if run.get("network") else ["--unshare-net"]
+    command = list(run["argv"])
+    if network:
+        for fifo in (ready_fifo, gate_fifo):
+            os.mkfifo(fifo, 0o600)
+            os.chown(fifo, ids.base + uid, ids.base + gid)
+        gate_binds = ["--bind", ready_fifo, "/dev/.build-ready", "--bind", gate_fifo, "/dev/.build-gate"]
+        command = ["/bin/sh", "-c", 'echo ready > /dev/.build-ready; read _ < /dev/.build-gate; '
+                   'exec "$@"', "build-net", *command]
     caps = hardening_args() if uid == 0 else ["--cap-drop", "ALL"]
     env: list[str] = ["--clearenv"]
     for key, value in run["env"].items():
         env += ["--setenv", key, value]
     argv = [run["setpriv"], f"--reuid={ids.base}", f"--regid={ids.base}", "--clear-groups",
             "--", run["bwrap"], "--unshare-user", "--userns-block-fd", str(ublock_r),
-            "--info-fd", str(info_w), "--block-fd", str(block_r),
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", *net,
+            "--info-fd", str(info_w), "--unshare-net",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "buildkitsandbox", "--uid", str(uid), "--gid", str(gid),
-            "--bind", root, "/", "--dev", "/dev", "--proc", "/proc",
+            "--bind", root, "/", "--dev", "/dev", *gate_binds, "--proc", "/proc",
             # Read-only even to root inside (whose host uid owns no sysctl anyway).
             "--ro-bind", "/proc/sys", "/proc/sys", *caps, "--seccomp", str(seccomp),
-            "--die-with-parent", *env, "--chdir", run["cwd"], "--", *run["argv"]]
+            "--die-with-parent", *env, "--chdir", run["cwd"], "--", *command]
+    passed = [info_w, ublock_r, seccomp]
     proc = subprocess.Popen(argv, env=dict(HOST_ENV), stdin=subprocess.DEVNULL,
-                            pass_fds=(info_w, ublock_r, block_r, seccomp), cwd="/",
-                            preexec_fn=_killable)
-    for fd in (info_w, ublock_r, block_r, seccomp):
+                            pass_fds=passed, cwd="/", preexec_fn=_killable)
+    for fd in passed:
         os.close(fd)
     slirp = None
     try:
@@ -193,21 +208,37 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             return proc.wait()
         write_maps(child, ids)
         os.write(ublock_w, b"1")
-        if run.get("network"):
+        if network and _await_ready(ready_fifo, proc):
             slirp = _egress(run, child, ids)
-        os.write(block_w, b"1")
+            gate = os.open(gate_fifo, os.O_RDWR)  # RDWR: never blocks on a FIFO
+            try:
+                os.write(gate, b"go\n")
+            finally:
+                os.close(gate)
         return proc.wait()
     finally:
-        if info_r >= 0:
-            os.close(info_r)
-        os.close(ublock_w)
-        os.close(block_w)
+        for fd in (info_r, ublock_w):
+            if fd >= 0:
+                os.close(fd)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if slirp is not None:
             slirp.kill()
             slirp.wait()
+
+
+def _await_ready(fifo: str, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait for the gate's "ready" (False if the sandbox ended first)."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while proc.poll() is None:
+            readable, _, _ = select.select([fd], [], [], 0.05)
+            if readable and os.read(fd, 16).startswith(b"ready"):
+                return True
+        return False
+    finally:
+        os.close(fd)
 
 
 def _oom_score(value: int) -> None:
@@ -231,11 +262,13 @@ def _egress(run: dict[str, Any], child: int, ids: IdRange) -> subprocess.Popen[b
          f"--ready-fd={ready_w}", f"--userns-path=/proc/{child}/ns/user",
          "--netns-type=path", f"/proc/{child}/ns/net", "tap0"],
         env=dict(HOST_ENV), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, pass_fds=(ready_w,))
+        stderr=subprocess.PIPE, pass_fds=(ready_w,))
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as f:
         if not f.read(1):
-            raise StepError("slirp4netns (the build's network) did not start")
+            slirp.kill()
+            why = slirp.communicate()[1].decode(errors="replace").strip()[-300:]
+            raise StepError(f"slirp4netns (the build's network) did not start: {why}")
     return slirp
 
 

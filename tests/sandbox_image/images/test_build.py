@@ -77,6 +77,9 @@ echo "$GREETING $FROM_CONFIG" > args.txt
 echo scratch > /tmp/kept-between-steps
 EOF
 RUN cat /tmp/kept-between-steps > tmp-was.txt && rm /etc/group
+RUN rm -rf /etc/apt && mkdir /etc/apt && echo new > /etc/apt/only.txt
+RUN ls /etc/apt > apt-list.txt && cat /proc/self/uid_map > uid-map.txt \
+    && v=$(cat /proc/sys/kernel/core_uses_pid) && ! (echo "$v" > /proc/sys/kernel/core_uses_pid) 2>/dev/null
 ADD bundle.tar.gz /opt/
 ADD notes.txt /opt/notes.txt
 COPY --from=tools /out/artifact.txt ./
@@ -105,6 +108,12 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert (image.rootfs / "opt" / "pkg" / "inner.txt").read_text() == "unpacked by ADD\n"
         assert (image.rootfs / "opt" / "notes.txt").read_text() == "notes\n"
         assert not (image.rootfs / "etc" / "group").exists()  # deleted by a RUN (a whiteout)
+        # A directory replaced by a RUN hides the base's (an opaque directory), in the next
+        # step's root as in the image.
+        assert (app / "apt-list.txt").read_text() == "only.txt\n"
+        assert os.listdir(image.rootfs / "etc" / "apt") == ["only.txt"]
+        # Root in a RUN is the slots' unprivileged host range; /proc/sys was read-only.
+        assert (app / "uid-map.txt").read_text().split() == ["0", "100000", "65536"]
         assert not (image.rootfs / "out").exists()  # stage one's files stay in stage one
         c = image.config
         assert c.entrypoint == ["/bin/sh", "-c"] and c.cmd == ["echo serving"]
@@ -112,7 +121,7 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert c.working_dir == "/srv/app" and c.env_dict()["APP_HOME"] == "/srv/app"
         assert "GREETING" not in c.env_dict()  # ARGs are build-time only
     cold = dict(b.stats)
-    assert cold["steps_run"] >= 9 and cold["steps_cached"] == 0
+    assert cold["steps_run"] >= 11 and cold["steps_cached"] == 0
     # An edit to one step reruns that step and the ones after it, nothing before.
     (ctx / "Dockerfile").write_text(text.replace('echo bash > shell.txt', 'echo BASH > shell.txt'))
     again = builder(store, build_args={"BASE": ctx_base, "FROM_CONFIG": "from-config"})
@@ -226,3 +235,16 @@ def test_refused_at_load_with_the_line(tmp_path: Path, text: str, message: str) 
     (tmp_path / "Dockerfile").write_text(text)
     with pytest.raises(DockerfileError, match=message):
         load(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="slirp4netns is not installed")
+async def test_builds_get_a_network_only_by_their_own_setting(store: ImageStore, debian_image: BuiltImage,
+                                                              tmp_path: Path) -> None:
+    ctx = context(tmp_path, f"FROM oci:{debian_image.path}\nRUN cat /proc/net/dev > /net.txt\n")
+    for network, has_tap in ((False, False), (True, True)):
+        b = builder(store, network=network)
+        async with store.use(f"oci:{await b.build(ctx)}") as image:
+            devices = (image.rootfs / "net.txt").read_text()
+            assert ("tap0" in devices) is has_tap and "lo:" in devices
+        shutil.rmtree(store.root / "builds" / "layers")  # the same step again, the other way
+        (store.root / "builds" / "layers").mkdir()
