@@ -22,6 +22,7 @@ to `result` ({"exit": n, "disk_full": bool} or {"error": "..."}).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -174,7 +175,17 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
         gate_binds = ["--bind", ready_fifo, "/dev/.build-ready", "--bind", gate_fifo, "/dev/.build-gate"]
         command = ["/bin/sh", "-c", 'echo ready > /dev/.build-ready; read _ < /dev/.build-gate; '
                    'exec "$@"', "build-net", *command]
-    caps = hardening_args() if uid == 0 else ["--cap-drop", "ALL"]
+    user_binds: list[str] = []
+    if (uid, gid) != (0, 0):
+        # bubblewrap leaves the mapped sandbox at uid 0 (it does not switch when the
+        # parent writes the maps): a static helper switches to the USER and drops root's
+        # capabilities with it.
+        if not run.get("user_helper"):
+            raise StepError(f"USER {run.get('user')!r} needs the build-user helper, which "
+                            "could not be built here (a C compiler with static libc)")
+        user_binds = ["--ro-bind", run["user_helper"], "/dev/.build-user"]
+        command = ["/dev/.build-user", str(uid), str(gid), *command]
+    caps = hardening_args()
     env: list[str] = ["--clearenv"]
     for key, value in run["env"].items():
         env += ["--setenv", key, value]
@@ -182,8 +193,8 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             "--", run["bwrap"], "--unshare-user", "--userns-block-fd", str(ublock_r),
             "--info-fd", str(info_w), "--unshare-net",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--hostname", "buildkitsandbox", "--uid", str(uid), "--gid", str(gid),
-            "--bind", root, "/", "--dev", "/dev", *gate_binds, "--proc", "/proc",
+            "--hostname", "buildkitsandbox", "--uid", "0", "--gid", "0",
+            "--bind", root, "/", "--dev", "/dev", *gate_binds, *user_binds, "--proc", "/proc",
             # Read-only even to root inside (whose host uid owns no sysctl anyway).
             "--ro-bind", "/proc/sys", "/proc/sys", *caps, "--seccomp", str(seccomp),
             "--die-with-parent", *env, "--chdir", run["cwd"], "--", *command]
@@ -226,6 +237,44 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
         if slirp is not None:
             slirp.kill()
             slirp.wait()
+
+
+_USER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_user.c")
+
+
+def user_helper() -> str | None:
+    """The build-user helper (build_user.c), compiled static once per source version into
+    the slot-enter cache (/var/tmp/rollout-slot-enter); None when it cannot be built."""
+    from sandbox_image.container import _only_ours
+    try:
+        with open(_USER_SOURCE, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return None
+    cache = "/var/tmp/rollout-slot-enter"
+    target = os.path.join(cache, f"build-user-{digest}")
+    try:
+        os.mkdir(cache, 0o755)
+    except FileExistsError:
+        pass
+    if not _only_ours(cache):
+        return None
+    if os.path.lexists(target):
+        return target if _only_ours(target) else None
+    cc = shutil.which("cc", path=HOST_ENV["PATH"]) or shutil.which("gcc", path=HOST_ENV["PATH"])
+    if cc is None:
+        return None
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        proc = subprocess.run([cc, "-static", "-O2", "-o", tmp, _USER_SOURCE], capture_output=True,
+                              timeout=120, env=dict(HOST_ENV))
+        if proc.returncode != 0:
+            return None
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return target
 
 
 def _await_ready(fifo: str, proc: subprocess.Popen[bytes]) -> bool:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandbox_image import seccomp
+from sandbox_image import build_sandbox, seccomp
 from sandbox_image.build_cgroup import BuildCgroup
 from sandbox_image.isolation import HOST_ENV
 from sandbox_image.runner import run_command
@@ -431,6 +431,7 @@ class DockerfileBuilder:
         for d in ("layers", "blobs/sha256", "images", "tmp", "locks"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self._seccomp = str(self.root / "seccomp.bpf")
+        self._user_helper: str | None = None  # built when a RUN has a non-root USER
 
     # -- public -----------------------------------------------------------------------
 
@@ -597,7 +598,10 @@ class DockerfileBuilder:
         else:
             argv = [*c.shell, step.raw]
         env = {**{k: v for k, v in st.args.items()}, **c.env}
+        if c.user and c.user.partition(":")[0] not in ("", "0", "root") and self._user_helper is None:
+            self._user_helper = await asyncio.to_thread(build_sandbox.user_helper) or ""
         run = {"argv": argv, "env": env, "cwd": c.workdir, "user": c.user or "0",
+               "user_helper": self._user_helper or None,
                "network": self.network, "bwrap": self.bwrap, "seccomp": self._seccomp,
                "setpriv": shutil.which("setpriv", path=HOST_ENV["PATH"]) or "setpriv",
                "slirp": shutil.which("slirp4netns", path=HOST_ENV["PATH"]) or "slirp4netns"}
@@ -706,7 +710,9 @@ class DockerfileBuilder:
             except (OSError, ValueError):
                 outcome = {}
             oom, forks = (a - b for a, b in zip(cgroup.events(), before))
-            tail = (result.stderr.strip() or result.stdout.strip())[-600:]
+            # Both streams: apt and pip say why on stdout as often as on stderr.
+            tail = "\n".join(t for t in (result.stdout.strip()[-400:],
+                                          result.stderr.strip()[-600:]) if t)
             code = outcome.get("exit", result.exit_code)
             if result.timed_out:
                 reason = f"timed out after {self.run_timeout:g}s (the build's time limit)"

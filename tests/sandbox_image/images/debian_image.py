@@ -15,7 +15,7 @@ from pathlib import Path
 from .build import BuiltImage, Dir, Entry, build_oci_layout, host_binaries, host_files
 
 TOOLS = ("sh", "bash", "rm", "tar", "diff", "cat", "ls", "mkdir", "mv", "cp", "ln", "chmod",
-         "touch", "id", "sed", "grep", "find", "dd", "sleep", "head", "dpkg", "dpkg-deb",
+         "touch", "id", "chown", "sed", "grep", "find", "dd", "sleep", "head", "dpkg", "dpkg-deb",
          "dpkg-query", "dpkg-split", "dpkg-divert", "dpkg-trigger", "dpkg-maintscript-helper",
          "apt-get", "apt-config", "apt-cache", "/sbin/ldconfig", "/sbin/start-stop-daemon")
 

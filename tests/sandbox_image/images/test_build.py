@@ -83,6 +83,12 @@ RUN ls /etc/apt > apt-list.txt && cat /proc/self/uid_map > uid-map.txt \
 ADD bundle.tar.gz /opt/
 ADD notes.txt /opt/notes.txt
 COPY --from=tools /out/artifact.txt ./
+RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && mkdir -p /home/app \
+    && chown 1000:1000 /home/app
+USER app
+RUN id -u > /home/app/uid.txt
+COPY --chown=app notes.txt /home/app/notes.txt
+USER root
 SHELL ["/bin/bash", "-c"]
 RUN [[ -n "$BASH_VERSION" ]] && echo bash > shell.txt
 ENTRYPOINT ["/bin/sh", "-c"]
@@ -107,6 +113,8 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert (app / "shell.txt").read_text() == "bash\n"
         assert (image.rootfs / "opt" / "pkg" / "inner.txt").read_text() == "unpacked by ADD\n"
         assert (image.rootfs / "opt" / "notes.txt").read_text() == "notes\n"
+        assert (image.rootfs / "home" / "app" / "uid.txt").read_text() == "1000\n"
+        assert (image.rootfs / "home" / "app" / "notes.txt").read_text() == "notes\n"
         assert not (image.rootfs / "etc" / "group").exists()  # deleted by a RUN (a whiteout)
         # A directory replaced by a RUN hides the base's (an opaque directory), in the next
         # step's root as in the image.
@@ -121,7 +129,7 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert c.working_dir == "/srv/app" and c.env_dict()["APP_HOME"] == "/srv/app"
         assert "GREETING" not in c.env_dict()  # ARGs are build-time only
     cold = dict(b.stats)
-    assert cold["steps_run"] >= 11 and cold["steps_cached"] == 0
+    assert cold["steps_run"] >= 14 and cold["steps_cached"] == 0
     # An edit to one step reruns that step and the ones after it, nothing before.
     (ctx / "Dockerfile").write_text(text.replace('echo bash > shell.txt', 'echo BASH > shell.txt'))
     again = builder(store, build_args={"BASE": ctx_base, "FROM_CONFIG": "from-config"})
