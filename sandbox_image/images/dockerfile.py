@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 from sandbox_image import build_sandbox, seccomp
 from sandbox_image.build_cgroup import BuildCgroup
 from sandbox_image.isolation import HOST_ENV
+from sandbox_image.limits import _own_id, _owner_alive
 from sandbox_image.runner import run_command
 from sandbox_image.userns import IdRange
 
@@ -432,6 +433,7 @@ class DockerfileBuilder:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self._seccomp = str(self.root / "seccomp.bpf")
         self._user_helper: str | None = None  # built when a RUN has a non-root USER
+        _remove_stale([self.root / "tmp", Path("/tmp")])
 
     # -- public -----------------------------------------------------------------------
 
@@ -682,11 +684,12 @@ class DockerfileBuilder:
 
     async def _execute(self, st: _State, key: str, spec: dict[str, object], cgroup: BuildCgroup,
                        line: int, what: str) -> None:
-        tmp = self.root / "tmp" / f"{key}.{secrets.token_hex(4)}"
+        tmp = self.root / "tmp" / _tmp_name(key)
         tmp.mkdir(mode=0o700)
         # Where the step mounts its root: reachable by the unprivileged uid bubblewrap runs
         # as; removed here whatever happened to the step.
-        mount_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="image-build-", dir="/tmp")
+        mount_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix=f"image-build.{_OWNER}.",
+                                            dir="/tmp")
         os.chmod(mount_dir, 0o711)
         try:
             full = {**spec, "uid_base": self.ids.base, "base": st.base_rootfs,
@@ -770,7 +773,7 @@ class DockerfileBuilder:
         """An uncompressed layer tar of `root` into the blob store: owners shifted back by
         `shift` (host uid of the image's root), overlay whiteouts and opaque directories as
         OCI whiteouts. Returns (digest, size)."""
-        tmp = self.root / "tmp" / f"blob.{secrets.token_hex(6)}"
+        tmp = self.root / "tmp" / _tmp_name("blob")
         h = hashlib.sha256()
         with open(tmp, "wb") as raw:
             writer = _HashingWriter(raw, h)
@@ -810,7 +813,7 @@ class DockerfileBuilder:
         final = self.root / "images" / _sha(manifest_bytes).split(":")[1][:40]
         if (final / "index.json").exists():
             return final
-        work = self.root / "tmp" / f"image.{secrets.token_hex(6)}"
+        work = self.root / "tmp" / _tmp_name("image")
         blobs = work / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         for d, _ in layers:  # hard links: a layer shared by images is on disk once
@@ -827,6 +830,36 @@ class DockerfileBuilder:
         except OSError:  # built meanwhile by another server: theirs is the same
             shutil.rmtree(work, ignore_errors=True)
         return final
+
+
+_OWNER = _own_id()  # pid-starttime-pidns: whose temporary files these are
+
+
+def _tmp_name(kind: str) -> str:
+    return f"{kind}.{_OWNER}.{secrets.token_hex(4)}"
+
+
+def _remove_stale(dirs: list[Path]) -> None:
+    """What a killed server's builds left (a step's scratch image, mount dirs): entries
+    named for an owner that is no longer running. Other servers' live entries stay."""
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if d == Path("/tmp") and not name.startswith("image-build."):
+                continue
+            parts = name.split(".")
+            owner = parts[1] if len(parts) >= 3 else ""
+            if owner and not _owner_alive(owner):
+                log.info("removing %s, left by a build of a server that is gone", d / name)
+                path = d / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
 
 class _HashingWriter:
