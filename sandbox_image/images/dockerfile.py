@@ -76,7 +76,8 @@ _LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 _HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
 _VAR = re.compile(r"\\\$|\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _PROJECT = str(Path(__file__).resolve().parents[2])
-_FLAGS = {"COPY": ("from", "chown", "chmod", "link"), "ADD": ("chown", "chmod", "link")}
+_FLAGS = {"COPY": ("from", "chown", "chmod", "link"), "ADD": ("chown", "chmod", "link"),
+          "RUN": ("mount", "network"), "FROM": ("platform",)}
 
 
 class DockerfileError(ImageError):
@@ -184,6 +185,12 @@ def parse(text: str) -> list[Step]:
             key, eq, value = flag[2:].partition("=")
             if op not in _FLAGS or key not in _FLAGS[op]:
                 raise _fail(start, f"{op} {flag.split('=')[0]} is not supported")
+            if key == "mount" and not re.match(r"(type=)?(cache|tmpfs)(,|$)", value):
+                # A cache mount only speeds Docker up: here its files land in the layer.
+                raise _fail(start, f"RUN --mount={value.split(',')[0]} is not supported "
+                            "(only type=cache and type=tmpfs, which builds ignore)")
+            if key == "network" and value not in ("default", "none", "host"):
+                raise _fail(start, f"RUN --network={value} is not supported")
             flags.append((key, value if eq else "true"))
             args = rest.strip()
         if not args and not heredocs:
@@ -204,8 +211,6 @@ def _check(steps: list[Step]) -> None:
     for s in steps:
         if s.op == "FROM":
             words = s.args.split()
-            if words and words[0].startswith("--"):
-                raise _fail(s.line, f"FROM {words[0]} is not supported")
             if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
                 raise _fail(s.line, "FROM takes an image and an optional `AS name`")
             if len(words) == 3:
@@ -602,12 +607,13 @@ class DockerfileBuilder:
         env = {**{k: v for k, v in st.args.items()}, **c.env}
         if c.user and c.user.partition(":")[0] not in ("", "0", "root") and self._user_helper is None:
             self._user_helper = await asyncio.to_thread(build_sandbox.user_helper) or ""
+        network = self.network and step.flag("network") != "none"
         run = {"argv": argv, "env": env, "cwd": c.workdir, "user": c.user or "0",
                "user_helper": self._user_helper or None,
-               "network": self.network, "bwrap": self.bwrap, "seccomp": self._seccomp,
+               "network": network, "bwrap": self.bwrap, "seccomp": self._seccomp,
                "setpriv": shutil.which("setpriv", path=HOST_ENV["PATH"]) or "setpriv",
                "slirp": shutil.which("slirp4netns", path=HOST_ENV["PATH"]) or "slirp4netns"}
-        if self.network and not shutil.which("slirp4netns", path=HOST_ENV["PATH"]):
+        if network and not shutil.which("slirp4netns", path=HOST_ENV["PATH"]):
             raise _fail(step.line, "the build's network needs slirp4netns (apt-get install "
                         "slirp4netns), or build_network off")
         dirs, st.pending_dirs = st.pending_dirs, []

@@ -59,7 +59,7 @@ ARG BASE
 FROM ${BASE} AS tools
 RUN mkdir -p /out && echo built-in-stage-one > /out/artifact.txt
 
-FROM ${BASE}
+FROM --platform=$BUILDPLATFORM ${BASE}
 ARG GREETING=hello
 ARG FROM_CONFIG
 ENV APP_HOME=/srv/app
@@ -72,7 +72,7 @@ EOF
 COPY <<EOF config.ini
 greeting=${GREETING}
 EOF
-RUN <<EOF
+RUN --mount=type=cache,target=/root/.cache <<EOF
 echo "$GREETING $FROM_CONFIG" > args.txt
 echo scratch > /tmp/kept-between-steps
 EOF
@@ -231,7 +231,8 @@ async def test_the_cache_key_covers_links_and_the_base(store: ImageStore,
 
 @pytest.mark.parametrize("text, message", [
     ("FROM base\nONBUILD RUN true\n", "line 2: ONBUILD is not supported"),
-    ("FROM base\nRUN --mount=type=cache,target=/x true\n", "line 2: RUN --mount is not supported"),
+    ("FROM base\nRUN --mount=type=secret,id=x true\n", "line 2: RUN --mount=type=secret is not supported"),
+    ("FROM base\nRUN --privileged true\n", "line 2: RUN --privileged is not supported"),
     ("FROM base\nADD https://example.com/x.tgz /x\n", "line 2: ADD of a URL is not supported"),
     ("FROM base\nCOPY --from=nowhere /a /b\n", "line 2: COPY --from=nowhere: no earlier stage"),
     ("FROM base\nRUN cat <<EOF\nnever closed\n", "line 2: heredoc <<EOF is never closed"),
