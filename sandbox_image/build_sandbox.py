@@ -90,7 +90,8 @@ def _mount_scratch(spec: dict[str, Any], at: str) -> str | None:
             "lazy_itable_init=1,nodiscard,root_owner=0:0"]
     if spec.get("inodes"):
         argv[3:3] = ["-N", str(spec["inodes"])]
-    proc = subprocess.run([*argv, image], capture_output=True, env=dict(HOST_ENV), timeout=120)
+    proc = subprocess.run([*argv, image], capture_output=True, env=dict(HOST_ENV), timeout=120,
+                          check=False)
     if proc.returncode != 0:
         raise StepError(f"mkfs.ext4 failed: {proc.stderr.decode(errors='replace').strip()}")
     fd, dev = mounts.attach_loop(image)
@@ -173,8 +174,8 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             os.mkfifo(fifo, 0o600)
             os.chown(fifo, ids.base + uid, ids.base + gid)
         gate_binds = ["--bind", ready_fifo, "/dev/.build-ready", "--bind", gate_fifo, "/dev/.build-gate"]
-        command = ["/bin/sh", "-c", 'echo ready > /dev/.build-ready; read _ < /dev/.build-gate; '
-                   'exec "$@"', "build-net", *command]
+        gate = 'echo ready > /dev/.build-ready; read _ < /dev/.build-gate; exec "$@"'
+        command = ["/bin/sh", "-c", gate, "build-net", *command]
     user_binds: list[str] = []
     if (uid, gid) != (0, 0):
         # bubblewrap leaves the mapped sandbox at uid 0 (it does not switch when the
@@ -200,7 +201,8 @@ def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:
             "--die-with-parent", *env, "--chdir", run["cwd"], "--", *command]
     passed = [info_w, ublock_r, seccomp]
     proc = subprocess.Popen(argv, env=dict(HOST_ENV), stdin=subprocess.DEVNULL,
-                            pass_fds=passed, cwd="/", preexec_fn=_killable)
+                            pass_fds=passed, cwd="/",
+                            preexec_fn=_killable)  # noqa: PLW1509 (this process has one thread)
     for fd in passed:
         os.close(fd)
     slirp = None
@@ -267,7 +269,7 @@ def user_helper() -> str | None:
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         proc = subprocess.run([cc, "-static", "-O2", "-o", tmp, _USER_SOURCE], capture_output=True,
-                              timeout=120, env=dict(HOST_ENV))
+                              timeout=120, env=dict(HOST_ENV), check=False)
         if proc.returncode != 0:
             return None
         os.chmod(tmp, 0o755)
@@ -359,7 +361,8 @@ def step(spec: dict[str, Any]) -> dict[str, Any]:
             out = spec["out"]
             os.mkdir(out, 0o755)
             proc = subprocess.run(["cp", "-a", "--", f"{upper}/.", f"{out}/"],
-                                  capture_output=True, env=dict(HOST_ENV), timeout=3600)
+                                  capture_output=True, env=dict(HOST_ENV), timeout=3600,
+                                  check=False)
             if proc.returncode != 0:
                 raise StepError("copying the step's layer out failed: "
                                 + proc.stderr.decode(errors="replace").strip()[-300:])
@@ -379,7 +382,8 @@ def step(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(open(argv[1]).read())
+    with open(argv[1]) as f:
+        spec = json.load(f)
     try:
         result = step(spec)
     except (StepError, OSError, subprocess.SubprocessError) as e:

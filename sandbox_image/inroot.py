@@ -20,6 +20,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator
+from typing import BinaryIO
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
@@ -257,12 +258,16 @@ class Writer:
                     src = tf.extractfile(m)
                     if src is None:
                         continue
-                    self.write_file(out, iter(lambda: src.read(_CHUNK), b""), m.mode & 0o777,
-                                    int(m.mtime * 10**9), owner)
+                    self.write_file(out, _reader(src), m.mode & 0o777, int(m.mtime * 10**9), owner)
                 else:
                     continue
                 count += 1
         return count
+
+
+def _reader(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk
 
 
 def _chunks(fd: int) -> Iterator[bytes]:

@@ -156,9 +156,8 @@ def _looks_like_tar(f: BinaryIO) -> bool:
 def _has(source: Path, rel: str) -> bool:
     if source.is_dir():
         return os.path.lexists(source / rel)
-    with _open_tarball(source) as f:
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            return any(m.name.lstrip("./") == rel for m in tar)
+    with _open_tarball(source) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        return any(m.name.lstrip("./") == rel for m in tar)
 
 
 def _sha(data: bytes) -> str:

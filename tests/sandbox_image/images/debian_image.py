@@ -9,6 +9,7 @@ network, no registry): what `FROM debian` gives a Dockerfile that runs
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -66,6 +67,5 @@ def make_deb(dest_dir: Path, name: str, path: str, script: str) -> Path:
     deb = dest_dir / f"{name}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
                    check=True, capture_output=True)
-    import shutil
     shutil.rmtree(root)
     return deb

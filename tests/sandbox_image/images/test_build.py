@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from sandbox_image.images import ImageStore
-from sandbox_image.images.dockerfile import DockerfileBuilder, DockerfileError, load, parse
+from sandbox_image.images.dockerfile import (
+    DockerfileBuilder,
+    DockerfileError,
+    load,
+    parse,
+)
 
 from .build import BuiltImage, build_oci_layout
 from .conftest import base_layer
