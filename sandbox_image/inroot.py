@@ -178,22 +178,24 @@ class Writer:
                        owner: tuple[int, int] | None = None) -> int:
         """Copy `src` (resolved inside `src_root`) to `dest` (inside this root), Docker's
         way: a directory's contents go into `dest`; a file goes to `dest`, or into it when
-        `into_dir`. Symlinks inside a copied directory are copied as links; devices, FIFOs
-        and sockets are skipped. Returns the number of entries written."""
+        `into_dir`. A link named as `src` is followed (inside `src_root`; a dangling one is
+        copied as a link); links inside a copied directory are copied as links; devices,
+        FIFOs and sockets are skipped. Returns the number of entries written."""
         sroot = os.open(src_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             try:
-                sfd = open_in(sroot, src, os.O_RDONLY | os.O_NOFOLLOW)
+                # A link named as the source is followed (inside its root), as Docker does.
+                sfd = open_in(sroot, src, os.O_RDONLY)
             except OSError as e:
-                if e.errno != errno.ELOOP:
+                if e.errno not in (errno.ELOOP, errno.ENOENT):
                     raise
-                # `src` itself is a dangling or looping link: copy the link.
                 parent, leaf = _split(src)
                 pfd = open_in(sroot, parent, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    target = os.readlink(leaf, dir_fd=pfd)
+                    target = os.readlink(leaf, dir_fd=pfd)  # ENOENT again: no such source
                 finally:
                     os.close(pfd)
+                # `src` itself is a dangling or looping link: copy the link.
                 self.symlink(dest.rstrip("/") + "/" + leaf if into_dir else dest, target, owner)
                 return 1
             try:

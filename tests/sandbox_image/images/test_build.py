@@ -218,7 +218,7 @@ async def test_the_cache_key_covers_links_and_the_base(store: ImageStore,
                                                        tmp_path: Path) -> None:
     base_dir = tmp_path / "base"
     build_oci_layout(base_dir, [base_layer()], None)
-    ctx = context(tmp_path, f"FROM oci:{base_dir}\nCOPY . /ctx/\n", {"a.txt": "a\n"})
+    ctx = context(tmp_path, f"FROM oci:{base_dir}\nCOPY . /ctx/\nCOPY link /followed\n", {"a.txt": "a\n"})
     os.symlink("a.txt", ctx / "link")
     first = await builder(store).build(ctx)
     (ctx / "link").unlink()
@@ -231,7 +231,8 @@ async def test_the_cache_key_covers_links_and_the_base(store: ImageStore,
     assert third not in (first, second)
     async with store.use(f"oci:{third}") as image:
         assert (image.rootfs / "etc" / "motd").read_text() == "another base\n"
-        assert os.readlink(image.rootfs / "ctx" / "link") == "Dockerfile"
+        assert os.readlink(image.rootfs / "ctx" / "link") == "Dockerfile"  # inside a dir: a link
+        assert (image.rootfs / "followed").read_text().startswith("FROM")  # named: followed
 
 
 @pytest.mark.parametrize("text, message", [
