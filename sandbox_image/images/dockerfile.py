@@ -489,7 +489,10 @@ class DockerfileBuilder:
         if not os.path.exists(self._seccomp) and seccomp.supported():
             seccomp.write_program(self._seccomp)
         global_args = {k: self.build_args.get(k, v or "") for k, v in the_plan.args}
-        cgroup = BuildCgroup(self.memory_mb << 20 if self.memory_mb else None, self.pids)
+        try:
+            cgroup = BuildCgroup(self.memory_mb << 20 if self.memory_mb else None, self.pids)
+        except OSError as e:
+            raise DockerfileError(f"cannot limit the build's memory and processes: {e}") from None
         pinned: list[str] = []
         stages: dict[str, _State] = {}
         try:
