@@ -136,6 +136,7 @@ def _copy(spec: dict[str, Any], root: str, tmp: str, ids: IdRange) -> None:
                 uid, gid = resolve_user(root, item["chown"])
                 owner = (ids.base + uid, ids.base + gid)
             kind = item["kind"]
+            w.mode = int(item["chmod"], 8) if item.get("chmod") else None
             if kind == "data":
                 w.write_file(item["dest"], item["data"].encode(), item.get("mode", 0o644),
                              owner=owner)

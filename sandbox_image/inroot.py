@@ -72,6 +72,7 @@ class Writer:
     def __init__(self, root: str, owner: tuple[int, int]) -> None:
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.owner = owner
+        self.mode: int | None = None  # COPY --chmod: the mode of everything written
 
     def close(self) -> None:
         os.close(self.fd)
@@ -145,7 +146,7 @@ class Writer:
                 while view:
                     view = view[os.write(fd, view):]
             os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode & 0o7777)
+            os.fchmod(fd, (self.mode if self.mode is not None else mode) & 0o7777)
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
@@ -170,7 +171,7 @@ class Writer:
     def chmod_dir(self, path: str, mode: int) -> None:
         fd = open_in(self.fd, path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fchmod(fd, mode & 0o7777)
+            os.fchmod(fd, (self.mode if self.mode is not None else mode) & 0o7777)
         finally:
             os.close(fd)
 

@@ -631,6 +631,9 @@ class DockerfileBuilder:
         h = hashlib.sha256()
         items: list[dict[str, object]] = []
         chown = step.flag("chown")
+        chmod = step.flag("chmod")
+        if chmod is not None and not re.fullmatch(r"[0-7]{3,4}", chmod):
+            raise _fail(step.line, f"{step.op} --chmod={chmod}: only octal modes are supported")
         dest = words[-1] if words else ""
         if not dest:
             raise _fail(step.line, f"{step.op} needs a destination")
@@ -644,7 +647,8 @@ class DockerfileBuilder:
         for doc in step.heredocs:
             data = expand(doc.body, scope) if doc.expand else doc.body
             target = f"{dest.rstrip('/')}/{doc.word}" if into_dir else dest
-            items.append({"kind": "data", "dest": target, "data": data, "mode": 0o644, "chown": chown})
+            items.append({"kind": "data", "dest": target, "data": data, "mode": 0o644, "chown": chown,
+                          "chmod": chmod})
             h.update(f"heredoc\0{target}\0{data}\0".encode())
         source = step.flag("from")
         if source is not None:
@@ -659,17 +663,18 @@ class DockerfileBuilder:
                 h.update(f"from\0{image.digest}\0".encode())
             for src in sources:
                 items.append({"kind": "copy", "stage": stage_ref, "src": src, "dest": dest,
-                              "into_dir": into_dir, "chown": chown})
+                              "into_dir": into_dir, "chown": chown, "chmod": chmod})
         else:
             for rel in await asyncio.to_thread(_context_sources, context, step, sources):
                 full = str(context / rel)
                 await asyncio.to_thread(_hash_tree, h, str(context), rel)
                 if step.op == "ADD" and await asyncio.to_thread(_is_archive, full):
-                    items.append({"kind": "tar", "archive": full, "dest": dest, "chown": chown})
+                    items.append({"kind": "tar", "archive": full, "dest": dest, "chown": chown,
+                                  "chmod": chmod})
                 else:
                     items.append({"kind": "copy", "src_root": str(context), "src": rel,
                                   "dest": dest, "into_dir": into_dir and not os.path.isdir(full),
-                                  "chown": chown})
+                                  "chown": chown, "chmod": chmod})
         dirs, st.pending_dirs = st.pending_dirs, []
         ident = (step.op, json.dumps(step.flags), step.args, dest, h.hexdigest(), *dirs)
         await self._fs_step(st, ident, {"items": items, "mkdirs": dirs}, cgroup, step.line,

@@ -87,6 +87,7 @@ RUN ls /etc/apt > apt-list.txt && cat /proc/self/uid_map > uid-map.txt \
     && v=$(cat /proc/sys/kernel/core_uses_pid) && ! (echo "$v" > /proc/sys/kernel/core_uses_pid) 2>/dev/null
 ADD bundle.tar.gz /opt/
 ADD notes.txt /opt/notes.txt
+COPY --chmod=0750 notes.txt /opt/run-me
 COPY --from=tools /out/artifact.txt ./
 RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && mkdir -p /home/app \
     && chown 1000:1000 /home/app
@@ -118,6 +119,7 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert (app / "shell.txt").read_text() == "bash\n"
         assert (image.rootfs / "opt" / "pkg" / "inner.txt").read_text() == "unpacked by ADD\n"
         assert (image.rootfs / "opt" / "notes.txt").read_text() == "notes\n"
+        assert (image.rootfs / "opt" / "run-me").stat().st_mode & 0o7777 == 0o750
         assert (image.rootfs / "home" / "app" / "uid.txt").read_text() == "1000\n"
         assert (image.rootfs / "home" / "app" / "notes.txt").read_text() == "notes\n"
         assert not (image.rootfs / "etc" / "group").exists()  # deleted by a RUN (a whiteout)
@@ -134,7 +136,7 @@ async def test_a_dockerfile_as_people_write_it(store: ImageStore, debian_image: 
         assert c.working_dir == "/srv/app" and c.env_dict()["APP_HOME"] == "/srv/app"
         assert "GREETING" not in c.env_dict()  # ARGs are build-time only
     cold = dict(b.stats)
-    assert cold["steps_run"] >= 14 and cold["steps_cached"] == 0
+    assert cold["steps_run"] >= 15 and cold["steps_cached"] == 0
     # An edit to one step reruns that step and the ones after it, nothing before.
     (ctx / "Dockerfile").write_text(text.replace('echo bash > shell.txt', 'echo BASH > shell.txt'))
     again = builder(store, build_args={"BASE": ctx_base, "FROM_CONFIG": "from-config"})
