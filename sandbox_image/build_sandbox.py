@@ -149,7 +149,8 @@ def _copy(spec: dict[str, Any], root: str, tmp: str, ids: IdRange) -> None:
                     if key not in sources:
                         sources[key] = _source_root(spec, item["stage"], tmp, n)
                     src_root = sources[key]
-                w.copy_tree_from(src_root, item["src"], item["dest"], item["into_dir"], owner)
+                w.copy_tree_from(src_root, item["src"], item["dest"], item["into_dir"], owner,
+                                 frozenset(item.get("exclude", ())))
 
 
 def _run(spec: dict[str, Any], root: str, ids: IdRange) -> int:

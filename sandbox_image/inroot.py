@@ -176,7 +176,8 @@ class Writer:
             os.close(fd)
 
     def copy_tree_from(self, src_root: str, src: str, dest: str, into_dir: bool,
-                       owner: tuple[int, int] | None = None) -> int:
+                       owner: tuple[int, int] | None = None,
+                       exclude: frozenset[str] = frozenset()) -> int:
         """Copy `src` (resolved inside `src_root`) to `dest` (inside this root), Docker's
         way: a directory's contents go into `dest`; a file goes to `dest`, or into it when
         `into_dir`. A link named as `src` is followed (inside `src_root`; a dangling one is
@@ -203,7 +204,8 @@ class Writer:
                 st = os.fstat(sfd)
                 if stat.S_ISDIR(st.st_mode):
                     self.makedirs(dest, owner)
-                    return self._copy_dir(sfd, dest, owner)
+                    prefix = "/".join(p for p in src.split("/") if p and p != ".")
+                    return self._copy_dir(sfd, dest, owner, prefix, exclude)
                 name = _split(src)[1] or "file"
                 out = dest.rstrip("/") + "/" + name if into_dir else dest
                 self.write_file(out, _chunks(sfd), st.st_mode, st.st_mtime_ns, owner)
@@ -213,9 +215,13 @@ class Writer:
         finally:
             os.close(sroot)
 
-    def _copy_dir(self, dfd: int, dest: str, owner: tuple[int, int] | None) -> int:
+    def _copy_dir(self, dfd: int, dest: str, owner: tuple[int, int] | None, rel: str = "",
+                  exclude: frozenset[str] = frozenset()) -> int:
+        """`exclude`: paths relative to the source root left out (.dockerignore)."""
         count = 0
         for name in sorted(os.listdir(dfd)):
+            if (f"{rel}/{name}" if rel else name) in exclude:
+                continue
             st = os.lstat(name, dir_fd=dfd)
             out = dest.rstrip("/") + "/" + name
             if stat.S_ISLNK(st.st_mode):
@@ -225,7 +231,8 @@ class Writer:
                                 dir_fd=dfd)
                 try:
                     self.makedirs(out, owner)
-                    count += self._copy_dir(child, out, owner)
+                    count += self._copy_dir(child, out, owner, f"{rel}/{name}" if rel else name,
+                                            exclude)
                     self.chmod_dir(out, st.st_mode)
                 finally:
                     os.close(child)

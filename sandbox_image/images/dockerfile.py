@@ -2,7 +2,7 @@
 
 Instructions: FROM (`AS name`, several stages; `scratch`), RUN (shell, JSON and heredoc
 forms), COPY and ADD (local files, directories, globs, heredocs, `--from=<stage|image>`,
-`--chown`; ADD unpacks local tarballs), ENV, ARG (defaults, global ARGs in FROM, values from
+`--chown`, `--chmod`; ADD unpacks local tarballs; .dockerignore), ENV, ARG (defaults, global ARGs in FROM, values from
 the builder's `build_args`), WORKDIR, USER, LABEL, EXPOSE, SHELL, CMD, ENTRYPOINT, and
 VOLUME/STOPSIGNAL/HEALTHCHECK/MAINTAINER (recorded or ignored: they change nothing in a
 slot). Comments, blank lines, `\\` continuations and parser directives. Anything else
@@ -344,8 +344,12 @@ def _chain(*parts: str) -> str:
     return h.hexdigest()[:40]
 
 
-def _hash_tree(h: hashlib._Hash, root: str, rel: str) -> None:  # type: ignore[name-defined]
-    """Type, mode, link target and content of `rel` under `root` and everything below it."""
+def _hash_tree(h: hashlib._Hash, root: str, rel: str,  # type: ignore[name-defined]
+               ignore: _Ignore | None = None) -> None:
+    """Type, mode, link target and content of `rel` under `root` and everything below it
+    (what `ignore` leaves out is not part of it)."""
+    if ignore is not None and rel != "." and ignore(os.path.normpath(rel)):
+        return
     path = os.path.join(root, rel)
     st = os.lstat(path)
     h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
@@ -359,7 +363,70 @@ def _hash_tree(h: hashlib._Hash, root: str, rel: str) -> None:  # type: ignore[n
         h.update(_file_digest(path))
     elif stat.S_ISDIR(st.st_mode):
         for name in sorted(os.listdir(path)):
-            _hash_tree(h, root, os.path.join(rel, name))
+            _hash_tree(h, root, os.path.join(rel, name), ignore)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore matching: `*` and `?` stay within one path component, `**`
+    spans any number of them."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+class _Ignore:
+    """The context's .dockerignore: patterns (`*`, `?`, `**`, `!` to take an exclusion
+    back), the last matching line wins; an excluded directory takes its contents along."""
+
+    def __init__(self, context: Path) -> None:
+        self.rules: list[tuple[bool, re.Pattern[str]]] = []
+        try:
+            text = (context / ".dockerignore").read_text(encoding="utf-8")
+        except OSError:
+            return
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            keep = line.startswith("!")
+            pattern = os.path.normpath(line.lstrip("!").strip().lstrip("/"))
+            self.rules.append((keep, _glob_regex(pattern)))
+
+    def __call__(self, rel: str) -> bool:
+        if not self.rules or rel in ("", ".", "Dockerfile", ".dockerignore"):
+            return False
+        ignored = False
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        for keep, pattern in self.rules:
+            if any(pattern.fullmatch(p) for p in prefixes):
+                ignored = not keep
+        return ignored
+
+    def excluded(self, root: Path, rel: str) -> list[str]:
+        """The top-most ignored paths under the directory `rel` of `root`."""
+        out: list[str] = []
+        if not self.rules:
+            return out
+        for dirpath, dirnames, filenames in os.walk(root / rel):
+            base = os.path.relpath(dirpath, root)
+            for name in list(dirnames) + filenames:
+                child = name if base == "." else f"{base}/{name}"
+                if self(child):
+                    out.append(child)
+                    if name in dirnames:
+                        dirnames.remove(name)
+        return out
 
 
 def _file_digest(path: str) -> bytes:
@@ -370,8 +437,10 @@ def _file_digest(path: str) -> bytes:
     return h.digest()
 
 
-def _context_sources(context: Path, step: Step, patterns: list[str]) -> list[str]:
-    """Relative paths of the context matched by COPY/ADD source patterns."""
+def _context_sources(context: Path, step: Step, patterns: list[str],
+                     ignore: _Ignore | None = None) -> list[str]:
+    """Relative paths of the context matched by COPY/ADD source patterns (a glob skips
+    what .dockerignore leaves out; a name it leaves out does not exist, as in Docker)."""
     out: list[str] = []
     real = os.path.realpath(context)
     for pattern in patterns:
@@ -385,12 +454,13 @@ def _context_sources(context: Path, step: Step, patterns: list[str]) -> list[str
             except OSError:
                 names = []
             matched = [os.path.join(parent, n) for n in names
-                       if fnmatch.fnmatch(n, os.path.basename(rel))]
+                       if fnmatch.fnmatch(n, os.path.basename(rel))
+                       and not (ignore and ignore(os.path.join(parent, n)))]
             if not matched:
                 raise _fail(step.line, f"{step.op} source {pattern!r} matches nothing in the context")
         else:
             matched = [rel]
-            if not os.path.lexists(os.path.join(context, rel)):
+            if not os.path.lexists(os.path.join(context, rel)) or (ignore and ignore(rel)):
                 raise _fail(step.line, f"{step.op} source {pattern!r} does not exist in the context")
         for m in matched:
             target = os.path.realpath(os.path.join(context, m))
@@ -665,16 +735,19 @@ class DockerfileBuilder:
                 items.append({"kind": "copy", "stage": stage_ref, "src": src, "dest": dest,
                               "into_dir": into_dir, "chown": chown, "chmod": chmod})
         else:
-            for rel in await asyncio.to_thread(_context_sources, context, step, sources):
+            ignore = _Ignore(context)
+            for rel in await asyncio.to_thread(_context_sources, context, step, sources, ignore):
                 full = str(context / rel)
-                await asyncio.to_thread(_hash_tree, h, str(context), rel)
+                await asyncio.to_thread(_hash_tree, h, str(context), rel, ignore)
                 if step.op == "ADD" and await asyncio.to_thread(_is_archive, full):
                     items.append({"kind": "tar", "archive": full, "dest": dest, "chown": chown,
                                   "chmod": chmod})
                 else:
                     items.append({"kind": "copy", "src_root": str(context), "src": rel,
                                   "dest": dest, "into_dir": into_dir and not os.path.isdir(full),
-                                  "chown": chown, "chmod": chmod})
+                                  "chown": chown, "chmod": chmod,
+                                  "exclude": await asyncio.to_thread(ignore.excluded, context, rel)
+                                  if os.path.isdir(full) else []})
         dirs, st.pending_dirs = st.pending_dirs, []
         ident = (step.op, json.dumps(step.flags), step.args, dest, h.hexdigest(), *dirs)
         await self._fs_step(st, ident, {"items": items, "mkdirs": dirs}, cgroup, step.line,

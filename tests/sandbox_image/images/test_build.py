@@ -222,7 +222,13 @@ async def test_the_cache_key_covers_links_and_the_base(store: ImageStore,
     build_oci_layout(base_dir, [base_layer()], None)
     ctx = context(tmp_path, f"FROM oci:{base_dir}\nCOPY . /ctx/\nCOPY link /followed\n", {"a.txt": "a\n"})
     os.symlink("a.txt", ctx / "link")
+    (ctx / ".dockerignore").write_text("# not for the image\n*.tmp\nsecret\n")
+    (ctx / "scratch.tmp").write_text("left out\n")
+    (ctx / "secret").mkdir()
+    (ctx / "secret" / "key").write_text("left out\n")
     first = await builder(store).build(ctx)
+    (ctx / "scratch.tmp").write_text("changed, and still left out\n")
+    assert await builder(store).build(ctx) == first  # an ignored file is no input
     (ctx / "link").unlink()
     os.symlink("Dockerfile", ctx / "link")  # only the link target changed
     second = await builder(store).build(ctx)
@@ -235,6 +241,7 @@ async def test_the_cache_key_covers_links_and_the_base(store: ImageStore,
         assert (image.rootfs / "etc" / "motd").read_text() == "another base\n"
         assert os.readlink(image.rootfs / "ctx" / "link") == "Dockerfile"  # inside a dir: a link
         assert (image.rootfs / "followed").read_text().startswith("FROM")  # named: followed
+        assert sorted(os.listdir(image.rootfs / "ctx")) == [".dockerignore", "Dockerfile", "a.txt", "link"]
 
 
 @pytest.mark.parametrize("text, message", [
