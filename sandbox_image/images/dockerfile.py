@@ -1,13 +1,15 @@
 """Build Dockerfiles as people write them into images of the store: `dockerfile:<context dir>`.
 
-Instructions: FROM (`AS name`, several stages; `scratch`), RUN (shell, JSON and heredoc
-forms), COPY and ADD (local files, directories, globs, heredocs, `--from=<stage|image>`,
-`--chown`, `--chmod`; ADD unpacks local tarballs; .dockerignore), ENV, ARG (defaults, global ARGs in FROM, values from
-the builder's `build_args`), WORKDIR, USER, LABEL, EXPOSE, SHELL, CMD, ENTRYPOINT, and
-VOLUME/STOPSIGNAL/HEALTHCHECK/MAINTAINER (recorded or ignored: they change nothing in a
-slot). Comments, blank lines, `\\` continuations and parser directives. Anything else
-(ONBUILD, RUN --mount, ADD of a URL, ...) is refused by `parse` with its line, before
-anything runs: `load(context)` is what a task loader calls once per task.
+Instructions: FROM (`AS name`, several stages; `scratch`; `--platform`), RUN (shell, JSON
+and heredoc forms; `--mount=type=cache|tmpfs` and `--network` accepted), COPY and ADD
+(local files, directories, globs, heredocs, `--from=<stage|image>`, `--chown`, `--chmod`;
+ADD unpacks local tarballs; .dockerignore honoured), ENV, ARG (defaults, global ARGs in
+FROM, values from the builder's `build_args`), WORKDIR, USER, LABEL, EXPOSE, SHELL, CMD,
+ENTRYPOINT, and VOLUME/STOPSIGNAL/HEALTHCHECK/MAINTAINER (recorded or ignored: they change
+nothing in a slot). Comments, blank lines, `\\` continuations and parser directives.
+Anything else (ONBUILD, other RUN --mount types, ADD of a URL, ...) is refused by `parse`
+with its line, before anything runs: `load(context)` is what a task loader calls once per
+task.
 
 How it builds (see sandbox_image/build_sandbox.py for the sandbox of each step):
 - every filesystem step (RUN, COPY, ADD; WORKDIR's mkdir rides on the next one) runs in a
