@@ -251,7 +251,7 @@ def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
     envs = TaskEnvs(cfg.tasks)
     pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
     pf.check_task_budgets(tasks, envs, cfg)
-    pf.check_images(tasks, cfg.backend.name, cfg.sandbox.images)
+    pf.check_images(tasks, cfg.backend.name, cfg.sandbox.images, cfg.sandbox.image_sources)
     # The policy client every worker builds, built once here (it imports transformers and
     # torch: seconds, in the main thread; torch loaded from a second thread while ray.init
     # ran died in oneMKL's loader).

@@ -283,15 +283,17 @@ def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | Non
 _LOCAL_PREFIXES = ("oci:", "oci-archive:", "docker-archive:", "dockerfile:")
 
 
-def check_images(tasks: list[Any], backend: str, images: Any) -> None:
+def check_images(tasks: list[Any], backend: str, images: Any,
+                 sources: dict[str, str] | None = None) -> None:
     """Every image the tasks name is one the slot servers can run as configured: a label in
-    `sandbox.images`, `host`, an image in the store (`sha256:`) or a local archive, layout or
-    Dockerfile folder that exists. Anything else would be looked up in a registry by every
+    `sandbox.images` or `sandbox.image_sources`, `host`, an image in the store (`sha256:`) or a
+    local archive, layout or Dockerfile folder that exists. Anything else would be looked up in a registry by every
     trajectory at run time (seconds each, then a sandbox error). Modal maps its own images."""
     if backend == "modal":
         return
     named = sorted({t.image for t in tasks if getattr(t, "image", None)})
-    missing = [label for label in named if not _resolvable(label, images)]
+    missing = [label for label in named
+               if not _resolvable(label, images) and label not in (sources or {})]
     if missing:
         more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ""
         raise PreflightError(

@@ -40,6 +40,7 @@ import errno
 import hmac
 import logging
 import os
+import shlex
 import shutil
 from typing import Any
 
@@ -122,6 +123,21 @@ class SlotServer:
         if self.containers.enabled:
             await self.containers.start(i, self._mounts(i), self.limits.wrapper_for(i),
                                         self.limits.self_join_files(i))
+            if image.service:
+                await self._start_service(i, image)
+
+    async def _start_service(self, i: int, image: SlotImage) -> None:
+        """The image's command (Entrypoint + Cmd), started in the background in slot i's
+        container, as Docker starts a container's command: it lives until the slot's reset.
+        Its output goes to /tmp/service.log in the slot."""
+        workdir = (image.image.working_dir if image.image else "") or image.workdir or "/"
+        script = (f"cd {shlex.quote(workdir)} 2>/dev/null; ( exec {shlex.join(image.service)} ) "
+                  "> /tmp/service.log 2>&1 < /dev/null &")
+        result = await self.execute(i, ExecRequest(command=script, timeout=30))
+        if result.exit_code != 0:
+            raise SlotImageError(f"cannot start the image's command {list(image.service)}: "
+                                 f"{(result.stderr or result.stdout).strip()[-300:]}", 500)
+        log.info("slot %d: started the image's command %s", i, list(image.service))
 
     def _mounts(self, i: int) -> list[str]:
         image = self.slot_image[i]
@@ -154,8 +170,8 @@ class SlotServer:
             for i in range(self.cfg.slots):
                 image = first if i == 0 else await self.images.load(self.cfg.image)
                 self.slot_image[i] = image
-                await self._fill(i, image)
                 self._env_base[i] = self._base_env(i)
+                await self._fill(i, image)
         except BaseException:
             for image in self.slot_image:
                 self.images.release(image)

@@ -50,6 +50,9 @@ class ImageSpec(BaseModel):
         default: a SWE-smith conda env `testbed` if the image has one, else the image's PATH
         (for `host`: the server's --host-python).
     env: extra environment for commands in this image (over the image's own Env).
+    service: start the image's Entrypoint + Cmd in the background when a slot starts (it
+        lives until the slot's reset, as Docker runs a container's command); default: for
+        images built from a Dockerfile (`dockerfile:` sources) only.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +61,7 @@ class ImageSpec(BaseModel):
     workdir: str | None = None
     python: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    service: bool | None = None
 
     @field_validator("workdir")
     @classmethod
@@ -134,6 +138,15 @@ class SlotLimits(BaseModel):
         "listed is used as the source itself (a registry reference or archive path)")
     image_cache_mb: int = Field(20480, ge=64, le=1 << 30,
                                 description="unpacked images kept per host (LRU beyond it)")
+    image_sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="image name (`ubuntu:22.04`) -> its source (an OCI layout dir, an OCI "
+        "or docker save tar, or another reference such as a mirror), used by task images "
+        "and Dockerfile FROM lines alike, so a mapped name never goes to its registry")
+    build_network: bool = Field(False, description="Dockerfile RUN steps get a network of "
+                                "their own (slirp4netns), whatever `network` says")
+    build_args: dict[str, str] = Field(default_factory=dict,
+                                       description="Dockerfile ARG values (over defaults)")
     writable: Literal["auto", "overlay", "copy"] = Field(
         "auto", description="how an image's workdir becomes the slot's private writable "
         "copy: an overlay mount on the slot's disk, or a copy made at reset (auto: overlay "
@@ -195,6 +208,12 @@ class SlotLimits(BaseModel):
         if self.images != _default_images():
             images = {k: v.model_dump(exclude_defaults=True) for k, v in self.images.items()}
             argv.append(f"--images={json.dumps(images, separators=(',', ':'))}")
+        if self.image_sources:
+            argv.append(f"--image-sources={json.dumps(self.image_sources, separators=(',', ':'))}")
+        if self.build_args:
+            argv.append(f"--build-args={json.dumps(self.build_args, separators=(',', ':'))}")
+        if self.build_network:
+            argv.append("--build-network=on")
         argv += [f"--image-cache-mb={self.image_cache_mb}", f"--writable={self.writable}",
                  f"--containers={self.containers}"]
         return argv
@@ -285,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unpacked images, shared by the servers of a host (default "
                         "<data-dir>/images)")
     p.add_argument("--image-cache-mb", type=int, default=_D.image_cache_mb)
+    p.add_argument("--image-sources", default=None, metavar="JSON",
+                   help="image name -> source (OCI layout, archive, mirror reference), "
+                        "for task images and Dockerfile FROM lines")
+    p.add_argument("--build-args", default=None, metavar="JSON",
+                   help="Dockerfile ARG values (JSON object)")
+    p.add_argument("--build-network", choices=("off", "on"), default="off",
+                   help="Dockerfile RUN steps get their own network (slirp4netns)")
     p.add_argument("--writable", choices=("auto", "overlay", "copy"), default=_D.writable,
                    help="how an image's workdir becomes writable per slot")
     p.add_argument("--host-python", default=None, metavar="PATH",
@@ -344,8 +370,18 @@ def limits_from_args(args: argparse.Namespace) -> SlotLimits:
             images = json.loads(args.images)
         except ValueError as e:
             raise ConfigError(f"--images is not JSON: {e}") from None
+    extra: dict[str, dict[str, str]] = {}
+    for flag, key in (("image_sources", "image_sources"), ("build_args", "build_args")):
+        raw = getattr(args, flag)
+        if raw is not None:
+            try:
+                extra[key] = json.loads(raw)
+            except ValueError as e:
+                raise ConfigError(f"--{flag.replace('_', '-')} is not JSON: {e}") from None
     try:
         return SlotLimits(
+            **extra,
+            build_network=args.build_network == "on",
             images=images,
             image_cache_mb=args.image_cache_mb,
             writable=args.writable,

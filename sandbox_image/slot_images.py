@@ -30,6 +30,7 @@ from sandbox_image.images.dockerfile import PREFIX as DOCKERFILE
 from sandbox_image.images.dockerfile import DockerfileBuilder
 from sandbox_image.isolation import DEFAULT_PATH, Bubblewrap
 from sandbox_image.spawn import spawn, watch_exit
+from sandbox_image.userns import IdRange
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class SlotImage:
     workdir: str  # the workspace path inside the sandbox ("" without isolation)
     lower: str | None  # host path of the image's content at workdir, if any
     env: dict[str, str] = field(default_factory=dict)  # over the server's default env
+    service: tuple[str, ...] = ()  # the image's command, started when a slot starts
 
     @property
     def digest(self) -> str | None:
@@ -126,15 +128,21 @@ class SlotImages:
     def store(self) -> ImageStore:
         if self._store is None:
             root = self.cfg.image_store or (self.cfg.data_dir / "images")
-            self._store = ImageStore(root, self.limits.image_cache_mb << 20)
+            self._store = ImageStore(root, self.limits.image_cache_mb << 20,
+                                     sources=self.limits.image_sources)
         return self._store
 
     @property
     def builder(self) -> DockerfileBuilder:
         if self._builder is None:
+            # A build runs under the slots' limits (memory, pids, disk, time), in a user
+            # namespace of the slots' id range, with its own network setting.
             self._builder = DockerfileBuilder(
                 self.store, self.store.root, bwrap=self.cfg.bwrap_path,
-                network=self.limits.network, run_timeout=self.limits.exec_timeout_cap)
+                network=self.limits.build_network, run_timeout=self.limits.exec_timeout_cap,
+                memory_mb=self.limits.memory_mb, pids=self.limits.pids,
+                disk_mb=self.limits.disk_mb, inodes=self.limits.inodes,
+                ids=IdRange(self.cfg.uid_base), build_args=self.limits.build_args)
         return self._builder
 
     async def load(self, label: str) -> SlotImage:
@@ -219,7 +227,9 @@ class SlotImages:
         bwrap = self._bwraps.get(key)
         if bwrap is None:
             bwrap = self._bwraps[key] = self._bubblewrap(str(root), [])
-        return SlotImage(label, spec, image, bwrap, workdir, lower, env)
+        start = spec.service if spec.service is not None else spec.source.startswith(DOCKERFILE)
+        service = tuple(image.command) if start else ()
+        return SlotImage(label, spec, image, bwrap, workdir, lower, env, service)
 
     def _workdir(self, label: str, spec: ImageSpec, image: Image) -> tuple[str, str | None]:
         root = image.rootfs

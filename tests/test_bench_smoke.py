@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent / "bench"
     ("bench_throughput.py", "CPU-seconds per tool call by process"),
     ("bench_tmux.py", "round trip: tmux send-keys + capture against a plain terminal tool call"),
     ("bench_grading.py", "grading per trajectory"),
+    ("bench_builds.py", "layer blobs on disk"),
 ])
 def test_bench_smoke(script: str, expect: str) -> None:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True,

@@ -9,6 +9,8 @@ Layout under `root`:
   locks/<hex>.lock         per-image flock: exclusive while creating, shared while in use
   locks/store.lock         serialises eviction across processes
   refs/<sha256(ref)>.json  registry reference -> digest, so a warm get needs no network
+  files/<xx>/<key>         one inode per distinct file (content, mode, mtime): every image's
+                           copy of that file is a hard link to it
 
 Guarantees:
 - First use unpacks once per host: within a process one coroutine unpacks and the others
@@ -24,6 +26,11 @@ Guarantees:
 - Eviction (after each new unpack, or `trim()`) removes least recently used unpinned images
   until the total is within `max_bytes`. Pinned images may hold the total above it.
 - Each image may write at most `max_image_bytes` and `max_entries` entries while unpacking.
+- Files are stored once per host: after an unpack, each regular file of the image becomes a
+  hard link to the one inode of its content, mode and mtime in files/ (images are read-only
+  by contract, so sharing an inode is safe), so images built on one base, or sharing layers,
+  take the base's space once. A pool inode no image links to any more goes at the next
+  eviction. Sizes used for eviction still count each image whole (conservative).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -114,8 +122,13 @@ class ImageStore:
 
     def __init__(self, root: Path | str, max_bytes: int, *, max_image_bytes: int | None = None,
                  max_entries: int = 1_000_000, registry: RegistryClient | None = None,
-                 platform: tuple[str, str] | None = None, unpack_threads: int = 2) -> None:
+                 platform: tuple[str, str] | None = None, unpack_threads: int = 2,
+                 sources: dict[str, str] | None = None) -> None:
+        """`sources`: image names (`ubuntu:22.04`) -> where that image really comes from
+        (an OCI layout dir, an OCI or `docker save` tar, `#name` to pick one, or another
+        reference, e.g. a registry mirror): a name found here never goes to its registry."""
         self.root = Path(root)
+        self.sources = dict(sources or {})
         self.max_bytes = max_bytes
         self.max_image_bytes = max_image_bytes if max_image_bytes is not None else max_bytes
         self.max_entries = max_entries
@@ -127,7 +140,8 @@ class ImageStore:
         self._locks = self.root / "locks"
         self._refs = self.root / "refs"
         self._trash = self.root / "trash"
-        for d in (self._images, self._locks, self._refs, self._trash):
+        self._files = self.root / "files"
+        for d in (self._images, self._locks, self._refs, self._trash, self._files):
             d.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(mode=0o700, exist_ok=True)
         for leftover in self._trash.iterdir():  # an eviction killed half way
@@ -208,8 +222,29 @@ class ImageStore:
 
     # -- resolving a reference -----------------------------------------------------------
 
+    def mapped(self, text: str) -> str | None:
+        """What `sources` maps the name `text` to (exactly, or as the same registry
+        reference: `ubuntu:22.04` and `docker.io/library/ubuntu:22.04` are one name)."""
+        if text in self.sources:
+            return self.sources[text]
+        if not self.sources or is_local_ref(text) or text.startswith("sha256:"):
+            return None
+        try:
+            wanted = str(parse_reference(text))
+        except ImageError:
+            return None
+        for name, source in self.sources.items():
+            with contextlib.suppress(ImageError):
+                if str(parse_reference(name)) == wanted:
+                    return source
+        return None
+
     async def _pending(self, ref: str | os.PathLike[str], refresh: bool) -> _Pending:
         text = os.fspath(ref)
+        if not isinstance(ref, os.PathLike):
+            target = self.mapped(text)
+            if target is not None:
+                text = target
         if isinstance(ref, os.PathLike) or is_local_ref(text):
             for prefix in LOCAL_PREFIXES:
                 text = text.removeprefix(prefix)
@@ -364,6 +399,7 @@ class ImageStore:
         try:
             budget = Budget(self.max_image_bytes, self.max_entries)
             stats = unpack_layers(resolved.layers, str(work / "rootfs"), budget, cancel)
+            share_files(work / "rootfs", self._files, cancel)
             (work / "config.json").write_bytes(resolved.config_bytes)
             _write_json_atomic(work / "image.json", {
                 "digest": resolved.digest, "source": resolved.source, "manifest_digest": resolved.manifest_digest,
@@ -452,12 +488,71 @@ class ImageStore:
                 evicted.append(digest)
                 self.stats.evictions += 1
                 log.info("image store: evicted %s (%d bytes)", digest, size)
+            if evicted:
+                _forget_unlinked(self._files)
             if total > self.max_bytes:
                 log.warning("image store %s holds %d bytes, over its %d: the rest is pinned",
                             self.root, total, self.max_bytes)
         finally:
             os.close(store_fd)
         return evicted
+
+
+def share_files(rootfs: Path, pool: Path, cancel: threading.Event) -> int:
+    """Make every regular file under `rootfs` a hard link to the pool's inode for its
+    content, mode and mtime (adding the file to the pool when it is the first). Returns
+    the number of files that now share an inode with another image."""
+    shared = 0
+    # Never two names of one image on one inode (unless its layers made a hard link): a
+    # slot's copy of its workdir (cp -a) would keep them linked, and a write to one would
+    # change the other.
+    used: set[str] = set()
+    for dirpath, _, filenames in os.walk(rootfs):
+        if cancel.is_set():
+            raise UnpackCancelled("unpack cancelled")
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or st.st_nlink > 1:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            key = f"{h.hexdigest()}-{stat.S_IMODE(st.st_mode):o}-{st.st_mtime_ns}"
+            if key in used:
+                continue
+            used.add(key)
+            target = pool / key[:2] / key
+            try:
+                os.link(path, target)  # the first of its kind: the pool adopts this inode
+                continue
+            except FileNotFoundError:
+                target.parent.mkdir(exist_ok=True)
+                try:
+                    os.link(path, target)
+                    continue
+                except FileExistsError:
+                    pass
+            except FileExistsError:
+                pass
+            tmp = f"{path}.share-{secrets.token_hex(4)}"
+            try:
+                os.link(target, tmp)
+            except OSError:  # evicted meanwhile, or too many links: keep our own copy
+                continue
+            os.replace(tmp, path)
+            shared += 1
+    return shared
+
+
+def _forget_unlinked(pool: Path) -> None:
+    """Drop pool inodes no image links to any more."""
+    for sub in pool.iterdir():
+        for entry in sub.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_nlink == 1:
+                    entry.unlink()
 
 
 def _ready(resolved: ResolvedImage) -> Callable[[Path], Awaitable[ResolvedImage]]:

@@ -1,6 +1,7 @@
 """A terminal task whose environment is a Dockerfile, run as a user runs it: `launch.py
 conf=terminal tasks.source=DIR` on a local Ray, the slot servers building the image from the
-Dockerfile (FROM a real OCI image built from this machine's files, ENV, WORKDIR, COPY, RUN)
+Dockerfile (FROM a real OCI image built from this machine's files; ARG, two stages with COPY
+--from, ENV, WORKDIR, COPY, RUN with a heredoc, a CMD the slot starts)
 with their image store, the agent working in the built image, the hidden test grading the
 final state in the same slot. Gold (its script run through the persistent terminal) scores
 1.0, a no-op 0.0, and the second run takes the build from the store's cache."""
@@ -20,11 +21,21 @@ from tests.test_launch import launch
 TASK = "count-notes"
 
 DOCKERFILE = """\
+ARG PYENV={env}
+FROM oci:{base} AS seed
+RUN mkdir -p /seed && printf 'seeded\\n' > /seed/seed.txt
+
 FROM oci:{base}
-ENV PATH=/{env}/bin:/usr/local/bin:/usr/bin:/bin REPORT_NAME=report.txt
+ARG PYENV
+ENV PATH=/${{PYENV}}/bin:/usr/local/bin:/usr/bin:/bin REPORT_NAME=report.txt
 WORKDIR /home/user/work
 COPY notes.txt /home/user/work/notes.txt
-RUN mkdir -p out && printf 'seeded\\n' > out/seed.txt
+RUN mkdir -p out
+COPY --from=seed /seed/seed.txt out/seed.txt
+RUN cat <<'EOF' > /home/user/work/README
+Count the notes.
+EOF
+CMD ["python3", "-c", "import time; time.sleep(10 ** 6)"]
 """
 
 TEST = """\
@@ -75,7 +86,7 @@ def run_launch(tasks_dir: Path, run_dir: Path, *overrides: str) -> str:
 
 
 def builds(tasks_dir: Path) -> list[str]:
-    found = tasks_dir / "store" / "builds"
+    found = tasks_dir / "store" / "builds" / "images"
     return sorted(p.name for p in found.iterdir() if p.is_dir()) if found.is_dir() else []
 
 

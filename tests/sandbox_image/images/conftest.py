@@ -90,3 +90,17 @@ def child_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def debian_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """A small Debian base with dpkg, apt, bash and coreutils (debian_image.py)."""
+    from .debian_image import build_debian_image
+    return build_debian_image(tmp_path_factory.mktemp("images") / "debian")
+
+
+@pytest.fixture(scope="session")
+def python_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """Debian's python3.11 with its stdlib (python_image.py), no testbed."""
+    from .python_image import build_python_image
+    return build_python_image(tmp_path_factory.mktemp("images") / "python")

@@ -227,3 +227,24 @@ async def test_store_survives_reopen(tmp_path: Path, sh_image: BuiltImage) -> No
         assert tree(again.rootfs) == tree(image.rootfs)
     finally:
         await second.close()
+
+
+async def test_images_share_the_inodes_of_their_common_files(tmp_path: Path) -> None:
+    common = {"usr/lib/big.so": os.urandom(200_000), "etc/motd": b"same\n"}
+    one = build_oci_layout(tmp_path / "one", [common, {"app/a.txt": b"one\n", "app/b.txt": b"one\n"}])
+    two = build_oci_layout(tmp_path / "two", [common, {"app/a.txt": b"two\n"}])
+    store = ImageStore(tmp_path / "store", max_bytes=1 << 30)
+    try:
+        a, b = await store.get(one.path), await store.get(two.path)
+        for rel in common:
+            assert os.stat(a.rootfs / rel).st_ino == os.stat(b.rootfs / rel).st_ino
+        assert (a.rootfs / "app" / "a.txt").read_bytes() == b"one\n"
+        assert (b.rootfs / "app" / "a.txt").read_bytes() == b"two\n"
+        # Within one image, equal files stay separate files (a copy of it must not link them).
+        assert os.stat(a.rootfs / "app" / "a.txt").st_ino != os.stat(a.rootfs / "app" / "b.txt").st_ino
+        store.max_bytes = 0
+        await store.trim()  # both evicted: nothing of them is left in the file pool either
+        assert store.images() == []
+        assert [p for p in (store.root / "files").rglob("*") if p.is_file()] == []
+    finally:
+        await store.close()
