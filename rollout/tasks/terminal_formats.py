@@ -215,13 +215,13 @@ def read_task_yaml(path: Path) -> dict[str, Any]:
 
 def check_dockerfile(path: Path, shown: str) -> None:
     """Refuse at load a Dockerfile the slot servers' builder would refuse at every build."""
-    from sandbox_image.images.dockerfile import DockerfileError, parse
+    from sandbox_image.images.dockerfile import DockerfileError, plan
 
     text = _text(path)
     if text is None:
         raise RowError(f"missing {shown}")
     try:
-        parse(text)
+        plan(text)  # parsed and planned (stages, ARGs, COPY --from) as every build would
     except DockerfileError as e:
         raise RowError(f"{shown}: {e}") from None
 
