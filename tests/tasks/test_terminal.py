@@ -203,6 +203,7 @@ async def test_the_tmux_tool_drives_an_interactive_session(pool):
     assert len(screens) > 5
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_an_interpreter_in_the_agents_workspace_is_refused(pool):
     """Issue 26 case 6: the image's Python lives in the writable workdir (`.venv`); the agent
     replaced it with a script printing passes. Graded with it: refused, never scored. The
