@@ -42,7 +42,7 @@ def qwen_tokenizer_dir() -> str:
 
 
 # Below pytest's own 300 s: a stuck run fails with its output, not with pytest's timeout.
-LAUNCH_TIMEOUT = 240.0
+LAUNCH_TIMEOUT = 270.0
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = LAUNCH_TIMEOUT) -> str:
