@@ -98,7 +98,7 @@ def chat_prompts(tokenizer) -> list[list[int]]:  # noqa: ANN001 - a transformers
 async def run(url: str, pid: int, prompts: list[list[int]], tokens: int, rounds: int,
               history: int) -> None:
     """The measurements against a running server (`pid`: its process, for CPU time)."""
-    await measure(url, pid, prompts, 1, 8, 0)  # warm-up
+    await measure(url, pid, prompts, 1, min(8, tokens), 0)  # warm-up
     totals = {b: [0, 0.0, 0.0] for b in (1, 4, 8)}
     # Batch sizes interleave within each round so background load hits them alike.
     for r in range(rounds):

@@ -19,6 +19,6 @@ async def test_bench_embedded_smoke(checkpoint: Path, server: EmbeddedServerProc
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     prompts = bench.chat_prompts(AutoTokenizer.from_pretrained(str(checkpoint)))
-    await bench.run(server.base_url, server.proc.pid, prompts[:2], tokens=2, rounds=1, history=16)
+    await bench.run(server.base_url, server.proc.pid, prompts[:2], tokens=1, rounds=1, history=8)
     out = capsys.readouterr().out
-    assert "tok/cpu-s" in out and "next turn over a 16-token history" in out, out
+    assert "tok/cpu-s" in out and "next turn over a 8-token history" in out, out
