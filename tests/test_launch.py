@@ -16,6 +16,7 @@ import psutil
 from rollout.leases import read_state
 from tests.actors.helpers import assert_well_formed, groups_jsonl
 from tests.atropos_server import AtroposAPI, TestTrainer
+from tests.conftest import MARKER
 from tests.launch_config import finish, qwen_tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +34,13 @@ def launch(*overrides: str, run_dir: Path, conf: str = "swe_smith") -> subproces
 
 
 def our_processes(pattern: str) -> set[int]:
+    """Processes of this test session (tests/conftest.py's marker: not another suite's on a
+    shared machine) whose command line contains `pattern`."""
     out = set()
-    for p in psutil.process_iter(["cmdline"]):
-        if pattern in " ".join(p.info.get("cmdline") or []):
+    session = os.environ[MARKER]
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        if (pattern in " ".join(p.info.get("cmdline") or [])
+                and (p.info.get("environ") or {}).get(MARKER) == session):
             out.add(p.pid)
     return out
 
