@@ -17,23 +17,13 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake."""
-
-
-def _number_to_str(value: Any) -> Any:
-    # Hydra reads `policy.model=7` as an int; a string key takes it as the text it was.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-Str = Annotated[str, BeforeValidator(_number_to_str)]
+# The project's one ConfigError and the `Str` leniency, shared with the slot server's own
+# config (SlotLimits, the `sandbox` section), which cannot import rollout.
+from sandbox_image.config import ConfigError, Str  # noqa: F401 - re-exported
 
 
 class ConfigModel(BaseModel):

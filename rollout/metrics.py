@@ -1,5 +1,6 @@
 """The metrics seam's implementations that need no Ray: the no-op default, the mapping from
-typed stats to metric families, and a plain Prometheus registry (text exposition format 0.0.4).
+typed stats to metric families, and a Prometheus registry (`prometheus_client`, text
+exposition format 0.0.4).
 
 `StatsMetrics` implements `rollout.protocols.Metrics` over any `Instruments` (this module's
 `PrometheusRegistry`, or `actors.metrics.RayInstruments` for `ray.util.metrics`), so every
@@ -13,15 +14,20 @@ name (`_seconds`), counters end in `_total`.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
 
 log = logging.getLogger(__name__)
+# No `<name>_created` series beside every counter and histogram (a process-wide setting of
+# the library): the exposition stays the families' own series, as dashboards read them.
+prometheus_client.disable_created_metrics()
 
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -142,79 +148,39 @@ class StatsMetrics:
         self._each("set", "rollout_outbox_groups", {}, s.outbox)
 
 
-class _Histogram:
-    __slots__ = ("counts", "sum", "count")
-
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * n
-        self.sum = 0.0
-        self.count = 0
-
-
 class PrometheusRegistry:
-    """`Instruments` kept in memory and rendered as Prometheus text. Thread-safe."""
+    """`Instruments` kept in a private `prometheus_client` registry and rendered as its text
+    exposition. A family appears once it has a value (the driver and the sink each render
+    their own families into one /metrics page, so neither may declare the other's).
+    Thread-safe."""
 
     def __init__(self) -> None:
-        self._values: dict[str, dict[tuple[tuple[str, str], ...], float | _Histogram]] = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._metrics: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def _series(self, family: Family) -> dict[tuple[tuple[str, str], ...], float | _Histogram]:
-        return self._values.setdefault(family.name, {})
+    def _metric(self, family: Family, labels: dict[str, str]) -> Any:
+        metric = self._metrics.get(family.name)
+        if metric is None:
+            with self._lock:
+                metric = self._metrics.get(family.name)
+                if metric is None:
+                    metric = self._metrics[family.name] = _KINDS[family.kind](
+                        family.name, family.help, family.labels, registry=self._registry,
+                        **({"buckets": family.buckets} if family.kind == "histogram" else {}))
+        return metric.labels(**labels) if family.labels else metric
 
     def inc(self, family: Family, labels: dict[str, str], value: float = 1.0) -> None:
-        with self._lock:
-            series = self._series(family)
-            key = tuple(sorted(labels.items()))
-            series[key] = float(series.get(key, 0.0)) + value  # type: ignore[arg-type]
+        self._metric(family, labels).inc(value)
 
     def set(self, family: Family, labels: dict[str, str], value: float) -> None:
-        with self._lock:
-            self._series(family)[tuple(sorted(labels.items()))] = float(value)
+        self._metric(family, labels).set(value)
 
     def observe(self, family: Family, labels: dict[str, str], value: float) -> None:
-        with self._lock:
-            series = self._series(family)
-            key = tuple(sorted(labels.items()))
-            h = series.get(key)
-            if not isinstance(h, _Histogram):
-                h = series[key] = _Histogram(len(family.buckets))
-            for i, bound in enumerate(family.buckets):
-                if value <= bound:
-                    h.counts[i] += 1
-            h.sum += value
-            h.count += 1
+        self._metric(family, labels).observe(value)
 
     def render(self) -> str:
-        out: list[str] = []
-        with self._lock:
-            for name, series in self._values.items():
-                fam = FAMILIES[name]
-                out.append(f"# HELP {name} {fam.help}")
-                out.append(f"# TYPE {name} {fam.kind}")
-                for key, v in sorted(series.items()):
-                    if isinstance(v, _Histogram):
-                        for bound, c in zip(fam.buckets, v.counts):
-                            out.append(f"{name}_bucket{_labels(key, ('le', _num(bound)))} {c}")
-                        out.append(f"{name}_bucket{_labels(key, ('le', '+Inf'))} {v.count}")
-                        out.append(f"{name}_sum{_labels(key)} {_num(v.sum)}")
-                        out.append(f"{name}_count{_labels(key)} {v.count}")
-                    else:
-                        out.append(f"{name}{_labels(key)} {_num(v)}")
-        return "\n".join(out) + "\n" if out else ""
+        return generate_latest(self._registry).decode()
 
 
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(key: tuple[tuple[str, str], ...], *extra: tuple[str, str]) -> str:
-    pairs = [*key, *extra]
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs) + "}"
+_KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}

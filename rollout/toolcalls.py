@@ -1,4 +1,4 @@
-"""Tool-call parsing: model text (or an OpenAI `tool_calls` list) -> ToolCalls and errors.
+"""Tool-call parsing: model text -> ToolCalls and errors.
 
 Accepted inside `<tool_call>...</tool_call>` tags (several per message):
 - Hermes JSON: `{"name": "terminal", "arguments": {"command": "ls"}}`
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,26 +82,6 @@ def parse_tool_calls(text: str, limits: ParseLimits = ParseLimits()) -> ParsedTu
             "Send the complete call again."
         ))
     return _finish(raw, limits)
-
-
-def parse_openai_tool_calls(
-    tool_calls: Iterable[Any], limits: ParseLimits = ParseLimits()
-) -> ParsedTurn:
-    """Parse an OpenAI chat `message.tool_calls` list. Never raises."""
-    raw: list[tuple[str, Any] | ToolCallError] = []
-    ids: list[str] = []
-    for item in tool_calls or []:
-        fn = item.get("function") if isinstance(item, dict) else None
-        ids.append(str(item.get("id") or "") if isinstance(item, dict) else "")
-        if not isinstance(fn, dict):
-            raw.append(ToolCallError("A tool call had no 'function' object; it was ignored."))
-            continue
-        raw.append(_named_arguments(fn.get("name"), fn.get("arguments")))
-    turn = _finish(raw, limits)
-    for entry, call_id in zip(turn.entries, ids):
-        if call_id:
-            entry.call_id = call_id
-    return turn
 
 
 def format_hermes_call(call: ToolCall) -> str:

@@ -21,7 +21,6 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from sandbox_image.config import ENV_KEY, SlotLimits, describe_validation_error
 
-MAX_BATCH = 1024
 MAX_PATH = 4096  # PATH_MAX
 MAX_ENV_ENTRIES = 256
 MAX_ENV_KEY = 256
@@ -147,18 +146,6 @@ class PythonRequest(BaseModel):
         return _effective_timeout(self.timeout, limits)
 
 
-class BatchItem(ExecRequest):
-    slot: int
-    lease: str | None = Field(None, max_length=256)
-
-
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    # Items are validated one by one (a bad item fails alone, the others run).
-    items: list[Any] = Field(max_length=MAX_BATCH)
-
-
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -207,10 +194,6 @@ def query(model: type[BaseModel], request: web.Request, limits: SlotLimits) -> A
 def exec_body_cap(limits: SlotLimits) -> int:
     """Largest exec body: the command and env at JSON's worst escaping (6 bytes a byte)."""
     return 6 * (limits.command_cap + MAX_ENV_BYTES) + 64 * 1024
-
-
-def batch_body_cap(limits: SlotLimits) -> int:
-    return 8 * exec_body_cap(limits)
 
 
 # Longest pause a request body may take between two chunks.

@@ -9,7 +9,6 @@ slot's disk full is a 507.
     GET  /livez                          liveness, no auth
     GET  /health                         slots, isolation, limits, workspace path, version
     POST /slots/{i}/exec                 {command, timeout?, cwd?, env?} -> result
-    POST /exec_batch                     {items: [{slot, command, ...}]} -> {results: [...]}
     POST /slots/{i}/python               {code, timeout?} -> the slot's stateful Python session:
                                          {stdout, stderr, result, error, timed_out,
                                          session_lost, message, duration}
@@ -376,7 +375,7 @@ def _json_error(message: str, status: int) -> web.Response:
 
 def build_app(server: SlotServer) -> web.Application:
     limits = server.slot_limits
-    exec_cap, batch_cap = api.exec_body_cap(limits), api.batch_body_cap(limits)
+    exec_cap = api.exec_body_cap(limits)
     file_body_cap = limits.file_cap + (1 << 20)
 
     @web.middleware
@@ -421,22 +420,6 @@ def build_app(server: SlotServer) -> web.Application:
         req = api.validate(ExecRequest, body, limits, "exec request")
         result = await server.execute(i, req)
         return web.json_response(result.to_dict())
-
-    async def exec_batch(request: web.Request) -> web.Response:
-        body = await api.read_json(request, batch_cap, "exec_batch request")
-        batch = api.validate(api.BatchRequest, body, limits, "exec_batch request")
-
-        async def one(item: Any) -> dict[str, Any]:
-            try:
-                req = api.validate(api.BatchItem, item, limits, "exec_batch item")
-                i = server.slot_index(req.slot)
-                server.check_lease(i, req.lease)
-                return (await server.execute(i, req)).to_dict()
-            except BadRequest as e:
-                return {"error": str(e), "status": e.status}
-
-        results = await asyncio.gather(*(one(item) for item in batch.items))
-        return web.json_response({"results": results})
 
     async def python(request: web.Request) -> web.Response:
         i = leased_slot(request)
@@ -515,12 +498,11 @@ def build_app(server: SlotServer) -> web.Application:
         return web.json_response({"ok": True, "members": count})
 
     app = web.Application(middlewares=[guard],
-                          client_max_size=max(file_body_cap, batch_cap))
+                          client_max_size=max(file_body_cap, exec_cap))
     app.add_routes([
         web.get("/livez", livez),
         web.get("/health", health),
         web.post("/slots/{slot}/exec", exec_one, name="exec"),
-        web.post("/exec_batch", exec_batch),
         web.post("/slots/{slot}/python", python, name="python"),
         web.post("/slots/{slot}/reset", reset),
         web.post("/slots/{slot}/refresh", refresh, name="refresh"),

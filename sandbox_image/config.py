@@ -14,9 +14,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 TOKEN_ENV = "SLOT_SERVER_TOKEN"
 ISOLATION_MODES = ("auto", "bwrap", "required", "none")
@@ -27,8 +28,21 @@ MAX_ARG_STRLEN = 128 * 1024
 MiB = 1 << 20
 
 
-class ConfigError(Exception):
-    """A flag combination the server cannot run with (message is shown to the user)."""
+class ConfigError(ValueError):
+    """A user-facing configuration mistake, shown as one line: the project's only such class
+    (`rollout.config_model` re-exports it). It lives here because `sandbox_image` runs alone
+    inside sandboxes and imports nothing of `rollout`."""
+
+
+def _number_to_str(value: Any) -> Any:
+    # Hydra reads `policy.model=7` as an int; a string key takes it as the text it was.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# A string field of a strict config: a bare number from Hydra's command line is its text.
+Str = Annotated[str, BeforeValidator(_number_to_str)]
 
 
 HOST_IMAGE = "host"
@@ -55,12 +69,12 @@ class ImageSpec(BaseModel):
         images built from a Dockerfile (`dockerfile:` sources) only.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    source: str = Field(HOST_IMAGE, min_length=1)
-    workdir: str | None = None
-    python: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    source: Str = Field(HOST_IMAGE, min_length=1)
+    workdir: Str | None = None
+    python: Str | None = None
+    env: dict[str, Str] = Field(default_factory=dict)
     service: bool | None = None
 
     @field_validator("workdir")
@@ -101,7 +115,9 @@ class SlotLimits(BaseModel):
     limit for all three; see `sandbox_image.disks` for why and what it costs).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # Strict like every config section (rollout.config_model): `memory_mb: "4096"` or
+    # `network: "yes"` is refused, not coerced.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
     isolation: Literal["auto", "bwrap", "required", "none"] = Field(
         "auto", description="auto: bubblewrap if usable, else run unsandboxed with a loud "
@@ -129,8 +145,8 @@ class SlotLimits(BaseModel):
     inodes: int | None = Field(262144, ge=1024, le=(1 << 32) - 1,
                                description="inodes of each slot's filesystem (only with "
                                "disk_mb); None = mkfs's default for that size")
-    env: dict[str, str] = Field(default_factory=dict, description="extra command environment")
-    expose: tuple[str, ...] = Field((), description="host dirs (or interpreters: their prefix) "
+    env: dict[str, Str] = Field(default_factory=dict, description="extra command environment")
+    expose: tuple[Str, ...] = Field((), description="host dirs (or interpreters: their prefix) "
                                     "shown read-only inside host-view slots")
     images: dict[str, ImageSpec] = Field(
         default_factory=_default_images,
@@ -168,6 +184,11 @@ class SlotLimits(BaseModel):
         if label is None or label == HOST_IMAGE:
             return self.images.get(HOST_IMAGE, ImageSpec())
         return self.images.get(label) or ImageSpec(source=label)
+
+    @field_validator("expose", mode="before")
+    @classmethod
+    def _expose_list(cls, paths: Any) -> Any:
+        return tuple(paths) if isinstance(paths, list) else paths  # YAML and JSON give lists
 
     @field_validator("expose")
     @classmethod

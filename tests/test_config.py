@@ -28,6 +28,9 @@ def test_overrides_reach_the_typed_config(tmp_path):
     ("env.group_size=0", "env.group_size must be >= 1"),
     ("workers.num=0", "workers.num"),
     ("sandbox.isolation=maybe", "sandbox.isolation"),
+    ("sandbox.memory_mb='4096'", "sandbox.memory_mb must be an integer, got '4096'"),
+    ("sandbox.network=yes", "sandbox.network must be true or false, got 'yes'"),
+    ("+sandbox.images.x.source=[1]", "sandbox.images.x.source must be a string"),
     ("backend.max_hosts=0", "backend.max_hosts must be >= 1, got 0"),
     ("backend.name=cloud9", "unknown backend 'cloud9' \\(available: local"),
     ("trainer.type=carrier-pigeon", "trainer.type must be"),
@@ -35,6 +38,16 @@ def test_overrides_reach_the_typed_config(tmp_path):
 def test_bad_values_get_one_line_errors(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         compose_config(["conf=swe_smith", f"run.dir={tmp_path}", *GOLD, override])
+
+
+def test_the_project_has_one_config_error():
+    # The slot server's own flags and the run's config raise the same class, so launch.py's
+    # one-line handling catches both.
+    import rollout.config_model
+    import sandbox_image.config
+
+    assert ConfigError is rollout.config_model.ConfigError is sandbox_image.config.ConfigError
+    assert issubclass(ConfigError, ValueError)
 
 
 def test_endpoint_policy_requires_its_url():

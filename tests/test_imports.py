@@ -85,3 +85,23 @@ def test_every_third_party_import_is_declared() -> None:
                 if not owners & declared:
                     missing.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_rollout_never_imports_ray() -> None:
+    """`rollout/` is the Ray-free core (Ray wrappers live in `actors/`): no module of it
+    imports `ray` or `actors`, at its top or lazily inside a function (a static check, so
+    a lazy import on a path no test takes is caught too)."""
+    offenders = []
+    for path in sorted((ROOT / "rollout").rglob("*.py")):
+        if "bundled" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                          if name.split(".")[0] in ("ray", "actors")]
+    assert not offenders, offenders

@@ -16,7 +16,8 @@ import psutil
 from rollout.leases import read_state
 from tests.actors.helpers import assert_well_formed, groups_jsonl
 from tests.atropos_server import AtroposAPI, TestTrainer
-from tests.launch_config import qwen_tokenizer_dir
+from tests.conftest import MARKER
+from tests.launch_config import finish, qwen_tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +34,13 @@ def launch(*overrides: str, run_dir: Path, conf: str = "swe_smith") -> subproces
 
 
 def our_processes(pattern: str) -> set[int]:
+    """Processes of this test session (tests/conftest.py's marker: not another suite's on a
+    shared machine) whose command line contains `pattern`."""
     out = set()
-    for p in psutil.process_iter(["cmdline"]):
-        if pattern in " ".join(p.info.get("cmdline") or []):
+    session = os.environ[MARKER]
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        if (pattern in " ".join(p.info.get("cmdline") or [])
+                and (p.info.get("environ") or {}).get(MARKER) == session):
             out.add(p.pid)
     return out
 
@@ -51,7 +56,7 @@ def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
 
 
 def wait_for_first_group(proc: subprocess.Popen[str], run_dir: Path,
-                         timeout: float = 300.0) -> None:
+                         timeout: float = 200.0) -> None:
     deadline = time.monotonic() + timeout
     while not groups_jsonl(run_dir):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -72,8 +77,7 @@ def ctrl_c_twice(proc, run_dir: Path, timeout: float) -> str:
     else:
         raise AssertionError("".join(seen)[-3000:])
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=timeout)
-    return out
+    return finish(proc, timeout)
 
 
 GOLD = ("policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_size=2",
@@ -98,7 +102,7 @@ def test_gold_streams_every_bundled_instance_to_atropos(tmp_path: Path):
     try:
         proc = launch(*GOLD, "trainer=atropos", f"trainer.url={api.url}",
                       "trainer.status_interval=0.2", run_dir=tmp_path / "run")
-        out, _ = proc.communicate(timeout=1500)
+        out = finish(proc)
         assert proc.returncode == 0, out[-3000:]
         deadline = time.monotonic() + 30
         from rollout.tasks import load_tasks
@@ -129,7 +133,7 @@ def test_ctrl_c_finishes_in_flight_tears_down_and_resumes(tmp_path: Path):
                   run_dir=run_dir)
     wait_for_first_group(proc, run_dir)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc)
     assert "run finished (SIGINT)" in out, out[-3000:]
     assert proc.returncode in (0, 1)
     first = groups_jsonl(run_dir)
@@ -145,7 +149,7 @@ def test_ctrl_c_finishes_in_flight_tears_down_and_resumes(tmp_path: Path):
     assert acked == {g["seq"] for g in first}
     # Relaunching with the same run dir does the rest, never a task twice.
     proc = launch(*GOLD, "tasks.max_items=8", "workers.num=1", run_dir=run_dir)
-    out, _ = proc.communicate(timeout=600)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 8
@@ -164,7 +168,7 @@ def test_main_job_on_the_embedded_policy_writes_real_logprobs(tmp_path: Path):
     run_dir = tmp_path / "run"
     proc = launch("run.max_groups=1", "env.group_size=2", "agent.max_turns=2",
                   "policy.max_tokens=24", run_dir=run_dir)
-    out, _ = proc.communicate(timeout=900)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     (group,) = groups_jsonl(run_dir)
     assert_well_formed(group, 2)
@@ -235,7 +239,7 @@ def test_double_ctrl_c_summary_equals_the_files(tmp_path: Path):
                   "policy.simulated.turns=2", "env.group_size=4", "workers.num=2",
                   "workers.groups_in_flight=2", "backend.slots_per_host=8",
                   "tasks.max_items=12", "run.shutdown_grace=600", run_dir=run_dir)
-    out = ctrl_c_twice(proc, run_dir, timeout=300)
+    out = ctrl_c_twice(proc, run_dir, timeout=200)
     assert "(forced)" in out, out[-3000:]
     figures = summary_figures(out)
     state = read_state(run_dir / "queue_state.json")

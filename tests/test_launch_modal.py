@@ -15,7 +15,7 @@ import pytest
 from rollout.tasks import load_tasks
 from tests.actors.helpers import groups_jsonl
 from tests.fake_modal import _control
-from tests.launch_config import qwen_tokenizer_dir
+from tests.launch_config import finish, qwen_tokenizer_dir
 from tests.sandbox.modal_support import FAKE_SDK, fake_modal, modal_config  # noqa: F401
 from tests.test_launch import wait_for_first_group
 from sandbox_image.config import SlotLimits
@@ -46,7 +46,7 @@ def test_gold_over_modal_scores_every_bundled_instance(
         fake_modal, tmp_path: Path) -> None:  # noqa: F811
     run_dir = tmp_path / "run"
     proc = launch("workers.num=2", run_dir=run_dir)
-    out, _ = proc.communicate(timeout=1500)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     expected = sorted(t.task_id for t in load_tasks({"source": "bundled"}))
     groups = groups_jsonl(run_dir)
@@ -65,7 +65,7 @@ def test_interrupted_driver_leaves_no_sandbox(
     wait_for_first_group(proc, run_dir)
     assert run_sandboxes(run_dir), "no sandbox was running mid-run"
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc)
     assert "run finished" in out, out[-3000:]
     assert run_sandboxes(run_dir) == set()
 
@@ -84,7 +84,7 @@ async def test_sigkilled_driver_then_restart_reaps_only_its_run(fake_modal,  # n
         left = run_sandboxes(run_dir)
         assert left, "a SIGKILLed driver's sandboxes keep running on Modal (and in the fake)"
         proc = launch("tasks.max_items=6", "workers.num=1", run_dir=run_dir)
-        out, _ = proc.communicate(timeout=900)
+        out = finish(proc)
         assert proc.returncode == 0, out[-3000:]
         assert left.isdisjoint(_control.running_ids())  # reaped at the restart's start
         assert run_sandboxes(run_dir) == set()
@@ -105,7 +105,7 @@ def test_sandbox_terminated_mid_run_every_task_once(
     assert victims
     victim = sorted(victims)[0]
     assert _control.signal_supervisor(victim)  # Modal ended it (preempted, crashed, ...)
-    out, _ = proc.communicate(timeout=900)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     assert _control.exit_record(victim)["reason"] == "terminated"
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]

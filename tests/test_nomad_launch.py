@@ -20,6 +20,7 @@ from rollout.leases import read_state
 from rollout.tasks.loader import BUNDLED_DIR
 from tests.actors.helpers import groups_jsonl
 from tests.nomad_emulator.__main__ import READY
+from tests.launch_config import finish
 from tests.test_launch import GOLD, ROOT, launch, wait_for_first_group
 
 TOKEN = "e2e-emulator-acl-token-42"
@@ -85,7 +86,7 @@ def _assert_nothing_left(emulator: Emulator) -> None:
     assert state["jobs"] == [] and state["running_pids"] == [], state
 
 
-def _wait(predicate: Any, timeout: float = 300.0) -> None:
+def _wait(predicate: Any, timeout: float = 200.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -98,7 +99,7 @@ def test_gold_on_nomad_delivers_every_instance_of_two_images(tmp_path: Path,
     run_dir = tmp_path / "run"
     proc = launch(*NOMAD, f"tasks.source={tasks}", f"tasks.repo_sources=[{BUNDLED_DIR}]",
                   f"+sandbox.images.{SECOND_IMAGE}={{source: host}}", run_dir=run_dir)
-    out, _ = proc.communicate(timeout=280)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     expected = sorted(json.loads(x)["instance_id"] for x in tasks.read_text().splitlines())
     groups = groups_jsonl(run_dir)
@@ -134,7 +135,7 @@ def test_killed_allocation_and_api_outage_mid_run(tmp_path: Path, emulator: Emul
     emulator.post("outage", {"seconds": 30})
     _wait(lambda: not emulator.get("state")["api_up"])
     _wait(lambda: emulator.get("state")["api_up"], timeout=120)
-    out, _ = proc.communicate(timeout=280)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 8
@@ -159,7 +160,7 @@ def test_sigkilled_driver_then_a_new_run_leaves_nothing(tmp_path: Path,
     leftover = emulator.get("state")["jobs"]
     assert leftover  # a dead driver cannot deregister: the job is still there
     proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)  # the same run resumes
-    out, _ = proc.communicate(timeout=280)
+    out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     ids = [g["task_id"] for g in groups_jsonl(run_dir)]
     assert len(ids) == len(set(ids)) == 6
@@ -174,7 +175,7 @@ def test_ctrl_c_and_sigterm_leave_no_job_and_no_slot_server(tmp_path: Path, emul
     wait_for_first_group(proc, run_dir)
     assert emulator.get("state")["jobs"] and emulator.running()
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc)
     assert proc.returncode in (0, 1), out[-3000:]
     assert f"run finished ({sig.name})" in out, out[-3000:]
     _assert_nothing_left(emulator)

@@ -7,7 +7,6 @@ from rollout.toolcalls import (
     ParseLimits,
     ToolCallError,
     format_hermes_call,
-    parse_openai_tool_calls,
     parse_tool_calls,
 )
 from rollout.types import ToolCall
@@ -56,18 +55,6 @@ def test_glm45_arg_key_value_pairs():
             "<arg_key>start_line</arg_key>\n<arg_value>3</arg_value>\n</tool_call>")
     turn = parse_tool_calls(text, KNOWN)
     assert turn.calls[0].arguments == {"path": "src/a.py", "start_line": 3}
-
-
-def test_openai_tool_calls():
-    raw = [
-        {"id": "abc", "type": "function", "function": {"name": "terminal", "arguments": '{"command": "ls"}'}},
-        {"id": "def", "type": "function", "function": {"name": "terminal", "arguments": "{not json"}},
-        {"id": "ghi", "type": "function"},
-    ]
-    turn = parse_openai_tool_calls(raw, KNOWN)
-    assert turn.calls == [ToolCall("terminal", {"command": "ls"}, "abc")]
-    assert [e.call_id for e in turn.errors] == ["def", "ghi"]
-    assert "not valid JSON" in turn.errors[0].message
 
 
 def test_truncated_call_is_reported():
@@ -160,14 +147,11 @@ def test_fuzz_random_text_never_raises(parts):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=12), _json, st.lists(_json, max_size=3))
-def test_fuzz_structured_calls_never_raise(name, args, openai_items):
+@given(st.text(max_size=12), _json)
+def test_fuzz_structured_calls_never_raise(name, args):
     text = "<tool_call>" + json.dumps({"name": name, "arguments": args}) + "</tool_call>"
     parse_tool_calls(text, KNOWN)
     parse_tool_calls(f"<tool_call>{name}{json.dumps(args)}</tool_call>", KNOWN)
-    parse_openai_tool_calls(openai_items, KNOWN)
-    parse_openai_tool_calls([{"function": {"name": name, "arguments": json.dumps(args)}}], KNOWN)
-    parse_openai_tool_calls([{"function": {"name": name, "arguments": args}}], KNOWN)
 
 
 @settings(max_examples=100, deadline=None)

@@ -154,20 +154,6 @@ class SlotServerClient:
             session_lost=bool(d.get("session_lost", False)), message=str(d.get("message", "")),
             duration=float(d.get("duration", 0.0)))
 
-    async def exec_batch(self, items: list[dict[str, Any]]) -> list[ExecResult | Exception]:
-        """items: {slot, command, timeout?, cwd?, env?, lease?}. Per-item refusals come back as
-        SlotRequestError instances in the list (the other items still ran)."""
-        longest = max((float(i.get("timeout") or 60.0) for i in items), default=60.0)
-        d = await self._request("POST", "/exec_batch", json={"items": items},
-                                timeout=longest + EXEC_MARGIN)
-        out: list[ExecResult | Exception] = []
-        for r in d["results"]:
-            if "error" in r:
-                out.append(SlotRequestError(r["error"], int(r.get("status", 400))))
-            else:
-                out.append(exec_result(r))
-        return out
-
     async def read_file(self, slot: int, path: str, max_bytes: int | None = None, *,
                         lease: str | None = None) -> bytes:
         params = {"path": path}

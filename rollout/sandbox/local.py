@@ -49,11 +49,6 @@ def _kill_leftover_servers() -> None:
         _LIVE_SERVERS.pop(pid, None)
 
 
-def live_server_pids() -> list[int]:
-    """Slot-server pids this process started and has not yet seen exit (for tests/stats)."""
-    return list(_LIVE_SERVERS)
-
-
 @register
 class LocalConfig(BackendConfig):
     """`backend=local`: slot servers as subprocesses on every Ray node."""

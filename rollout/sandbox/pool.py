@@ -37,10 +37,9 @@ from rollout.sandbox.fleet import HostFleet, HostQuota
 from rollout.sandbox.hosts import HostState
 from sandbox_image.config import SlotLimits
 from rollout.sandbox.slot_sandbox import SlotSandbox
-from rollout.types import ExecResult, SandboxError, Slot
+from rollout.types import SandboxError, Slot
 
 log = logging.getLogger(__name__)
-ExecItem = tuple | dict  # (slot, command[, {timeout, cwd, env}]) or {"slot", "command", ...}
 
 
 class SlotPool:
@@ -339,35 +338,6 @@ class SlotPool:
         state = "died and is being replaced" if dead else "did not answer"
         return SandboxError(f"{what} {state} ({error})")
 
-    async def exec_batch(self, items: list[ExecItem]) -> list[ExecResult]:
-        """Run many commands (one request per host, run concurrently there). Results are in
-        input order; an item the server refused raises its SlotRequestError."""
-        by_host: dict[str, list[tuple[int, dict[str, Any]]]] = collections.defaultdict(list)
-        hosts: dict[str, HostState] = {}
-        for pos, item in enumerate(items):
-            slot, spec = _normalize(item)
-            spec["timeout"] = min(float(spec.get("timeout") or 60.0),
-                                  self.limits.exec_timeout_cap)
-            hosts[slot.host_id] = self._validate(slot)
-            spec["lease"] = slot.lease
-            by_host[slot.host_id].append((pos, spec))
-        results: list[ExecResult | Exception | None] = [None] * len(items)
-
-        async def run(host_id: str, batch: list[tuple[int, dict[str, Any]]]) -> None:
-            hs = hosts[host_id]
-            try:
-                out = await hs.client.exec_batch([spec for _, spec in batch])
-            except HostUnreachable as e:
-                raise await self._unreachable(hs, f"host {host_id}", e) from e
-            for (pos, _), r in zip(batch, out):
-                results[pos] = r
-
-        await asyncio.gather(*(run(h, b) for h, b in by_host.items()))
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results  # type: ignore[return-value]
-
     # --- stats ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -463,15 +433,3 @@ def _finished(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def _normalize(item: ExecItem) -> tuple[Slot, dict[str, Any]]:
-    if isinstance(item, dict):
-        spec = {k: v for k, v in item.items() if k in ("command", "timeout", "cwd", "env")}
-        slot = item["slot"]
-    else:
-        slot, command, *rest = item
-        spec = {"command": command, **(rest[0] if rest else {})}
-    if not isinstance(slot, Slot):
-        raise SandboxError(f"exec_batch item needs a Slot, got {type(slot).__name__}")
-    spec["slot"] = slot.index
-    return slot, spec

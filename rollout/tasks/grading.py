@@ -49,16 +49,8 @@ from typing import Any, Iterable
 
 from rollout.types import ExecResult, GradingError, Verdict
 
-STATUSES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 MISSING = "MISSING"
 _RANK = {"PASSED": 0, "SKIPPED": 1, "XFAIL": 1, "XPASS": 1, "FAILED": 2, "ERROR": 2}
-_STATUS_ALT = "|".join(STATUSES)
-# verbose: "tests/test_x.py::test_a[1-2] PASSED    [ 50%]", "... SKIPPED (reason)    [ 60%]"
-_VERBOSE = re.compile(
-    rf"^(?P<node>\S.*?::.*?) (?P<status>{_STATUS_ALT})(?: \(.*\))?(?:\s+\[\s*\d+%\])?\s*$")
-# short summary: "FAILED tests/test_x.py::test_a - AssertionError: ..."
-_SUMMARY = re.compile(rf"^(?P<status>{_STATUS_ALT}) (?P<node>\S+?::.*?)(?: - .*)?\s*$")
-
 SPEC_FILE = ".rollout-grade.json"  # written just before the run; the runner deletes it
 _RUNNER_SOURCE = (Path(__file__).with_name("grade_runner.py")).read_text()
 
@@ -116,37 +108,6 @@ def pytest_run(
     command = (f"{prefix} {shlex.quote(python)} -I -B -c {shlex.quote(_RUNNER_SOURCE)} "
                f"{shlex.quote(SPEC_FILE)}")
     return GradeRun(command, SPEC_FILE, json.dumps(spec).encode(), nonce)
-
-
-# pytest 9 subtests: "SUBFAILED(i=1) <node> - ...", "SUBFAILED[msg] (i=1) <node>" in the short
-# summary, "<node> SUBFAILED[msg] (i=1)  [ 50%]" in verbose lines; the node may *also* print
-# PASSED (unittest subTests do), so a failed subtest must fail its node.
-_SUB_SUMMARY = re.compile(
-    r"^SUB(?P<status>FAILED|PASSED|SKIPPED)(?:\[[^\]]*\])?(?:\s*\([^)]*\))?\s+(?P<node>\S+?::.*?)(?: - .*)?\s*$")
-_SUB_VERBOSE = re.compile(r"^(?P<node>\S.*?::\S.*?) SUB(?P<status>FAILED|PASSED|SKIPPED)\b")
-
-
-def parse_pytest_log(log: str) -> dict[str, str]:
-    """Per-test status from pytest's verbose text output (for `make_tasks`, which validates
-    candidate bugs on the host; grading reads `grade_runner`'s report instead). A test
-    reported more than once keeps its worst status; a failed subtest fails its node."""
-    statuses: dict[str, str] = {}
-
-    def put(node: str, status: str) -> None:
-        if _RANK[status] >= _RANK.get(statuses.get(node, ""), -1):
-            statuses[node] = status
-
-    for raw in log.splitlines():
-        line = raw.rstrip()
-        sub = _SUB_SUMMARY.match(line) or _SUB_VERBOSE.match(line)
-        if sub:
-            if sub.group("status") == "FAILED":
-                put(sub.group("node").strip(), "FAILED")
-            continue
-        m = _VERBOSE.match(line) or _SUMMARY.match(line)
-        if m:
-            put(m.group("node").strip(), m.group("status"))
-    return statuses
 
 
 @dataclass

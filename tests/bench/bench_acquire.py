@@ -1,7 +1,7 @@
 """Benchmark: acquire and release latency with 256 concurrent acquirers (real slot servers).
 
 Run on demand: `python tests/bench/bench_acquire.py [--acquirers 256] [--rounds 8]
-[--hosts 3 --slots-per-host 128] [--disk-mb 4096|0]`.
+[--hosts 3 --slots-per-host 128] [--disk-mb 4096|0] [--smoke]`.
 
 Each acquirer loops: acquire, run `true` in the slot (a trajectory's shortest use of it),
 release. Two ways of releasing, interleaved round by round so load from other processes on
@@ -47,7 +47,7 @@ async def cycle(pool: SlotPool, tid: str, mode: str, out: dict[str, list[float]]
     if mode == "background":
         await pool.release(slot)
     else:
-        await pool.fleet.hosts[slot.host_id].client.reset(slot.index)
+        await pool.fleet.hosts[slot.host_id].client.reset(slot.index, lease=slot.lease)
         await pool.release(slot, reset=False)
     t3 = time.perf_counter()
     out["acquire"].append(t1 - t0)
@@ -104,4 +104,9 @@ if __name__ == "__main__":
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--slots-per-host", type=int, default=128)
     ap.add_argument("--disk-mb", type=int, default=4096, help="per-slot disk; 0 = none")
-    asyncio.run(main(ap.parse_args()))
+    ap.add_argument("--smoke", action="store_true",
+                    help="4 acquirers, 1 round, one host of 4 slots: only proves it works")
+    args = ap.parse_args()
+    if args.smoke:
+        args.acquirers, args.rounds, args.hosts, args.slots_per_host, args.disk_mb = 4, 1, 1, 4, 0
+    asyncio.run(main(args))

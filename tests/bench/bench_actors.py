@@ -1,6 +1,6 @@
 """Benchmark: the ceiling of the run's single TaskQueue and TrainerSink actors.
 
-Run on demand: `python tests/bench/bench_actors.py [--callers 64] [--seconds 5]`.
+Run on demand: `python tests/bench/bench_actors.py [--callers 64] [--seconds 5] [--smoke]`.
 
 - TaskQueue: `callers` concurrent loops of lease(1) -> complete, against a queue of
   `--tasks` tasks of which a share is already finished (as late in a long run). Every
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -79,6 +80,7 @@ async def queue_row(tasks: int, finished: float, callers: int, seconds: float) -
     ray.kill(queue)
     journal = state.with_name(state.name + ".journal")
     size = (state.stat().st_size + (journal.stat().st_size if journal.exists() else 0)) / 2**20
+    shutil.rmtree(run_dir, ignore_errors=True)
     return (f"  {tasks:>8} tasks, {done:>7} finished: {n / elapsed:8.1f} leases/s "
             f"(lease + complete), lease p50 {pct(lease_lat, .5):7.2f} ms  p99 "
             f"{pct(lease_lat, .99):7.2f} ms; cursor file {size:.2f} MB")
@@ -113,6 +115,7 @@ async def sink_row(callers: int, seconds: float, group_size: int, tokens: int) -
     await sink.close.remote(30.0)
     ray.kill(sink)
     written = sum(p.stat().st_size for p in run_dir.glob("*.jsonl")) / 2**20
+    shutil.rmtree(run_dir, ignore_errors=True)
     return (f"  groups of {group_size} x {tokens} tokens: {n / elapsed:8.1f} groups/s "
             f"({written / elapsed:.1f} MB/s written), submit p50 {pct(lat, .5):7.2f} ms  "
             f"p99 {pct(lat, .99):7.2f} ms")
@@ -127,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
         for finished in (0.0, 0.5):
             print(await queue_row(tasks, finished, args.callers, args.seconds), flush=True)
     print("TrainerSink (trainer=jsonl; outbox + groups.jsonl):")
-    for tokens in (2048, 8192):
+    for tokens in args.tokens:
         print(await sink_row(args.callers, args.seconds, args.group_size, tokens), flush=True)
 
 
@@ -138,6 +141,12 @@ if __name__ == "__main__":
     ap.add_argument("--tasks", type=lambda s: [int(x) for x in s.split(",")],
                     default=[1000, 10000, 100000])
     ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--tokens", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[2048, 8192], help="tokens per trajectory, comma-separated")
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 callers, 0.3 s per row, 100 tasks, short groups: only proves it works")
     args = ap.parse_args()
+    if args.smoke:
+        args.callers, args.seconds, args.tasks, args.group_size, args.tokens = 2, 0.3, [100], 2, [64]
     with local_ray():
         asyncio.run(main(args))

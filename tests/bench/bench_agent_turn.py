@@ -6,7 +6,7 @@ This measures that client-side cost with the real Qwen3 tokenizer and a no-op to
 at the first and the 30th turn, and compares it with the floor for one isolated command
 (`bwrap ... sh -c true`), all in one run.
 
-Run: python tests/bench/bench_agent_turn.py
+Run: python tests/bench/bench_agent_turn.py [--smoke]   (smoke: 3 turns, no warm-up)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rollout.tools import TOOL_SCHEMAS  # noqa: E402
 from rollout.types import Task, ToolResult  # noqa: E402
 from tests.agent_support import QWEN_TOKENIZER  # noqa: E402
 
-TURNS = 30
+TURNS = 3 if "--smoke" in sys.argv[1:] else 30
 OUTPUT = "line of tool output\n" * 40  # ~800 chars per observation
 
 
@@ -73,11 +73,12 @@ def bwrap_floor(n: int = 50) -> float | None:
     return statistics.median(times)
 
 
-def main() -> None:
-    asyncio.run(per_turn_times())  # warm-up: tokenizer load, template compile
+def main(smoke: bool) -> None:
+    if not smoke:
+        asyncio.run(per_turn_times())  # warm-up: tokenizer load, template compile
     turns, total_tokens = asyncio.run(per_turn_times())
     first, last = statistics.median(turns[:3]), statistics.median(turns[-3:])
-    floor = bwrap_floor()
+    floor = bwrap_floor(3 if smoke else 50)
     print(f"agent overhead per turn: first turns {first * 1e3:.2f} ms, "
           f"turn ~{TURNS} {last * 1e3:.2f} ms ({total_tokens} tokens in the record)")
     print(f"growth over {TURNS} turns (history re-render): x{last / first:.2f}")
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("--smoke" in sys.argv[1:])

@@ -1,6 +1,9 @@
 """Benchmark: embedded policy throughput through its HTTP server at batch 1, 4 and 8.
 
-Run on demand: `python tests/bench/bench_embedded.py [--tokens 64] [--rounds 2]`.
+Run on demand: `python tests/bench/bench_embedded.py [--tokens 64] [--rounds 2] [--smoke]`
+(smoke: 2 tokens per request, one round, a 64-token history; it still starts its own server,
+which loads the model). tests/policy_embedded/test_bench_embedded.py runs `run()` at smoke
+sizes against the suite's shared server instead, so the suite loads no extra model.
 Starts a real server subprocess, sends chat prompts as token ids (ignore_eos so every
 request produces exactly --tokens tokens) and prints, per batch size, generated tokens per
 wall second and per server CPU second (robust when other jobs share the cores), each with its
@@ -83,42 +86,56 @@ async def next_turn(url: str, history: int = 2000) -> None:
           f"prefix cache {warm:.2f} s ({cold / warm:.1f}x)")
 
 
+def chat_prompts(tokenizer) -> list[list[int]]:  # noqa: ANN001 - a transformers tokenizer
+    prompts = []
+    for q in QUESTIONS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                            add_generation_prompt=True, tokenize=True)
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return prompts
+
+
+async def run(url: str, pid: int, prompts: list[list[int]], tokens: int, rounds: int,
+              history: int) -> None:
+    """The measurements against a running server (`pid`: its process, for CPU time)."""
+    await measure(url, pid, prompts, 1, min(8, tokens), 0)  # warm-up
+    totals = {b: [0, 0.0, 0.0] for b in (1, 4, 8)}
+    # Batch sizes interleave within each round so background load hits them alike.
+    for r in range(rounds):
+        for batch in totals:
+            n, secs, cpu = await measure(url, pid, prompts, batch, tokens, 100 * r)
+            for i, v in enumerate((n, secs, cpu)):
+                totals[batch][i] += v
+    wall = {b: n / secs for b, (n, secs, _) in totals.items()}
+    per_cpu = {b: n / cpu for b, (n, _, cpu) in totals.items()}
+    print(f"({tokens} tokens/request, {rounds} rounds; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)")
+    print(f"{'batch':>5} {'tok/s':>8} {'vs b1':>7} {'tok/cpu-s':>10} {'vs b1':>7}")
+    for b in totals:
+        print(f"{b:>5} {wall[b]:>8.1f} {wall[b] / wall[1]:>6.2f}x {per_cpu[b]:>10.1f} "
+              f"{per_cpu[b] / per_cpu[1]:>6.2f}x")
+    await next_turn(url, history)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="only proves it works")
     args = ap.parse_args()
+    if args.smoke:
+        args.tokens, args.rounds = 2, 1
 
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(ensure_checkpoint()))
-    prompts = []
-    for q in QUESTIONS:
-        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-
+    prompts = chat_prompts(AutoTokenizer.from_pretrained(str(ensure_checkpoint())))
     server = EmbeddedServerProcess(max_batch_size=8)
     t0 = time.perf_counter()
     url = server.start()
     print(f"server ready in {time.perf_counter() - t0:.1f} s (checkpoint already converted)")
     try:
-        pid = server.proc.pid
-        await measure(url, pid, prompts, 1, 8, 0)  # warm-up
-        totals = {b: [0, 0.0, 0.0] for b in (1, 4, 8)}
-        # Batch sizes interleave within each round so background load hits them alike.
-        for r in range(args.rounds):
-            for batch in totals:
-                n, secs, cpu = await measure(url, pid, prompts, batch, args.tokens, 100 * r)
-                for i, v in enumerate((n, secs, cpu)):
-                    totals[batch][i] += v
-        wall = {b: n / secs for b, (n, secs, _) in totals.items()}
-        per_cpu = {b: n / cpu for b, (n, _, cpu) in totals.items()}
-        print(f"({args.tokens} tokens/request, {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} "
-              f"on {os.cpu_count()} cores)")
-        print(f"{'batch':>5} {'tok/s':>8} {'vs b1':>7} {'tok/cpu-s':>10} {'vs b1':>7}")
-        for b in totals:
-            print(f"{b:>5} {wall[b]:>8.1f} {wall[b] / wall[1]:>6.2f}x {per_cpu[b]:>10.1f} {per_cpu[b] / per_cpu[1]:>6.2f}x")
-        await next_turn(url)
+        await run(url, server.proc.pid, prompts, args.tokens, args.rounds,
+                  64 if args.smoke else 2000)
     finally:
         server.stop()
 

@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--show", action="store_true", help="print one sample per variant")
     ap.add_argument("--json", action="store_true", help="print the results as JSON lines")
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 samples of 6 tokens per default variant: only proves it works")
     ap.add_argument("--run-dir", type=Path,
                     help="instead: the share of a finished run's trajectories with a tool call")
     args = ap.parse_args(argv)
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         print(f"{args.run_dir}: {well}/{total} trajectories with >= 1 well-formed tool call, "
               f"{attempted}/{total} with >= 1 attempted")
         return []
+    if args.smoke:
+        args.n, args.max_tokens, args.tasks, args.batch = 2, 6, 2, 2
     variants = [Variant.parse(v) for v in args.variants]
     print(f"{'variant':<26} {'well-formed':>12} {'attempted':>10} {'tok/s':>7}", flush=True)
 

@@ -80,7 +80,10 @@ async def main() -> None:
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warm", type=int, default=2000)
+    ap.add_argument("--smoke", action="store_true", help="20 files, 1 round: only proves it works")
     args = ap.parse_args()
+    if args.smoke:
+        args.files, args.rounds, args.warm = 20, 1, 10
     tmp = Path(tempfile.mkdtemp(prefix="bench-images-"))
     try:
         first, second, payload = host_tree(args.files)

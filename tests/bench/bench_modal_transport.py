@@ -1,25 +1,34 @@
 """Tunnel vs exec as the modal backend's data plane, against the fake modal SDK.
 
-    FAKE_MODAL_DIR=$(mktemp -d) PYTHONPATH=. python tests/bench/bench_modal_transport.py [N]
+    PYTHONPATH=. python tests/bench/bench_modal_transport.py [N|--smoke]
 
 Runs `true` in one slot N times through the slot server over the sandbox's tunnel (what the
 backend does), and N times as `sandbox.exec("true")` (a process per command, through the
 control plane). Reports p50s and their ratio. On Modal the exec path also crosses Modal's
 API per command (tens of ms), which the fake does not model, so the fake's ratio is a floor.
+The fake's control plane is a fresh temporary `$FAKE_MODAL_DIR`, whose sandboxes all end with
+the benchmark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 
-from rollout.sandbox.client import SlotServerClient
-from rollout.sandbox.modal import ModalConfig
-from sandbox_image.config import SlotLimits
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rollout.sandbox.client import SlotServerClient  # noqa: E402
+from rollout.sandbox.modal import ModalConfig  # noqa: E402
+from sandbox_image.config import SlotLimits  # noqa: E402
+from tests.fake_modal import _control  # noqa: E402
 
 
 async def main(n: int) -> None:
@@ -31,10 +40,10 @@ async def main(n: int) -> None:
         tunnel, execs = [], []
         async with aiohttp.ClientSession() as session:
             client = SlotServerClient(session, host.url, host.token)
-            await client.exec(0, "true")
+            await client.exec(0, "true", lease="bench")  # the server requires a lease per slot
             for _ in range(n):
                 t0 = time.perf_counter()
-                await client.exec(0, "true")
+                await client.exec(0, "true", lease="bench")
                 tunnel.append(time.perf_counter() - t0)
         for _ in range(n):
             t0 = time.perf_counter()
@@ -49,4 +58,11 @@ async def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50))
+    arg = sys.argv[1] if len(sys.argv) > 1 else "50"
+    state = tempfile.mkdtemp(prefix="bench-fake-modal-")
+    os.environ[_control.ENV] = state
+    try:
+        asyncio.run(main(2 if arg == "--smoke" else int(arg)))  # smoke: only proves it works
+    finally:
+        _control.kill_everything()
+        shutil.rmtree(state, ignore_errors=True)

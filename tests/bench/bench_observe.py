@@ -12,6 +12,11 @@
    `metrics.report_interval` seconds, less often when slow), as a share of one core.
 
 Run: python tests/bench/bench_observe.py [pairs=4] [tasks=8]
+     python tests/bench/bench_observe.py --smoke   (one pair of 1-task runs, no warm-up, a
+                                                    report of 200 trajectories: only proves
+                                                    it works)
+tests/observe/test_bench_observe.py runs parts 2-4 (`costs`) at smoke sizes on the run the
+observe tests already make, so the suite starts no extra cluster for it.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def recording_cost(lines: list[dict]) -> float:
     return best
 
 
-def report_cost(lines: list[dict], n: int = 10_000) -> float:
+def report_cost(lines: list[dict], n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.jsonl"
         with path.open("w") as fh:
@@ -94,11 +99,12 @@ def report_cost(lines: list[dict], n: int = 10_000) -> float:
         return time.perf_counter() - t0
 
 
-async def main(pairs: int, tasks: int) -> None:
+async def main(pairs: int, tasks: int, smoke: bool = False) -> None:
     walls: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
-        warm, _ = await gold_run(Path(tmp) / "warm-up", False, tasks)  # caches, imports: not counted
-        print(f"  warm-up run: {warm:.2f} s", flush=True)
+        if not smoke:
+            warm, _ = await gold_run(Path(tmp) / "warm-up", False, tasks)  # caches, imports
+            print(f"  warm-up run: {warm:.2f} s", flush=True)
         for i in range(pairs):
             for enabled in ((True, False) if i % 2 == 0 else (False, True)):
                 run_dir = Path(tmp) / f"run-{i}-{enabled}"
@@ -113,6 +119,11 @@ async def main(pairs: int, tasks: int) -> None:
           f"metrics {on:.2f} s, without {off:.2f} s, ratio {on / off:.3f}; median ratio within "
           f"a pair {statistics.median(pair_ratios):.3f} (spread of runs without: "
           f"{min(walls[False]):.2f}-{max(walls[False]):.2f} s)")
+    costs(lines, snap, 200 if smoke else 10_000)
+
+
+def costs(lines: list[dict], snap: Snapshot, report_n: int) -> None:
+    """Parts 2-4, from one run's trajectory lines and its last snapshot."""
     per_traj = recording_cost(lines)
     traj_wall = statistics.mean(x["wall"] for x in lines)
     print(f"recording per trajectory: {per_traj * 1e6:.0f} us for {statistics.mean(len(x['ev']) for x in lines):.0f} "
@@ -121,16 +132,17 @@ async def main(pairs: int, tasks: int) -> None:
     tick = driver_tick_cost(snap)
     print(f"driver: {tick * 1e6:.0f} us per tick (timeline point, gauges), once per 0.5 s poll "
           f"= {100 * tick / 0.5:.3f}% of the driver's loop")
-    build = report_cost(lines)
-    print(f"report.html for 10,000 trajectories: {build:.2f} s per build, in a thread; every 30 s "
+    build = report_cost(lines, report_n)
+    print(f"report.html for {report_n:,} trajectories: {build:.2f} s per build, in a thread; every 30 s "
           f"that is {100 * build / 30:.1f}% of one core")
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
+    smoke = "--smoke" in sys.argv[1:]
+    args = [1, 1] if smoke else [int(a) for a in sys.argv[1:]]
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
              _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        asyncio.run(main(*(args or [4, 8])))
+        asyncio.run(main(*(args or [4, 8]), smoke=smoke))
     finally:
         ray.shutdown()

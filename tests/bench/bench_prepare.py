@@ -1,6 +1,6 @@
 """Benchmark: slot preparation time for a bundled SWE-smith instance (p50 over 50).
 
-    python tests/bench/bench_prepare.py [--n 50] [--slots 2]
+    python tests/bench/bench_prepare.py [--n 50] [--slots 2] [--smoke]
 
 Runs through a real SlotPool (slot-server process, bubblewrap) with a warm per-host repo
 cache, as on a worker after its first task of a repo. Prints p50/p90 of
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rollout.sandbox import LocalBackend, PoolConfig, SlotPool  # noqa: E402
+from rollout.sandbox import LocalConfig, SlotLimits, SlotPool  # noqa: E402
 from rollout.tasks import TaskSourceConfig, load_tasks  # noqa: E402
 from rollout.tasks.swe_smith import SweSmithEnv  # noqa: E402
 
@@ -37,8 +37,9 @@ async def main(n: int, slots: int) -> None:
     cfg = TaskSourceConfig(cache_dir=tmp, repo_sources=[])
     env = SweSmithEnv(cfg)
     tasks = load_tasks(TaskSourceConfig())
-    pc = PoolConfig(min_hosts=1, max_hosts=1, slots_per_host=slots, default_image=tasks[0].image)
-    pool = SlotPool(LocalBackend(pc), pc)
+    pool = SlotPool.from_config(
+        LocalConfig(min_hosts=1, max_hosts=1, slots_per_host=slots, default_image=tasks[0].image),
+        SlotLimits())
     await pool.start()
     prep, upload, noop, fetch = [], [], [], []
     try:
@@ -90,5 +91,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="2 runs: only proves it works")
     args = ap.parse_args()
-    asyncio.run(main(args.n, args.slots))
+    asyncio.run(main(2 if args.smoke else args.n, args.slots))

@@ -1,6 +1,6 @@
 """Benchmark: what the per-slot disk limits cost on the exec and the reset path.
 
-Run on demand: `python tests/bench/bench_quota.py [--n 200] [--slots 8]`. Starts two real
+Run on demand: `python tests/bench/bench_quota.py [--n 200] [--slots 8] [--smoke]`. Starts two real
 slot servers (bubblewrap, cgroups) that differ only in `--disk-mb` (on: the default size
 and inodes; off: 0), then, interleaved so that load from other processes hits both alike:
   - exec of `true` in a slot,
@@ -56,7 +56,7 @@ def pct(samples: list[float], q: float) -> float:
 
 async def interleaved(paths: dict[str, Callable[[], Awaitable[None]]],
                       n: int) -> dict[str, list[float]]:
-    for _ in range(10):
+    for _ in range(min(10, n)):
         for run in paths.values():
             await run()
     out: dict[str, list[float]] = {name: [] for name in paths}
@@ -122,5 +122,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--smoke", action="store_true", help="2 rounds, 2 slots: only proves it works")
     a = ap.parse_args()
-    asyncio.run(main(a.n, a.slots))
+    asyncio.run(main(2, 2) if a.smoke else main(a.n, a.slots))

@@ -6,7 +6,9 @@ What a Modal worker does for a sandbox, on this machine:
   private /tmp (the image's own files under /tmp are bound back in) and the image's
   /usr/local/bin (its `python`). No pid namespace: the slot server names its cgroups by
   pid, and cgroups here are the host's (on Modal each sandbox has its own); when the
-  sandbox ends its entrypoint's process group is killed;
+  sandbox ends its entrypoint's process group is killed, and if this process itself dies
+  (even by SIGKILL) the kernel kills the entrypoint (its parent-death signal), so a sandbox
+  never outlives its supervisor;
 - each requested port is reachable only through a tunnel: a listening socket this process
   opened on the host's loopback before it left the host's network namespace, forwarding
   each connection to the port inside;
@@ -30,6 +32,7 @@ import time
 from tests.fake_modal import _control
 
 CLONE_NEWNET = 0x40000000
+SESSION_MARKER = "ROLLOUT_TEST_SESSION"  # tests/conftest.py's MARKER
 
 # Runs inside the new mount namespace, before the entrypoint: a private /tmp holding the
 # image's own paths under /tmp (a fresh tmpfs is filled on a staging dir, then moved onto
@@ -138,10 +141,15 @@ class Supervisor:
                    "FAKE_MODAL_ROOT": f"{base}.root",
                    "FAKE_MODAL_IMAGE_BIN": f"{base}.bin",
                    "FAKE_MODAL_WORKDIR": spec["workdir"] or "/"}
+            # The test session's marker (tests/conftest.py), so its end-of-session check
+            # finds the sandbox's processes too; the sandbox's own env does not carry it.
+            if SESSION_MARKER in os.environ:
+                env[SESSION_MARKER] = os.environ[SESSION_MARKER]
             ready_r, ready_w = os.pipe()
             env["FAKE_MODAL_READY_FD"] = str(ready_w)
             with open(f"{base}.stdout", "wb") as out, open(f"{base}.stderr", "wb") as err:
                 self.proc = await asyncio.create_subprocess_exec(
+                    "setpriv", "--pdeathsig", "KILL",
                     "unshare", "--mount", "--propagation", "private",
                     "sh", "-c", _SETUP, "sh", *spec["args"],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,

@@ -4,6 +4,8 @@ servers, the gold policy. The tests read what it left in its run dir."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ class GoldRun:
 
 
 @pytest.fixture(scope="package")
-def gold_run(tmp_path_factory) -> GoldRun:
+def gold_run(tmp_path_factory) -> Iterator[GoldRun]:
     run_dir = tmp_path_factory.mktemp("gold-run")
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rollout",
              _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -45,7 +47,11 @@ def gold_run(tmp_path_factory) -> GoldRun:
         asyncio.run(_run_and_scrape(cluster, result))
     finally:
         ray.shutdown()
-    return result
+    yield result
+    # The run's wandb service (wandb-core) lives until this process exits; end it with the
+    # tests of the run, as the suite leaves no process behind.
+    if (wandb := sys.modules.get("wandb")) is not None:
+        wandb.teardown()
 
 
 def _has_cluster_gauges(text: str) -> bool:

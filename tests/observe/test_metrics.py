@@ -100,7 +100,7 @@ def test_the_registry_renders_valid_exposition_and_the_seam_never_raises(caplog)
     assert "rollout_trajectory_score_count" not in reg.render()  # not graded: no score
     assert values(samples, "rollout_slots", image='a\\"b', state="free") == [3.0]
     assert values(samples, "rollout_phase_seconds_bucket", phase="llm_call", le="+Inf") == [1.0]
-    assert values(samples, "rollout_phase_seconds_bucket", phase="llm_call", le="1") == [0.0]
+    assert values(samples, "rollout_phase_seconds_bucket", phase="llm_call", le="1.0") == [0.0]
     assert all(NAME_RE.match(f) for f in FAMILIES)
     noop: Metrics = NoopMetrics()
     noop.trajectory(TrajectoryStats.from_line(line))

@@ -38,7 +38,7 @@ def test_a_tampered_trajectory_is_a_mismatch(gold_run, tmp_path):
     (copy / EVENTS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
     proc = subprocess.run([sys.executable, "-m", "rollout.replay", str(copy),
                            "--trajectory", victim["id"]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout.startswith(victim["id"]) and "MISMATCH" in proc.stdout
     assert "recorded score 1, replayed 0" in proc.stdout and "tool exit codes differ" in proc.stdout

@@ -28,7 +28,7 @@ def reference(checkpoint: Path) -> Any:
 @pytest.fixture(scope="session")
 def server(checkpoint: Path) -> Iterator[EmbeddedServerProcess]:
     proc = EmbeddedServerProcess(max_batch_size=8)
-    proc.start(timeout=300)
+    proc.start(timeout=240)
     yield proc
     proc.stop()
 

@@ -46,7 +46,7 @@ def test_start_failure_raises_with_the_log_and_leaves_nothing(tmp_path):
 
 async def test_stop_during_generation_is_graceful(checkpoint):
     server = EmbeddedServerProcess()
-    url = server.start(timeout=300)
+    url = server.start(timeout=240)
     pid = server.proc.pid
     outcome: dict[str, object] = {}
 
@@ -85,7 +85,7 @@ HOLDER = """
 import sys, time
 from rollout.policy.embedded import EmbeddedServerProcess
 server = EmbeddedServerProcess()
-server.start(timeout=300)
+server.start(timeout=240)
 print(server.proc.pid, flush=True)
 time.sleep(600)
 """

@@ -23,6 +23,25 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def slot_server_pids() -> set[int]:
+    """Live slot servers this test process started: its children running `-m sandbox_image`
+    (the local backend starts each as a direct child)."""
+    me, out = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if int(ppid) == me and state != "Z" and b"sandbox_image" in argv:
+            out.add(int(entry))
+    return out
+
+
 def local_pool(**settings) -> SlotPool:
     """A SlotPool over the local backend; `settings` mixes fleet keys (LocalConfig) and
     slot limits (SlotLimits), as a user's backend.* and sandbox.* keys would."""

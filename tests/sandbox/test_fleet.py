@@ -9,9 +9,8 @@ import random
 import pytest
 
 from rollout.sandbox import SlotLimits, SlotPool
-from rollout.sandbox.local import live_server_pids
 from rollout.types import SandboxError
-from tests.sandbox.conftest import pid_alive
+from tests.sandbox.conftest import pid_alive, slot_server_pids
 from tests.sandbox.seam_backends import SlowConfig, VirtualConfig, read_events
 
 LIMITS = SlotLimits(memory_mb=512, pids=256)
@@ -96,7 +95,7 @@ async def test_liveness_is_one_batched_call_per_monitor_round() -> None:
 async def test_slow_flaky_cancelled_starts_leak_nothing(tmp_path) -> None:
     """Starts that take a while, fail 20% of the time (before or after the server is up),
     acquires that give up mid-wait, and a stop while starts are still in flight."""
-    before = set(live_server_pids())
+    before = set(slot_server_pids())
     events = tmp_path / "events.jsonl"
     cfg = SlowConfig(min_hosts=0, max_hosts=3, slots_per_host=2, delay_before=0.1,
                      delay_after=0.3, fail_rate=0.2, seed=143, events=str(events),
@@ -137,7 +136,7 @@ async def test_slow_flaky_cancelled_starts_leak_nothing(tmp_path) -> None:
     assert "started" in kinds
     server_pids = {e["server_pid"] for e in log if e["event"] == "server"}
     assert server_pids and not any(pid_alive(p) for p in server_pids)
-    assert {p for p in live_server_pids() if p not in before and pid_alive(p)} == set()
+    assert {p for p in slot_server_pids() if p not in before and pid_alive(p)} == set()
     assert pool.stats()["hosts"] == 0 and pool.stats()["stopped"]
 
 

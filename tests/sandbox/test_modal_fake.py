@@ -6,6 +6,7 @@ terminate, list filters, the modern file API)."""
 from __future__ import annotations
 
 import inspect
+import signal
 import time
 
 import modal
@@ -137,3 +138,18 @@ async def test_tags_list_terminate_and_files(fake_modal) -> None:  # noqa: F811
     with pytest.raises(fake.exception.NotFoundError):
         await fake.Sandbox.from_id.aio("sb-missing")
     fake.Sandbox.from_id(b.object_id).terminate()  # the blocking form
+
+
+async def test_a_sandbox_never_outlives_its_supervisor(fake_modal) -> None:  # noqa: F811
+    """A supervisor killed outright (no SIGTERM handling) takes its entrypoint with it: no
+    orphaned `python -m sandbox_image` reparented to init after a test."""
+    app = await fake.App.lookup.aio("fake-test", create_if_missing=True)
+    sb = await fake.Sandbox.create.aio("sleep", "600", app=app, timeout=60)
+    await sb.tunnels.aio()  # running: the entrypoint exists
+    entry = _control.run_record(sb.object_id)["entry_pid"]
+    assert _control.start_time(entry) is not None
+    assert _control.signal_supervisor(sb.object_id, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _control.start_time(entry) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _control.start_time(entry) is None, "the entrypoint outlived its supervisor"

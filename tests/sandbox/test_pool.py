@@ -13,9 +13,8 @@ import time
 import pytest
 
 from rollout.sandbox import SlotPool
-from rollout.sandbox.local import live_server_pids
 from rollout.types import SandboxError, Slot
-from tests.sandbox.conftest import pid_alive
+from tests.sandbox.conftest import pid_alive, slot_server_pids
 
 
 async def _poll(condition, timeout: float = 30.0) -> bool:
@@ -97,7 +96,7 @@ async def test_stop_leaves_no_server_and_is_idempotent(make_pool) -> None:
     await asyncio.gather(pool.stop(), pool.stop())
     await pool.stop()
     assert not any(pid_alive(p) for p in pids)
-    assert not set(pids) & set(live_server_pids())
+    assert not set(pids) & set(slot_server_pids())
     assert not root.exists()
     with pytest.raises(SandboxError, match="stopped"):
         await pool.call(slot, "exec", "true")
@@ -226,18 +225,6 @@ async def test_images_get_their_own_hosts(make_pool) -> None:
     assert "repo-b" not in pool.stats()["images"]
     await pool.release(a)
     await pool.release(c)
-
-
-async def test_exec_batch_runs_across_slots_and_hosts(make_pool) -> None:
-    pool = make_pool(min_hosts=2, max_hosts=2, slots_per_host=2)
-    await pool.start()
-    slots = [await pool.acquire(f"t{i}") for i in range(4)]
-    assert len({s.host_id for s in slots}) == 2
-    items = [(s, f"echo {i} > f && cat f") for i, s in enumerate(slots)]
-    items.append({"slot": slots[0], "command": "pwd; echo $X", "env": {"X": "y"}})
-    results = await pool.exec_batch(items)
-    assert [r.stdout for r in results[:4]] == [f"{i}\n" for i in range(4)]
-    assert results[4].stdout == "/workspace\ny\n"
 
 
 async def test_host_start_failure_is_a_clear_error(make_pool) -> None:

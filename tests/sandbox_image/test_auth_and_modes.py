@@ -13,7 +13,6 @@ from tests.sandbox_image.conftest import READY, RunningServer, launch, stop
 ENDPOINTS = [
     ("GET", "/health"),
     ("POST", "/slots/0/exec"),
-    ("POST", "/exec_batch"),
     ("POST", "/slots/0/reset"),
     ("GET", "/slots/0/file?path=x"),
     ("PUT", "/slots/0/file?path=x"),

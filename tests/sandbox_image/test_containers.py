@@ -199,8 +199,6 @@ async def test_a_released_slot_refuses_its_old_lease(tmp_path: Path) -> None:
                 await c.python(0, "print(1)", lease=first)
             with pytest.raises(SandboxError, match="not leased by this lease"):
                 await c.reset(0, lease=first)
-            (result,) = await c.exec_batch([{"slot": 0, "command": "true", "lease": first}])
-            assert isinstance(result, Exception) and "not leased" in str(result)
             assert (await c.exec(0, "cat f 2>&1; echo ok", lease=second)).stdout.endswith("ok\n")
     finally:
         next(gen, None)

@@ -322,18 +322,6 @@ def test_malformed_exec_bodies_are_4xx(hserver: RunningServer, body: str, status
         assert all(w in r.json()["error"] for w in words), r.text
 
 
-def test_batch_items_are_validated_one_by_one(hserver: RunningServer) -> None:
-    items = [{"slot": 0, "command": "echo a"}, {"slot": 0, "command": "x", "timeout": -1},
-             {"slot": True, "command": "x"}, {"slot": 7, "command": "x"}, "nonsense"]
-    r = _post(hserver, "/exec_batch", json.dumps({"items": items}))
-    assert r.status_code == 200, r.text
-    res = r.json()["results"]
-    assert res[0]["stdout"] == "a\n"
-    assert [x.get("status") for x in res[1:]] == [400, 400, 404, 400]
-    r = _post(hserver, "/exec_batch", json.dumps({"items": [{}] * 2000}))
-    assert r.status_code == 400 and "items" in r.json()["error"]
-
-
 @pytest.mark.parametrize("query, words", [
     ("path=x&max_bytes=NaN", ["max_bytes"]),
     ("path=x&max_bytes=-1", ["max_bytes"]),
@@ -369,14 +357,13 @@ _exec_fields = st.fixed_dictionaries({}, optional={
     "env": st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3) | _json,
     "slot": st.integers(-2, 3) | _json,
 })
-_bodies = _exec_fields | _json | st.builds(lambda items: {"items": items},
-                                          st.lists(_exec_fields, max_size=3))
+_bodies = _exec_fields | _json
 
 
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(body=_bodies, path=st.sampled_from(["/slots/0/exec", "/slots/1/exec", "/exec_batch",
-                                           "/slots/9/exec", "/slots/x/exec"]))
+@given(body=_bodies, path=st.sampled_from(["/slots/0/exec", "/slots/1/exec", "/slots/9/exec",
+                                           "/slots/x/exec"]))
 def test_fuzzed_exec_bodies_never_yield_a_5xx(hserver: RunningServer, body, path: str) -> None:
     r = _post(hserver, path, json.dumps(body, allow_nan=True))
     assert r.status_code < 500, (r.status_code, r.text)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from rollout.tasks.grading import (
-    MISSING, grade, node_files, parse_pytest_log, parse_report, pytest_run, suspicious_changes,
+    MISSING, grade, node_files, parse_report, pytest_run, suspicious_changes,
 )
 from rollout.types import ExecResult, GradingError
 
@@ -240,12 +240,6 @@ def test_a_failed_subtest_fails_its_node(tmp_path):
     assert grade([fixture], [], result, nonce).score == 0.0
     result, nonce = run(tmp_path, [fine])
     assert grade([fine], [], result, nonce).score == 1.0
-    # The text parser make_tasks uses agrees, though the verbose line says PASSED.
-    text = subprocess.run([sys.executable, "-m", "pytest", "-v", "--tb=no", "-rfE", "-p",
-                           "no:cacheprovider", "tests"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120).stdout
-    assert f"{rows} PASSED" in text
-    assert parse_pytest_log(text) == {rows: "FAILED", fine: "PASSED", fixture: "FAILED"}
 
 
 # --- code under test faking the result -------------------------------------------------------

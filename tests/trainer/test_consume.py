@@ -12,6 +12,7 @@ from pathlib import Path
 from rollout.trainer.consume import describe_batch
 from tests.actors.helpers import assert_well_formed, groups_jsonl
 from tests.atropos_server import AtroposAPI, free_port
+from tests.launch_config import finish
 from tests.test_launch import GOLD, ROOT, launch
 
 SENT_KEYS = ("tokens", "masks", "scores", "inference_logprobs", "overrides", "group_overrides")
@@ -34,7 +35,7 @@ def test_the_consumer_receives_what_a_gold_run_sends(tmp_path: Path):
         run_dir = tmp_path / "run"
         proc = launch(*GOLD, "trainer=atropos", f"trainer.url={api.url}", "run.max_groups=2",
                       "trainer.status_interval=0.2", run_dir=run_dir)
-        out, _ = proc.communicate(timeout=900)
+        out = finish(proc)
         assert proc.returncode == 0, out[-3000:]
         printed, err = consumer.communicate(timeout=60)
         assert consumer.returncode == 0, err
