@@ -33,13 +33,14 @@ import io
 import json
 import math
 import posixpath
+import re
 import secrets
 import shlex
 import tarfile
 from typing import Any
 
 from rollout.protocols import Sandbox
-from rollout.tasks.grading import check_ran, parse_pytest_log, parse_report, pytest_run
+from rollout.tasks.grading import check_ran, parse_report, pytest_run
 from rollout.types import ExecResult, GradingError, Task, Verdict
 
 MISSING = "MISSING"
@@ -305,3 +306,39 @@ def _grade_tb1(log: str, wanted: list[str], rc: int, tail: str,
                    f2p_passed=sum(s == "PASSED" for s in per_function.values()),
                    f2p_total=len(per_function))
     return Verdict(score=1.0 if ok else 0.0, details=details)
+
+
+# Terminal-Bench 1's run-tests.sh prints pytest's own text output; its statuses are read from
+# the verbose lines ("tests/test_x.py::test_a[1-2] PASSED  [ 50%]") and the short summary
+# ("FAILED tests/test_x.py::test_a - AssertionError"). pytest 9's subtests print SUBFAILED
+# lines; the node may also print PASSED (unittest subTests do), so a failed subtest fails it.
+_LOG_STATUSES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+_LOG_RANK = {"PASSED": 0, "SKIPPED": 1, "XFAIL": 1, "XPASS": 1, "FAILED": 2, "ERROR": 2}
+_ALT = "|".join(_LOG_STATUSES)
+_VERBOSE = re.compile(rf"^(?P<node>\S.*?::.*?) (?P<status>{_ALT})(?: \(.*\))?(?:\s+\[\s*\d+%\])?\s*$")
+_SUMMARY = re.compile(rf"^(?P<status>{_ALT}) (?P<node>\S+?::.*?)(?: - .*)?\s*$")
+_SUB_SUMMARY = re.compile(r"^SUB(?P<status>FAILED|PASSED|SKIPPED)(?:\[[^\]]*\])?(?:\s*\([^)]*\))?"
+                          r"\s+(?P<node>\S+?::.*?)(?: - .*)?\s*$")
+_SUB_VERBOSE = re.compile(r"^(?P<node>\S.*?::\S.*?) SUB(?P<status>FAILED|PASSED|SKIPPED)\b")
+
+
+def parse_pytest_log(log: str) -> dict[str, str]:
+    """Per-test status from pytest's verbose text output; a test reported more than once
+    keeps its worst status; a failed subtest fails its node."""
+    statuses: dict[str, str] = {}
+
+    def put(node: str, status: str) -> None:
+        if _LOG_RANK[status] >= _LOG_RANK.get(statuses.get(node, ""), -1):
+            statuses[node] = status
+
+    for raw in log.splitlines():
+        line = raw.rstrip()
+        sub = _SUB_SUMMARY.match(line) or _SUB_VERBOSE.match(line)
+        if sub:
+            if sub.group("status") == "FAILED":
+                put(sub.group("node").strip(), "FAILED")
+            continue
+        m = _VERBOSE.match(line) or _SUMMARY.match(line)
+        if m:
+            put(m.group("node").strip(), m.group("status"))
+    return statuses
