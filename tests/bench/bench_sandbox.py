@@ -175,8 +175,8 @@ async def main(n: int) -> None:
     pl50, _ = show("pool.exec without cgroup limits or disks", t["plain"])
     gr50, _ = show("pool.exec with cgroup limits, no disks", t["groups"])
     dk50, _ = show("pool.exec with slot disks, no cgroup limits", t["disks"])
-    da50, da99 = show("ActorSandbox from the driver -> pool actor", t["driver_actor"])
-    aa50, aa99 = show("agent actor -> ActorSandbox -> pool actor", t["agent_actor"])
+    da50, da99 = show("ActorSandbox from the driver -> slot server", t["driver_actor"])
+    aa50, aa99 = show("agent actor -> ActorSandbox -> slot server", t["agent_actor"])
     print(f"  a tool call in a warm slot container against bare bwrap (notes flags): ratio p50 "
           f"{po50 / bw50:.2f}x, p99 {po99 / bw99:.2f}x; against a fresh bwrap per command "
           f"through the same pool: ratio p50 {po50 / fr50:.2f}x ({po50 - fr50:+.2f} ms)")
@@ -188,10 +188,12 @@ async def main(n: int) -> None:
           f"{pl50 / bw50:.2f}x); cgroup join + slot disk cost p50 {po50 - pl50:+.2f} ms")
     print(f"  each alone over neither: cgroup limits p50 {gr50 - pl50:+.2f} ms, slot disks p50 "
           f"{dk50 - pl50:+.2f} ms")
-    print(f"  the whole stack (agent actor -> pool actor -> slot server -> bwrap) over bare bwrap"
+    print(f"  the whole stack (agent actor -> slot server, one HTTP hop under the lease's key)"
+          f" over bare bwrap"
           f" with the server's flags: p50 {aa50 - bs50:+.2f} ms, p99 {aa99 - bs99:+.2f} ms"
           f" (ratio p50 {aa50 / bs50:.2f}x); over notes-flags bwrap p50 {aa50 - bw50:+.2f} ms")
-    print(f"  the Ray actor hop itself (agent actor path - local pool): p50 {aa50 - po50:+.2f} ms,"
+    print(f"  the whole stack over the local pool path (agent actor - local pool): p50"
+          f" {aa50 - po50:+.2f} ms,"
           f" p99 {aa99 - po99:+.2f} ms; from the driver p50 {da50 - po50:+.2f} ms")
 
 
