@@ -57,8 +57,8 @@ import aiohttp
 
 from rollout.sandbox import nomad_job as nj
 from rollout.sandbox.client import SlotServerClient
-from rollout.sandbox.nomad_api import _OPEN_JOBS, NomadAPI, NomadAPIError
-from rollout.sandbox.nomad_config import Constraint, NomadSettings  # noqa: F401 (re-export)
+from rollout.sandbox.nomad_api import _OPEN_JOBS, NomadAPI, NomadAPIError, probe
+from rollout.sandbox.nomad_config import Constraint, NomadSettings, _loopback, _python_problem  # noqa: F401 (re-export)
 from rollout.sandbox.registry import register
 from rollout.types import Host, SandboxError
 from sandbox_image.config import SlotLimits
@@ -76,6 +76,15 @@ class NomadConfig(NomadSettings):
 
     def create(self, limits: SlotLimits, run_id: str) -> NomadBackend:
         return NomadBackend(self, limits, run_id)
+
+    def preflight(self) -> str | None:
+        """Before a run (launch.py's preflight): the API answers and takes the token; a
+        Nomad client on this machine (a loopback address: a dev agent) can import the slot
+        server's dependencies with backend.python. One line naming the key, or None."""
+        problem = probe(self)
+        if problem or self.driver != "raw_exec" or not _loopback(self.address):
+            return problem
+        return _python_problem(self.python, self.pythonpath)
 
 
 def _alive(stub: dict[str, Any] | None) -> bool:

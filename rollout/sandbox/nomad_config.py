@@ -19,6 +19,16 @@ _ENV = {"address": "NOMAD_ADDR", "token": "NOMAD_TOKEN", "namespace": "NOMAD_NAM
         "client_key": "NOMAD_CLIENT_KEY", "tls_server_name": "NOMAD_TLS_SERVER_NAME"}
 
 
+# LogConfig: Nomad requires the ephemeral disk to be larger than MaxFiles * MaxFileSizeMB.
+LOG_MAX_FILES = 3
+LOG_MAX_FILE_MB = 10
+
+
+def ns(seconds: float) -> int:
+    """Seconds as the nanoseconds of a Go time.Duration."""
+    return int(round(seconds * 1e9))
+
+
 class Constraint(BaseModel):
     """A Nomad constraint: `{attribute} {operator} {value}`, e.g. `${node.class} = "rl"`."""
 
@@ -107,17 +117,6 @@ class NomadSettings(BackendConfig):
             raise ValueError(problem)
         return self
 
-    def preflight(self) -> str | None:
-        """Before a run (launch.py's preflight): the API answers and takes the token; a
-        Nomad client on this machine (a loopback address: a dev agent) can import the slot
-        server's dependencies with backend.python. One line naming the key, or None."""
-        from rollout.sandbox.nomad_api import probe
-
-        problem = probe(self)
-        if problem or self.driver != "raw_exec" or not _loopback(self.address):
-            return problem
-        return _python_problem(self.python, self.pythonpath)
-
 
 def _loopback(address: str) -> bool:
     from urllib.parse import urlsplit
@@ -158,7 +157,6 @@ def nomad_rule_violations(cfg: NomadSettings) -> list[str]:
     key (empty: Nomad accepts it). The job's fixed parts are in `nomad_job`: RestartPolicy
     attempts 0 (mode fail), a constant-delay ReschedulePolicy, an Update block with
     MaxParallel 0 and LogConfig of LOG_MAX_FILES x LOG_MAX_FILE_MB."""
-    from rollout.sandbox.nomad_job import LOG_MAX_FILE_MB, LOG_MAX_FILES, ns
 
     out = []
     if ns(cfg.restart_interval) < ns(RESTART_MIN_INTERVAL):

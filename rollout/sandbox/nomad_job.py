@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from rollout.sandbox.nomad_config import NomadSettings as NomadConfig
     from sandbox_image.config import SlotLimits
 
+from rollout.sandbox.nomad_config import LOG_MAX_FILE_MB, LOG_MAX_FILES, ns  # noqa: F401
+
 PORT_LABEL = "slot"
 TASK_NAME = "slot-server"
 TOKEN_ENV = "SLOT_SERVER_TOKEN"  # what the slot server reads (sandbox_image/config.py)
@@ -35,14 +37,6 @@ META_RUN = "rollout_run"  # Job.Meta: the run id (never the token)
 META_OWNER = "rollout_owner"  # Job.Meta: host:pid of the process that registered the job
 META_IMAGE = "rollout_image"  # TaskGroup.Meta: the host image the group serves
 META_SLOTS = "rollout_slots"
-# LogConfig: Nomad requires the ephemeral disk to be larger than MaxFiles * MaxFileSizeMB.
-LOG_MAX_FILES = 3
-LOG_MAX_FILE_MB = 10
-
-
-def ns(seconds: float) -> int:
-    """Seconds as the nanoseconds of a Go time.Duration."""
-    return int(round(seconds * 1e9))
 
 
 @dataclass(frozen=True)

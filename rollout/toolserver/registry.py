@@ -14,6 +14,7 @@ More tools are plug-ins: `@register` a class in a module the server imports
 from __future__ import annotations
 
 import copy
+import importlib
 from typing import Any, Callable, ClassVar
 
 EXTERNAL = "external"  # the schema key that marks a tool as run by the tool server
@@ -72,8 +73,13 @@ def is_external(schema: dict[str, Any]) -> bool:
     return isinstance(schema, dict) and schema.get(EXTERNAL) is True
 
 
+# The module of the shipped tools, which registers them when imported (by name, as the
+# sandbox backends are: the registry stays below the tools that use it).
+BUILTIN_MODULE = "rollout.toolserver.builtin"
+
+
 def _load_builtins() -> None:
-    from rollout.toolserver import builtin  # noqa: F401  (registers on import)
+    importlib.import_module(BUILTIN_MODULE)
 
 
 def known() -> list[str]:
