@@ -299,6 +299,8 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool =
             raise ActorsFailedToStart(e) from e
         snap = await cluster.run(on_tick=view.update)
     summary = view.summary(snap, RunRecord.read(run_dir), resumed=resumed)
+    # A gold run's verdict comes before the summary, which stays the last thing said.
+    gold = _gold_verdict(run_dir) if cfg.policy.type == "gold" else 0
     _write_summary(run_dir, summary)
     if cfg.metrics.enabled:  # again, now with the summary in it
         from rollout.report import build_report
@@ -307,10 +309,7 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool =
             log.info("report: %s", build_report(run_dir))
         except Exception as e:  # the run is over and recorded; the report is a view of it
             log.warning("writing report.html failed: %s", e)
-    code = exit_code(snap)
-    if cfg.policy.type == "gold":
-        code = _gold_verdict(run_dir) or code
-    return code
+    return gold or exit_code(snap)
 
 
 def _gold_verdict(run_dir: Path) -> int:

@@ -157,6 +157,11 @@ class RunRecord:
                 self._add(str(m.get("outcome")), None, m.get("score"), grading)
 
 
+# Trajectory outcomes that say nothing of a task's gold: a slot or host that died, a policy
+# server that did not answer.
+_NOT_THE_TASKS = ("sandbox_error", "policy_error")
+
+
 def gold_failures(run_dir: Path) -> dict[str, str]:
     """Tasks of a `policy=gold` run whose reference solution did not score 1.0, with why:
     every trajectory that ended otherwise (a 0.0, a grading or environment error), and
@@ -169,6 +174,8 @@ def gold_failures(run_dir: Path) -> dict[str, str]:
         task, score = str(line.get("task")), line.get("score")
         if line.get("outcome") == "done" and score == 1.0:
             continue
+        if line.get("outcome") in _NOT_THE_TASKS:
+            continue  # retried; a task the infrastructure finally dropped is listed below
         why = line.get("error") or (f"scored {score}" if line.get("outcome") == "done"
                                     else str(line.get("outcome")))
         out.setdefault(task, str(why)[:200])

@@ -79,6 +79,11 @@ def test_gold_failures_name_every_task_whose_gold_did_not_score_one(tmp_path: Pa
         traj("b", "done", 1.0, "accepted"), traj("b", "done", 0.0, "accepted"),
         {**traj("c", "grading_error", 0.0, "retry", grading_error="environment"),
          "error": "grading (environment): fixture 'benchmark' not found"},
+        # A slot whose host died, then the retry passed: nothing wrong with e's gold.
+        {**traj("e", "sandbox_error", 0.0, "retry"), "error": "verify: slot is stale"},
+        traj("e", "done", 1.0, "accepted"),
+        {**traj("f", "policy_error", 0.0, "retry"), "error": "policy timeout"},
+        traj("f", "done", 1.0, "accepted"),
     ])
     failed = gold_failures(tmp_path)
     assert set(failed) == {"b", "c"}
