@@ -277,24 +277,18 @@ class SlotContainer:
     returns no process of it is alive. `alive` turns False as soon as its pid 1 is gone
     (a command that killed it: the server starts a fresh one on the same filesystem)."""
 
-    _ids = itertools.count()
-
     def __init__(self, runtime: Runtime, mounts: list[str], wrapper: list[str],
-                 joins: list[str] | None = None,
-                 idmap: Callable[[str, str], None] | None = None,
-                 stage: Stage | None = None) -> None:
+                 joins: list[str] | None, stage: Stage) -> None:
         """`wrapper`: the argv prefix that joins the slot's cgroups (and sets rlimits);
         `joins`: the same as files to write "0" to, when that is all it does (the fast
         entering helper takes those; None: commands go through `wrapper`); `stage`: the
-        server's shared Stage (None: the container stages its sources itself)."""
+        server's Stage, which makes the mount sources reachable."""
         self.rt = runtime
         self._mount_args = mounts  # bubblewrap's mount args for the slot's view (host paths)
-        self.mounts: list[str] = []  # the same, with sources staged (while it runs)
-        self._shared_stage = stage
-        self._stage: Stage | None = None
+        self.mounts: list[str] = []  # the same, with sources staged
+        self._stage = stage
         self.wrapper = wrapper  # the slot's cgroup-joining prefix
         self.joins = joins
-        self._idmap = idmap
         self._pidfd = -1  # of the container's pid 1: what the entering helper joins
         self.pid = 0  # the container's pid 1 (host pid), what commands enter
         self._outer = 0
@@ -307,6 +301,11 @@ class SlotContainer:
         return self._exited is not None and not self._exited.done()
 
     async def start(self) -> None:
+        if not self.mounts:
+            try:  # usually no mount at all: paths under the data dir's alias
+                self.mounts = self._stage.rewrite(self._mount_args)
+            except OSError as e:
+                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
         fds: list[int] = []
         try:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -320,24 +319,6 @@ class SlotContainer:
             raise
         # Targets above every source fd, so no dup2 overwrites a source not yet dup'ed.
         base = max(fds) + 1
-        if not self.mounts and self._shared_stage is not None:
-            try:  # usually no mount at all: paths under the data dir's alias
-                self.mounts = self._shared_stage.rewrite(self._mount_args)
-            except OSError as e:
-                for fd in fds:
-                    os.close(fd)
-                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
-        elif self._stage is None and self._shared_stage is None:
-            self._stage = Stage(os.path.join(self.rt.stage_dir, str(next(self._ids))),
-                                idmap=self._idmap)
-            try:
-                self.mounts = await asyncio.to_thread(self._stage.rewrite, self._mount_args)
-            except OSError as e:
-                for fd in fds:
-                    os.close(fd)
-                await asyncio.to_thread(self._stage.close)
-                self._stage = None
-                raise ContainerError(f"cannot stage the slot's mounts: {e}") from None
         mounts = self.mounts
         argv = [*self.wrapper, *self.rt._drop(), self.rt.bwrap,
                 "--unshare-user", "--userns-block-fd", str(base + 1), "--info-fd", str(base),
@@ -470,11 +451,8 @@ class SlotContainer:
         self._outer = 0
 
     async def close(self) -> None:
-        """Stop it for good: also unmount what it staged."""
+        """Stop it for good (what it staged belongs to the server's Stage)."""
         await self.stop()
-        if self._stage is not None:
-            await asyncio.to_thread(self._stage.close)
-            self._stage = None
 
     def command(self, command: str, env: dict[str, str], cwd: str
                 ) -> tuple[list[str], list[tuple]]:
