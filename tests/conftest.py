@@ -24,8 +24,13 @@ MARKER = "ROLLOUT_TEST_SESSION"
 GRACE_S = 15.0  # Ray's own processes can take several seconds to exit after ray.shutdown()
 
 # At import (before collection and any fixture): every process started from now inherits it.
-# A nested pytest (a test running pytest) keeps the outer session's marker.
+# A nested pytest (a test running pytest) keeps the outer session's marker. Under pytest-xdist
+# each worker extends the controller's marker with its own id, so a test that looks for "its"
+# processes (tests/test_launch.py) sees its worker's alone, while the controller's check at
+# the end still sees every worker's.
 os.environ.setdefault(MARKER, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER")) and "/" not in os.environ[MARKER]:
+    os.environ[MARKER] = f"{os.environ[MARKER]}/{_worker}"
 
 
 def _proc_stat(pid: int) -> tuple[int, str] | None:
@@ -38,10 +43,12 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
 
 
 def _marked(pid: int, marker: bytes) -> bool:
+    """The process carries this session's marker, or a marker of one of its xdist workers."""
     try:
-        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:  # gone, or not ours to read
         return False
+    return any(e == marker or e.startswith(marker + b"/") for e in env)
 
 
 def leftover_processes(me: int = 0) -> dict[int, str]:
