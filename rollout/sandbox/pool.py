@@ -147,17 +147,20 @@ class SlotPool:
                 if claim is None:
                     continue
             hs = self._hosts.get(claim[0])
-            if hs is None or not self.table.has_host(hs.host_id):
+            if hs is None:
                 continue  # its host left while the claim was on its way: try again
             try:
                 usable = await self.fleet.usable(hs)
             except BaseException:
                 self._give(claim)
                 raise
-            if not usable:
+            # Each await may have seen the host leave (its slots with it): then try again.
+            if not usable or not self.table.has_host(hs.host_id):
                 continue
             if self.table.image_of(claim) != image:
                 await self._move(hs, claim, image)
+                if not self.table.has_host(hs.host_id):
+                    continue
             lease = self.table.lease(claim, trajectory_id)
             self._counts["acquires"] += 1
             waited = loop.time() - t0
