@@ -10,6 +10,10 @@ Guarantees (tests/sandbox/test_fleet.py, tests/sandbox/backend_contract.py):
 - `stop()` stops every host (started, starting or adopted) and closes the backend.
 - A host with a lifetime (`Host.meta["retire_at"]`) gets no new lease after that time and
   is retired by the monitor once none of its slots is leased or being reset.
+
+The fleet owns the hosts (`HostState`: process, client, liveness, retire time); its pool owns
+their slots (`SlotTable`). Neither changes the other's: the fleet tells the pool when a host
+joins or leaves, and asks it which hosts are idle.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ class FleetListener(Protocol):
     """What the fleet tells its pool, and asks it."""
 
     def host_up(self, hs: HostState) -> None: ...
+
+    def host_gone(self, host_id: str) -> None:
+        """The host left the fleet (retired, dead or stopped): its slots are gone."""
+        ...
+
+    def idle_since(self, host_id: str) -> float | None:
+        """When the host's last slot came back (time.monotonic); None while one is out."""
+        ...
 
     def start_failed(self, image: str | None, error: Exception) -> None: ...
 
@@ -129,7 +141,7 @@ class HostFleet:
             return
         if not self.room():
             idle = next((hs for hs in self.hosts.values()
-                         if hs.image != image and hs.busy == 0), None)
+                         if hs.image != image and self._idle_since(hs) is not None), None)
             if idle is None:
                 return  # at capacity: wait for a release
             # Forget it synchronously so no other decision picks the same host.
@@ -214,6 +226,13 @@ class HostFleet:
         self.gone[hs.host_id] = why
         if len(self.gone) > 10_000:  # bounded memory on very long runs
             self.gone.pop(next(iter(self.gone)))
+        if self.listener is not None:
+            self.listener.host_gone(hs.host_id)
+
+    def _idle_since(self, hs: HostState) -> float | None:
+        """When all of the host's slots came back; None while any is out (reserved, leased,
+        being reset, quarantined). Without a pool no host counts as idle."""
+        return self.listener.idle_since(hs.host_id) if self.listener is not None else None
 
     async def retire(self, hs: HostState, why: str, *, failure: bool = False) -> None:
         if not hs.alive:
@@ -267,13 +286,14 @@ class HostFleet:
                 elif not next(ok):
                     await self.retire(hs, "died (failed its health check)", failure=True)
         for hs in list(self.hosts.values()):
-            if hs.draining() and hs.busy == 0:
+            if hs.draining() and self._idle_since(hs) is not None:
                 await self.retire(hs, "reached its retire time (before its lifetime ends)")
         wanted = self.listener.demand() if self.listener is not None else {}
         now = time.monotonic()
         for hs in list(self.hosts.values()):
-            if (len(self.hosts) > self.cfg.min_hosts and hs.busy == 0
-                    and now - hs.idle_since > self.cfg.idle_scale_down
+            idle_since = self._idle_since(hs)
+            if (len(self.hosts) > self.cfg.min_hosts and idle_since is not None
+                    and now - idle_since > self.cfg.idle_scale_down
                     and not wanted.get(hs.image)):
                 await self.retire(hs, "was idle and scaled down")
         default = self.cfg.default_image

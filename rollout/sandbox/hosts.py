@@ -1,4 +1,5 @@
-"""`HostState`: one live host, shared by the fleet (liveness) and the pool (its slots)."""
+"""`HostState`: one live host of a `HostFleet`. The fleet alone changes it; the pool reads
+its client and whether it is draining (its slots' state lives in the pool's `SlotTable`)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,17 @@ PROBE_TIMEOUT = 5.0
 
 
 class HostState:
-    """The fleet owns `alive` and `last_ok`; the pool owns the slot fields: `busy` counts
-    slots not on the free list (reserved, leased or being reset), `leases[i]` is the lease id
-    of slot i's holder or None.
+    """A host, its slot server's client, and what the fleet knows of its health (`alive`,
+    `last_ok`).
 
     A host with a lifetime (`host.meta["retire_at"]`, wall-clock seconds) is draining from
-    then on: none of its slots is handed out again, and the fleet retires it once `busy` is
-    0 (a slot of a draining host dropped from the free list no longer counts as busy)."""
+    then on: none of its slots is handed out again, and the fleet retires it once the pool
+    says it is idle (a slot of a draining host that came back no longer counts as busy)."""
 
     def __init__(self, host: Host, client: SlotServerClient, image: str | None) -> None:
         self.host = host
         self.client = client
         self.image = image
-        self.leases: list[str | None] = [None] * host.slots
-        self.holders: list[str | None] = [None] * host.slots
-        self.slot_image: list[str | None] = [image] * host.slots  # what each slot runs now
-        self.busy = 0
-        self.idle_since = time.monotonic()
         self.alive = True
         self.last_ok = time.monotonic()
         self._probe: asyncio.Future[bool] | None = None

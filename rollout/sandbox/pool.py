@@ -26,7 +26,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,26 +34,27 @@ from rollout.sandbox.client import SLOT_OPS, HostUnreachable, ImageUnavailable
 from rollout.sandbox.config import BackendConfig
 from rollout.sandbox.fleet import HostFleet, HostQuota
 from rollout.sandbox.hosts import HostState
-from sandbox_image.config import SlotLimits
 from rollout.sandbox.slot_sandbox import SlotSandbox
+from rollout.sandbox.slot_table import Claim, SlotTable
 from rollout.types import SandboxError, Slot
+from sandbox_image.config import SlotLimits
 
 log = logging.getLogger(__name__)
 
 
 class SlotPool:
+    """The async half around a `SlotTable` (which alone holds the slots' state): resets in
+    the background, image moves, forwarding of slot operations, stats. It reads the fleet's
+    hosts (address, client, liveness, retire time) and never changes them; the fleet tells
+    it when a host joins or leaves (`host_up`, `host_gone`)."""
+
     def __init__(self, fleet: HostFleet, limits: SlotLimits | None = None) -> None:
         self.fleet = fleet
         self.cfg = fleet.cfg
         self.limits = limits or SlotLimits()
+        self.table = SlotTable(mix_images=self.cfg.mix_images)
         fleet.listener = self
-        self._free: dict[str | None, collections.deque[tuple[str, int]]] = (
-            collections.defaultdict(collections.deque))
-        self._waiters: dict[str | None, collections.deque[asyncio.Future]] = (
-            collections.defaultdict(collections.deque))
         self._resets: set[asyncio.Task[Any]] = set()
-        # image -> slots whose background reset is in flight (supply on its way back)
-        self._resetting: collections.Counter[str | None] = collections.Counter()
         self._started = False
         self._closed = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -104,31 +104,27 @@ class SlotPool:
         for t in list(self._resets):
             t.cancel()
         await asyncio.gather(*self._resets, return_exceptions=True)
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(SandboxError("sandbox pool stopped"))
+        self.table.fail_all_waiters(SandboxError("sandbox pool stopped"))
         await self.fleet.stop()
 
-    # --- what the fleet tells us (FleetListener) ------------------------------------------
+    # --- what the fleet tells us, and asks (FleetListener) --------------------------------
 
     def host_up(self, hs: HostState) -> None:
-        hs.busy = hs.host.slots
-        for index in range(hs.host.slots):
-            self._give(hs, index)
+        for claim in self.table.add_host(hs.host_id, hs.host.slots, hs.image):
+            self._give(claim)
+
+    def host_gone(self, host_id: str) -> None:
+        self.table.remove_host(host_id)
+
+    def idle_since(self, host_id: str) -> float | None:
+        return self.table.idle_since(host_id)
 
     def start_failed(self, image: str | None, error: Exception) -> None:
-        failure = SandboxError(f"could not start a sandbox host for image {image!r}: {error}")
-        for fut in self._waiters.pop(image, collections.deque()):
-            if not fut.done():
-                fut.set_exception(failure)
+        self.table.fail_waiters(image, SandboxError(
+            f"could not start a sandbox host for image {image!r}: {error}"))
 
     def demand(self) -> dict[str | None, int]:
-        return {image: n for image, q in self._waiters.items() if (n := self._unmet(image)) > 0}
-
-    def _unmet(self, image: str | None) -> int:
-        """Waiters of `image` that the slots now being reset will not serve."""
-        return len(self._waiters[image]) - self._resetting[image]
+        return self.table.demand()
 
     # --- acquire / release ----------------------------------------------------------------
 
@@ -145,37 +141,39 @@ class SlotPool:
         deadline = t0 + (self.cfg.acquire_timeout if timeout is None else timeout)
         while True:
             self._check_open()
-            got = self._take_free(image)
-            if got is None:
-                got = await self._wait_for_slot(image, deadline)
-                if got is None:
+            claim = self.table.take_free(image, self._serves)
+            if claim is None:
+                claim = await self._wait_for_slot(image, deadline)
+                if claim is None:
                     continue
-            hs, index = got
+            hs = self._hosts.get(claim[0])
+            if hs is None:
+                continue  # its host left while the claim was on its way: try again
             try:
                 usable = await self.fleet.usable(hs)
             except BaseException:
-                self._give(hs, index)
+                self._give(claim)
                 raise
-            if not usable:
+            # Each await may have seen the host leave (its slots with it): then try again.
+            if not usable or not self.table.has_host(hs.host_id):
                 continue
-            if hs.slot_image[index] != image:
-                await self._move(hs, index, image)
-            lease = uuid.uuid4().hex
-            hs.leases[index] = lease
-            hs.holders[index] = trajectory_id
+            if self.table.image_of(claim) != image:
+                await self._move(hs, claim, image)
+                if not self.table.has_host(hs.host_id):
+                    continue
+            lease = self.table.lease(claim, trajectory_id)
             self._counts["acquires"] += 1
             waited = loop.time() - t0
             self._counts["wait_ms"] += int(waited * 1000)
-            return Slot(host_id=hs.host_id, index=index, image=image, lease=lease,
+            return Slot(host_id=hs.host_id, index=claim[1], image=image, lease=lease,
                         waited=waited, url=hs.client.url,
-                        key=hs.client.lease_key(index, lease))
+                        key=hs.client.lease_key(claim[1], lease))
 
-    async def _wait_for_slot(self, image: str | None,
-                             deadline: float) -> tuple[HostState, int] | None:
+    async def _wait_for_slot(self, image: str | None, deadline: float) -> Claim | None:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-        self._waiters[image].append(fut)
-        self.fleet.ensure(image, self._unmet(image))
+        fut: asyncio.Future[Claim] = loop.create_future()
+        self.table.add_waiter(image, fut)
+        self.fleet.ensure(image, self.table.unmet(image))
         remaining = deadline - loop.time()
         try:
             if remaining > 0:
@@ -183,8 +181,7 @@ class SlotPool:
         finally:
             if not fut.done():
                 fut.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters[image].remove(fut)
+                self.table.drop_waiter(image, fut)
             elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 self._return_unused(fut)
         if fut.cancelled():
@@ -196,23 +193,23 @@ class SlotPool:
                                                       if why else ""))
         return fut.result()  # raises the pool's error if it failed us
 
-    def _return_unused(self, fut: asyncio.Future) -> None:
+    def _return_unused(self, fut: asyncio.Future[Claim]) -> None:
         if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
-            self._give(*fut.result())
+            self._give(fut.result())
 
     async def release(self, slot: Slot, reset: bool = True) -> None:
         """End the lease; returns at once. With reset, the workspace is wiped in the
         background before anyone else gets the slot."""
         hs = self._validate(slot)
-        hs.leases[slot.index] = None
-        hs.holders[slot.index] = None
+        claim = (slot.host_id, slot.index)
+        # a draining host's slot is never handed out again: no reset
+        reset = reset and not hs.draining()
+        self.table.end_lease(claim, slot.lease, reset=reset)
         self._counts["releases"] += 1
-        if not reset or hs.draining():  # a draining host's slot is never handed out again
-            self._give(hs, slot.index)
+        if not reset:
+            self._give(claim)
             return
-        image = hs.slot_image[slot.index]
-        self._resetting[image] += 1
-        task = asyncio.ensure_future(self._reset_and_return(hs, slot.index, image, slot.lease))
+        task = asyncio.ensure_future(self._reset_and_return(hs, claim, slot.lease))
         self._resets.add(task)
         task.add_done_callback(self._resets.discard)
         task.add_done_callback(_finished)
@@ -223,72 +220,75 @@ class SlotPool:
         For holders that died without releasing (a lost worker process): their slots would
         otherwise stay leased forever. Returns how many slots were released.
         """
-        mine = [Slot(host_id=hs.host_id, index=i, image=hs.slot_image[i], lease=lease)
-                for hs in list(self._hosts.values())
-                for i, (lease, holder) in enumerate(zip(hs.leases, hs.holders))
-                if lease is not None and holder is not None and holder.startswith(prefix)]
+        mine = [Slot(host_id=h.host_id, index=h.index, image=h.image, lease=h.lease)
+                for h in self.table.held_by(prefix)]
         results = await asyncio.gather(*(self.release(s) for s in mine), return_exceptions=True)
         for s, r in zip(mine, results):
             if isinstance(r, Exception):
                 log.warning("releasing %s/%d of a dead holder failed: %s", s.host_id, s.index, r)
         return len(mine)
 
-    async def _move(self, hs: HostState, index: int, image: str | None) -> None:
+    async def _move(self, hs: HostState, claim: Claim, image: str | None) -> None:
         """Reset a reserved free slot into `image` (mix_images). A failure is the acquirer's
         SandboxError; the slot is quarantined (an unreachable host is suspected)."""
+        index = claim[1]
         task = asyncio.ensure_future(hs.client.reset(index, image=image or "host"))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             # The acquirer gave up: the slot is returned once the move is over.
-            task.add_done_callback(lambda t: self._moved_unclaimed(t, hs, index, image))
+            task.add_done_callback(lambda t: self._moved_unclaimed(t, hs, claim, image))
             raise
         except ImageUnavailable as e:  # the slot is untouched: back to its own image's list
-            self._give(hs, index)
+            self._give(claim)
             raise SandboxError(f"cannot run image {image!r}: {e}") from e
         except HostUnreachable as e:
+            self.table.quarantine(claim)
             await self.fleet.suspect(hs)
             raise SandboxError(f"could not move slot {hs.host_id}/{index} to image "
                                f"{image!r}: {e}") from e
         except Exception as e:  # noqa: BLE001 - the slot's state is unknown: not reused
+            self.table.quarantine(claim)
             log.error("moving slot %s/%d to image %r failed; slot quarantined: %s",
                       hs.host_id, index, image, e)
             raise SandboxError(f"could not move slot {hs.host_id}/{index} to image "
                                f"{image!r}: {e}") from e
-        hs.slot_image[index] = image
+        self.table.moved(claim, image)
         self._counts["image_moves"] += 1
 
-    def _moved_unclaimed(self, task: asyncio.Future[Any], hs: HostState, index: int,
+    def _moved_unclaimed(self, task: asyncio.Future[Any], hs: HostState, claim: Claim,
                          image: str | None) -> None:
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or (error is not None and not isinstance(error, ImageUnavailable)):
             log.error("moving slot %s/%d to image %r failed; slot quarantined: %s",
-                      hs.host_id, index, image, error or "cancelled")
+                      hs.host_id, claim[1], image, error or "cancelled")
+            self.table.quarantine(claim)
             return
         if error is None:
-            hs.slot_image[index] = image
-        self._give(hs, index)
+            self.table.moved(claim, image)
+        self._give(claim)
 
-    async def _reset_and_return(self, hs: HostState, index: int, image: str | None,
-                                lease: str | None = None) -> None:
+    async def _reset_and_return(self, hs: HostState, claim: Claim, lease: str) -> None:
         """The background half of a release: reset (which ends `lease` on the server), then
         hand the slot on. On failure the slot is not reused (quarantined); nobody awaits
         this, so the failure is logged."""
         try:
-            await hs.client.reset(index, lease=lease)
-        except HostUnreachable as e:
-            log.warning("reset of slot %s/%d: host did not answer (%s); slot not reused",
-                        hs.host_id, index, e)
-            await self.fleet.suspect(hs)
+            await hs.client.reset(claim[1], lease=lease)
+        except BaseException as e:
+            self.table.quarantine(claim)
+            if isinstance(e, HostUnreachable):
+                log.warning("reset of slot %s/%d: host did not answer (%s); slot not reused",
+                            hs.host_id, claim[1], e)
+                await self.fleet.suspect(hs)
+            elif isinstance(e, Exception):  # a slot that failed reset must not be reused
+                log.error("reset of slot %s/%d failed; slot quarantined: %s",
+                          hs.host_id, claim[1], e)
+                self._counts["reset_failures"] += 1
+            else:
+                raise
             return
-        except Exception as e:  # noqa: BLE001 - a slot that failed reset must not be reused
-            log.error("reset of slot %s/%d failed; slot quarantined: %s", hs.host_id, index, e)
-            self._counts["reset_failures"] += 1
-            return
-        finally:
-            self._resetting[image] -= 1
         self._counts["resets"] += 1
-        self._give(hs, index)
+        self._give(claim)
 
     @contextlib.asynccontextmanager
     async def session(self, trajectory_id: str, image: str | None = None,
@@ -341,33 +341,22 @@ class SlotPool:
     # --- stats ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        per_image: dict[str, dict[str, int]] = {}
-        in_use = total = 0
-        for hs in self._hosts.values():
-            held = sum(1 for lease in hs.leases if lease is not None)
-            d = per_image.setdefault(str(hs.image), {"hosts": 0, "slots": 0, "in_use": 0})
-            d["hosts"] += 1
-            d["slots"] += hs.host.slots
-            d["in_use"] += held
-            in_use += held
-            total += hs.host.slots
+        table = self.table.summary()
         acquires = self._counts["acquires"]
-        resetting = sum(self._resetting.values())
         return {
             **self.fleet.stats(),
-            "slots_total": total,
-            "slots_in_use": in_use,
+            "slots_total": table["slots_total"],
+            "slots_in_use": table["slots_in_use"],
             # not held and not quarantined: free now, or free once its reset is over
-            "slots_free": sum(1 for q in self._free.values() for h, _ in q if h in self._hosts)
-            + resetting,
-            "slots_resetting": resetting,
+            "slots_free": table["slots_free"] + table["slots_resetting"],
+            "slots_resetting": table["slots_resetting"],
             "reset_failures": self._counts["reset_failures"],
-            "images": per_image,
+            "images": table["images"],
             "image_moves": self._counts["image_moves"],
             "acquires": acquires,
             "releases": self._counts["releases"],
             "acquire_wait_mean_ms": self._counts["wait_ms"] / acquires if acquires else 0.0,
-            "waiting": sum(len(q) for q in self._waiters.values()),
+            "waiting": table["waiting"],
             "stopped": self._closed,
         }
 
@@ -385,51 +374,28 @@ class SlotPool:
         if hs is None:
             why = self.fleet.gone.get(slot.host_id, "is unknown to this pool")
             raise SandboxError(f"slot {slot.host_id}/{slot.index} is stale: its host {why}")
-        if not 0 <= slot.index < len(hs.leases) or hs.leases[slot.index] != slot.lease:
+        if not self.table.holds((slot.host_id, slot.index), slot.lease):
             raise SandboxError(f"slot {slot.host_id}/{slot.index} is not held under this lease "
                                "(already released, or never acquired from this pool)")
         return hs
 
-    def _take_free(self, image: str | None) -> tuple[HostState, int] | None:
-        """A free slot of `image`; with mix_images, else the longest-free slot of another.
-        A draining host (past its retire time) hands out none."""
-        queues = [self._free[image]]
-        if self.cfg.mix_images:
-            queues += [q for other, q in self._free.items() if other != image and q]
-        for q in queues:
-            while q:
-                host_id, index = q.popleft()
-                hs = self._hosts.get(host_id)
-                if hs is not None and hs.alive and not hs.draining():
-                    hs.busy += 1
-                    return hs, index
-        return None
+    def _serves(self, host_id: str) -> bool:
+        """Whether a free slot of this host may be handed out: not past its retire time."""
+        hs = self._hosts.get(host_id)
+        return hs is not None and not hs.draining()
 
-    def _give(self, hs: HostState, index: int) -> None:
-        """Hand a reserved slot to the longest waiter of its image, or put it back."""
-        if not hs.alive or self._closed:
+    def _give(self, claim: Claim) -> None:
+        """Hand a reserved slot on (to the longest waiter, else its free list); a draining
+        host's is parked (the fleet retires the host once all are back)."""
+        if self._closed:
             return
-        if hs.draining():  # past its retire time: the fleet retires it once all are back
-            hs.busy -= 1
+        hs = self._hosts.get(claim[0])
+        if hs is None:
             return
-        image = hs.slot_image[index]
-        queues = [self._waiters[image]]
-        if self.cfg.mix_images:  # a waiter of another image takes it (and moves it)
-            queues += [q for other, q in self._waiters.items() if other != image and q]
-        for waiters in queues:
-            while waiters:
-                fut = waiters.popleft()
-                if not fut.done():
-                    fut.set_result((hs, index))
-                    return
-        hs.busy -= 1
-        if hs.busy == 0:
-            hs.idle_since = time.monotonic()
-        self._free[image].append((hs.host_id, index))
+        self.table.give(claim, draining=hs.draining())
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
     """Retrieve a background task's exception (already logged where it arose)."""
     if not task.cancelled():
         task.exception()
-

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rollout.sandbox import SlotPool
+from rollout.sandbox.slot_table import SlotState
 from rollout.types import SandboxError
 from tests.sandbox.conftest import local_pool
 from tests.sandbox_image.images.build import Dir, build_oci_layout, host_binaries, host_files
@@ -24,7 +25,7 @@ def tiny_image(dest: Path, name: str) -> Path:
         "etc/which": name.encode(),
         "testbed/marker": f"{name} original\n".encode(),
     }
-    return build_oci_layout(dest, [layer], {"Env": [f"PATH=/usr/bin:/bin", f"IMAGE={name}"]}).path
+    return build_oci_layout(dest, [layer], {"Env": ["PATH=/usr/bin:/bin", f"IMAGE={name}"]}).path
 
 
 def image_pool(tmp_path: Path, **settings) -> SlotPool:
@@ -107,7 +108,8 @@ async def test_an_acquire_cancelled_mid_move_gives_the_slot_back(images, tmp_pat
         moving = asyncio.ensure_future(pool.acquire("t1", image="b", timeout=30))
         # The slot is reserved (busy) but not leased while it moves to image b.
         deadline = asyncio.get_running_loop().time() + 30
-        while not (hs.busy == 1 and hs.leases[0] is None) and not moving.done():
+        while (pool.table.state((hs.host_id, 0)) is not SlotState.RESERVED
+               and not moving.done()):
             assert asyncio.get_running_loop().time() < deadline, "the move never began"
             await asyncio.sleep(0.001)
         moving.cancel()

@@ -179,7 +179,10 @@ async def test_refresh_wipes_the_slot_and_keeps_the_lease(make_pool) -> None:
     slot = await pool.acquire("refresh")
     sb = pool.sandbox(slot)
     await sb.write_file("kept.txt", b"x")
-    before = await sb.exec("echo y > /tmp/y; (sleep 300 &) ; ps -eo args | grep -c '^sleep 300'")
+    # The background child execs sleep after the subshell returns: wait (bounded) until it has.
+    before = await sb.exec("echo y > /tmp/y; (sleep 300 &) ; for _ in $(seq 100); do "
+                           "ps -eo args | grep -q '^sleep 300' && break; sleep 0.05; done; "
+                           "ps -eo args | grep -c '^sleep 300'")
     assert before.stdout.split() == ["1"], before
     await sb.refresh()
     after = await sb.exec("ls -A; ls /tmp; ps -eo args | grep -c '^sleep 300' || true")
