@@ -115,7 +115,7 @@ EXPECTED = {"gold": 1.0, "no_change": 0.0, "tests_removed": 0.0, "collect_nothin
 
 # Gold and no change on every instance; the two cheats (their graders' defences do not
 # depend on the instance) on two instances of each repo, one per variant of tests_removed.
-CHEATS = ("tests_removed", "collect_nothing")
+SAMPLED = ("tests_removed", "collect_nothing")
 
 
 @pytest.mark.timeout(900)
@@ -125,7 +125,7 @@ async def test_every_bundled_instance_scores_right_under_every_scenario(pool, en
     jobs = []
     for i, t in enumerate(tasks):
         seen = per_repo[t.data["repo"]] = per_repo.get(t.data["repo"], 0) + 1
-        jobs += [(t, name, i) for name in EXPECTED if name not in CHEATS or seen <= 2]
+        jobs += [(t, name, i) for name in EXPECTED if name not in SAMPLED or seen <= 2]
     assert len(per_repo) >= 5 and len(jobs) < 4 * len(tasks)
     sem = asyncio.Semaphore(SLOTS)
 
