@@ -28,10 +28,24 @@ class ScoredGroup:
     trajectories: list[Trajectory]
     generation_params: dict[str, Any] = field(default_factory=dict)
     group_overrides: dict[str, Any] = field(default_factory=dict)
+    # Each trajectory's event trace (rollout/trace.py; None where not recorded): this
+    # process's record of how it ran, never part of the Atropos form or `to_dict`.
+    traces: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def scores(self) -> list[float]:
         return [float(t.score) for t in self.trajectories]
+
+    @property
+    def retry_reason(self) -> str | None:
+        """Why the group must be retried, not scored: its first trajectory that ended in an
+        infrastructure outcome (`task_error` for a task whose gold solution cannot run as
+        given), or None when every trajectory was really graded."""
+        bad = [t for t in self.trajectories if t.outcome in _INFRA_FAILURES]
+        if not bad:
+            return None
+        kind = "task_error" if "task error:" in (bad[0].error or "") else bad[0].outcome.value
+        return f"{kind}: {bad[0].error}"
 
     def to_atropos(self, include_messages: bool = False) -> dict[str, Any]:
         """A `ScoredDataGroup`-shaped dict, ready for `/scored_data_list`."""
