@@ -27,7 +27,7 @@ import ray
 from actors.sandbox_pool import CALL_SLACK, close_direct_session
 from actors.slot_source import PoolSlots
 from rollout.agent import AgentConfig
-from rollout.group import GroupSetup, event_lines, generate_group, noted_sent, summaries
+from rollout.group import GroupSetup, generate_group
 from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
 from rollout.scored import ScoredGroup
@@ -160,7 +160,13 @@ class RolloutWorker:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
             if group is not None and fate != "cancelled" and self.s.record_events:
-                await asyncio.shield(self._record(event_lines(group, fate)))
+                # The trajectory lines to the run's event log (never fails the group).
+                record = self._sink.record.remote(group.event_lines(fate))
+                try:
+                    await asyncio.shield(asyncio.wait_for(record, CALL_SLACK))
+                except Exception as e:
+                    log.warning("trajectory events of task %s not recorded: %s",
+                                lease.task.task_id, e)
 
     async def _report(self, lease: Lease, group: ScoredGroup) -> str:
         """Tell the queue (and, for a group really graded, the sink) how the group ended;
@@ -173,8 +179,8 @@ class RolloutWorker:
         sent = time.monotonic()
         result = await self._sink.submit.remote(
             lease.task.task_id, group.to_atropos(include_messages=self.s.include_messages),
-            summaries(group))
-        noted_sent(group, sent, result)
+            group.summaries())
+        group.note_sent(sent, result)
         if result in ("accepted", "duplicate"):
             await self._queue.complete.remote(lease.lease_id, result)
             self._stats.kind(lease.task.kind).groups += 1
@@ -182,13 +188,6 @@ class RolloutWorker:
             await self._queue.drop.remote(lease.lease_id, result)
         self._stats.groups_done += 1
         return result
-
-    async def _record(self, lines: list[dict[str, Any]]) -> None:
-        """The group's trajectory lines to the run's event log (never fails the group)."""
-        try:
-            await asyncio.wait_for(self._sink.record.remote(lines), CALL_SLACK)
-        except Exception as e:
-            log.warning("trajectory events of %d trajectories not recorded: %s", len(lines), e)
 
     def _generation_params(self) -> dict[str, Any]:
         p = self._policy_cfg

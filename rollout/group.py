@@ -55,54 +55,48 @@ class GroupSetup:
     gate: asyncio.Semaphore | None = None  # the holder's trajectories at once
     stats: WorkerStats = field(default_factory=WorkerStats)
     generation_params: dict[str, Any] = field(default_factory=dict)
-    _policy_envs: dict[str, TaskEnv] = field(default_factory=dict, repr=False)
-
-    def env_for(self, task: Task) -> TaskEnv:
-        """The task's env as the policy sees it (`simulated` may stand in for grading)."""
-        env = self._policy_envs.get(task.kind)
-        if env is None:
-            env = self._policy_envs[task.kind] = self.policy.task_env(self.envs.for_task(task))
-        return env
+    # Each kind's env as the policy sees it (`simulated` may stand in for grading).
+    policy_envs: dict[str, TaskEnv] = field(default_factory=dict, repr=False)
 
 
 async def generate_group(task: Task, setup: GroupSetup, *, attempt: int = 0) -> ScoredGroup:
     """Run the task's group; the group's fate (sent, retried) is the caller's to decide from
     `retry_reason` and the sink's answer."""
-    traces: list[Trace | None] = [
-        Trace("", task.task_id, attempt=attempt, worker=setup.holder, image=task.image,
-              kind=task.kind) if setup.record_events else None
-        for _ in range(setup.group_size)]
-    trajectories = await asyncio.gather(
-        *(run_trajectory(task, setup, attempt, i, trace) for i, trace in enumerate(traces)))
-    return ScoredGroup(task=task, trajectories=list(trajectories),
-                       generation_params=dict(setup.generation_params), traces=traces)
+    runs = await asyncio.gather(
+        *(run_trajectory(task, setup, attempt, i) for i in range(setup.group_size)))
+    return ScoredGroup(task=task, trajectories=[traj for traj, _ in runs],
+                       generation_params=dict(setup.generation_params),
+                       traces=[trace for _, trace in runs])
 
 
-async def run_trajectory(task: Task, setup: GroupSetup, attempt: int, index: int,
-                         trace: Trace | None) -> Trajectory:
-    """One trajectory of the group, once the gate lets it run."""
+async def run_trajectory(task: Task, setup: GroupSetup, attempt: int,
+                         index: int) -> tuple[Trajectory, Trace | None]:
+    """One trajectory of the group, once the gate lets it run, and its trace."""
     if setup.gate is None:
-        return await _run(task, setup, attempt, index, trace)
+        return await _run(task, setup, attempt, index, {})
     queued = time.monotonic()
-    async with setup.gate:
-        if trace is not None:  # its wall clock (and budget) start when it runs
-            trace.restart(queued=round(time.monotonic() - queued, 3))
-        return await _run(task, setup, attempt, index, trace)
+    async with setup.gate:  # its wall clock (trace and budget) starts when it runs
+        return await _run(task, setup, attempt, index,
+                          {"queued": round(time.monotonic() - queued, 3)})
 
 
 async def _run(task: Task, setup: GroupSetup, attempt: int, index: int,
-               trace: Trace | None) -> Trajectory:
+               info: dict[str, Any]) -> tuple[Trajectory, Trace | None]:
     traj_id = f"{setup.holder}/{task.task_id}/{attempt}/{index}-{uuid.uuid4().hex[:6]}"
-    if trace is not None:
-        trace.trajectory_id = traj_id
+    trace = (Trace(traj_id, task.task_id, attempt=attempt, worker=setup.holder,
+                   image=task.image, kind=task.kind, **info)
+             if setup.record_events else None)
     stats = setup.stats
     stats.trajectories_in_flight += 1
     started = time.monotonic()
     spec: SandboxSpec | None = None
     held = False
     try:
-        env = setup.env_for(task)
-        spec = sandbox_spec_for(env, task)
+        kind_env = setup.envs.for_task(task)
+        spec = sandbox_spec_for(kind_env, task)  # the kind's slot, whoever grades it
+        env = setup.policy_envs.get(task.kind)
+        if env is None:
+            env = setup.policy_envs[task.kind] = setup.policy.task_env(kind_env)
         async with setup.slots.session(traj_id, spec) as sandbox:
             held = True
             slot = sandbox.slot
@@ -123,7 +117,7 @@ async def _run(task: Task, setup: GroupSetup, attempt: int, index: int,
     finally:
         stats.trajectories_in_flight -= 1
     stats.count(traj, time.monotonic() - started, task.kind)
-    return traj
+    return traj, trace
 
 
 class LocalSlots:
@@ -142,39 +136,3 @@ class LocalSlots:
         async with self.pool.session(trajectory_id, spec.image,
                                      timeout=self.acquire_timeout) as sandbox:
             yield sandbox
-
-
-def noted_sent(group: ScoredGroup, sent: float, result: str) -> None:
-    """The sink's answer, as each trajectory's `send` event (sent at monotonic `sent`)."""
-    for trace in group.traces:
-        if trace is not None:
-            trace.add("send", sent, result=result)
-
-
-def event_lines(group: ScoredGroup, fate: str) -> list[dict[str, Any]]:
-    """The group's trajectory lines for the run's events.jsonl (`fate`: how it ended)."""
-    return [trace.to_line(**trajectory_result(t), group=fate)
-            for trace, t in zip(group.traces, group.trajectories) if trace is not None]
-
-
-def summaries(group: ScoredGroup) -> list[dict[str, Any]]:
-    """What a user wants to see per trajectory in groups.jsonl (not sent to the trainer)."""
-    return [trajectory_summary(t) for t in group.trajectories]
-
-
-def trajectory_result(t: Trajectory) -> dict[str, Any]:
-    """What a trajectory's event line says about how it ended."""
-    return {"outcome": t.outcome.value, "score": t.score, "error": t.error, "turns": t.turns,
-            "tokens": len(t.record.tokens), "policy": t.metadata.get("policy"),
-            "grading_error": t.metadata.get("grading_error")}
-
-
-def trajectory_summary(t: Trajectory) -> dict[str, Any]:
-    verdict = t.metadata.get("verdict") or {}
-    return {
-        "trajectory_id": t.trajectory_id, "outcome": t.outcome.value, "score": t.score,
-        "turns": t.turns, "tokens": len(t.record.tokens), "llm_time": round(t.llm_time, 3),
-        "tool_time": round(t.tool_time, 3), "error": t.error,
-        "grading": verdict.get("reason"), "timings": t.metadata.get("timings"),
-        "suspected_hacking": verdict.get("suspected_hacking") or None,
-    }

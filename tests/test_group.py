@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from rollout.agent import AgentConfig
-from rollout.group import GroupSetup, LocalSlots, event_lines, generate_group
+from rollout.group import GroupSetup, LocalSlots, generate_group
 from rollout.policy import PolicyConfig, make_policy
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import load_tasks
@@ -58,7 +58,7 @@ async def test_a_group_is_graded_in_its_slots_and_releases_them(pool):
     assert [t.outcome for t in group.trajectories] == [Outcome.DONE] * SLOTS
     assert group.scores == [1.0] * SLOTS and group.retry_reason is None
     assert all(t.trajectory_id.startswith("test-worker/math-collatz/3/") for t in group.trajectories)
-    lines = event_lines(group, "accepted")
+    lines = group.event_lines("accepted")
     assert [[e[0] for e in line["ev"]][:2] for line in lines] == [["acquire", "prepare"]] * SLOTS
     assert all(line["ev"][-1][0] == "verify" and line["group"] == "accepted" for line in lines)
     assert setup.stats.trajectories_done == SLOTS and setup.stats.trajectories_in_flight == 0
@@ -78,7 +78,7 @@ async def test_a_kind_without_a_slot_runs_through_the_same_session(pool):
     group = await generate_group(NO_SLOT_TASK, setup)
     assert group.scores == [1.0] * 3 and group.retry_reason is None
     assert all("final reply" in t.metadata["verdict"]["reason"] for t in group.trajectories)
-    assert all("acquire" not in [e[0] for e in line["ev"]] for line in event_lines(group, "x"))
+    assert all("acquire" not in [e[0] for e in line["ev"]] for line in group.event_lines("x"))
     assert pool.stats()["acquires"] == before
 
 
@@ -94,7 +94,7 @@ async def test_no_slot_in_time_is_a_retried_group_never_a_zero(pool):
     assert traj.outcome == Outcome.SANDBOX_ERROR and "SandboxError" in traj.error
     assert group.retry_reason.startswith("sandbox_error: ")
     assert group.to_atropos()["overrides"][0]["set_advantage_to_zero"]
-    (line,) = event_lines(group, "retry")
+    (line,) = group.event_lines("retry")
     assert line["ev"][0][0] == "acquire" and line["ev"][0][3] == {"waited": None, "ok": False}
     assert setup.stats.outcomes == {"sandbox_error": 1}
 
@@ -111,3 +111,15 @@ async def test_a_cancelled_group_releases_its_slots(pool):
         await group
     assert pool.stats()["slots_in_use"] == 0
     assert slow.stats.trajectories_in_flight == 0
+
+
+async def test_the_gate_runs_one_trajectory_at_a_time_and_its_clock_starts_when_it_runs(pool):
+    setup = setup_of(LocalSlots(pool))
+    setup.gate = asyncio.Semaphore(1)
+    group = await generate_group(COLLATZ, setup)
+    assert group.scores == [1.0] * SLOTS
+    first, second = sorted(group.event_lines("accepted"), key=lambda line: line["t0"])
+    assert "queued" in first and "queued" in second
+    first_end = first["t0"] + max(off + dur for _, off, dur, _ in first["ev"])
+    # The second's clock started after the first had finished (t0 is rounded to the ms).
+    assert second["t0"] >= first_end - 0.002 and second["queued"] > 0
