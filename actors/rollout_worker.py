@@ -1,4 +1,6 @@
-"""RolloutWorker: leases tasks, runs each task's group of trajectories, hands groups on.
+"""RolloutWorker: leases tasks, hands each to `rollout.group.generate_group` (which runs the
+group, its slots through `actors.slot_source.PoolSlots`), and reports the group to the sink
+and the queue.
 
 Guarantees:
 - A leased task ends in exactly one call: queue.complete (group accepted, or a duplicate of
