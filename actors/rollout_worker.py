@@ -1,4 +1,6 @@
-"""RolloutWorker: leases tasks, runs each task's group of trajectories, hands groups on.
+"""RolloutWorker: leases tasks, hands each to `rollout.group.generate_group` (which runs the
+group, its slots through `actors.slot_source.PoolSlots`), and reports the group to the sink
+and the queue.
 
 Guarantees:
 - A leased task ends in exactly one call: queue.complete (group accepted, or a duplicate of
@@ -19,30 +21,22 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
-from actors.sandbox_pool import CALL_SLACK, ActorSandbox, close_direct_session
+from actors.sandbox_pool import CALL_SLACK, close_direct_session
+from actors.slot_source import PoolSlots
 from rollout.agent import AgentConfig
+from rollout.group import GroupSetup, generate_group
 from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
-from rollout.rollout import run_rollout
 from rollout.scored import ScoredGroup
 from rollout.stats import WorkerStats
-from rollout.tasks.base import NoSlot, sandbox_spec_for
 from rollout.tasks.mix import TaskEnvs
-from rollout.trace import Trace
-from rollout.types import INFRA_OUTCOMES, Outcome, Task, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)
-
-# Outcomes that say the infrastructure failed, not the model: the group is retried, not scored.
-RETRY_OUTCOMES = INFRA_OUTCOMES
 
 
 @dataclass
@@ -75,19 +69,16 @@ class RolloutWorker:
         self.s = settings
         self._policy_cfg = policy
         self._agent = agent
-        self._pools = pools
         self._queue = queue
         self._sink = sink
+        self._slots = PoolSlots(pools, acquire_timeout=settings.acquire_timeout,
+                                route_by_image=settings.route_by_image, start=hash(worker_id))
         # The env of each task is picked by its kind (a run may mix kinds).
         self._envs = TaskEnvs(settings.task_env)
-        self._policy_envs: dict[str, Any] = {}  # by kind, made on first use
-        self._policy: Any = None
         self._stopping = False
         self._groups: dict[str, asyncio.Task[None]] = {}
-        self._rr = hash(worker_id)
         self._stats = WorkerStats()
-        # Made in run(): an asyncio primitive belongs to the loop that uses it.
-        self._trajectory_gate: asyncio.Semaphore | None = None
+        self._setup: GroupSetup | None = None  # made in run(), with the policy
 
     def stats(self) -> WorkerStats:
         return dataclasses.replace(self._stats, groups_in_flight=len(self._groups))
@@ -105,9 +96,15 @@ class RolloutWorker:
 
     async def run(self) -> WorkerStats:
         """Lease and run groups until the queue is finished or `stop()` is called."""
-        self._policy = make_policy(self._policy_cfg, self._envs)
-        if self.s.max_trajectories is not None:
-            self._trajectory_gate = asyncio.Semaphore(self.s.max_trajectories)
+        policy = make_policy(self._policy_cfg, self._envs)
+        self._setup = GroupSetup(
+            policy=policy, envs=self._envs, agent=self._agent, slots=self._slots,
+            group_size=self.s.group_size, holder=self.worker_id,
+            record_events=self.s.record_events, stats=self._stats,
+            # An asyncio primitive belongs to the loop that uses it: made here, not in __init__.
+            gate=(asyncio.Semaphore(self.s.max_trajectories)
+                  if self.s.max_trajectories is not None else None),
+            generation_params=self._generation_params())
         try:
             while not self._stopping:
                 if len(self._groups) >= self.s.max_groups:
@@ -134,7 +131,7 @@ class RolloutWorker:
             if self._groups:
                 await asyncio.gather(*self._groups.values(), return_exceptions=True)
         finally:
-            await self._policy.close()
+            await policy.close()
             await close_direct_session()
         return self.stats()
 
@@ -147,76 +144,52 @@ class RolloutWorker:
                 return
 
     async def _run_group(self, lease: Lease) -> None:
-        task = lease.task
         renew = asyncio.create_task(self._renew(lease))
-        traces: list[Trace | None] = [None] * self.s.group_size
-        trajs: list[Trajectory] = []
+        group: ScoredGroup | None = None
         fate = "cancelled"
         try:
-            if self.s.record_events:
-                traces = [Trace("", task.task_id, attempt=lease.attempt, worker=self.worker_id,
-                                image=task.image, kind=task.kind)
-                          for _ in range(self.s.group_size)]
-            trajs = list(await asyncio.gather(
-                *(self._run_one(lease, i, traces[i]) for i in range(self.s.group_size))
-            ))
-            bad = [t for t in trajs if t.outcome in RETRY_OUTCOMES]
-            if bad:
-                # A broken task (its gold solution cannot run as given) says so in its kind.
-                kind = ("task_error" if "task error:" in (bad[0].error or "")
-                        else bad[0].outcome.value)
-                reason = f"{kind}: {bad[0].error}"
-                fate = f"retry: {reason}"
-                self._stats.groups_failed += 1
-                await self._queue.fail.remote(lease.lease_id, reason)
-                return
-            group = ScoredGroup(task=task, trajectories=list(trajs),
-                                generation_params=self._generation_params())
-            sent = time.monotonic()
-            result = await self._sink.submit.remote(
-                task.task_id, group.to_atropos(include_messages=self.s.include_messages),
-                [trajectory_summary(t) for t in trajs],
-            )
-            fate = result
-            for trace in traces:
-                if trace is not None:
-                    trace.add("send", sent, result=result)
-            if result in ("accepted", "duplicate"):
-                await self._queue.complete.remote(lease.lease_id, result)
-            else:
-                await self._queue.drop.remote(lease.lease_id, result)
-            self._stats.groups_done += 1
-            if result in ("accepted", "duplicate"):
-                self._stats.kind(task.kind).groups += 1
+            group = await generate_group(lease.task, self._setup, attempt=lease.attempt)
+            fate = await self._report(lease, group)
         except asyncio.CancelledError:
             await asyncio.shield(self._queue.give_back.remote(lease.lease_id))
             raise
         except Exception as e:  # a bug or a dead actor: give the task back, keep the worker
-            log.exception("group of task %s failed", task.task_id)
+            log.exception("group of task %s failed", lease.task.task_id)
             self._stats.groups_failed += 1
             fate = f"retry: worker error: {type(e).__name__}: {e}"
             await self._queue.fail.remote(lease.lease_id, f"worker error: {type(e).__name__}: {e}")
         finally:
             renew.cancel()
             self._groups.pop(lease.lease_id, None)
-            if trajs and fate != "cancelled" and self.s.record_events:
-                await asyncio.shield(self._record(traces, trajs, fate))
+            if group is not None and fate != "cancelled" and self.s.record_events:
+                # The trajectory lines to the run's event log (never fails the group).
+                record = self._sink.record.remote(group.event_lines(fate))
+                try:
+                    await asyncio.shield(asyncio.wait_for(record, CALL_SLACK))
+                except Exception as e:
+                    log.warning("trajectory events of task %s not recorded: %s",
+                                lease.task.task_id, e)
 
-    async def _record(self, traces: list[Trace | None], trajs: list[Trajectory], fate: str) -> None:
-        """The group's trajectory lines to the run's event log (never fails the group)."""
-        lines = [trace.to_line(**trajectory_result(t), group=fate)
-                 for trace, t in zip(traces, trajs) if trace is not None]
-        try:
-            await asyncio.wait_for(self._sink.record.remote(lines), CALL_SLACK)
-        except Exception as e:
-            log.warning("trajectory events of task %s not recorded: %s", trajs[0].task_id, e)
-
-    def _env_for(self, task: Task) -> Any:
-        """The task's env as the policy sees it (`simulated` may stand in for grading)."""
-        env = self._policy_envs.get(task.kind)
-        if env is None:
-            env = self._policy_envs[task.kind] = self._policy.task_env(self._envs.for_task(task))
-        return env
+    async def _report(self, lease: Lease, group: ScoredGroup) -> str:
+        """Tell the queue (and, for a group really graded, the sink) how the group ended;
+        the fate its trajectory lines carry."""
+        reason = group.retry_reason
+        if reason is not None:  # the infrastructure failed, not the model: never scored
+            self._stats.groups_failed += 1
+            await self._queue.fail.remote(lease.lease_id, reason)
+            return f"retry: {reason}"
+        sent = time.monotonic()
+        result = await self._sink.submit.remote(
+            lease.task.task_id, group.to_atropos(include_messages=self.s.include_messages),
+            group.summaries())
+        group.note_sent(sent, result)
+        if result in ("accepted", "duplicate"):
+            await self._queue.complete.remote(lease.lease_id, result)
+            self._stats.kind(lease.task.kind).groups += 1
+        else:
+            await self._queue.drop.remote(lease.lease_id, result)
+        self._stats.groups_done += 1
+        return result
 
     def _generation_params(self) -> dict[str, Any]:
         p = self._policy_cfg
@@ -224,100 +197,4 @@ class RolloutWorker:
 
     def set_pools(self, pools: list[Any]) -> None:
         """The driver's current pool list (nodes come and go)."""
-        if pools:
-            self._pools = list(pools)
-
-    def _pick_pool(self, image: str | None) -> Any:
-        if self.s.route_by_image:  # the shard that holds (or will start) this image's hosts
-            return self._pools[shard_of(image, len(self._pools))]
-        self._rr += 1
-        return self._pools[self._rr % len(self._pools)]
-
-    def _forget_pool(self, pool: Any) -> None:
-        # Its node is gone; until the driver's next update, stop sending work there.
-        if len(self._pools) > 1 and pool in self._pools and not self.s.route_by_image:
-            self._pools.remove(pool)
-
-    async def _run_one(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
-        if self._trajectory_gate is None:
-            return await self._run_one_now(lease, index, trace)
-        queued = time.monotonic()
-        async with self._trajectory_gate:
-            if trace is not None:  # its wall clock (and budget) start when it runs
-                trace.restart(queued=round(time.monotonic() - queued, 3))
-            return await self._run_one_now(lease, index, trace)
-
-    async def _run_one_now(self, lease: Lease, index: int, trace: Trace | None) -> Trajectory:
-        task = lease.task
-        # Starts with the worker id: if this worker dies, the driver frees its slots by prefix.
-        traj_id = f"{self.worker_id}/{task.task_id}/{lease.attempt}/{index}-{uuid.uuid4().hex[:6]}"
-        if trace is not None:
-            trace.trajectory_id = traj_id
-        self._stats.trajectories_in_flight += 1
-        slot = pool = None
-        started = time.monotonic()
-        try:
-            env = self._env_for(task)
-            spec = sandbox_spec_for(env, task)
-            if spec is None:  # a task that needs no slot
-                traj = await run_rollout(task, env, self._policy, NoSlot(), self._agent,
-                                         trajectory_id=traj_id, trace=trace)
-            else:
-                pool = self._pick_pool(spec.image)
-                slot = await asyncio.wait_for(
-                    pool.acquire.remote(traj_id, spec.image, self.s.acquire_timeout),
-                    self.s.acquire_timeout + CALL_SLACK)
-                self._stats.acquire_time += time.monotonic() - started
-                if trace is not None:
-                    trace.add("acquire", started, waited=round(slot.waited, 4))
-                traj = await run_rollout(task, env, self._policy, ActorSandbox(pool, slot),
-                                         self._agent, trajectory_id=traj_id, trace=trace)
-                # Queued in the pool before a slot was free: on slow remote hosts, the figure.
-                traj.metadata.setdefault("timings", {})["acquire_wait"] = round(slot.waited, 4)
-        except Exception as e:
-            if pool is not None and isinstance(e, (RayActorError, asyncio.TimeoutError)):
-                self._forget_pool(pool)
-            if pool is not None and slot is None and trace is not None:
-                trace.add("acquire", started, waited=None, ok=False)
-            traj = Trajectory(task_id=task.task_id, trajectory_id=traj_id,
-                              outcome=Outcome.SANDBOX_ERROR, record=TokenRecord(),
-                              error=f"{type(e).__name__}: {e}")
-        finally:
-            self._stats.trajectories_in_flight -= 1
-            if slot is not None:
-                await asyncio.shield(_release(pool, slot))
-        self._stats.count(traj, time.monotonic() - started, task.kind)
-        return traj
-
-
-def shard_of(image: str | None, shards: int) -> int:
-    """The shard of an image: stable across processes and runs (not Python's hash)."""
-    return zlib.crc32((image or "").encode()) % shards
-
-
-def trajectory_result(t: Trajectory) -> dict[str, Any]:
-    """What a trajectory's event line says about how it ended."""
-    return {"outcome": t.outcome.value, "score": t.score, "error": t.error, "turns": t.turns,
-            "tokens": len(t.record.tokens), "policy": t.metadata.get("policy"),
-            "grading_error": t.metadata.get("grading_error")}
-
-
-def trajectory_summary(t: Trajectory) -> dict[str, Any]:
-    """What a user wants to see per trajectory in groups.jsonl (not sent to the trainer)."""
-    verdict = t.metadata.get("verdict") or {}
-    return {
-        "trajectory_id": t.trajectory_id, "outcome": t.outcome.value, "score": t.score,
-        "turns": t.turns, "tokens": len(t.record.tokens), "llm_time": round(t.llm_time, 3),
-        "tool_time": round(t.tool_time, 3), "error": t.error,
-        "grading": verdict.get("reason"), "timings": t.metadata.get("timings"),
-        "suspected_hacking": verdict.get("suspected_hacking") or None,
-    }
-
-
-async def _release(pool: Any, slot: Any) -> None:
-    t0 = time.monotonic()
-    try:
-        await asyncio.wait_for(pool.release.remote(slot), CALL_SLACK)
-    except Exception as e:  # the host may be gone; the pool has already retired it
-        log.warning("release of %s failed after %.1fs: %s", slot, time.monotonic() - t0, e)
-
+        self._slots.set_pools(pools)

@@ -5,6 +5,8 @@ Kept small and in one place (see STYLE.md). Concrete types live in `rollout.type
 - `Sandbox`: one acquired slot. The agent's tools, a task's `prepare` and `verify` only ever
   see this, so the same code runs against a local SlotPool, a Ray actor handle, or a test double.
 - `Backend`: provisions and retires sandbox hosts (one slot server each) for a SlotPool.
+- `SlotSource`: where a group's trajectories get their sandboxes (a local SlotPool, the
+  cluster's SandboxPool actors), one session per trajectory.
 - `PythonSandbox`: a slot that also runs a stateful Python session (the `python` tool).
 - `TaskEnv`: how one kind of task (SWE-smith, terminal, math, ...) prompts, which tools and
   which slot it needs, how it prepares the slot and scores it. Found by `Task.kind` in
@@ -15,6 +17,8 @@ Kept small and in one place (see STYLE.md). Concrete types live in `rollout.type
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -92,6 +96,22 @@ class Backend(Protocol):
         ...
 
 
+class SlotSource(Protocol):
+    """Where a trajectory's sandbox comes from: `rollout.group.LocalSlots` (a local SlotPool:
+    tests, replay) or `actors.slot_source.PoolSlots` (the cluster's SandboxPool actors).
+
+    `async with source.session(trajectory_id, spec) as sandbox:` holds a slot of `spec.image`
+    for the block and releases it however the block ends (normally, by an error, by
+    cancellation). A task that needs no slot (`spec` None) gets a `NoSlot` from the same
+    session, so callers have one path. The sandbox's `slot` is the held `Slot` (its `waited`:
+    seconds queued in the pool), None for no slot. Entering raises when no slot can be had
+    (SandboxError, a timeout, a dead pool).
+    """
+
+    def session(self, trajectory_id: str,
+                spec: SandboxSpec | None) -> AbstractAsyncContextManager[Any]: ...
+
+
 class ToolExecutor(Protocol):
     """Runs one tool call of a trajectory. Raises only SandboxError (the slot is gone);
     every other failure is an observation for the model (`ToolResult.is_error`)."""
@@ -103,8 +123,7 @@ class TaskEnv(Protocol):
     """How one kind of task uses a slot: the prompt, its tools, the slot, the setup, the score.
 
     `rollout.tasks.base.BaseTaskEnv` gives the defaults (the built-in terminal/read_file/
-    write_file tools, a slot of `task.image`); an env that grades the conversation rather
-    than the slot sets `grades_transcript = True` and gets `transcript=` in `verify`.
+    write_file tools, a slot of `task.image`).
     """
 
     def messages(self, task: Task) -> list[dict[str, Any]]:
@@ -127,8 +146,11 @@ class TaskEnv(Protocol):
         """Make the slot's workspace ready for the agent (raises SandboxError on failure)."""
         ...
 
-    async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
-        """Score the workspace as the agent left it. Runs in the same slot."""
+    async def verify(self, task: Task, sandbox: Sandbox, *,
+                     transcript: Sequence[dict[str, Any]] = ()) -> Verdict:
+        """Score what the agent did. Runs in the same slot; `transcript` is the trajectory's
+        conversation (the recorded one on replay): every kind gets both and uses what it
+        grades (the workspace, or a final answer in the last reply)."""
         ...
 
     def reference_solution(self, task: Task) -> list[ToolCall]:

@@ -27,9 +27,10 @@ import yaml
 
 from rollout.config import ConfigError, load_config, slot_limits
 from rollout.events import read_events
+from rollout.group import LocalSlots
 from rollout.sandbox import SlotPool
 from rollout.tasks import load_tasks
-from rollout.tasks.base import NoSlot, sandbox_spec_for, tool_executor_for
+from rollout.tasks.base import sandbox_spec_for, tool_executor_for
 from rollout.tasks.mix import TaskEnvs
 from rollout.casts import CastError, final_screen, parse_cast
 from rollout.rollout import task_tools
@@ -131,18 +132,16 @@ class Replayer:
         pool = SlotPool.from_config(self.cfg.backend, slot_limits(self.cfg))
         await pool.start()
         try:
-            return list(await asyncio.gather(*(self._one(pool, line) for line in lines)))
+            slots = LocalSlots(pool, self.cfg.workers.acquire_timeout)
+            return list(await asyncio.gather(*(self._one(slots, line) for line in lines)))
         finally:
             await pool.stop()
 
-    async def _one(self, pool: SlotPool, line: dict[str, Any]) -> ReplayResult:
+    async def _one(self, slots: LocalSlots, line: dict[str, Any]) -> ReplayResult:
+        """The same session as a run's (a no-slot task gets its `NoSlot` from it)."""
         task = self.task(line["task"])
         env = self.envs.for_task(task)
-        spec = sandbox_spec_for(env, task)
-        if spec is None:  # a task that needs no slot (its tools keep files in memory)
-            return await self._run(env, task, line, NoSlot())
-        async with pool.session(f"replay/{line['id']}", spec.image,
-                                timeout=self.cfg.workers.acquire_timeout) as slot:
+        async with slots.session(f"replay/{line['id']}", sandbox_spec_for(env, task)) as slot:
             return await self._run(env, task, line, slot)
 
     async def _run(self, env: Any, task: Any, line: dict[str, Any], slot: Any) -> ReplayResult:
@@ -170,10 +169,7 @@ class Replayer:
             finally:
                 await tools.close()
             result.cast_mismatches = self._check_casts(line, tools.casts())
-            if getattr(env, "grades_transcript", False):
-                verdict = await env.verify(task, sandbox, transcript=recorded_transcript(line))
-            else:
-                verdict = await env.verify(task, sandbox)
+            verdict = await env.verify(task, sandbox, transcript=recorded_transcript(line))
             result.replayed = float(verdict.score)
             result.reason = str(verdict.details.get("reason", ""))
         except GradingError as e:

@@ -86,10 +86,7 @@ async def run_rollout(
     if traj.outcome not in INFRA_OUTCOMES:
         started = time.monotonic()
         try:
-            if getattr(env, "grades_transcript", False):
-                verdict = await env.verify(task, sandbox, transcript=traj.record.messages)
-            else:
-                verdict = await env.verify(task, sandbox)
+            verdict = await env.verify(task, sandbox, transcript=traj.record.messages)
             traj.score = float(verdict.score)
             traj.metadata["verdict"] = verdict.details
         except SandboxError as exc:

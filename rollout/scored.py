@@ -1,4 +1,5 @@
-"""`ScoredGroup`: the trajectories of one task, and their Atropos `ScoredDataGroup` form.
+"""`ScoredGroup`: the trajectories of one task, and their Atropos `ScoredDataGroup` form;
+also what the run records of them (groups.jsonl summaries, events.jsonl lines).
 
 Conventions (atroposlib 0.4.0 `envs.base.ScoredDataGroup`): tokens/masks/inference_logprobs
 are per sequence and of equal length; masks are -100 where not trained; inference_logprobs
@@ -28,10 +29,24 @@ class ScoredGroup:
     trajectories: list[Trajectory]
     generation_params: dict[str, Any] = field(default_factory=dict)
     group_overrides: dict[str, Any] = field(default_factory=dict)
+    # Each trajectory's event trace (rollout/trace.py; None where not recorded): this
+    # process's record of how it ran, never part of the Atropos form or `to_dict`.
+    traces: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def scores(self) -> list[float]:
         return [float(t.score) for t in self.trajectories]
+
+    @property
+    def retry_reason(self) -> str | None:
+        """Why the group must be retried, not scored: its first trajectory that ended in an
+        infrastructure outcome (`task_error` for a task whose gold solution cannot run as
+        given), or None when every trajectory was really graded."""
+        bad = [t for t in self.trajectories if t.outcome in _INFRA_FAILURES]
+        if not bad:
+            return None
+        kind = "task_error" if "task error:" in (bad[0].error or "") else bad[0].outcome.value
+        return f"{kind}: {bad[0].error}"
 
     def to_atropos(self, include_messages: bool = False) -> dict[str, Any]:
         """A `ScoredDataGroup`-shaped dict, ready for `/scored_data_list`."""
@@ -75,6 +90,21 @@ class ScoredGroup:
             "images": None,
         }
 
+    def summaries(self) -> list[dict[str, Any]]:
+        """What a user wants to see per trajectory in groups.jsonl (not sent to the trainer)."""
+        return [trajectory_summary(t) for t in self.trajectories]
+
+    def note_sent(self, sent: float, result: str) -> None:
+        """The sink's answer, as each trajectory's `send` event (sent at monotonic `sent`)."""
+        for trace in self.traces:
+            if trace is not None:
+                trace.add("send", sent, result=result)
+
+    def event_lines(self, fate: str) -> list[dict[str, Any]]:
+        """The trajectory lines for the run's events.jsonl (`fate`: how the group ended)."""
+        return [trace.to_line(**trajectory_result(t), group=fate)
+                for trace, t in zip(self.traces, self.trajectories) if trace is not None]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task.to_dict(),
@@ -91,6 +121,24 @@ class ScoredGroup:
             generation_params=dict(d.get("generation_params") or {}),
             group_overrides=dict(d.get("group_overrides") or {}),
         )
+
+
+def trajectory_result(t: Trajectory) -> dict[str, Any]:
+    """What a trajectory's event line says about how it ended."""
+    return {"outcome": t.outcome.value, "score": t.score, "error": t.error, "turns": t.turns,
+            "tokens": len(t.record.tokens), "policy": t.metadata.get("policy"),
+            "grading_error": t.metadata.get("grading_error")}
+
+
+def trajectory_summary(t: Trajectory) -> dict[str, Any]:
+    verdict = t.metadata.get("verdict") or {}
+    return {
+        "trajectory_id": t.trajectory_id, "outcome": t.outcome.value, "score": t.score,
+        "turns": t.turns, "tokens": len(t.record.tokens), "llm_time": round(t.llm_time, 3),
+        "tool_time": round(t.tool_time, 3), "error": t.error,
+        "grading": verdict.get("reason"), "timings": t.metadata.get("timings"),
+        "suspected_hacking": verdict.get("suspected_hacking") or None,
+    }
 
 
 def trajectory_to_dict(t: Trajectory) -> dict[str, Any]:

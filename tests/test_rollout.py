@@ -28,7 +28,7 @@ class ToyEnv:
             raise SandboxError("could not start the workspace")
         await sandbox.write_file("calc.py", f"def add(a, b):\n    {task.data['bug']}\n".encode())
 
-    async def verify(self, task, sandbox):
+    async def verify(self, task, sandbox, *, transcript=()):
         self.verified_in = sandbox
         if self.fail_verify:
             raise self.fail_verify

@@ -134,7 +134,7 @@ class SimulatedScoring:
     def reference_solution(self, task: Task) -> list[ToolCall]:
         return self.env.reference_solution(task)
 
-    def __getattr__(self, name: str) -> Any:  # tool_executor, sandbox_spec, grades_transcript
+    def __getattr__(self, name: str) -> Any:  # tool_executor, sandbox_spec, wall_clock_budget
         if name == "env":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.env, name)

@@ -21,9 +21,6 @@ from rollout.types import ExecResult, SandboxError, SandboxSpec, Task
 class BaseTaskEnv:
     """The defaults of `rollout.protocols.TaskEnv`; an env overrides what it changes."""
 
-    # True: `verify(task, sandbox, transcript=messages)` also gets the conversation.
-    grades_transcript = False
-
     def tools(self, task: Task) -> list[dict[str, Any]]:
         return copy.deepcopy(TOOL_SCHEMAS)
 
@@ -68,6 +65,8 @@ def tool_names(schemas: list[dict[str, Any]]) -> frozenset[str]:
 class NoSlot:
     """The `Sandbox` of a task that needs no slot (`sandbox_spec` is None): files live in
     memory for the trajectory (a `submit` tool's answer, say); commands cannot run."""
+
+    slot = None  # what a `SlotSource` session yields holds no slot of any pool
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}

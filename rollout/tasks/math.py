@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,6 @@ class MathTools(SandboxTools):
 class MathEnv(BaseTaskEnv):
     """`rollout.protocols.TaskEnv` for numeric-answer problems."""
 
-    grades_transcript = True
-
     def __init__(self, cfg: TaskSourceConfig | None = None) -> None:
         self.cfg = cfg or TaskSourceConfig(kind="math_repl")
         self.repl = self.cfg.kind == "math_repl"
@@ -138,13 +137,13 @@ class MathEnv(BaseTaskEnv):
         return None  # an empty workspace: nothing to set up
 
     async def verify(self, task: Task, sandbox: Sandbox, *,
-                     transcript: list[dict[str, Any]] | None = None) -> Verdict:
+                     transcript: Sequence[dict[str, Any]] = ()) -> Verdict:
         try:
             given: str | None = (await sandbox.read_file(ANSWER_FILE, max_bytes=4096)).decode(
                 "utf-8", "replace")
             how = "submitted"
         except FileNotFoundError:
-            replies = [m for m in transcript or [] if m.get("role") == "assistant"]
+            replies = [m for m in transcript if m.get("role") == "assistant"]
             given = final_answer(str(replies[-1].get("content") or "")) if replies else None
             how = "final reply" if given is not None else "no answer"
         ok = same_number(given, task.data["answer"])

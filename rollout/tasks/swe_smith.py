@@ -26,6 +26,7 @@ import logging
 import posixpath
 import shlex
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,7 +184,8 @@ class SweSmithEnv(BaseTaskEnv):
             return await asyncio.to_thread(read_tree, archive)
         return await self._bases.get(task.task_id, compute)
 
-    async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
+    async def verify(self, task: Task, sandbox: Sandbox, *,
+                     transcript: Sequence[dict[str, Any]] = ()) -> Verdict:
         """Grade the agent's change, never its slot: the workspace is read host-side and
         diffed against the base tree (`rollout.tasks.workspace`); that diff is scanned and
         applied to a pristine checkout in a fresh slot (the same lease, wiped: the agent's

@@ -33,6 +33,7 @@ import logging
 import posixpath
 import shlex
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,8 @@ class TerminalEnv(BaseTaskEnv):
                 raise SandboxError(f"cannot prepare {task.task_id}: its setup script failed "
                                    f"(exit {res.exit_code}): {(res.stderr or res.stdout)[-300:]}")
 
-    async def verify(self, task: Task, sandbox: Sandbox) -> Verdict:
+    async def verify(self, task: Task, sandbox: Sandbox, *,
+                     transcript: Sequence[dict[str, Any]] = ()) -> Verdict:
         timeout = self.verifier_timeout(task)
         if task.data["verifier"] == "pytest":
             await check_interpreter(sandbox, self.cfg.python)  # graded in the agent's slot

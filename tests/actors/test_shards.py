@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.rollout_worker import shard_of
+from actors.slot_source import shard_of
 from actors.sandbox_pool import ActorSandbox, HostQuotaActor, SandboxPool
 from rollout.sandbox import SlotLimits
 from tests.sandbox.seam_backends import SlowShardedConfig, read_events
