@@ -82,7 +82,7 @@ async def verify_pytest(task: Task, sandbox: Sandbox, *, python: str, plugin_aut
                      allow_conftest="conftest.py" in data["tests_dir"], match_params=True)
     await sandbox.write_file(run.spec_path, run.spec)
     try:
-        result = await sandbox.exec(run.command, timeout=timeout)
+        result = await sandbox.exec(run.command, timeout=timeout, grading=True)
     finally:
         await sandbox.exec(f"rm -rf -- {shlex.quote(where)}", timeout=30.0)
     return grade_functions(node_ids, result, run.nonce, prefix=f"{where}/")
@@ -243,7 +243,7 @@ async def verify_script(task: Task, sandbox: Sandbox, *, timeout: float) -> Verd
     nonce = secrets.token_hex(16)
     await sandbox.upload_archive(tests_archive(data, where))
     command = script_command(where, script, nonce, data.get("verifier_env") or {}, read_log=tb1)
-    result = await sandbox.exec(command, timeout=timeout)
+    result = await sandbox.exec(command, timeout=timeout, grading=True)
     blocks, rc, setup = _sections(result.stdout, nonce)
     tail = (result.stderr or "").strip()[-300:]
     shown = "run-tests.sh" if tb1 else f"tests/{script}"
