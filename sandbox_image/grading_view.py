@@ -15,6 +15,10 @@ path. A grading command (`ExecRequest.grading`) therefore sees:
   directory of the image's PATH that holds a `python*` executable outside the system trees
   (a conda env, `/app/.venv` inside the workdir: the venv as built, not the agent's copy).
 
+Harbor's verifier directories, `/tests` and `/logs/verifier`, are fresh tmpfs mounts of the
+grading command's own: processes the agent left running (they share the slot's files, not
+this mount namespace) cannot write the reward file or the tests once they are in place.
+
 A destination the agent turned into something else (a symlink where the image has a
 directory, or a file) is refused (`ViewError`): bubblewrap would follow the agent's symlink.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import stat
 
+PRIVATE_DIRS = ("tests", "logs/verifier")
 SYSTEM_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 LOADER_FILES = ("etc/ld.so.preload", "etc/ld.so.cache", "etc/ld.so.conf", "etc/ld.so.conf.d")
 _PREFIX_MAX = 16  # interpreter prefixes taken from one image's PATH
@@ -113,6 +118,9 @@ def mount_args(lower: str, root: str, prefixes: list[str]) -> list[str]:
             args += ["--ro-bind", "/dev/null", "/" + rel]
         elif want is None and rel == "etc/ld.so.preload":
             args += ["--ro-bind", "/dev/null", "/" + rel]
+    for rel in PRIVATE_DIRS:
+        _check_dest(root, rel, "dir")
+        args += ["--tmpfs", "/" + rel]
     for rel in _dangling_hooks(lower):
         # The image's stdlib links its sitecustomize to a file it lacks: an empty one, not
         # the agent's.

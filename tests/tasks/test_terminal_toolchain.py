@@ -81,7 +81,17 @@ CHEATS = {
                          "/tmp/evil /etc/profile.d && printf 'import os\\nos._exit(0)\\n' > "
                          "/tmp/evil/sitecustomize.py && for f in /etc/profile /root/.profile "
                          "/etc/profile.d/zz.sh; do echo 'export PYTHONPATH=/tmp/evil' >> $f; done"),
+    # (e) a process left running that keeps writing the reward file while the verifier runs
+    "residue": ("conda", "printf '#!/bin/sh\\nwhile :; do mkdir -p /logs/verifier /tests; echo "
+                         "1 > /logs/verifier/reward.txt; echo \"def test_sum_is_written(): pass\" "
+                         "> /tests/test_state.py; python -c \"import time; time.sleep(0.05)\"; "
+                         "done\\n' > /tmp/w.sh && "
+                         "mkdir -p /logs/verifier && echo 1 > /logs/verifier/reward.txt && "
+                         "(sh /tmp/w.sh >/dev/null 2>&1 &)"),
 }
+
+# What a cheat's own probe prints: the reward file as the slot sees it, and as the verifier does.
+PROBES = {"residue": "cat /logs/verifier/reward.txt 2>/dev/null || echo none"}
 
 
 def test_the_view_binds_the_images_trees_and_refuses_a_replaced_one(tmp_path):
@@ -98,17 +108,25 @@ def test_the_view_binds_the_images_trees_and_refuses_a_replaced_one(tmp_path):
     prefixes = grading_view.interpreter_prefixes(
         str(lower), "/app/.venv/bin:/opt/env/bin:/usr/bin:/app:/bin", "/app")
     assert prefixes == ["app/.venv", "opt/env"]  # never /app itself, nothing of /usr
-    args = grading_view.mount_args(str(lower), str(root), prefixes)
-    binds = [(args[i + 1], args[i + 2]) for i in range(0, len(args), 3)]
-    assert binds == [(f"{lower}/usr", "/usr"), (f"{lower}/app/.venv", "/app/.venv"),
-                     (f"{lower}/opt/env", "/opt/env"), ("/dev/null", "/etc/ld.so.preload"),
-                     ("/dev/null", "/etc/python3.11/sitecustomize.py")]
+    args = iter(grading_view.mount_args(str(lower), str(root), prefixes))
+    binds = [(op, next(args), next(args)) if op == "--ro-bind" else (op, next(args))
+             for op in args]
+    assert binds == [("--ro-bind", f"{lower}/usr", "/usr"),
+                     ("--ro-bind", f"{lower}/app/.venv", "/app/.venv"),
+                     ("--ro-bind", f"{lower}/opt/env", "/opt/env"),
+                     ("--ro-bind", "/dev/null", "/etc/ld.so.preload"),
+                     ("--tmpfs", "/tests"), ("--tmpfs", "/logs/verifier"),
+                     ("--ro-bind", "/dev/null", "/etc/python3.11/sitecustomize.py")]
     (root / "bin").unlink()
     (root / "bin").mkdir()  # the agent's own /bin where the image links to /usr/bin
     with pytest.raises(grading_view.ViewError, match="/bin was replaced"):
         grading_view.mount_args(str(lower), str(root), prefixes)
     (root / "bin").rmdir()
     (root / "bin").symlink_to("usr/bin")
+    (root / "logs").symlink_to("/tmp")
+    with pytest.raises(grading_view.ViewError, match="/logs is no longer a directory"):
+        grading_view.mount_args(str(lower), str(root), prefixes)
+    (root / "logs").unlink()
     (root / "usr").rmdir()
     (root / "usr").symlink_to("/tmp")  # bubblewrap would follow it
     with pytest.raises(grading_view.ViewError, match="/usr was replaced"):
@@ -173,8 +191,9 @@ async def test_a_rewritten_toolchain_does_not_reach_the_verifier(pool, tasks_roo
             honest = (await sandbox.exec("/tmp/probe/t.sh")).stdout.strip()
             done = await sandbox.exec(command)
             assert done.ok, (name, done.stderr)
-            fooled = (await sandbox.exec("/tmp/probe/t.sh")).stdout.strip()
-            graded = (await sandbox.exec("/tmp/probe/t.sh", grading=True)).stdout.strip()
+            probe = PROBES.get(name, "/tmp/probe/t.sh")
+            fooled = (await sandbox.exec(probe)).stdout.strip()
+            graded = (await sandbox.exec(probe, grading=True)).stdout.strip()
             traj = await run_rollout(task, env, _policy(env, "scripted"), sandbox,
                                      AgentConfig(max_context_tokens=16000),
                                      trajectory_id=f"cheat-{name}")
@@ -183,7 +202,10 @@ async def test_a_rewritten_toolchain_does_not_reach_the_verifier(pool, tasks_roo
     results = await asyncio.gather(*(cheat(n) for n in CHEATS))
     for name, (honest, fooled, graded, traj) in zip(CHEATS, results):
         # The cheat works on the slot's own toolchain; the grading view is the image's.
-        assert (honest, fooled, graded) == ("FAIL", "PASS", "FAIL"), name
+        if name in PROBES:
+            assert (fooled, graded) == ("1", "none"), name
+        else:
+            assert (honest, fooled, graded) == ("FAIL", "PASS", "FAIL"), name
         assert traj.outcome == Outcome.DONE and traj.score == 0.0, \
             (name, traj.outcome, traj.error, traj.metadata.get("verdict"))
 
