@@ -4,9 +4,9 @@ agent could rewrite in its slot's writable root (sandbox_image/grading_view.py).
 Real image slots (the slot server builds two Dockerfile images over a python+pytest base:
 one with its Python in a conda-style env, one with it in `/app/.venv` inside the workdir,
 PATH pointing there), real bubblewrap, the real Harbor-style `test.sh` verifier. Each cheat
-leaves the task undone and rewrites the slot's toolchain so that the verifier's run passes:
-a plain command in the slot is fooled (the cheat works), the grading run is not, and the
-trajectory scores 0.0. The gold solution still scores 1.0, in the `.venv` image through the
+leaves the task undone and rewrites the slot's toolchain (or leaves a process rewriting the
+reward file) so that the verifier's run passes: a plain command in the slot is fooled (the
+cheat works), the grading run is not, and the trajectory scores 0.0. The gold solution still scores 1.0, in the `.venv` image through the
 hardened pytest runner with the venv's interpreter (issue 26 case 6: once refused)."""
 
 from __future__ import annotations
