@@ -42,7 +42,11 @@ class Sandbox(Protocol):
         timeout: float = 60.0,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
-    ) -> ExecResult: ...
+        grading: bool = False,
+    ) -> ExecResult:
+        """`grading`: a verifier's run; where the slot's root is writable, with the image's
+        own read-only toolchain (interpreters, shell, libraries) over the agent's files."""
+        ...
 
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes: ...
 

@@ -61,6 +61,9 @@ class ExecRequest(BaseModel):
     timeout: float | None = Field(None, gt=0)
     cwd: str | None = Field(None, max_length=MAX_PATH)
     env: dict[str, str] | None = Field(None, max_length=MAX_ENV_ENTRIES)
+    # A grading command: the image's pristine toolchain over the agent's files, in a fresh
+    # process tree (sandbox_image/grading_view.py); a plain command where nothing is writable.
+    grading: bool = False
 
     @field_validator("command")
     @classmethod

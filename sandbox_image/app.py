@@ -8,7 +8,9 @@ slot's disk full is a 507.
 
     GET  /livez                          liveness, no auth
     GET  /health                         slots, isolation, limits, workspace path, version
-    POST /slots/{i}/exec                 {command, timeout?, cwd?, env?} -> result
+    POST /slots/{i}/exec                 {command, timeout?, cwd?, env?, grading?} -> result
+                                         (grading: in an image slot with a writable root,
+                                         the image's own toolchain, see grading_view.py)
     POST /slots/{i}/python               {code, timeout?} -> the slot's stateful Python session:
                                          {stdout, stderr, result, error, timed_out,
                                          session_lost, message, duration}
@@ -45,7 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox_image import VERSION, api, files
+from sandbox_image import VERSION, api, files, grading_view
 from sandbox_image.api import KEY_HEADER, LEASE_HEADER, BadRequest, ExecRequest, lease_key
 from sandbox_image.config import HOST_IMAGE, ServerConfig
 from sandbox_image.disks import DiskError, SlotDisks
@@ -71,6 +73,11 @@ _SETPRIV = shutil.which("setpriv")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+class GradingRefused(Exception):
+    """A grading command cannot run as asked (the agent changed the slot's system layout):
+    its result is exit 126 with the reason, a run that did not happen, never a score."""
+
+
 class SlotServer:
     """Holds the state shared by all routes. Single event loop; no locks needed because
     state changes happen between awaits."""
@@ -91,6 +98,8 @@ class SlotServer:
         label = cfg.image if self.images.is_host(cfg.image) else HOST_IMAGE
         self.slot_image: list[SlotImage] = [self.images.host(label)] * cfg.slots
         self.writable: list[str | None] = [None] * cfg.slots
+        # The image root under each slot's writable root overlay (its lower layer), if any.
+        self.lowers: list[str | None] = [None] * cfg.slots
         self.containers = SlotContainers(cfg, isolation)
         self.owner = self.containers.owner
         self.connections: Any = None  # the ConnectionGuard (set by __main__), for /health
@@ -116,6 +125,7 @@ class SlotServer:
             lower = await self.containers.lower(image.image.digest, str(image.image.rootfs))
             await self.workspaces.mount_root(i, lower, image.workdir)
             self.writable[i] = "root"
+            self.lowers[i] = lower
         else:
             self.writable[i] = await self.workspaces.populate(i, image,
                                                               self.slot_limits.writable)
@@ -190,6 +200,7 @@ class SlotServer:
             self.images.release(old)
         self._env_base[i] = self._base_env(i)
         self.writable[i] = None
+        self.lowers[i] = None
         await self._fill(i, new)
 
     # --- helpers --------------------------------------------------------------------------
@@ -209,7 +220,11 @@ class SlotServer:
     async def execute(self, i: int, req: ExecRequest) -> CommandResult:
         timeout = req.effective_timeout(self.slot_limits)
         await self.containers.get(i)
-        launch = self.launch_spec(i, req)
+        try:
+            launch = self.launch_spec(i, req)
+        except GradingRefused as e:
+            log.warning("slot %d: %s", i, e)
+            return CommandResult(126, "", str(e))
         running = self.workspaces.running[i]
         oom_before = self.limits.oom_kills(i)
         pid_box: list[int] = []
@@ -262,6 +277,10 @@ class SlotServer:
             container = self.containers.current(i)
             if container is not None:
                 # The command's env goes inside only; host processes get HOST_ENV.
+                if req.grading and self.lowers[i] is not None:
+                    argv, actions = container.grading_command(
+                        req.command, env, cwd_inside, self._toolchain(i))
+                    return Launch(argv, dict(HOST_ENV), None, None, tuple(actions), False)
                 argv, actions = container.command(req.command, env, cwd_inside)
                 return Launch(argv, dict(HOST_ENV), None, None, tuple(actions), True)
             argv = bwrap.argv(ws_host, inside, cwd_inside, req.command,
@@ -285,6 +304,18 @@ class SlotServer:
                 limits.preexec(i)
 
         return Launch(argv, env, run_cwd, preexec)
+
+    def _toolchain(self, i: int) -> list[str]:
+        """The image's pristine toolchain over slot i's writable root (grading_view.py)."""
+        lower, root = self.lowers[i], self.workspaces.roots[i]
+        assert lower is not None and root is not None
+        image = self.slot_image[i]
+        prefixes = grading_view.interpreter_prefixes(lower, self._env_base[i].get("PATH", ""),
+                                                     image.workdir)
+        try:
+            return grading_view.mount_args(lower, root, prefixes)
+        except grading_view.ViewError as e:
+            raise GradingRefused(f"cannot grade with the image's own toolchain: {e}") from None
 
     def check_lease(self, i: int, sent: str | None) -> None:
         """Slot i's lease: the pool mints one per acquire and sends it with every request

@@ -474,6 +474,25 @@ class SlotContainer:
                    (os.POSIX_SPAWN_OPEN, 5, self.rt.seccomp_file, os.O_RDONLY, 0)]
         return argv, actions
 
+    def grading_command(self, command: str, env: dict[str, str], cwd: str,
+                        toolchain: list[str]) -> tuple[list[str], list[tuple]]:
+        """(argv, posix_spawn file actions) of a grading command: in the slot's user,
+        network, ipc and uts namespaces (its files, its servers on 127.0.0.1), but in a
+        fresh pid namespace that is no child of the slot's (the agent's processes cannot
+        see, signal or trace it) and a fresh mount namespace where `toolchain` (bubblewrap
+        binds: the image's pristine system trees and interpreters, grading_view.py) lies
+        over the slot's root. The same hardening as every slot command."""
+        base = str(self.rt.ids.base)
+        mounts = self._stage.rewrite([*self._mount_args, *toolchain])
+        argv = [*self.wrapper, self.rt.nsenter, "-t", str(self.pid), "-n", "-i", "-u",
+                "-S", base, "-G", base, "--", self.rt.bwrap,
+                "--userns", "3", "--unshare-pid", "--uid", "0", "--gid", "0",
+                "--unshare-cgroup-try", *mounts, *hardening_args(), "--seccomp", "4",
+                "--die-with-parent", *env_args(env), "--chdir", cwd,
+                "--", "/bin/sh", "-c", command]
+        actions = [(os.POSIX_SPAWN_OPEN, 3, f"/proc/{self.pid}/ns/user", os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 4, self.rt.seccomp_file, os.O_RDONLY, 0)]
+        return argv, actions
 
     def _enter_argv(self, command: str, env: dict[str, str], cwd: str
                     ) -> tuple[list[str], list[tuple]]:

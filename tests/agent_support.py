@@ -42,7 +42,7 @@ class DirSandbox:
         return full
 
     async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> ExecResult:
+                   env: dict[str, str] | None = None, grading: bool = False) -> ExecResult:
         self._tick()
         self.exec_timeouts.append(timeout)
         started = time.monotonic()

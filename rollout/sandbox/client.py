@@ -131,12 +131,16 @@ class SlotServerClient:
 
     async def exec(self, slot: int, command: str, *, timeout: float = 60.0,
                    cwd: str | None = None, env: dict[str, str] | None = None,
-                   lease: str | None = None) -> ExecResult:
+                   grading: bool = False, lease: str | None = None) -> ExecResult:
+        """`grading`: run with the image's own toolchain over the slot's files, in a fresh
+        process tree (a state-graded task's verifier; sandbox_image/grading_view.py)."""
         body: dict[str, Any] = {"command": command, "timeout": timeout}
         if cwd is not None:
             body["cwd"] = cwd
         if env:
             body["env"] = env
+        if grading:
+            body["grading"] = True
         d = await self._request("POST", f"/slots/{slot}/exec", json=body,
                                 timeout=timeout + EXEC_MARGIN, lease=lease)
         return exec_result(d)

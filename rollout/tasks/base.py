@@ -72,7 +72,7 @@ class NoSlot:
         self.files: dict[str, bytes] = {}
 
     async def exec(self, command: str, *, timeout: float = 60.0, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> ExecResult:
+                   env: dict[str, str] | None = None, grading: bool = False) -> ExecResult:
         return ExecResult(127, "", "this task has no sandbox: commands cannot run here")
 
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:

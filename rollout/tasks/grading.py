@@ -285,19 +285,27 @@ def _inconsistencies(rep: Report, result: ExecResult, wanted: int,
 async def check_interpreter(sandbox: Any, python: str) -> None:
     """Refuse to grade in the agent's slot with an interpreter the agent could have written:
     one found in (or resolving into) its workspace, e.g. an image whose Python is a
-    virtualenv in the writable workdir (`/app/.venv`, `PATH` pointing at it). A virtualenv
-    there is unsafe even when its binary links elsewhere: its site-packages run `.pth`
-    files at start-up, `-I` or not. Raises `GradingError` ("unsafe_interpreter"): a task
-    configuration to fix (point `tasks.python` at an interpreter outside the workdir, e.g.
-    one exposed read-only), never a score. An interpreter that is not found is left for the
-    run itself to report."""
+    virtualenv in the writable workdir (`/app/.venv`, `PATH` pointing at it), unless the
+    grading run gets it read-only from the image as built (a slot server's grading view,
+    sandbox_image/grading_view.py: the interpreter and its prefix are not writable there).
+    A virtualenv the agent could write is unsafe even when its binary links elsewhere: its
+    site-packages run `.pth` files at start-up, `-I` or not. Raises `GradingError`
+    ("unsafe_interpreter"): a task configuration to fix (point `tasks.python` at an
+    interpreter outside the workdir, e.g. one exposed read-only), never a score. An
+    interpreter that is not found is left for the run itself to report."""
     q = shlex.quote(python)
-    res = await sandbox.exec(f'p=$(command -v {q}) || exit 0; echo "$p"; readlink -f "$p"; pwd -P',
-                             timeout=30.0)
+    # Asked in the grading run's own view; `-w` is false only on a read-only mount there
+    # (root of the slot passes every permission check).
+    res = await sandbox.exec(f'p=$(command -v {q}) || exit 0; echo "$p"; readlink -f "$p"; pwd -P; '
+                             'd=$(dirname "$p")/..; { [ -w "$p" ] || [ -w "$d" ] || '
+                             '[ -w "$(readlink -f "$p")" ]; } && echo writable || echo read-only',
+                             timeout=30.0, grading=True)
     found = res.stdout.split("\n")
-    if len(found) < 3 or not found[2]:
+    if len(found) < 4 or not found[2]:
         return
     path, real, workspace = found[0], found[1], found[2].rstrip("/")
+    if found[3] == "read-only":
+        return
     for p in (path, real):
         absolute = p if p.startswith("/") else f"{workspace}/{p}"
         if absolute == workspace or absolute.startswith(workspace + "/"):

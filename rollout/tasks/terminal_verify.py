@@ -22,8 +22,11 @@ reported one of its own commands as not found (the usual offline failure of a sc
 installs uv or pytest first; a command the agent's own script lacks prints that script's
 name instead, and stays a score).
 
-The verifier runs as Harbor runs it, inside the agent's container: processes the agent left
-running can still touch `/logs/verifier` while it runs (the same hole as in Harbor).
+The verifier runs as Harbor runs it, inside the agent's container, but as a grading exec
+(`Sandbox.exec(..., grading=True)`): in an image slot with a writable root the slot server
+gives it the image's own toolchain, a process tree the agent's processes cannot see, and
+fresh private `/tests` and `/logs/verifier` (sandbox_image/grading_view.py), so processes the
+agent left running cannot rewrite the reward file or the tests once they are in place.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ async def verify_pytest(task: Task, sandbox: Sandbox, *, python: str, plugin_aut
                      allow_conftest="conftest.py" in data["tests_dir"], match_params=True)
     await sandbox.write_file(run.spec_path, run.spec)
     try:
-        result = await sandbox.exec(run.command, timeout=timeout)
+        result = await sandbox.exec(run.command, timeout=timeout, grading=True)
     finally:
         await sandbox.exec(f"rm -rf -- {shlex.quote(where)}", timeout=30.0)
     return grade_functions(node_ids, result, run.nonce, prefix=f"{where}/")
@@ -145,8 +148,10 @@ def script_command(where: str, script: str, nonce: str, env: dict[str, str],
     assigns = " ".join(f"{k}={q(v)}" for k, v in {"TEST_DIR": TESTS_DIR, **env}.items())
     lines = [
         f"W={q(where)}",
-        (f"err=$( {{ rm -rf {TESTS_DIR} {VERIFIER_DIR} && mkdir -p {VERIFIER_DIR} && "
-         f"mv \"$W\" {TESTS_DIR}; }} 2>&1 ) || {{ rm -rf \"$W\"; "
+        # In a grading view both are fresh private mounts (the rm leaves the mount points).
+        (f"err=$( {{ rm -rf {TESTS_DIR} {VERIFIER_DIR} 2>/dev/null; mkdir -p {TESTS_DIR} "
+         f"{VERIFIER_DIR} && cp -R \"$W\"/. {TESTS_DIR}/ && rm -rf \"$W\"; }} 2>&1 ) || "
+         f"{{ rm -rf \"$W\"; "
          f"printf '%s SETUP %s\\n' {nonce} \"$(printf %s \"$err\" | tr '\\n' ' ' | head -c 300)\"; "
          "exit 0; }"),
         f"chmod +x {TESTS_DIR}/{q(script)} 2>/dev/null",
@@ -243,7 +248,7 @@ async def verify_script(task: Task, sandbox: Sandbox, *, timeout: float) -> Verd
     nonce = secrets.token_hex(16)
     await sandbox.upload_archive(tests_archive(data, where))
     command = script_command(where, script, nonce, data.get("verifier_env") or {}, read_log=tb1)
-    result = await sandbox.exec(command, timeout=timeout)
+    result = await sandbox.exec(command, timeout=timeout, grading=True)
     blocks, rc, setup = _sections(result.stdout, nonce)
     tail = (result.stderr or "").strip()[-300:]
     shown = "run-tests.sh" if tb1 else f"tests/{script}"
