@@ -134,7 +134,10 @@ class TmuxSession:
                 f"could not start the terminal (exit {res.exit_code}): "
                 f"{(res.stderr or res.stdout).strip()[-500:]}")
         self.started = True
-        return await self.capture(timeout)
+        # The first screen once the shell has drawn its prompt (a bare capture can come before
+        # the shell has printed anything, on a loaded machine).
+        return await self._run(self._wait_script("prompt", timeout, until=PROMPT.strip()),
+                               timeout)
 
     def _wait_script(self, wait: str, timeout: float, until: str | None = None) -> str:
         """Poll the screen inside the slot; print each new screen after a frame mark with
@@ -224,8 +227,14 @@ printf '%s end\\n' '{mark}'
         if not self.started:
             return "No terminal is open."
         self.started = False
-        await self.sandbox.exec(self._tmux("kill-server") + " 2>/dev/null; rm -f "
-                                + shlex.quote(self.socket), timeout=timeout)
+        # kill-server returns before the server has exited: wait (bounded) until its process
+        # is gone, so a closed terminal has nothing left running in the slot.
+        pid = self._tmux("display-message", "-p", "#{pid}")
+        await self.sandbox.exec(
+            f"pid=$({pid} 2>/dev/null); " + self._tmux("kill-server") + " 2>/dev/null; "
+            "i=0; while [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null && [ $i -lt 200 ]; "
+            "do sleep 0.025; i=$((i + 1)); done; rm -f " + shlex.quote(self.socket),
+            timeout=timeout)
         return "Terminal closed."
 
 
