@@ -88,7 +88,10 @@ def test_cross_field_checks_name_the_key_to_change(raw):
         PolicyConfig(type="sglang", tokenizer="t")
     with pytest.raises(ConfigError, match=r"^trainer.url must be an http\(s\) URL"):
         TrainerConfig(type="atropos", url="ftp://h")
-    assert TrainerConfig(type="jsonl", url="unused").url == "unused"
+    # A key of another type is that type's: the jsonl trainer has no URL to check.
+    with pytest.raises(ConfigError, match="^trainer.url is a setting of trainer.type=atropos, "
+                                          "not of trainer.type=jsonl; remove it"):
+        TrainerConfig(type="jsonl", url="unused")
 
 
 def test_sections_built_directly_give_the_same_one_line_errors():
