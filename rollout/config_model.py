@@ -104,6 +104,12 @@ class KindSection(ConfigModel):
         return super().__new__(cls)
 
     @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        if "kinds" in cls.__dict__ and isinstance(obj, Mapping):  # the base: the kind's model
+            cls = cls.kind_class(obj.get(cls.discriminator, cls.default_kind), cls.section)
+        return super(KindSection, cls).model_validate(obj, *args, **kwargs)  # type: ignore[misc]
+
+    @classmethod
     def load(cls, data: Mapping[str, Any] | None, where: str | None = None) -> Self:
         where = cls.section if where is None else where
         if data is not None and not isinstance(data, Mapping):
