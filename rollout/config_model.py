@@ -143,7 +143,13 @@ class KindSection(ConfigModel):
             kind = data.get(disc, cls.model_fields[disc].default)
             raise ConfigError(
                 f"{where}.{key} is a setting of {where}.{disc}={' or '.join(owners[key])}, "
-                f"not of {where}.{disc}={kind}; remove it or change {where}.{disc}")
+                f"not of {where}.{disc}={kind}; remove it or change {where}.{disc}"
+                + cls._switch_hint(kind))
+
+    @classmethod
+    def _switch_hint(cls, kind: Any) -> str:
+        """More words for a key of another kind (a section whose presets set kind's keys)."""
+        return ""
 
     def replace(self, **changes: Any) -> Self:
         """A new, validated copy; a changed kind gives that kind's model, keeping the values

@@ -154,7 +154,11 @@ def test_an_unknown_kind_lists_the_registered_ones(raw, key, value, message):
 
 @pytest.mark.parametrize("key, value, message", [
     ("tasks.verifier", "pytest", "tasks.verifier is a setting of tasks.kind=terminal, not of "
-                                 "tasks.kind=swe_smith; remove it or change tasks.kind"),
+                                 "tasks.kind=swe_smith; remove it or change tasks.kind "
+                                 "(conf=swe_smith is the preset of tasks.kind=swe_smith)"),
+    ("tasks.kind", "terminal", "tasks.grading_concurrency is a setting of tasks.kind=swe_smith, "
+                               "not of tasks.kind=terminal; remove it or change tasks.kind "
+                               "(conf=terminal is the preset of tasks.kind=terminal)"),
     ("policy.responses", ["hi"], "policy.responses is a setting of policy.type=scripted, not of "
                                  "policy.type=gold; remove it or change policy.type"),
     ("policy.simulated", {}, "policy.simulated is a setting of policy.type=simulated, not of "

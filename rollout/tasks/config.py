@@ -142,6 +142,15 @@ class TaskSourceConfig(KindSection):
             raise ConfigError(f"{where}.kind must be a string, got {name!r}")
         return settings_class(name, where)
 
+    @classmethod
+    def _switch_hint(cls, kind: Any) -> str:
+        # A preset (conf=swe_smith) sets its kind's keys: `tasks.kind=terminal` on top of it
+        # meets them; the kind's own preset is what to pick.
+        from rollout.overrides import group_options
+
+        return (f" (conf={kind} is the preset of tasks.kind={kind})"
+                if kind in group_options("conf") else "")
+
     @field_validator("sources")
     @classmethod
     def _source_entries(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
