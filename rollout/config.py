@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from rollout.agent import AgentConfig
 from rollout.config_model import ConfigError, ConfigModel, KindSection, Str, format_error
@@ -137,13 +137,15 @@ class LaunchConfig(ConfigModel):
     ray: RayConfig
     metrics: MetricsConfig
     tool_server: ToolServerSection
-    backend: BackendConfig  # the selected backend's own typed config (backend.name)
+    # Sections chosen by kind hold the kind's own model (a subclass): dumped as that model,
+    # with the kind's keys (config.yaml of a replay, the logger's copy).
+    backend: SerializeAsAny[BackendConfig]  # the selected backend's own typed config (backend.name)
     sandbox: SlotLimits  # what every slot enforces, whatever the backend
     pool: PoolSection
-    policy: PolicyConfig
+    policy: SerializeAsAny[PolicyConfig]
     agent: AgentConfig
-    tasks: TaskSourceConfig
-    trainer: TrainerConfig
+    tasks: SerializeAsAny[TaskSourceConfig]
+    trainer: SerializeAsAny[TrainerConfig]
     logger: LoggerConfig
     extra: dict[str, Any] = Field(default_factory=dict)
 

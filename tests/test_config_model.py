@@ -249,3 +249,17 @@ def test_a_kind_registered_outside_the_project_is_validated_by_its_own_model():
             TaskSourceConfig(kind="terminal", levels=5)
     finally:
         registry._REGISTRY.pop("toy")
+
+
+def test_a_dump_keeps_each_kinds_own_keys_and_loads_back(tmp_path):
+    # What a replay reads (config.yaml from model_dump) and what the logger gets.
+    from tests.launch_config import compose_config
+
+    cfg = compose_config(["conf=terminal", f"run.dir={tmp_path}", "policy=scripted",
+                          f"policy.tokenizer={qwen_tokenizer_dir()}", "policy.responses=[hi]",
+                          "trainer=atropos", "tasks.verifier=pytest"])
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["tasks"]["verifier"] == "pytest" and dumped["policy"]["responses"] == ["hi"]
+    assert dumped["trainer"]["send_batch"] == 8 and "slots_per_host" in dumped["backend"]
+    dumped.pop("extra")
+    assert load_config(dumped) == cfg
