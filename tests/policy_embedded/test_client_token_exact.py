@@ -14,7 +14,7 @@ from rollout.policy import PolicyConfig, make_policy
 from rollout.tools import TOOL_SCHEMAS
 from rollout.types import Task
 from tests.agent_support import DirSandbox
-from tests.policy.test_token_exact import MESSAGES, TASK, check_exact, run_recorded
+from tests.policy.test_token_exact import MESSAGES, check_exact, run_recorded
 
 MASKED = -100
 

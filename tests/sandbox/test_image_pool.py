@@ -24,7 +24,7 @@ def tiny_image(dest: Path, name: str) -> Path:
         "etc/which": name.encode(),
         "testbed/marker": f"{name} original\n".encode(),
     }
-    return build_oci_layout(dest, [layer], {"Env": [f"PATH=/usr/bin:/bin", f"IMAGE={name}"]}).path
+    return build_oci_layout(dest, [layer], {"Env": ["PATH=/usr/bin:/bin", f"IMAGE={name}"]}).path
 
 
 def image_pool(tmp_path: Path, **settings) -> SlotPool:

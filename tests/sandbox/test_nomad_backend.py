@@ -14,7 +14,7 @@ import pytest
 
 from rollout.sandbox import nomad_api
 from rollout.sandbox import nomad_job as nj
-from rollout.sandbox.nomad import Constraint, NomadAPIError, NomadBackend, NomadConfig
+from rollout.sandbox.nomad import NomadAPIError, NomadBackend, NomadConfig
 from rollout.sandbox.registry import backend_config
 from rollout.types import SandboxError
 from sandbox_image.config import SlotLimits

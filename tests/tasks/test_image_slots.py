@@ -53,7 +53,7 @@ async def pool(image_layout, store):
 
 
 @pytest.mark.timeout(900)  # 72 gradings on a 2-core machine
-async def test_every_bundled_instance_scores_gold_and_no_change_in_the_image(pool, env, tasks):
+async def test_every_bundled_instance_scores_gold_and_no_change_in_the_image(pool, env, tasks):  # noqa: F811 (fixtures)
     assert len(tasks) >= 30
     sem = asyncio.Semaphore(SLOTS)
 
@@ -89,7 +89,7 @@ async def test_slots_run_in_the_image_with_its_python(pool):
     assert "work" not in lines and "home" not in lines, r.stdout
 
 
-async def test_nothing_of_the_host_and_no_fix_is_readable_from_a_prepared_slot(pool, env, tasks):
+async def test_nothing_of_the_host_and_no_fix_is_readable_from_a_prepared_slot(pool, env, tasks):  # noqa: F811
     task = next(t for t in tasks if "tinycalc" in t.data["repo"])  # the repo the image holds
     (hs,) = pool.fleet.hosts.values()
     data_dir = Path(hs.host.meta["log"]).parent
