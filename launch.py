@@ -105,17 +105,14 @@ def start_policy_server(cfg: Any, run_dir: Path, joined: bool) -> tuple[Any, Any
     policy = cfg.policy
     changes: dict[str, str] = {}
     server = None
-    if policy.type == "embedded" and not policy.base_url:
-        from rollout.policy.embedded.launcher import EmbeddedServerProcess
-
-        server = EmbeddedServerProcess(log_file=run_dir / "embedded-policy.log",
-                                       host=_policy_host(joined))
-        log.info("starting the embedded policy server (first start converts the model)")
+    if policy.kind.serve is not None and not policy.base_url:
+        server = policy.kind.serve(run_dir / f"{policy.type}-policy.log", _policy_host(joined))
+        log.info("starting the %s policy server (a first start may convert the model)",
+                 policy.type)
         changes["base_url"] = server.start()
-        log.info("embedded policy at %s", changes["base_url"])
+        log.info("%s policy at %s", policy.type, changes["base_url"])
     try:
-        if policy.tokenizer == "embedded" and policy.type in ("embedded", "gold", "scripted",
-                                                                 "simulated"):
+        if policy.tokenizer == "embedded" and policy.kind.local_tokenizer:
             from rollout.policy.embedded.model import ensure_checkpoint
 
             changes["tokenizer"] = str(ensure_checkpoint())
@@ -300,7 +297,7 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool =
         snap = await cluster.run(on_tick=view.update)
     summary = view.summary(snap, RunRecord.read(run_dir), resumed=resumed)
     # A gold run's verdict comes before the summary, which stays the last thing said.
-    gold = _gold_verdict(run_dir) if cfg.policy.type == "gold" else 0
+    gold = _gold_verdict(run_dir) if cfg.policy.kind.reference else 0
     _write_summary(run_dir, summary)
     if cfg.metrics.enabled:  # again, now with the summary in it
         from rollout.report import build_report

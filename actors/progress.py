@@ -133,7 +133,7 @@ def render(cfg: Any, snap: Snapshot) -> Table:
 
 
 def _trainer_state(cfg: Any, s: dict[str, Any]) -> str:
-    if cfg.trainer.type != "atropos":
+    if not cfg.trainer.api:
         return ""
     if s.get("env_id") is None:
         if s.get("api_up") is False:

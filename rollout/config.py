@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from rollout.agent import AgentConfig
-from rollout.config_model import ConfigError, ConfigModel, Str, format_error
+from rollout.config_model import ConfigError, ConfigModel, KindSection, Str, format_error
 from rollout.policy import PolicyConfig
 from rollout.sandbox.config import BackendConfig, PoolSection
 from sandbox_image.config import SlotLimits
-from rollout.sandbox.registry import UnknownBackend, backend_config, config_class
+from rollout.sandbox.registry import UnknownBackend, backend_config, config_class, names
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
 from rollout.wandb_log import LoggerConfig
@@ -137,19 +137,33 @@ class LaunchConfig(ConfigModel):
     ray: RayConfig
     metrics: MetricsConfig
     tool_server: ToolServerSection
-    backend: BackendConfig  # the selected backend's own typed config (backend.name)
+    # Sections chosen by kind hold the kind's own model (a subclass): dumped as that model,
+    # with the kind's keys (config.yaml of a replay, the logger's copy).
+    backend: SerializeAsAny[BackendConfig]  # the selected backend's own typed config (backend.name)
     sandbox: SlotLimits  # what every slot enforces, whatever the backend
     pool: PoolSection
-    policy: PolicyConfig
+    policy: SerializeAsAny[PolicyConfig]
     agent: AgentConfig
-    tasks: TaskSourceConfig
-    trainer: TrainerConfig
+    tasks: SerializeAsAny[TaskSourceConfig]
+    trainer: SerializeAsAny[TrainerConfig]
     logger: LoggerConfig
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
 SECTIONS = ("run", "env", "workers", "queue", "ray", "metrics", "tool_server", "policy", "agent",
             "tasks", "trainer", "logger")
+
+
+def section_variants(name: str) -> list[type[ConfigModel]] | None:
+    """Every model a section chosen by kind may be (each registered kind's: `backend.name`,
+    `policy.type`, `trainer.type`, `tasks.kind`), for the command line's key schema; None for
+    a section of one model."""
+    if name == "backend":
+        return [config_class(n) for n in names()]
+    cls = LaunchConfig.model_fields[name].annotation
+    if isinstance(cls, type) and issubclass(cls, KindSection):
+        return list(dict.fromkeys(cls.kinds().values()))
+    return None
 
 
 def _backend(data: Any) -> BackendConfig:
@@ -196,12 +210,11 @@ def load_config(raw: dict[str, Any]) -> LaunchConfig:
 
 
 def slot_limits(cfg: LaunchConfig) -> SlotLimits:
-    """The slot limits with the grading interpreters exposed: slots must run them."""
+    """The slot limits with what each task source's kind needs exposed (the grading
+    interpreters): slots must run them."""
     limits = cfg.sandbox
-    pythons = [python for tasks, _ in cfg.tasks.mixture()
-               for python in (tasks.python, *(p.python for p in tasks.profiles.values()))
-               if python]
-    return limits.model_copy(update={"expose": (*limits.expose, *pythons)})
+    exposed = [path for tasks, _ in cfg.tasks.mixture() for path in tasks.exposed_paths()]
+    return limits.model_copy(update={"expose": (*limits.expose, *exposed)})
 
 
 # Seconds of slack on top of a trajectory's worst case before its host may die.
@@ -210,15 +223,10 @@ LEASE_MARGIN = 60.0
 
 def lease_budget(cfg: LaunchConfig) -> float:
     """The longest one trajectory may hold its slot: the agent's wall-clock budget, the
-    slot's preparation, and grading (the worst task source's) (a timed-out grading run is retried once with
-    `timeout_retry_factor` x the timeout), plus a margin."""
-    def worst(tasks: TaskSourceConfig) -> float:
-        tests = max([tasks.test_timeout, *(p.test_timeout for p in tasks.profiles.values()
-                                           if p.test_timeout)])
-        return tasks.prepare_timeout + tests * (1 + tasks.timeout_retry_factor)
-
-    return cfg.agent.wall_clock_budget + max(map(worst, (t for t, _ in cfg.tasks.mixture()))) \
-        + LEASE_MARGIN
+    slot's preparation and grading (the worst task source's, as its kind counts it:
+    `TaskSourceConfig.lease_seconds`), plus a margin."""
+    worst = max(tasks.lease_seconds() for tasks, _ in cfg.tasks.mixture())
+    return cfg.agent.wall_clock_budget + worst + LEASE_MARGIN
 
 
 def _cross_check(cfg: LaunchConfig) -> None:

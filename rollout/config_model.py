@@ -62,6 +62,105 @@ class ConfigModel(BaseModel):
                           **changes}, self.section)
 
 
+class KindSection(ConfigModel):
+    """A section that is a union discriminated by one of its keys (`policy.type`,
+    `trainer.type`, `tasks.kind`): each kind registers its own model, a subclass of the
+    section's base holding the keys only that kind reads. Building the base
+    (`PolicyConfig(type="sglang", ...)`, `PolicyConfig.load(mapping)`) builds the model of the
+    kind named; a key of another kind is refused with the kind it belongs to, an unknown kind
+    with the registered ones. The base answers `kinds()` (and may answer `kind_class` for one
+    kind without loading the others); it is never a kind's model itself (pydantic builds
+    instances through `__new__`, which on the base picks the kind)."""
+
+    discriminator: ClassVar[str] = "type"
+    default_kind: ClassVar[str] = ""
+
+    @classmethod
+    def kinds(cls) -> dict[str, type[KindSection]]:
+        """Every registered kind's model, by name."""
+        raise NotImplementedError
+
+    @classmethod
+    def kind_class(cls, name: Any, where: str) -> type[KindSection]:
+        """The model of kind `name`, or ConfigError naming `where`.<discriminator>."""
+        kinds = cls.kinds()
+        if isinstance(name, str) and name in kinds:
+            return kinds[name]
+        return cls._unknown(list(kinds), name, where)
+
+    @classmethod
+    def _unknown(cls, known: list[str], name: Any, where: str) -> Any:
+        choices = ", ".join(map(repr, known[:-1])) + f" or {known[-1]!r}" if len(known) > 1 \
+            else ", ".join(map(repr, known))
+        raise ConfigError(f"{where}.{cls.discriminator} must be {choices}, got {name!r}")
+
+    @classmethod
+    def _base(cls) -> type[KindSection]:
+        return next(c for c in cls.__mro__ if "kinds" in c.__dict__)
+
+    def __new__(cls, *args: Any, **data: Any) -> Any:
+        if "kinds" in cls.__dict__:  # the base: build the kind's own model
+            cls = cls.kind_class(data.get(cls.discriminator, cls.default_kind), cls.section)
+        return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        if "kinds" in cls.__dict__ and isinstance(obj, Mapping):  # the base: the kind's model
+            cls = cls.kind_class(obj.get(cls.discriminator, cls.default_kind), cls.section)
+        return super(KindSection, cls).model_validate(obj, *args, **kwargs)  # type: ignore[misc]
+
+    @classmethod
+    def load(cls, data: Mapping[str, Any] | None, where: str | None = None) -> Self:
+        where = cls.section if where is None else where
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{where or cls.__name__} must be a mapping, got {data!r}")
+        data = dict(data or {})
+        base = cls._base()
+        target = cls
+        if cls is base:
+            target = cls.kind_class(data.get(cls.discriminator, cls.default_kind), where)
+        target._refuse_other_kinds(data, where)
+        return super(KindSection, target).load(data, where)  # type: ignore[return-value]
+
+    def __init__(self, **data: Any) -> None:
+        type(self)._refuse_other_kinds(data, self.section)
+        super().__init__(**data)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def _refuse_other_kinds(cls, data: Mapping[str, Any], where: str) -> None:
+        """A key this kind lacks but another kind has: say whose it is (a key no kind has is
+        left to the usual unknown-key error, which lists this kind's keys)."""
+        unknown = [k for k in data if k not in cls.model_fields]
+        if not unknown:
+            return
+        owners = {k: [n for n, model in cls._base().kinds().items() if k in model.model_fields]
+                  for k in unknown}
+        key = next((k for k in unknown if owners[k]), None)
+        if key is not None:
+            disc = cls.discriminator
+            kind = data.get(disc, cls.model_fields[disc].default)
+            raise ConfigError(
+                f"{where}.{key} is a setting of {where}.{disc}={' or '.join(owners[key])}, "
+                f"not of {where}.{disc}={kind}; remove it or change {where}.{disc}"
+                + cls._switch_hint(kind))
+
+    @classmethod
+    def _switch_hint(cls, kind: Any) -> str:
+        """More words for a key of another kind (a section whose presets set kind's keys)."""
+        return ""
+
+    def replace(self, **changes: Any) -> Self:
+        """A new, validated copy; a changed kind gives that kind's model, keeping the values
+        it has a key for."""
+        disc = self.discriminator
+        target = self._base().kind_class(changes.get(disc, getattr(self, disc)), self.section)
+        values = {name: getattr(self, name) for name in type(self).model_fields
+                  if name in target.model_fields}
+        return target.load({**values, **changes}, self.section)  # type: ignore[return-value]
+
+
 # -- the formatter --------------------------------------------------------------------------
 
 _KIND = {

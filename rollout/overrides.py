@@ -89,16 +89,16 @@ class KeySchema:
 
 def launch_schema() -> KeySchema:
     """The schema of `launch.py`'s configuration (rollout.config.load_config's sections);
-    `backend.*` is the union of every registered backend's keys."""
-    from rollout.config import LaunchConfig
-    from rollout.sandbox.registry import config_class, names
+    a section typed per kind (`backend.*`, `tasks.*`, `policy.*`, `trainer.*`) is the union
+    of every registered kind's keys (the chosen kind's model refuses the others, naming it)."""
+    from rollout.config import LaunchConfig, section_variants
 
     sections: dict[str, list[Any]] = {}
     for name, hint in (_fields(LaunchConfig) or {}).items():
         if name == "extra":
             continue
-        if name == "backend":
-            sections["backend"] = [config_class(n) for n in names()]
+        if (variants := section_variants(name)) is not None:
+            sections[name] = variants
         else:
             sections.setdefault(name, []).extend(_classes(hint))
     return KeySchema(sections)

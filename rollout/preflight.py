@@ -45,10 +45,11 @@ def probe_http(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
 
 
 def check_policy(policy: Any) -> None:
-    """An endpoint policy (one launch does not start itself) must be reachable."""
-    if policy.type in ("gold", "scripted", "simulated") or not policy.base_url:
-        return  # replayed locally, or the embedded server launch starts itself
-    path = "/health" if policy.type == "sglang" else "/v1/models"
+    """A policy server (one launch does not start itself) must be reachable: its type's
+    `probe_path` (rollout/policy/registry.py) at policy.base_url answers."""
+    path = policy.kind.probe_path
+    if path is None or not policy.base_url:
+        return  # no server (replayed locally), or one launch starts itself
     url = policy.base_url.rstrip("/") + path
     problem = probe_http(url)
     if problem:
@@ -58,15 +59,11 @@ def check_policy(policy: Any) -> None:
 
 
 def check_trainer(trainer: Any) -> None:
-    """With trainer=atropos, something must listen at trainer.url (the trainer itself may
-    register later: the run waits for that, visibly)."""
-    if trainer.type != "atropos":
-        return
-    problem = probe_http(trainer.url.rstrip("/") + "/")
+    """The trainer type's own check (`TrainerConfig.preflight`: with trainer=atropos,
+    something must listen at trainer.url)."""
+    problem = trainer.preflight()
     if problem:
-        raise PreflightError(
-            f"the Atropos API at trainer.url={trainer.url} is not reachable ({problem}); "
-            "start it first (`run-api`) or fix trainer.url")
+        raise PreflightError(problem)
 
 
 def check_isolation(backend: str, isolation: str) -> None:
@@ -192,7 +189,7 @@ def check_tokenizer(policy: Any, envs: Any = None) -> None:
     except Exception as e:
         raise PreflightError(f"the chat template of {name} cannot render a tool-calling turn "
                              f"({_one_line(e)}); set policy.chat_template") from None
-    if policy.type == "embedded" and not policy.base_url:
+    if policy.kind.serve is not None and not policy.base_url:
         return  # the server launch starts gives the client its URL; nothing more to build
     try:
         make_policy(policy, envs)

@@ -1,42 +1,63 @@
-"""Retries of transient failures, done one way everywhere: tenacity, exponential backoff, jitter.
+"""Retries of transient failures and waits until something is up, each done one way everywhere.
 
-Guarantees of `retrying(...)`:
-- only exceptions of the `transient` types are retried; anything else propagates at once,
-  unchanged (a 4xx, a malformed reply, a caller's timeout);
+`retrying(...)`: tenacity, exponential backoff, jitter. Guarantees:
+- only exceptions of the `transient` types (or for which `transient(error)` is true) are
+  retried; anything else propagates at once, unchanged (a 4xx, a malformed reply, a
+  caller's timeout);
 - `CancelledError` is never retried: cancelled in an attempt or during the wait, the call
   ends at once, so a cancelled caller leaves nothing retrying behind;
 - retry n (1-based) waits `backoff * 2**(n-1)`, at most `backoff_max`, plus a uniform jitter of
   up to `backoff` (so that many clients failing together do not come back together);
-- after `retries` retries (None: no limit) the last failure is raised as itself;
+- after `retries` retries (None: no limit), or when the next wait would end more than
+  `window` seconds after the first attempt (None: no limit), the last failure is raised as
+  itself;
 - `on_retry(n, error, wait)` is called before each wait (for the caller's logging).
 
 Each call builds a fresh `AsyncRetrying`: its state is per call, and calls run concurrently.
+
+`wait_until(check, what=..., timeout=...)` (and `wait_until_blocking` for code outside an
+event loop): the one wait-until-healthy loop. Guarantees:
+- `check()` is called until it returns; its value is returned. It raises `NotReady(why)`
+  for "not yet"; any other exception ends the wait at once, unchanged (the thing being
+  waited for died: the caller's check says why);
+- the pause between checks starts at `interval` and doubles up to `interval_max`;
+- after `timeout` seconds (None: none) `WaitTimeout` (a TimeoutError) is raised, naming
+  `what` and the last `NotReady` reason; no check starts after the deadline;
+- cancelling `wait_until` ends it at once (nothing keeps checking).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     stop_never,
     wait_exponential,
     wait_random,
 )
 
 OnRetry = Callable[[int, BaseException, float], None]
+T = TypeVar("T")
 
 
 def retrying(
-    transient: type[BaseException] | tuple[type[BaseException], ...],
+    transient: type[BaseException] | tuple[type[BaseException], ...]
+    | Callable[[BaseException], bool],
     *,
     retries: int | None,
     backoff: float,
     backoff_max: float,
     on_retry: OnRetry,
+    window: float | None = None,
 ) -> AsyncRetrying:
     """An `AsyncRetrying` to `await retrying(...)(fn, *args)` or iterate with `async for`."""
 
@@ -46,11 +67,77 @@ def retrying(
         assert error is not None
         on_retry(state.attempt_number, error, state.next_action.sleep)
 
+    if isinstance(transient, (type, tuple)):
+        retry = retry_if_exception_type(transient)
+    else:  # a predicate; a cancellation is never transient, whatever it says
+        retry = retry_if_exception(
+            lambda e: not isinstance(e, asyncio.CancelledError) and transient(e))
+    stop = stop_never if retries is None else stop_after_attempt(retries + 1)
+    if window is not None:
+        stop = stop | stop_before_delay(window)  # no wait that would end past it
     return AsyncRetrying(
-        retry=retry_if_exception_type(transient),
-        stop=stop_never if retries is None else stop_after_attempt(retries + 1),
+        retry=retry,
+        stop=stop,
         wait=wait_exponential(multiplier=backoff, min=0, max=backoff_max)
         + wait_random(0, backoff),
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+class NotReady(Exception):
+    """Raised by a `wait_until` check: not up yet (the message says why)."""
+
+
+class WaitTimeout(TimeoutError):
+    """`wait_until` gave up; `reason` is the last check's `NotReady` message."""
+
+    def __init__(self, what: str, timeout: float, reason: str) -> None:
+        super().__init__(f"{what} not ready within {timeout:g}s" + (f": {reason}" if reason else ""))
+        self.reason = reason
+
+
+class _Pacing:
+    """The deadline and the growing pause of one wait (shared by both waits below)."""
+
+    def __init__(self, what: str, timeout: float | None, interval: float,
+                 interval_max: float | None) -> None:
+        self.what, self.timeout = what, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pause, self.pause_max = interval, interval if interval_max is None else interval_max
+        self.reason = ""
+
+    def next_pause(self, error: NotReady) -> float:
+        """The pause before the next check; WaitTimeout if the deadline comes first."""
+        self.reason = str(error)
+        pause, self.pause = self.pause, min(self.pause * 2, self.pause_max)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                assert self.timeout is not None
+                raise WaitTimeout(self.what, self.timeout, self.reason) from error
+            pause = min(pause, left)
+        return pause
+
+
+async def wait_until(check: Callable[[], Awaitable[T]], *, what: str,
+                     timeout: float | None = None, interval: float = 0.1,
+                     interval_max: float | None = None) -> T:
+    """Await `check()` until it returns (see the module's guarantees)."""
+    pacing = _Pacing(what, timeout, interval, interval_max)
+    while True:
+        try:
+            return await check()
+        except NotReady as e:
+            await asyncio.sleep(pacing.next_pause(e))
+
+
+def wait_until_blocking(check: Callable[[], T], *, what: str, timeout: float | None = None,
+                        interval: float = 0.1, interval_max: float | None = None) -> T:
+    """`wait_until` for a caller outside an event loop (a blocking `check`, blocking waits)."""
+    pacing = _Pacing(what, timeout, interval, interval_max)
+    while True:
+        try:
+            return check()
+        except NotReady as e:
+            time.sleep(pacing.next_pause(e))

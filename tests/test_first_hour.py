@@ -72,7 +72,7 @@ def test_every_documented_key_is_a_plain_override(tmp_path):
         f"policy.tokenizer={qwen_tokenizer_dir()}", f"tasks.cache_dir={tmp_path}/cache",
         "tasks.python=/opt/py/bin/python", "tasks.repo_sources=[/srv/mirrors]",
         "sandbox.output_cap=1024", "policy.seed=7", "agent.max_calls_per_turn=3",
-        "sandbox.env.FOO=bar", "trainer.send_batch=2",
+        "sandbox.env.FOO=bar", "trainer=atropos", "trainer.send_batch=2",  # atropos's key
     ])
     assert cfg.tasks.cache_dir == f"{tmp_path}/cache" and cfg.tasks.python == "/opt/py/bin/python"
     assert cfg.tasks.repo_sources == ["/srv/mirrors"] and cfg.sandbox.output_cap == 1024

@@ -117,3 +117,28 @@ def test_launch_stops_on_a_tokenizer_that_cannot_serve_the_policy(tmp_path: Path
     proc = run_launch("policy=gold", f"policy.tokenizer={tmp_path}/tok", "tasks.max_items=2",
                       run_dir=run_dir)
     assert_one_line_exit_2(proc, run_dir, f"policy.tokenizer={tmp_path}/tok cannot be loaded")
+
+
+# --- the policy server, by the policy type's own probe --------------------------------------
+
+
+@pytest.mark.parametrize("kind, path", [("openai_completions", "/v1/models"),
+                                        ("sglang", "/health")])
+def test_an_endpoint_policy_is_probed_where_its_type_says(kind, path):
+    from rollout.policy import PolicyConfig
+    from rollout.preflight import check_policy
+
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(PreflightError) as info:
+        check_policy(PolicyConfig(type=kind, base_url=url, tokenizer="t"))
+    assert str(info.value) == (f"the policy server at policy.base_url={url} is not reachable "
+                               f"(GET {path}: connection refused: nothing listens there); start "
+                               "it or fix policy.base_url")
+
+
+def test_a_policy_without_a_server_to_reach_is_not_probed():
+    from rollout.policy import PolicyConfig
+    from rollout.preflight import check_policy
+
+    for kind in ("gold", "scripted", "simulated", "embedded"):  # embedded: launch starts it
+        check_policy(PolicyConfig(type=kind, tokenizer="t"))

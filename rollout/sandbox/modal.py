@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from pydantic import Field, model_validator
 
-from rollout.retry import retrying
+from rollout.retry import NotReady, WaitTimeout, retrying, wait_until
 from rollout.sandbox.client import SlotServerClient
 from rollout.sandbox.config import BackendConfig, Placement
 from rollout.sandbox.registry import register
@@ -306,12 +306,13 @@ class ModalBackend:
 
     async def _wait_ready(self, sandbox: Any, token: str) -> str:
         """The tunnel's URL once the slot server answers its health check."""
-        deadline = time.monotonic() + self.cfg.ready_timeout
+        started = time.monotonic()
         tunnels = await sandbox.tunnels.aio(timeout=int(self.cfg.ready_timeout))
         url = tunnels[self.cfg.port].url
         async with aiohttp.ClientSession() as session:
             client = SlotServerClient(session, url, token)
-            while True:
+
+            async def healthy() -> str:
                 try:
                     await client.health(timeout=5)
                     return url
@@ -321,11 +322,16 @@ class ModalBackend:
                             f"modal sandbox {sandbox.object_id} exited with code {code} "
                             "before its slot server was ready (see `modal sandbox logs "
                             f"{sandbox.object_id}` or the Modal dashboard)") from e
-                    if time.monotonic() >= deadline:
-                        raise SandboxError(
-                            f"slot server in modal sandbox {sandbox.object_id} not ready "
-                            f"within {self.cfg.ready_timeout:g}s: {e}") from e
-                await asyncio.sleep(0.25)
+                    raise NotReady(str(e)) from e
+
+            try:  # ready_timeout counts from the start, the tunnel's wait included
+                return await wait_until(
+                    healthy, what=f"slot server in modal sandbox {sandbox.object_id}",
+                    timeout=max(0.0, self.cfg.ready_timeout - (time.monotonic() - started)),
+                    interval=0.25)
+            except WaitTimeout as e:
+                raise SandboxError(f"slot server in modal sandbox {sandbox.object_id} not "
+                                   f"ready within {self.cfg.ready_timeout:g}s: {e.reason}") from e
 
     # --- stop / liveness ------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from typing import Any
 
 import aiohttp
 
+from rollout.retry import NotReady, retrying, wait_until
 from rollout.sandbox import nomad_job as nj
 from rollout.sandbox.client import SlotServerClient
 from rollout.sandbox.nomad_api import _OPEN_JOBS, NomadAPI, NomadAPIError, probe
@@ -296,26 +297,25 @@ class NomadBackend:
             self._watcher = asyncio.ensure_future(self._watch_loop())
 
     async def _watch_loop(self) -> None:
-        """Follow this run's allocations with blocking queries; wake waiters on a change."""
-        delay = 0.2
-        wait = self.cfg.blocking_wait
+        """Follow this run's allocations with blocking queries; wake waiters on a change.
+        Outages are waited out (each poll retried with backoff, which a success resets)."""
+        def on_retry(n: int, e: BaseException, wait: float) -> None:
+            log.warning("watching Nomad allocations of run %s failed (%s); retrying in "
+                        "%.1fs", self.run_id, e, wait)
+
         while True:
-            try:
-                stubs, index = await self.api.once(
-                    "GET", "/v1/allocations",
-                    params=self._filter(index=str(self._index), wait=f"{int(wait * 1000)}ms"),
-                    timeout=wait * 17 / 16 + self.cfg.request_timeout)
-                # An index that went backwards (a restored server) restarts from zero.
-                self._index = index if index >= self._index else 0
-                self._absorb(stubs or [])
-                delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - outages are waited out
-                log.warning("watching Nomad allocations of run %s failed (%s); retrying in "
-                            "%.1fs", self.run_id, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            await retrying(Exception, retries=None, backoff=0.2, backoff_max=5.0,
+                           on_retry=on_retry)(self._poll_allocations)
+
+    async def _poll_allocations(self) -> None:
+        wait = self.cfg.blocking_wait
+        stubs, index = await self.api.once(
+            "GET", "/v1/allocations",
+            params=self._filter(index=str(self._index), wait=f"{int(wait * 1000)}ms"),
+            timeout=wait * 17 / 16 + self.cfg.request_timeout)
+        # An index that went backwards (a restored server) restarts from zero.
+        self._index = index if index >= self._index else 0
+        self._absorb(stubs or [])
 
     def _absorb(self, stubs: list[dict[str, Any]]) -> None:
         for stub in stubs:
@@ -439,16 +439,19 @@ class NomadBackend:
         if self._data is None or self._data.closed:
             self._data = aiohttp.ClientSession()
         client = SlotServerClient(self._data, host.url, host.token)
-        delay = 0.05
-        while True:
+
+        async def healthy() -> Host:
             try:
                 await client.health(timeout=5.0)
                 return host
             except Exception as e:  # noqa: BLE001 - not up yet, or dead
                 if not _alive(self.allocs.get(alloc_id)):
                     raise SandboxError(await self._why_failed(alloc_id)) from e
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise NotReady(str(e)) from e
+
+        # No deadline here: the pool's host_start_timeout bounds the whole start.
+        return await wait_until(healthy, what=f"slot server of allocation {alloc_id}",
+                                interval=0.05, interval_max=1.0)
 
     # --- adoption and teardown -------------------------------------------------------------
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import random
 import socket
 import ssl
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from rollout.retry import retrying
 from rollout.types import SandboxError
 
 if TYPE_CHECKING:
@@ -76,6 +75,17 @@ class NomadUnavailable(SandboxError):
 def _transient(status: int, body: str) -> bool:
     return status >= 500 or status == 429 or (
         status == 400 and "active deployment" in body)
+
+
+def _retryable(e: BaseException) -> bool:
+    """An outage, a timeout, a 5xx or 429: worth another try."""
+    if isinstance(e, NomadAPIError):
+        return _transient(e.status, e.body)
+    return isinstance(e, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
+
+
+def _why(e: BaseException) -> str:
+    return str(e) if isinstance(e, NomadAPIError) else f"{type(e).__name__}: {e}"
 
 
 class NomadAPI:
@@ -137,23 +147,18 @@ class NomadAPI:
                    body: Any = None, window: float | None = None) -> Any:
         """`once`, retrying transient failures; with `window`, for at most that many seconds
         (then NomadUnavailable), else until cancelled."""
-        deadline = None if window is None else time.monotonic() + window
-        delay = 0.2
-        while True:
-            try:
-                return (await self.once(method, path, params=params, body=body))[0]
-            except NomadAPIError as e:
-                if not _transient(e.status, e.body):
-                    raise
-                why = str(e)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                why = f"{type(e).__name__}: {e}"
-            if deadline is not None and time.monotonic() + delay > deadline:
+        def on_retry(n: int, e: BaseException, wait: float) -> None:
+            log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, _why(e), wait)
+
+        try:
+            return (await retrying(_retryable, retries=None, window=window, backoff=0.2,
+                                   backoff_max=5.0, on_retry=on_retry)(
+                self.once, method, path, params=params, body=body))[0]
+        except Exception as e:
+            if window is not None and _retryable(e):  # retried for the whole window
                 raise NomadUnavailable(f"Nomad API at {self.base} unavailable for "
-                                       f"{window:g}s ({method} {path}): {why}")
-            log.warning("Nomad %s %s failed (%s); retrying in %.1fs", method, path, why, delay)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, 5.0)
+                                       f"{window:g}s ({method} {path}): {_why(e)}") from e
+            raise
 
 
 def probe(cfg: NomadConfig, timeout: float = 5.0) -> str | None:

@@ -1,4 +1,4 @@
-"""Typed configuration for task sources and the SWE-smith environment.
+"""Typed configuration for task sources: the settings every kind has, and SWE-smith's.
 
 Hydra configs are validated into these frozen models once (rollout/config.py; direct callers
 use `TaskSourceConfig.from_mapping`), so the rest of the task code never touches a raw
@@ -12,11 +12,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from rollout.config_model import ConfigModel, Str
+from rollout.config_model import ConfigError, ConfigModel, KindSection, Str
 
 BUNDLED = "bundled"
 
@@ -90,8 +90,16 @@ def _bundled_profiles() -> dict[str, GradingProfile]:
             for name, entry in table.items()}
 
 
-class TaskSourceConfig(ConfigModel):
-    """Where tasks come from and how a SWE-smith slot is prepared and graded.
+DEFAULT_KIND = "swe_smith"
+
+
+class TaskSourceConfig(KindSection):
+    """Where tasks come from: the settings every task kind has. Each kind registers its own
+    settings model, a subclass with the keys only it reads (`TaskKind.settings` in
+    rollout/tasks/registry.py; SWE-smith's is `SweSmithSource` below, the terminal kind's
+    `TerminalSource`), so a key of another kind is refused with the kind it belongs to.
+    `TaskSourceConfig(kind=..., ...)` and `TaskSourceConfig.load(...)` build the model the
+    kind registered: the section is a union discriminated by `kind`, resolved by the registry.
 
     source: "bundled" (instances shipped with the project), a path to a .jsonl/.json/.parquet
         file, or a Hugging Face dataset name (e.g. "SWE-bench/SWE-smith"; needs `datasets`).
@@ -99,9 +107,6 @@ class TaskSourceConfig(ConfigModel):
         additionally selects a deterministic hash-based partition when `eval_fraction` > 0.
     filter: "python" keeps only rows whose tests are pytest node ids; "" keeps everything;
         any other string keeps rows whose instance_id or repo contains it.
-    repo_sources: where mirrors come from, tried in order. Each entry is a directory holding
-        `<name>.bundle` files or `<name>` / `<name>.git` repos, or a URL template with
-        `{repo}` (the row's repo, `swesmith/` prefix kept) or `{name}` (without it).
     """
 
     section: ClassVar[str] = "tasks"
@@ -113,42 +118,42 @@ class TaskSourceConfig(ConfigModel):
     seed: int = 0
     max_items: Annotated[int, Field(ge=0)] | None = None
     eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    kind: Str = "swe_smith"
+    kind: Str = DEFAULT_KIND
     cache_dir: Str = Field(default_factory=default_cache_dir)
-    repo_sources: list[Str] = Field(default_factory=lambda: ["https://github.com/{repo}.git"])
-    test_timeout: Annotated[float, Field(gt=0)] = 120.0
-    prepare_timeout: float = 60.0
-    python: Str = "python"
-    pytest_plugin_autoload: bool = True
-    # Terminal tasks: "auto" grades with the task's own verifier script where it has one
-    # (Harbor's tests/test.sh, Terminal-Bench's run-tests.sh), else its pytest files;
-    # "pytest" prefers the pytest files (e.g. offline slots, when the script downloads tools).
-    verifier: Literal["auto", "pytest"] = "auto"
-    # Terminal tasks: the memory and storage a task.toml asks for must fit the slots
-    # (checked before the run starts); false ignores them.
-    task_resources: bool = True
-    # Per-repo test profiles, keyed by the row's repo (`owner/name`, with or without the
-    # `swesmith/` prefix, or its last component): python, paths, env, plugin_autoload, test_timeout.
-    profiles: dict[str, GradingProfile] = Field(default_factory=dict)
-    # Grading runs at once per sandbox host from one worker (0 = no bound): full suites on a
-    # small host starve each other into timeouts.
-    grading_concurrency: Annotated[int, Field(ge=0)] = 2
-    # A timed-out grading run is retried once in the same slot with this many times the
-    # timeout (0 = no retry here; the group is still retried by the queue).
-    timeout_retry_factor: Annotated[float, Field(ge=0, le=100)] = 2.0
-    # Hidden canary tests planted in each grading run (rollout/tasks/canaries.py); off only
-    # to measure what the other layers catch alone.
-    canaries: bool = True
+    prepare_timeout: float = 60.0  # a slot's preparation for a task (setup, checkout)
+    python: Str = "python"  # the interpreter slots run (grading, the python tool); exposed
     # Several task sources mixed by weight, e.g. [{kind: swe_smith, weight: 3},
     # {kind: terminal, weight: 1, source: /data/terminal}]: each entry sets `kind`, `weight`
-    # (> 0) and any key of this section for its own source (the rest as above). Empty: one
-    # source, the section itself.
+    # (> 0) and any key of its kind's settings for its own source (the rest from this
+    # section, where its kind has the key). Empty: one source, the section itself.
     sources: list[dict[str, Any]] = Field(default_factory=list)
+
+    discriminator: ClassVar[str] = "kind"
+    default_kind: ClassVar[str] = DEFAULT_KIND
+
+    @classmethod
+    def kinds(cls) -> dict[str, type[KindSection]]:
+        return {name: settings_class(name) for name in registered_kinds()}
+
+    @classmethod
+    def kind_class(cls, name: Any, where: str) -> type[KindSection]:
+        # Only this kind's module is imported (the others' dependencies may be missing).
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.kind must be a string, got {name!r}")
+        return settings_class(name, where)
+
+    @classmethod
+    def _switch_hint(cls, kind: Any) -> str:
+        # A preset (conf=swe_smith) sets its kind's keys: `tasks.kind=terminal` on top of it
+        # meets them; the kind's own preset is what to pick.
+        from rollout.overrides import group_options
+
+        return (f" (conf={kind} is the preset of tasks.kind={kind})"
+                if kind in group_options("conf") else "")
 
     @field_validator("sources")
     @classmethod
     def _source_entries(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        allowed = set(cls.model_fields) - {"sources"}
         for i, entry in enumerate(value):
             if not isinstance(entry.get("kind"), str) or not entry["kind"]:
                 raise ValueError(f"entry {i} needs a kind (e.g. {{kind: swe_smith, weight: 1}})")
@@ -156,6 +161,10 @@ class TaskSourceConfig(ConfigModel):
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
                 raise ValueError(f"entry {i} ({entry['kind']}): weight must be a number > 0, "
                                  f"got {weight!r}")
+            try:
+                allowed = set(settings_class(entry["kind"]).model_fields) - {"sources"}
+            except ConfigError as e:  # "tasks.kind: unknown task kind ...": name the entry
+                raise ValueError(f"entry {i}: {str(e).split(': ', 1)[1]}") from None
             unknown = sorted(set(entry) - allowed - {"weight"})
             if unknown:
                 raise ValueError(f"entry {i} ({entry['kind']}): unknown key(s) "
@@ -167,11 +176,13 @@ class TaskSourceConfig(ConfigModel):
         section's values, or this section alone."""
         if not self.sources:
             return [(self, 1.0)]
-        base = {name: getattr(self, name) for name in type(self).model_fields if name != "sources"}
         out = []
         for i, entry in enumerate(self.sources):
+            target = settings_class(entry["kind"], f"tasks.sources[{i}]")
+            base = {name: getattr(self, name) for name in type(self).model_fields
+                    if name != "sources" and name in target.model_fields}
             fields = {k: v for k, v in entry.items() if k != "weight"}
-            out.append((TaskSourceConfig.load({**base, **fields}, f"tasks.sources[{i}]"),
+            out.append((target.load({**base, **fields}, f"tasks.sources[{i}]"),
                         float(entry.get("weight", 1.0))))
         return out
 
@@ -187,6 +198,51 @@ class TaskSourceConfig(ConfigModel):
         """A config as given (`load_tasks({"source": ...})`): an instance, a mapping or None."""
         return cfg if isinstance(cfg, cls) else cls.load(cfg)
 
+    # -- what the run derives from a kind's settings (each kind answers for its own) --------
+
+    def lease_seconds(self) -> float:
+        """The longest a task of this source holds its slot beyond the agent's own budget:
+        preparation and grading (a kind that grades longer says so)."""
+        return self.prepare_timeout
+
+    def exposed_paths(self) -> tuple[str, ...]:
+        """What slots must see of the host for this source's tasks (interpreters)."""
+        return (self.python,) if self.python else ()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+class CommonSource(TaskSourceConfig):
+    """The settings of a kind that registers none of its own (math, say): the common ones."""
+
+
+class SweSmithSource(TaskSourceConfig):
+    """SWE-smith's settings: how a slot is prepared from a repo mirror and graded by the
+    repo's tests.
+
+    repo_sources: where mirrors come from, tried in order. Each entry is a directory holding
+        `<name>.bundle` files or `<name>` / `<name>.git` repos, or a URL template with
+        `{repo}` (the row's repo, `swesmith/` prefix kept) or `{name}` (without it).
+    """
+
+    repo_sources: list[Str] = Field(default_factory=lambda: ["https://github.com/{repo}.git"])
+    test_timeout: Annotated[float, Field(gt=0)] = 120.0
+    pytest_plugin_autoload: bool = True
+    # Per-repo test profiles, keyed by the row's repo (`owner/name`, with or without the
+    # `swesmith/` prefix, or its last component): python, paths, env, plugin_autoload, test_timeout.
+    profiles: dict[str, GradingProfile] = Field(default_factory=dict)
+    # Grading runs at once per sandbox host from one worker (0 = no bound): full suites on a
+    # small host starve each other into timeouts.
+    grading_concurrency: Annotated[int, Field(ge=0)] = 2
+    # A timed-out grading run is retried once in the same slot with this many times the
+    # timeout (0 = no retry here; the group is still retried by the queue).
+    timeout_retry_factor: Annotated[float, Field(ge=0, le=100)] = 2.0
+    # Hidden canary tests planted in each grading run (rollout/tasks/canaries.py); off only
+    # to measure what the other layers catch alone.
+    canaries: bool = True
+
     def profile(self, repo: str) -> GradingProfile:
         """The test profile of a row's repo: `tasks.profiles` first, then the bundled repos'
         own (bundled/repos/repos.json). Keys tried: the repo as given, without `swesmith/`,
@@ -198,6 +254,28 @@ class TaskSourceConfig(ConfigModel):
                     return table[key]
         return GradingProfile()
 
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir).expanduser()
+    def lease_seconds(self) -> float:
+        # The slowest repo's tests, and a timed-out run retried with timeout_retry_factor x.
+        tests = max([self.test_timeout, *(p.test_timeout for p in self.profiles.values()
+                                          if p.test_timeout)])
+        return self.prepare_timeout + tests * (1 + self.timeout_retry_factor)
+
+    def exposed_paths(self) -> tuple[str, ...]:
+        return (*super().exposed_paths(), *(p.python for p in self.profiles.values() if p.python))
+
+
+def settings_class(kind: str, where: str = "tasks") -> type[TaskSourceConfig]:
+    """The settings model task kind `kind` registered (`CommonSource` if none)."""
+    from rollout.tasks.registry import UnknownTaskKind, names, task_kind
+
+    try:
+        return task_kind(kind).settings or CommonSource
+    except UnknownTaskKind:
+        raise ConfigError(f"{where}.kind: unknown task kind {kind!r}; registered kinds: "
+                          f"{', '.join(names())}") from None
+
+
+def registered_kinds() -> list[str]:
+    from rollout.tasks.registry import names
+
+    return names()

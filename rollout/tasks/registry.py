@@ -1,4 +1,5 @@
-"""Task kinds by name: `Task.kind` finds its env and its loader here, never an if-chain.
+"""Task kinds by name: `Task.kind` finds its env, its loader and `tasks.kind` its settings
+model here, never an if-chain.
 
 A kind's module calls `register(TaskKind(...))` at import. Built-in kinds are imported on
 first use, so a kind's dependencies are only needed when a run has tasks of that kind.
@@ -25,11 +26,14 @@ BUILTIN = {"swe_smith": "rollout.tasks.swe_smith", "terminal": "rollout.tasks.te
 
 @dataclass(frozen=True)
 class TaskKind:
-    """One kind of task: how to load its rows, and the env that runs them."""
+    """One kind of task: how to load its rows, the env that runs them, and its settings
+    model (a `TaskSourceConfig` subclass with the `tasks.*` keys only this kind reads, its
+    lease budget and the host paths its slots need; None: the common settings only)."""
 
     name: str
     make_env: Callable[[TaskSourceConfig], TaskEnv]
     load: Callable[[TaskSourceConfig], tuple[list[Task], LoadReport]]
+    settings: type[TaskSourceConfig] | None = None
 
 
 _REGISTRY: dict[str, TaskKind] = {}

@@ -32,7 +32,7 @@ from typing import Any
 
 from rollout.protocols import Sandbox
 from rollout.tasks.base import BaseTaskEnv
-from rollout.tasks.config import GradingProfile, TaskSourceConfig
+from rollout.tasks.config import GradingProfile, SweSmithSource, TaskSourceConfig
 from rollout.tasks.canaries import plant as canary_plant
 from rollout.tasks.grading import (SPEC_FILE, environment_failure, grade, node_files,
                                    pytest_run, suspicious_changes)
@@ -347,7 +347,7 @@ class SweSmithEnv(BaseTaskEnv):
         return canaries
 
 
-register(TaskKind("swe_smith", SweSmithEnv, load_tasks_with_report))
+register(TaskKind("swe_smith", SweSmithEnv, load_tasks_with_report, settings=SweSmithSource))
 
 
 def _agent_broke(task: Task, why: str) -> Verdict:

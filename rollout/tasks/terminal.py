@@ -35,8 +35,11 @@ import shlex
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
+
+from rollout.config_model import Str
 from rollout.protocols import Sandbox
 from rollout.tasks import terminal_formats as formats
 from rollout.tasks.base import BaseTaskEnv
@@ -269,6 +272,24 @@ def _tar(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+class TerminalSource(TaskSourceConfig):
+    """The terminal kind's settings (`tasks.*` with `tasks.kind=terminal`)."""
+
+    kind: Str = "terminal"
+    test_timeout: Annotated[float, Field(gt=0)] = 120.0  # a task's own verifier timeout wins
+    pytest_plugin_autoload: bool = True
+    # "auto" grades with the task's own verifier script where it has one (Harbor's
+    # tests/test.sh, Terminal-Bench's run-tests.sh), else its pytest files; "pytest" prefers
+    # the pytest files (e.g. offline slots, when the script downloads tools).
+    verifier: Literal["auto", "pytest"] = "auto"
+    # The memory and storage a task.toml asks for must fit the slots (checked before the
+    # run starts); false ignores them.
+    task_resources: bool = True
+
+    def lease_seconds(self) -> float:
+        return self.prepare_timeout + self.test_timeout  # a verifier run is not retried here
+
+
 class TerminalEnv(BaseTaskEnv):
     """`rollout.protocols.TaskEnv` for terminal tasks (the built-in tools, a slot of the
     task's image)."""
@@ -349,4 +370,4 @@ class TerminalEnv(BaseTaskEnv):
                 ToolCall("terminal", {"command": command, "timeout": budget}, "gold-2")]
 
 
-register(TaskKind("terminal", TerminalEnv, load_terminal))
+register(TaskKind("terminal", TerminalEnv, load_terminal, settings=TerminalSource))

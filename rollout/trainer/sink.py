@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-from rollout.config_model import ConfigModel, Str
+from rollout.config_model import KindSection, Str
 
 from rollout.retry import retrying
 from rollout.trainer.atropos import AtroposClient, Registration, RejectedError, TransientError
@@ -40,15 +40,46 @@ META_KEY = "_meta"  # stored beside the group in the outbox / groups.jsonl; stri
 SINK_BACKOFF_MAX = 10.0  # seconds: the longest wait between two tries while the API is down
 
 
-class TrainerConfig(ConfigModel):
-    section: ClassVar[str] = "trainer"
+class TrainerConfig(KindSection):
+    """Where finished groups go, by `trainer.type`: each type registers its settings model
+    (`register`), the one place that says what the type needs (`api`: it delivers to the
+    Atropos API, so the sink registers and paces; `preflight()`: what is checked before a
+    run)."""
 
-    type: Literal["jsonl", "atropos"] = "jsonl"
-    url: Str = "http://127.0.0.1:8000"
+    section: ClassVar[str] = "trainer"
+    default_kind: ClassVar[str] = "jsonl"
+    # True: groups go to a trainer API (registration, pacing, retries), not only to disk.
+    api: ClassVar[bool] = False
+
+    type: Str = "jsonl"
     # Set from env.* by the cluster (a new TrainerConfig; see actors/cluster.py).
     env_name: Str = "swe_smith"
     weight: float = 1.0
     min_batch_allocation: float | None = None
+
+    @classmethod
+    def kinds(cls) -> dict[str, type[KindSection]]:
+        return dict(_TRAINERS)
+
+    def preflight(self) -> str | None:
+        """Before a run: None if this trainer can take groups, else one line saying what to
+        change (nothing to check for one that writes files only)."""
+        return None
+
+
+class JsonlTrainerConfig(TrainerConfig):
+    """groups.jsonl in the run dir only (Atropos "process" mode): no API."""
+
+    type: Literal["jsonl"] = "jsonl"
+
+
+class AtroposTrainerConfig(TrainerConfig):
+    """A running Atropos API (`run-api`) at `url`."""
+
+    api: ClassVar[bool] = True
+
+    type: Literal["atropos"] = "atropos"
+    url: Str = "http://127.0.0.1:8000"
     status_interval: Annotated[float, Field(gt=0)] = 1.0
     register_poll: Annotated[float, Field(gt=0)] = 1.0
     send_batch: Annotated[int, Field(ge=1)] = 8
@@ -58,10 +89,34 @@ class TrainerConfig(ConfigModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("type") == "atropos" and not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value
+
+    def preflight(self) -> str | None:
+        # Something must listen at url (the trainer itself may register later: the run
+        # waits for that, visibly).
+        from rollout.preflight import probe_http
+
+        problem = probe_http(self.url.rstrip("/") + "/")
+        if problem:
+            return (f"the Atropos API at trainer.url={self.url} is not reachable ({problem}); "
+                    "start it first (`run-api`) or fix trainer.url")
+        return None
+
+
+_TRAINERS: dict[str, type[TrainerConfig]] = {}
+
+
+def register(cls: type[TrainerConfig]) -> type[TrainerConfig]:
+    """Register a trainer type's settings model under the default of its `type` field."""
+    _TRAINERS[cls.model_fields["type"].default] = cls
+    return cls
+
+
+register(JsonlTrainerConfig)
+register(AtroposTrainerConfig)
 
 
 @dataclass
@@ -88,7 +143,7 @@ class GroupSink:
         self.score_sum = 0.0
         self.score_n = 0
         self.registration: Registration | None = None
-        self.paused = trainer.type == "atropos"  # until registered and the status is known
+        self.paused = trainer.api  # until registered and the status is known
         self.api_up: bool | None = None
         self.last_status: dict[str, Any] = {}
         self._next_status = 0.0  # monotonic time of the next /status-env poll
@@ -102,7 +157,7 @@ class GroupSink:
                 max_retries=trainer.max_retries,
                 backoff=trainer.retry_backoff,
             )
-            if trainer.type == "atropos"
+            if trainer.api
             else None
         )
 

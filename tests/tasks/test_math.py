@@ -64,8 +64,8 @@ def test_loaders_bundled_and_gsm8k_format(tmp_path):
 
 
 def _policy(env, kind="gold", responses=()):
-    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, responses=list(responses)),
-                       env)
+    script = {"responses": list(responses)} if kind == "scripted" else {}  # scripted's own key
+    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, **script), env)
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -62,8 +62,8 @@ async def pool():
 
 
 def _policy(env, kind="gold", responses=()):
-    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, responses=list(responses)),
-                       env)
+    script = {"responses": list(responses)} if kind == "scripted" else {}  # scripted's own key
+    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, **script), env)
 
 
 @pytest.mark.asyncio(loop_scope="module")

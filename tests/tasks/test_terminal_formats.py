@@ -202,9 +202,9 @@ async def pool(layouts):
 
 
 def _policy(env, kind="gold"):
-    responses = ["Nothing to do."] if kind == "scripted" else []
-    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, responses=responses,
-                                    max_tokens=4096), env)
+    script = {"responses": ["Nothing to do."]} if kind == "scripted" else {}  # scripted's own key
+    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, max_tokens=4096, **script),
+                       env)
 
 
 async def _rollouts(pool, env, runs):

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from rollout.retry import NotReady, WaitTimeout, wait_until_blocking
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +83,31 @@ class EmbeddedServerProcess:
             )
         _LIVE.add(self)
         log.info("starting embedded policy server (pid %d, log %s)", self.proc.pid, self.log_file)
-        deadline = time.monotonic() + timeout
+        proc = self.proc
+
+        def healthy() -> str:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the embedded policy server exited with code {proc.returncode} before "
+                    f"it was ready; its log ends with:\n{self.log_tail()}"
+                )
+            url = self._ready_url()
+            if not (url and _healthy(url)):
+                raise NotReady("no ready file yet" if not url else f"{url}/health does not answer")
+            return url
+
         try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the embedded policy server exited with code {self.proc.returncode} before "
-                        f"it was ready; its log ends with:\n{self.log_tail()}"
-                    )
-                url = self._ready_url()
-                if url and _healthy(url):
-                    self.base_url = url
-                    log.info("embedded policy server ready at %s", url)
-                    return url
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the embedded policy server was not ready within {timeout:.0f} s "
-                        f"(first start converts the model, ~20 s); log tail:\n{self.log_tail()}"
-                    )
-                time.sleep(0.1)
+            try:
+                url = wait_until_blocking(healthy, what="the embedded policy server",
+                                          timeout=timeout, interval=0.1)
+            except WaitTimeout:
+                raise RuntimeError(
+                    f"the embedded policy server was not ready within {timeout:.0f} s "
+                    f"(first start converts the model, ~20 s); log tail:\n{self.log_tail()}"
+                ) from None
+            self.base_url = url
+            log.info("embedded policy server ready at %s", url)
+            return url
         except BaseException:
             self.stop()
             raise
