@@ -45,8 +45,8 @@ NO_SLOT_TASK = load_tasks({"kind": "math", "filter": ""})[0]
 
 
 def setup_of(slots, policy="gold", responses=(), group_size=SLOTS) -> GroupSetup:
-    made = make_policy(PolicyConfig(type=policy, tokenizer=QWEN_TOKENIZER,
-                                    responses=list(responses)), ENVS)
+    extra = {"responses": list(responses)} if policy == "scripted" else {}
+    made = make_policy(PolicyConfig(type=policy, tokenizer=QWEN_TOKENIZER, **extra), ENVS)
     return GroupSetup(policy=made, envs=ENVS, agent=AgentConfig(), slots=slots,
                       group_size=group_size, holder="test-worker")
 
