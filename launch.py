@@ -7,7 +7,7 @@ policy client every worker builds can be built), starts or joins Ray,
 starts the embedded policy server when `policy=embedded`, runs the actors until every task
 is done (or Ctrl-C / SIGTERM), and prints a summary (also the last thing in launch.log).
 
-A `run.dir` that holds a config.yaml is resumed with that saved config (rollout/resume.py):
+A `run.dir` that holds a config.yaml is resumed with that saved config (rollout/settings/resume.py):
 the command line may repeat it, and an override that changes it is refused (exit 2, the keys
 listed, the run dir untouched) unless `run.resume_overrides=true` is given.
 
@@ -189,7 +189,7 @@ def start_tool_server(cfg: Any, run_dir: Path) -> tuple[ToolServerProcess | None
     import secrets
     import subprocess
 
-    from rollout.toolbox import external_names
+    from rollout.agent.toolbox import external_names
 
     ts = cfg.tool_server
     if not ts.launch:
@@ -227,7 +227,7 @@ def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
     """Everything that can be checked before Ray starts; returns the loaded tasks and what
     the load skipped (by reason). Raises PreflightError (or the loader's own clear errors)
     with a one-line message."""
-    from rollout import preflight as pf
+    from rollout.settings import preflight as pf
     from rollout.tasks.mix import TaskEnvs, load_mixed
 
     pf.check_isolation(cfg.backend.name, cfg.sandbox.isolation)
@@ -281,7 +281,7 @@ def exit_code(snap: Any) -> int:
 async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool = False) -> int:
     from actors.cluster import RolloutCluster
     from actors.progress import ProgressView
-    from rollout.run_record import RunRecord
+    from rollout.record.run_record import RunRecord
 
     cluster = RolloutCluster(cfg, tasks, run_dir)
     loop = asyncio.get_running_loop()
@@ -312,7 +312,7 @@ async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool =
 def _gold_verdict(run_dir: Path) -> int:
     """A gold run validates the tasks: name those whose reference solution did not score
     1.0 (on stderr and in launch.log); 1 if there are any."""
-    from rollout.run_record import gold_failures
+    from rollout.record.run_record import gold_failures
 
     failed = gold_failures(run_dir)
     if not failed:
@@ -352,7 +352,7 @@ def _run_failed(run_dir: Path, error: BaseException, stage: str) -> int:
 
 @hydra.main(config_path="conf", config_name="launch", version_base=None)
 def main(dcfg: DictConfig) -> None:
-    from rollout.config import ConfigError, load_config
+    from rollout.settings.config import ConfigError, load_config
 
     try:
         raw = (_RESUMED if _RESUMED is not None
@@ -365,7 +365,7 @@ def main(dcfg: DictConfig) -> None:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         _fail(f"{key}: {first} (set it on the command line, e.g. {key}=...)" if key else first)
     logging.getLogger().setLevel(cfg.run.log_level)
-    from rollout.preflight import PreflightError
+    from rollout.settings.preflight import PreflightError
 
     try:
         tasks, skipped = preflight(cfg)
@@ -373,7 +373,7 @@ def main(dcfg: DictConfig) -> None:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    from rollout.run_record import write_load_report
+    from rollout.record.run_record import write_load_report
 
     write_load_report(run_dir, skipped)  # the summary counts what the load skipped
     if _RESUMED is None:
@@ -410,7 +410,7 @@ def main(dcfg: DictConfig) -> None:
 
 def _normalize_argv() -> None:
     """Plain `key=value` for every documented key; unknown keys refused with a suggestion."""
-    from rollout.overrides import OverrideError, normalize_overrides
+    from rollout.settings.overrides import OverrideError, normalize_overrides
 
     try:
         sys.argv[1:] = normalize_overrides(sys.argv[1:])
@@ -441,7 +441,7 @@ def _prepare_resume() -> None:
     """Before Hydra touches anything: if run.dir holds a saved config, resume with it, or
     refuse (exit 2, one line) overrides that would change it; the run dir stays untouched."""
     global _RESUMED, _RESUME_CHANGES
-    from rollout.resume import ResumeConflict, resume_config, saved_choices, saved_config
+    from rollout.settings.resume import ResumeConflict, resume_config, saved_choices, saved_config
 
     args = sys.argv[1:]
     where = _run_dir_arg(args)

@@ -33,8 +33,8 @@ from actors.rollout_worker import RolloutWorker, WorkerSettings
 from actors.sandbox_pool import HostQuotaActor, SandboxPool
 from actors.task_queue import TaskQueue
 from actors.trainer_sink import TrainerSink
-from rollout.config import LaunchConfig, slot_limits
-from rollout.stats import WorkerStats
+from rollout.settings.config import LaunchConfig, slot_limits
+from rollout.record.stats import WorkerStats
 from sandbox_image.config import SlotLimits
 from rollout.trainer.sink import GroupRules, TrainerConfig
 from rollout.types import Task

@@ -3,7 +3,7 @@ metrics agent (with Ray's `ray_` prefix) where the cluster runs it, e.g. `ray st
 `ray[default]`; a private local Ray without its dashboard has no agent, which is why the
 driver also serves a plain /metrics (actors/observe.py).
 
-The same families as the plain registry (rollout/metrics.py). A counter is registered without
+The same families as the plain registry (rollout/record/metrics.py). A counter is registered without
 its `_total`: Ray's exporter names counters itself."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.util import metrics as ray_metrics
 
-from rollout.metrics import Family
+from rollout.record.metrics import Family
 
 
 class RayInstruments:

@@ -25,14 +25,14 @@ from typing import Any
 from aiohttp import web
 
 from actors.metrics import RayInstruments
-from rollout.config import MetricsConfig
-from rollout.events import EventTail
-from rollout.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
+from rollout.settings.config import MetricsConfig
+from rollout.record.events import EventTail
+from rollout.record.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
 from rollout.report import build_report
 from rollout.report.data import TIMELINE_FILE
 from rollout.report.data import collect
-from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
-from rollout.wandb_log import LoggerConfig, WandbLogger
+from rollout.record.stats import ClusterStats, GroupStats, TrajectoryStats
+from rollout.record.wandb_log import LoggerConfig, WandbLogger
 
 log = logging.getLogger(__name__)
 

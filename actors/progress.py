@@ -12,8 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from actors.cluster import Snapshot
-from rollout.run_record import RunRecord
-from rollout.stats import WorkerStats
+from rollout.record.run_record import RunRecord
+from rollout.record.stats import WorkerStats
 
 log = logging.getLogger("progress")
 

@@ -28,12 +28,12 @@ import ray
 
 from actors.sandbox_pool import CALL_SLACK, close_direct_session
 from actors.slot_source import PoolSlots
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.group import GroupSetup, generate_group
 from rollout.leases import Lease
 from rollout.policy import PolicyConfig, make_policy
 from rollout.scored import ScoredGroup
-from rollout.stats import WorkerStats
+from rollout.record.stats import WorkerStats
 from rollout.tasks.mix import TaskEnvs
 
 log = logging.getLogger(__name__)

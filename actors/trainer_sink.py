@@ -11,9 +11,9 @@ from typing import Any
 import ray
 
 from actors.metrics import RayInstruments
-from rollout.events import EventLog
-from rollout.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
-from rollout.stats import GroupStats, TrajectoryStats
+from rollout.record.events import EventLog
+from rollout.record.metrics import NoopMetrics, PrometheusRegistry, StatsMetrics
+from rollout.record.stats import GroupStats, TrajectoryStats
 from rollout.trainer.sink import GroupRules, GroupSink, TrainerConfig
 
 
@@ -33,7 +33,7 @@ class TrainerSink:
         await self._events.start()
 
     def record(self, lines: list[dict[str, Any]]) -> None:
-        """One finished group's trajectory lines (rollout/trace.py): buffered, written by a
+        """One finished group's trajectory lines (rollout/record/trace.py): buffered, written by a
         background task."""
         self._events.add(lines)
         for line in lines:

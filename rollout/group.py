@@ -26,15 +26,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.protocols import Sandbox, SlotSource, TaskEnv
 from rollout.rollout import run_rollout
 from rollout.sandbox import SlotPool
 from rollout.scored import ScoredGroup
-from rollout.stats import WorkerStats
+from rollout.record.stats import WorkerStats
 from rollout.tasks.base import NoSlot, sandbox_spec_for
 from rollout.tasks.mix import TaskEnvs
-from rollout.trace import Trace
+from rollout.record.trace import Trace
 from rollout.types import Outcome, SandboxSpec, Task, TokenRecord, Trajectory
 
 log = logging.getLogger(__name__)

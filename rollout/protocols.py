@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
+    from rollout.record.stats import ClusterStats, GroupStats, TrajectoryStats
     from rollout.types import (Completion, ExecResult, Host, PythonResult, SandboxSpec, Task,
                                TokenRecord, ToolCall, ToolLimits, ToolResult, Verdict)
 
@@ -199,8 +199,8 @@ class Policy(Protocol):
 
 class Metrics(Protocol):
     """Where a run's numbers go (Prometheus, wandb, ...). Fed only at the edges, from typed
-    stats (rollout/stats.py): a trajectory's event line, a group's fate, the driver's view
-    of the actors. Implementations must be cheap and never raise. `rollout.metrics` has the
+    stats (rollout/record/stats.py): a trajectory's event line, a group's fate, the driver's view
+    of the actors. Implementations must be cheap and never raise. `rollout.record.metrics` has the
     no-op default and the plain Prometheus registry; Ray metrics live in actors/."""
 
     def trajectory(self, stats: TrajectoryStats) -> None: ...

@@ -25,18 +25,18 @@ from typing import Any
 
 import yaml
 
-from rollout.config import ConfigError, load_config, slot_limits
-from rollout.events import read_events
+from rollout.settings.config import ConfigError, load_config, slot_limits
+from rollout.record.events import read_events
 from rollout.group import LocalSlots
 from rollout.sandbox import SlotPool
 from rollout.tasks import load_tasks
 from rollout.tasks.base import sandbox_spec_for, tool_executor_for
 from rollout.tasks.mix import TaskEnvs
-from rollout.casts import CastError, final_screen, parse_cast
+from rollout.record.casts import CastError, final_screen, parse_cast
 from rollout.rollout import task_tools
-from rollout.toolbox import Toolbox, with_extra_tools
+from rollout.agent.toolbox import Toolbox, with_extra_tools
 from rollout.toolserver.registry import is_external
-from rollout.trace import Trace, TracedSandbox
+from rollout.record.trace import Trace, TracedSandbox
 from rollout.types import GradingError, SandboxError, ToolCall
 
 log = logging.getLogger(__name__)

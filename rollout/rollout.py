@@ -16,12 +16,12 @@ import dataclasses
 import logging
 import time
 
-from rollout.agent import AgentConfig, run_agent
+from rollout.agent.loop import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
 from rollout.tasks.base import agent_config_for, tool_executor_for, tool_names
-from rollout.toolbox import Toolbox, with_extra_tools
-from rollout.tools import describe_tools
-from rollout.trace import Trace, TracedSandbox, verify_fields
+from rollout.agent.toolbox import Toolbox, with_extra_tools
+from rollout.agent.tools import describe_tools
+from rollout.record.trace import Trace, TracedSandbox, verify_fields
 from rollout.types import (INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task,
                            TokenRecord, Trajectory)
 

@@ -29,7 +29,7 @@ class ScoredGroup:
     trajectories: list[Trajectory]
     generation_params: dict[str, Any] = field(default_factory=dict)
     group_overrides: dict[str, Any] = field(default_factory=dict)
-    # Each trajectory's event trace (rollout/trace.py; None where not recorded): this
+    # Each trajectory's event trace (rollout/record/trace.py; None where not recorded): this
     # process's record of how it ran, never part of the Atropos form or `to_dict`.
     traces: list[Any] = field(default_factory=list, repr=False, compare=False)
 

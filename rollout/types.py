@@ -142,7 +142,7 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class ToolLimits:
-    """What the built-in tools allow (rollout.tools); from `AgentConfig.tool_limits`."""
+    """What the built-in tools allow (rollout.agent.tools); from `AgentConfig.tool_limits`."""
 
     timeout_default: float = 60.0
     timeout_min: float = 1.0

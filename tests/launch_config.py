@@ -13,8 +13,8 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rollout.config import LaunchConfig, load_config
-from rollout.overrides import normalize_overrides
+from rollout.settings.config import LaunchConfig, load_config
+from rollout.settings.overrides import normalize_overrides
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

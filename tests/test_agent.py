@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from rollout.agent import AgentConfig, run_agent
+from rollout.agent.loop import AgentConfig, run_agent
 from rollout.policy import PolicyConfig, make_policy
-from rollout.tools import TOOL_SCHEMAS, SandboxTools
+from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools
 from rollout.types import INFRA_OUTCOMES, Outcome, Task
 from tests.agent_support import QWEN_TOKENIZER, DirSandbox
 from tests.policy.fake_servers import FakeModelServer

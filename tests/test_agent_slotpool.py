@@ -14,14 +14,14 @@ import json
 import pytest
 import pytest_asyncio
 
-from rollout.agent import AgentConfig, run_agent
+from rollout.agent.loop import AgentConfig, run_agent
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.scored import ScoredGroup
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.swe_smith import SweSmithEnv
-from rollout.tools import PERSISTENT_TERMINAL, TOOL_SCHEMAS
+from rollout.agent.tools import PERSISTENT_TERMINAL, TOOL_SCHEMAS
 from rollout.types import Outcome, Task
 from tests.agent_support import QWEN_TOKENIZER
 

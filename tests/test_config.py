@@ -1,6 +1,6 @@
 import pytest
 
-from rollout.config import ConfigError
+from rollout.settings.config import ConfigError
 from tests.launch_config import compose_config, compose_raw, qwen_tokenizer_dir
 
 GOLD = ["policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}"]

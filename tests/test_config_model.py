@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rollout.agent import AgentConfig
-from rollout.config import ConfigError, EnvConfig, RunSection, load_config
+from rollout.agent.loop import AgentConfig
+from rollout.settings.config import ConfigError, EnvConfig, RunSection, load_config
 from rollout.config_model import format_error
 from rollout.policy import PolicyConfig
 from rollout.tasks.config import GradingProfile, TaskSourceConfig
@@ -201,7 +201,7 @@ def test_each_kind_validates_its_own_settings():
 
 
 def test_a_kinds_lease_budget_and_exposed_paths_are_its_own(raw):
-    from rollout.config import LEASE_MARGIN, lease_budget, slot_limits
+    from rollout.settings.config import LEASE_MARGIN, lease_budget, slot_limits
 
     swe = with_value(raw, "tasks.profiles", {"r": {"test_timeout": 300, "python": "/opt/py/bin/python"}})
     cfg = load_config(swe)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rollout.leases import read_state
-from rollout.overrides import OverrideError, normalize_overrides
+from rollout.settings.overrides import OverrideError, normalize_overrides
 from tests.launch_config import compose_config, qwen_tokenizer_dir
 from tests.test_launch import GOLD, ROOT
 

@@ -14,7 +14,7 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.group import GroupSetup, LocalSlots, generate_group
 from rollout.policy import PolicyConfig, make_policy
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool

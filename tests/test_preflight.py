@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import launch
-from rollout.preflight import PreflightError
+from rollout.settings.preflight import PreflightError
 from tests.launch_config import compose_config, qwen_tokenizer_dir
 
 BASE = ["conf=math_repl", "policy=gold", "tasks.max_items=2"]
@@ -126,7 +126,7 @@ def test_launch_stops_on_a_tokenizer_that_cannot_serve_the_policy(tmp_path: Path
                                         ("sglang", "/health")])
 def test_an_endpoint_policy_is_probed_where_its_type_says(kind, path):
     from rollout.policy import PolicyConfig
-    from rollout.preflight import check_policy
+    from rollout.settings.preflight import check_policy
 
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(PreflightError) as info:
@@ -138,7 +138,7 @@ def test_an_endpoint_policy_is_probed_where_its_type_says(kind, path):
 
 def test_a_policy_without_a_server_to_reach_is_not_probed():
     from rollout.policy import PolicyConfig
-    from rollout.preflight import check_policy
+    from rollout.settings.preflight import check_policy
 
     for kind in ("gold", "scripted", "simulated", "embedded"):  # embedded: launch starts it
         check_policy(PolicyConfig(type=kind, tokenizer="t"))

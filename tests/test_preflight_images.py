@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from rollout.preflight import PreflightError, check_images
+from rollout.settings.preflight import PreflightError, check_images
 from rollout.tasks import load_tasks
 from tests.launch_config import compose_config
 

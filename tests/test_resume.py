@@ -1,11 +1,11 @@
-"""Resuming a run dir keeps its saved config (rollout/resume.py), on configs composed exactly
+"""Resuming a run dir keeps its saved config (rollout/settings/resume.py), on configs composed exactly
 as launch.py composes them. The launches themselves: tests/test_first_hour.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from rollout.resume import FLAG, ResumeConflict, resume_config, touched_keys
+from rollout.settings.resume import FLAG, ResumeConflict, resume_config, touched_keys
 from tests.launch_config import compose_raw, qwen_tokenizer_dir
 
 RUN = ["conf=swe_smith", "run.dir=/tmp/r", "policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}",

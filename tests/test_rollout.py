@@ -1,9 +1,9 @@
 """run_rollout: prepare, loop, verify in the same slot; failures become outcomes."""
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
-from rollout.tools import TOOL_SCHEMAS
+from rollout.agent.tools import TOOL_SCHEMAS
 from rollout.types import INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task, ToolCall, Verdict
 from tests.agent_support import QWEN_TOKENIZER, DirSandbox
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rollout.run_record import RunRecord
+from rollout.record.run_record import RunRecord
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -67,7 +67,7 @@ def test_an_empty_run_dir_records_nothing(tmp_path: Path):
 
 
 def test_gold_failures_name_every_task_whose_gold_did_not_score_one(tmp_path: Path):
-    from rollout.run_record import gold_failures
+    from rollout.record.run_record import gold_failures
 
     (tmp_path / "queue_state.json").write_text(json.dumps({
         "completed": {"a": "accepted", "b": "accepted"},

@@ -8,8 +8,8 @@ import pytest_asyncio
 
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.sandbox.slot_sandbox import SlotSandbox
-from rollout.shell_state import NOT_KEPT
-from rollout.tools import SandboxTools, ToolLimits
+from rollout.agent.shell_state import NOT_KEPT
+from rollout.agent.tools import SandboxTools, ToolLimits
 from rollout.types import ToolCall
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -3,7 +3,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.toolcalls import (
+from rollout.agent.toolcalls import (
     ParseLimits,
     ToolCallError,
     format_hermes_call,

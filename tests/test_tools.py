@@ -1,7 +1,7 @@
 import pytest
 
-from rollout.agent import AgentConfig
-from rollout.tools import (PERSISTENT_TERMINAL, TOOL_SCHEMAS, SandboxTools, ToolLimits,
+from rollout.agent.loop import AgentConfig
+from rollout.agent.tools import (PERSISTENT_TERMINAL, TOOL_SCHEMAS, SandboxTools, ToolLimits,
                            describe_tools, truncate_middle)
 from rollout.types import SandboxError, ToolCall
 from tests.agent_support import DirSandbox

@@ -1,6 +1,6 @@
 """The external tool server: a real aiohttp server in-process (its `python -m` process and
 launch's wiring are proven by tests/observe/test_terminal_recording.py), reached through
-the agent's routing executor (rollout/toolbox.py) exactly as a trajectory reaches it."""
+the agent's routing executor (rollout/agent/toolbox.py) exactly as a trajectory reaches it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from rollout.tasks.base import NoSlot
-from rollout.toolbox import Toolbox, with_extra_tools
-from rollout.tools import TOOL_SCHEMAS, SandboxTools, describe_tools
+from rollout.agent.toolbox import Toolbox, with_extra_tools
+from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools, describe_tools
 from rollout.toolserver import ExternalTool, register
 from rollout.toolserver.server import ToolServer
 from rollout.types import SandboxError, ToolCall, ToolLimits

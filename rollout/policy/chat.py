@@ -16,7 +16,7 @@ from typing import Any
 
 from rollout.policy.conversation import Generation, TokenConversation
 from rollout.policy.endpoint import EndpointPolicy
-from rollout.toolcalls import CLOSE_TAG, OPEN_TAG
+from rollout.agent.toolcalls import CLOSE_TAG, OPEN_TAG
 from rollout.types import PolicyError
 
 

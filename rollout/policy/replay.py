@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
-from rollout.toolcalls import format_hermes_call
+from rollout.agent.toolcalls import format_hermes_call
 from rollout.types import PolicyError, Task
 
 GOLD_FINAL_MESSAGE = "I have applied the reference solution."

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from rollout.config_model import ConfigModel, Str
 from rollout.policy.conversation import Generation, TokenConversation, TokenPolicy
 from rollout.protocols import Sandbox, TaskEnv
-from rollout.toolcalls import format_hermes_call
+from rollout.agent.toolcalls import format_hermes_call
 from rollout.types import Task, ToolCall, Verdict
 
 log = logging.getLogger(__name__)

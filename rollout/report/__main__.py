@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rollout.events import EVENTS_FILE
+from rollout.record.events import EVENTS_FILE
 from rollout.report import build_report
 
 

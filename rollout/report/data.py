@@ -1,7 +1,7 @@
 """Everything the HTML report shows, computed from the run dir alone.
 
 Inputs (all optional, so a report of a run still going, or of an old run, still builds):
-`events.jsonl` (one line per trajectory, rollout/trace.py), `timeline.jsonl` (the driver's
+`events.jsonl` (one line per trajectory, rollout/record/trace.py), `timeline.jsonl` (the driver's
 periodic snapshot: slots, tasks, trainer), `queue_state.json` (final drops), `summary.txt`,
 `config.yaml`.
 
@@ -24,8 +24,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from rollout.casts import CASTS_DIR
-from rollout.events import read_events
+from rollout.record.casts import CASTS_DIR
+from rollout.record.events import read_events
 from rollout.leases import read_state
 from rollout.types import INFRA_OUTCOMES
 

@@ -209,7 +209,7 @@ function showTrajectory(t) {
     box.appendChild(d);
   }
 }
-// A recording (asciinema v2 cast, rollout/casts.py) played on a tiny terminal: text, CR,
+// A recording (asciinema v2 cast, rollout/record/casts.py) played on a tiny terminal: text, CR,
 // LF, BS, TAB, clear, cursor position; other escape sequences are skipped.
 class Term {
   constructor(w, h) { this.w = w; this.h = h; this.reset(); }

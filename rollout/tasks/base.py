@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 from rollout.protocols import Sandbox, TaskEnv, ToolExecutor
-from rollout.tools import TOOL_SCHEMAS, SandboxTools, ToolLimits
+from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools, ToolLimits
 from rollout.types import ExecResult, SandboxError, SandboxSpec, Task
 
 

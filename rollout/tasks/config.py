@@ -1,6 +1,6 @@
 """Typed configuration for task sources: the settings every kind has, and SWE-smith's.
 
-Hydra configs are validated into these frozen models once (rollout/config.py; direct callers
+Hydra configs are validated into these frozen models once (rollout/settings/config.py; direct callers
 use `TaskSourceConfig.from_mapping`), so the rest of the task code never touches a raw
 DictConfig.
 """
@@ -146,7 +146,7 @@ class TaskSourceConfig(KindSection):
     def _switch_hint(cls, kind: Any) -> str:
         # A preset (conf=swe_smith) sets its kind's keys: `tasks.kind=terminal` on top of it
         # meets them; the kind's own preset is what to pick.
-        from rollout.overrides import group_options
+        from rollout.settings.overrides import group_options
 
         return (f" (conf={kind} is the preset of tasks.kind={kind})"
                 if kind in group_options("conf") else "")

@@ -22,7 +22,7 @@ from rollout.tasks.base import BaseTaskEnv
 from rollout.tasks.config import BUNDLED, TaskSourceConfig
 from rollout.tasks.loader import LoadReport, RowError, required_str, shape_tasks
 from rollout.tasks.registry import TaskKind, register
-from rollout.tools import PYTHON_SCHEMA, SandboxTools, ToolLimits
+from rollout.agent.tools import PYTHON_SCHEMA, SandboxTools, ToolLimits
 from rollout.types import SandboxSpec, Task, ToolCall, ToolResult, Verdict
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ task folder, `bundled` (ours), or a JSONL/JSON/parquet file of rows in the bundl
     image | dockerfile                an image reference | a Dockerfile's text or context dir
     files {path: text}, setup         workspace files, a script run before the agent
     solution                          a reference solution (for the gold policy)
-    tools                             extra tools it needs (e.g. tmux: rollout/toolbox.py;
+    tools                             extra tools it needs (e.g. tmux: rollout/agent/toolbox.py;
                                       folder: environment/tools, one a line)
     solution_calls                    or a reference solution as tool calls [{name,
                                       arguments}] (folder: solution.json), e.g. keystrokes
@@ -120,7 +120,7 @@ def _tools_and_calls(row: dict[str, Any]) -> dict[str, Any]:
     if tools:
         if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
             raise RowError("tools must be a list of tool names")
-        from rollout.toolbox import extra_tool_schemas
+        from rollout.agent.toolbox import extra_tool_schemas
 
         try:
             extra_tool_schemas(tools)

@@ -1,7 +1,7 @@
 """External tools: tools that must never run in a slot (credentials, the outside world).
 
 An external tool is a class registered here by name; its schema carries `"external": true`
-(what the agent's tool loop routes by, rollout/toolbox.py, and what `describe_tools` strips
+(what the agent's tool loop routes by, rollout/agent/toolbox.py, and what `describe_tools` strips
 before the model sees it). The tool server (rollout/toolserver/server.py) builds the tools
 its config names, each from its own config mapping, and runs them; the agent side only
 needs the schemas. A tool's `run` returns the observation text, or raises `ToolFailure`

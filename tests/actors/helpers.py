@@ -11,7 +11,7 @@ from typing import Any, Callable
 import psutil
 
 from actors.cluster import RolloutCluster, Snapshot
-from rollout.config import LaunchConfig
+from rollout.settings.config import LaunchConfig
 from rollout.tasks import load_tasks
 from tests.launch_config import compose_config, qwen_tokenizer_dir
 

@@ -9,7 +9,7 @@ import ray
 from pydantic import ValidationError
 
 from actors.cluster import RolloutCluster
-from rollout.config import LaunchConfig
+from rollout.settings.config import LaunchConfig
 from tests.actors.helpers import gold_config
 
 

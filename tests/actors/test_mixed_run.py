@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from actors.progress import ProgressView
-from rollout.events import read_events
+from rollout.record.events import read_events
 from rollout.replay import Replayer
-from rollout.run_record import RunRecord
+from rollout.record.run_record import RunRecord
 from rollout.report.data import collect
 from tests.actors.helpers import gold_config, groups_jsonl, make_cluster, run_until_done
 

@@ -4,8 +4,8 @@ from rich.console import Console
 
 from actors.cluster import Snapshot
 from actors.progress import ProgressView, render, time_shares
-from rollout.run_record import KindRecord, RunRecord
-from rollout.stats import WorkerStats
+from rollout.record.run_record import KindRecord, RunRecord
+from rollout.record.stats import WorkerStats
 from tests.actors.helpers import gold_config
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rollout.agent import AgentConfig, run_agent  # noqa: E402
+from rollout.agent.loop import AgentConfig, run_agent  # noqa: E402
 from rollout.policy import PolicyConfig, make_policy  # noqa: E402
-from rollout.tools import TOOL_SCHEMAS  # noqa: E402
+from rollout.agent.tools import TOOL_SCHEMAS  # noqa: E402
 from rollout.types import Task, ToolResult  # noqa: E402
 from tests.agent_support import QWEN_TOKENIZER  # noqa: E402
 

@@ -11,7 +11,7 @@ rollout/policy/template.py (`hermes`, `smollm2`) or one of the experimental ones
 sample is one trajectory's first turn: the task's messages and tools exactly as rollout.py
 opens a conversation, rendered by the policy's ChatRenderer, sampled by the real model in
 process (BatchedEngine, batched; the tokens are the model's own samples, no constrained
-decoding), parsed by rollout/toolcalls.py with the task's tool names. "well-formed" counts
+decoding), parsed by rollout/agent/toolcalls.py with the task's tool names. "well-formed" counts
 samples with at least one call the agent would run; "attempted" also counts calls the parser
 rejects (bad JSON, unknown tool). Samples cycle over the first --tasks tasks; seeds are fixed,
 so a rerun on the same machine reproduces the counts.
@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rollout.agent import AgentConfig  # noqa: E402
+from rollout.agent.loop import AgentConfig  # noqa: E402
 from rollout.policy.embedded import load_model  # noqa: E402
 from rollout.policy.embedded.engine import BatchedEngine  # noqa: E402
 from rollout.policy.embedded.sampling import SamplingParams  # noqa: E402
@@ -49,8 +49,8 @@ from rollout.policy.template import (  # noqa: E402
 )
 from rollout.tasks import load_tasks, make_env  # noqa: E402
 from rollout.tasks.base import tool_names  # noqa: E402
-from rollout.toolcalls import parse_tool_calls  # noqa: E402
-from rollout.tools import describe_tools  # noqa: E402
+from rollout.agent.toolcalls import parse_tool_calls  # noqa: E402
+from rollout.agent.tools import describe_tools  # noqa: E402
 
 Messages = list[dict[str, Any]]
 

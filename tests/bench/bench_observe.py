@@ -35,12 +35,12 @@ import ray  # noqa: E402
 
 from actors.cluster import Snapshot  # noqa: E402
 from actors.observe import RunObserver  # noqa: E402
-from rollout.config import MetricsConfig  # noqa: E402
-from rollout.events import read_events  # noqa: E402
-from rollout.metrics import PrometheusRegistry, StatsMetrics  # noqa: E402
+from rollout.settings.config import MetricsConfig  # noqa: E402
+from rollout.record.events import read_events  # noqa: E402
+from rollout.record.metrics import PrometheusRegistry, StatsMetrics  # noqa: E402
 from rollout.report import build_report  # noqa: E402
-from rollout.stats import GroupStats, TrajectoryStats  # noqa: E402
-from rollout.trace import Trace  # noqa: E402
+from rollout.record.stats import GroupStats, TrajectoryStats  # noqa: E402
+from rollout.record.trace import Trace  # noqa: E402
 from tests.actors.helpers import gold_config, make_cluster, run_until_done  # noqa: E402
 
 

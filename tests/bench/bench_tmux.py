@@ -3,7 +3,7 @@
     python tests/bench/bench_tmux.py [--smoke] [--n N]
 
 One local slot (real slot server, bubblewrap, slot container), one trajectory's tools
-(rollout/toolbox.py). Times N calls of each, interleaved:
+(rollout/agent/toolbox.py). Times N calls of each, interleaved:
 - terminal: the plain `terminal` tool running `echo hi` (one command of the slot);
 - tmux send+capture: `tmux` action=send of `echo hi` + Enter with wait=none (keys sent, the
   screen captured in the same command: the tool's own cost);
@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool  # noqa: E402
-from rollout.toolbox import Toolbox, with_extra_tools  # noqa: E402
-from rollout.tools import TOOL_SCHEMAS, SandboxTools  # noqa: E402
+from rollout.agent.toolbox import Toolbox, with_extra_tools  # noqa: E402
+from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools  # noqa: E402
 from rollout.types import ToolCall, ToolLimits  # noqa: E402
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from rollout.events import read_events
+from rollout.record.events import read_events
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_observe.py"
 

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from rollout.events import EVENTS_FILE, EventLog, read_events
+from rollout.record.events import EVENTS_FILE, EventLog, read_events
 from tests.actors.helpers import groups_jsonl
 from tests.observe.conftest import GOLD_TASKS, GROUP_SIZE
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import re
 
-from rollout.metrics import FAMILIES, LABEL_RE, NAME_RE, NoopMetrics, PrometheusRegistry, StatsMetrics
+from rollout.record.metrics import FAMILIES, LABEL_RE, NAME_RE, NoopMetrics, PrometheusRegistry, StatsMetrics
 from rollout.protocols import Metrics
-from rollout.stats import ClusterStats, GroupStats, TrajectoryStats, policy_error_kind
+from rollout.record.stats import ClusterStats, GroupStats, TrajectoryStats, policy_error_kind
 from tests.observe.conftest import GOLD_TASKS, GROUP_SIZE
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
@@ -124,7 +124,7 @@ def test_the_grafana_dashboard_and_scrape_config_name_real_families():
 
 
 def test_worker_stats_add_up_without_changing_the_parts():
-    from rollout.stats import WorkerStats
+    from rollout.record.stats import WorkerStats
 
     a = WorkerStats(trajectories_done=1, traj_time=1.5, outcomes={"done": 1})
     b = WorkerStats(trajectories_done=2, traj_time=2.0, outcomes={"done": 1, "timeout": 1},

@@ -8,10 +8,10 @@ import logging
 
 from actors.cluster import Snapshot
 from actors.observe import RunObserver
-from rollout.config import MetricsConfig
+from rollout.settings.config import MetricsConfig
 from rollout.report import REPORT_FILE
 from rollout.report.data import TIMELINE_FILE
-from rollout.stats import WorkerStats
+from rollout.record.stats import WorkerStats
 
 
 def _snap() -> Snapshot:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rollout.events import EVENTS_FILE, read_events
+from rollout.record.events import EVENTS_FILE, read_events
 from rollout.replay import Replayer, recorded_calls
 from tests.observe.conftest import GOLD_TASKS, GROUP_SIZE
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.events import read_events
+from rollout.record.events import read_events
 from rollout.report import REPORT_FILE, build_report
 from rollout.report.data import collect, reliability
 from tests.observe.browser import Page

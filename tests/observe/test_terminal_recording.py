@@ -18,8 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rollout.casts import final_screen, parse_cast
-from rollout.events import read_events
+from rollout.record.casts import final_screen, parse_cast
+from rollout.record.events import read_events
 from rollout.report import REPORT_FILE
 from rollout.tasks.terminal import BUNDLED_TERMINAL
 from tests.actors.helpers import groups_jsonl

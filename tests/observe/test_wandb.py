@@ -9,9 +9,9 @@ import sys
 
 from actors.cluster import Snapshot
 from actors.observe import RunObserver
-from rollout.config import MetricsConfig
+from rollout.settings.config import MetricsConfig
 from rollout.report import REPORT_FILE
-from rollout.wandb_log import TABLE_COLUMNS, LoggerConfig
+from rollout.record.wandb_log import TABLE_COLUMNS, LoggerConfig
 from tests.observe.conftest import GOLD_TASKS, GROUP_SIZE
 from tests.observe.wandb_file import history_and_config
 

@@ -5,12 +5,12 @@ import logging
 
 import pytest
 
-from rollout.agent import AgentConfig, run_agent
-from rollout.config import ConfigError
+from rollout.agent.loop import AgentConfig, run_agent
+from rollout.settings.config import ConfigError
 from rollout.policy import PolicyConfig, make_policy
 from rollout.policy.completions import parse_completion
 from rollout.policy.sglang import parse_generate
-from rollout.tools import TOOL_SCHEMAS
+from rollout.agent.tools import TOOL_SCHEMAS
 from rollout.types import Outcome, PolicyError, Task
 from tests.agent_support import QWEN_TOKENIZER, DirSandbox
 

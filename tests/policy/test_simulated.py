@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
 from rollout.policy.simulated import FINAL_MESSAGE, SimulatedScoring
 from rollout.rollout import run_rollout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.config import WorkersConfig
+from rollout.settings.config import WorkersConfig
 from rollout.policy.embedded.sizing import (TURN_SHARE, Throughput, needs_full_batch,
                                             sized_workers, trajectory_limit)
 

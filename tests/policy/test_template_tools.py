@@ -5,8 +5,8 @@ import json
 import pytest
 
 from rollout.policy.template import ChatRenderer, load_tokenizer, with_smollm2_tool_instructions
-from rollout.toolcalls import ParseLimits, parse_tool_calls
-from rollout.tools import TOOL_SCHEMAS
+from rollout.agent.toolcalls import ParseLimits, parse_tool_calls
+from rollout.agent.tools import TOOL_SCHEMAS
 from tests.launch_config import qwen_tokenizer_dir
 
 # A plain ChatML template, like SmolLM2's: it renders roles and content, never tools.

@@ -8,10 +8,10 @@ completions server named by ROLLOUT_TEST_COMPLETIONS_URL (+ ROLLOUT_TEST_TOKENIZ
 import pytest
 from atroposlib.api.server import ScoredData
 
-from rollout.agent import AgentConfig, run_agent
+from rollout.agent.loop import AgentConfig, run_agent
 from rollout.policy import PolicyConfig, make_policy
 from rollout.scored import ScoredGroup
-from rollout.tools import TOOL_SCHEMAS
+from rollout.agent.tools import TOOL_SCHEMAS
 from rollout.types import Outcome, Task
 from tests.agent_support import DirSandbox
 from tests.policy.conftest import EXTERNAL_URL, TOKENIZER

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
-from rollout.tools import TOOL_SCHEMAS
+from rollout.agent.tools import TOOL_SCHEMAS
 from rollout.types import Task
 from tests.agent_support import DirSandbox
 from tests.policy.test_token_exact import MESSAGES, check_exact, run_recorded

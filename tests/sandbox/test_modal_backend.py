@@ -145,7 +145,7 @@ def test_block_network_is_refused_at_config_time_with_the_reason() -> None:
 
 
 def test_missing_modal_credentials_are_one_line(tmp_path, monkeypatch) -> None:
-    from rollout.preflight import PreflightError, check_backend
+    from rollout.settings.preflight import PreflightError, check_backend
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)

@@ -541,7 +541,7 @@ def _closed_port() -> int:
 
 
 async def test_preflight_names_the_key_for_nomad_problems(emulator: EmulatorServer) -> None:
-    from rollout.preflight import PreflightError, check_backend
+    from rollout.settings.preflight import PreflightError, check_backend
 
     def check(**overrides: Any) -> str:
         with pytest.raises(PreflightError) as e:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rollout.config import ConfigError
+from rollout.settings.config import ConfigError
 from rollout.tasks.config import TaskSourceConfig, GradingProfile
 from rollout.tasks.grading import grade, pytest_run
 from rollout.tasks.swe_smith import _is_src_layout

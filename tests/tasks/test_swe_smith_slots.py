@@ -20,7 +20,7 @@ from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
 from rollout.tasks import TaskSourceConfig, load_tasks
 from rollout.tasks.grading import node_files
 from rollout.tasks.swe_smith import SweSmithEnv
-from rollout.tools import SandboxTools
+from rollout.agent.tools import SandboxTools
 from rollout.types import GradingError, Task
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -184,7 +184,7 @@ async def test_prepared_slot_has_no_fix_and_a_fresh_git_repo(pool, env, tasks):
 async def test_gold_policy_rollout_end_to_end_records_per_test_results(pool, env, tasks):
     # The whole agent path: the gold policy's Hermes tool calls, parsed and executed by the
     # agent loop, then graded; one instance per bundled repo.
-    from rollout.agent import AgentConfig
+    from rollout.agent.loop import AgentConfig
     from rollout.policy import PolicyConfig, make_policy
     from rollout.rollout import run_rollout
     from tests.agent_support import QWEN_TOKENIZER

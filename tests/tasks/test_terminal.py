@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
@@ -158,9 +158,9 @@ def test_dockerfile_environments_become_build_labels(tmp_path):
 async def test_the_tmux_tool_drives_an_interactive_session(pool):
     """Keys, Ctrl-C, arrows, waits and the screen, in a real slot; the shell lives between
     calls (the slot is a long-lived container) and is gone once stopped."""
-    from rollout.casts import final_screen
-    from rollout.toolbox import Toolbox, with_extra_tools
-    from rollout.tools import TOOL_SCHEMAS, SandboxTools
+    from rollout.record.casts import final_screen
+    from rollout.agent.toolbox import Toolbox, with_extra_tools
+    from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools
     from rollout.types import ToolCall, ToolLimits
 
     async with pool.session("tmux") as sandbox:

@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import pytest
 import pytest_asyncio
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
-from rollout.preflight import (PreflightError, check_sandbox_specs, check_task_budgets,
+from rollout.settings.preflight import (PreflightError, check_sandbox_specs, check_task_budgets,
                                check_tasks)
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.policy import PolicyConfig, make_policy
 from rollout.rollout import run_rollout
 from rollout.sandbox import LocalConfig, SlotLimits, SlotPool

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from rollout.overrides import CONF_DIR, GROUPS
+from rollout.settings.overrides import CONF_DIR, GROUPS
 
 CONFIG_FILE = "config.yaml"
 FLAG = "run.resume_overrides"

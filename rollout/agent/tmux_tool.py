@@ -19,7 +19,7 @@ Waiting after the keys, all bounded by the call's timeout, polled inside the slo
 - `none`: capture at once;
 and with `until` (any wait): until that text is on the screen.
 The observation is the screen (trailing blanks trimmed) and one status line. With a `Cast`
-the screens seen while waiting are recorded with their times (rollout/casts.py).
+the screens seen while waiting are recorded with their times (rollout/record/casts.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import shlex
 import time
 from typing import Any
 
-from rollout.casts import Cast
+from rollout.record.casts import Cast
 from rollout.protocols import Sandbox
 from rollout.types import ToolLimits
 

@@ -2,7 +2,7 @@
 
 - `terminal`: one `sh -c` command in the workspace; its timeout is clamped to the configured
   range. Stateless, or with `persistent_shell` one shell session per trajectory: the working
-  directory and exported variables carry over (rollout/shell_state.py).
+  directory and exported variables carry over (rollout/agent/shell_state.py).
 - `read_file`: a workspace file, optionally a line range, capped in bytes.
 - `write_file`: create or overwrite a workspace file.
 - `python` (offered by envs that ask for it, `PYTHON_SCHEMA`): code run in the slot's
@@ -20,8 +20,8 @@ import logging
 import posixpath
 from typing import Any
 
-from rollout.protocols import Sandbox, ToolExecutor  # noqa: F401  (re-exported: rollout.agent)
-from rollout.shell_state import NOT_KEPT, ShellSession
+from rollout.protocols import Sandbox, ToolExecutor  # noqa: F401  (re-exported: rollout.agent.loop)
+from rollout.agent.shell_state import NOT_KEPT, ShellSession
 from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 
 log = logging.getLogger(__name__)

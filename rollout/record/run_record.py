@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rollout.events import EVENTS_FILE, read_events
+from rollout.record.events import EVENTS_FILE, read_events
 from rollout.leases import failure_kind, read_state
 from rollout.types import INFRA_OUTCOMES
 
 INFRA = {o.value for o in INFRA_OUTCOMES}
-# Event kind (rollout/trace.py) -> the share of a trajectory's time it is shown as.
+# Event kind (rollout/record/trace.py) -> the share of a trajectory's time it is shown as.
 TIME_OF_EVENT = {"turn": "llm", "tool": "tools", "prepare": "prepare", "verify": "grading",
                  "acquire": "slot wait"}
 

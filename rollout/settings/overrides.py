@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 # Hydra config groups under conf/ that a user selects with `group=option`.
 GROUPS = ("conf", "backend", "policy", "trainer", "logger")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class OverrideError(ValueError):
@@ -88,10 +88,10 @@ class KeySchema:
 
 
 def launch_schema() -> KeySchema:
-    """The schema of `launch.py`'s configuration (rollout.config.load_config's sections);
+    """The schema of `launch.py`'s configuration (rollout.settings.config.load_config's sections);
     a section typed per kind (`backend.*`, `tasks.*`, `policy.*`, `trainer.*`) is the union
     of every registered kind's keys (the chosen kind's model refuses the others, naming it)."""
-    from rollout.config import LaunchConfig, section_variants
+    from rollout.settings.config import LaunchConfig, section_variants
 
     sections: dict[str, list[Any]] = {}
     for name, hint in (_fields(LaunchConfig) or {}).items():

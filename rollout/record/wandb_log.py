@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from rollout.config_model import ConfigModel, Str
-from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
+from rollout.record.stats import ClusterStats, GroupStats, TrajectoryStats
 
 log = logging.getLogger(__name__)
 

@@ -117,7 +117,7 @@ def check_sandbox_specs(tasks: list[Any], envs: Any, limits: Any) -> None:
 def check_task_budgets(tasks: list[Any], envs: Any, cfg: Any) -> None:
     """Tasks with their own agent or verifier timeouts (task.toml / task.yaml) may hold a
     slot longer than the config says; the backend must keep its sandboxes that long."""
-    from rollout.config import LEASE_MARGIN
+    from rollout.settings.config import LEASE_MARGIN
     from rollout.tasks.base import task_budget
 
     worst = 0.0

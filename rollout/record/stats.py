@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Event kinds (rollout/trace.py) -> the latency phase they are observed as.
+# Event kinds (rollout/record/trace.py) -> the latency phase they are observed as.
 PHASE_OF_EVENT = {"acquire": "acquire_wait", "prepare": "prepare", "turn": "llm_call",
                   "tool": "tool_call", "verify": "grading", "send": "trainer_send"}
 

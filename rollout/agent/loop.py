@@ -32,9 +32,9 @@ from pydantic import field_validator
 
 from rollout.config_model import ConfigModel, Str
 from rollout.protocols import Conversation, Sandbox
-from rollout.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
-from rollout.tools import TOOL_NAMES, SandboxTools, ToolExecutor, ToolLimits
-from rollout.trace import Trace, clip, tool_fields
+from rollout.agent.toolcalls import ParseLimits, ToolCallError, parse_tool_calls
+from rollout.agent.tools import TOOL_NAMES, SandboxTools, ToolExecutor, ToolLimits
+from rollout.record.trace import Trace, clip, tool_fields
 from rollout.types import Outcome, PolicyError, SandboxError, ToolCall, ToolResult, Trajectory
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class AgentConfig(ConfigModel):
     persistent_shell: bool = False
     # Tools offered beside the env's own, for every task: `tmux` (the interactive terminal)
     # and external tools of the tool server (http_fetch, calculator, plug-ins). A task may
-    # name its own too (a terminal task's environment/tools). See rollout/toolbox.py.
+    # name its own too (a terminal task's environment/tools). See rollout/agent/toolbox.py.
     tools: list[Str] = []
     tool_server_url: Str | None = None  # set by launch when tool_server.launch=true
     tool_server_token_env: Str = "ROLLOUT_TOOL_SERVER_TOKEN"  # where this process finds its token
@@ -71,7 +71,7 @@ class AgentConfig(ConfigModel):
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, value: list[str]) -> list[str]:
-        from rollout.toolbox import extra_tool_schemas
+        from rollout.agent.toolbox import extra_tool_schemas
 
         extra_tool_schemas(value)  # raises, naming the known ones
         return value

@@ -2,7 +2,7 @@
 trajectory over three kinds of tools.
 
 - in the slot: the env's own executor (terminal, read_file, write_file, python, ...);
-- `tmux`: the interactive terminal, also in the slot (rollout/tmux_tool.py);
+- `tmux`: the interactive terminal, also in the slot (rollout/agent/tmux_tool.py);
 - external (the schema says `"external": true`): sent to the tool server
   (rollout/toolserver/), never run in the slot, so a tool's secret is never where the model's
   commands run. The server's URL is `agent.tool_server_url`; its token is read from the
@@ -12,7 +12,7 @@ trajectory over three kinds of tools.
 Tools besides the env's are named by `agent.tools` (for every task) or a task's own `tools`
 list (a terminal task's `environment/tools`). With recording on (the run records events),
 the plain terminal's commands and outputs and the tmux screens become asciinema casts
-(rollout/casts.py), handed to the trajectory's trace at the end.
+(rollout/record/casts.py), handed to the trajectory's trace at the end.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from rollout.casts import Cast
-from rollout.tmux_tool import HEIGHT, TMUX_SCHEMA, WIDTH, TmuxArgumentError, TmuxSession
+from rollout.record.casts import Cast
+from rollout.agent.tmux_tool import HEIGHT, TMUX_SCHEMA, WIDTH, TmuxArgumentError, TmuxSession
 from rollout.toolserver.registry import external_schema, is_external, known
 from rollout.types import SandboxError, ToolCall, ToolLimits, ToolResult
 
@@ -191,6 +191,6 @@ def _crlf(text: str) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    from rollout.tools import truncate_middle
+    from rollout.agent.tools import truncate_middle
 
     return truncate_middle(text, limit)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
-from rollout.agent import AgentConfig
+from rollout.agent.loop import AgentConfig
 from rollout.config_model import ConfigError, ConfigModel, KindSection, Str, format_error
 from rollout.policy import PolicyConfig
 from rollout.sandbox.config import BackendConfig, PoolSection
@@ -20,7 +20,7 @@ from sandbox_image.config import SlotLimits
 from rollout.sandbox.registry import UnknownBackend, backend_config, config_class, names
 from rollout.tasks import TaskSourceConfig
 from rollout.trainer.sink import TrainerConfig
-from rollout.wandb_log import LoggerConfig
+from rollout.record.wandb_log import LoggerConfig
 
 
 class RunSection(ConfigModel):
@@ -235,7 +235,7 @@ def _cross_check(cfg: LaunchConfig) -> None:
         cfg.backend.check_lease_budget(lease_budget(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    from rollout.toolbox import external_names
+    from rollout.agent.toolbox import external_names
 
     external = external_names(cfg.agent.tools)
     if external and not (cfg.agent.tool_server_url or cfg.tool_server.launch):

@@ -6,7 +6,7 @@ Guarantees:
 - `close()` writes everything added before it; lines are whole (a reader may read a file
   being written and skip only a trailing partial line, see `read_events`).
 - A write error is logged once and the lines are kept for the next try: the run goes on.
-- A line's terminal recordings (`"casts": {kind: cast text}`, rollout/casts.py) are written
+- A line's terminal recordings (`"casts": {kind: cast text}`, rollout/record/casts.py) are written
   to `<run_dir>/casts/<trajectory>.<kind>.cast` before the line that names them; the line
   keeps `"casts": {kind: "casts/<file>"}`.
 """
@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from rollout.casts import CASTS_DIR, cast_name
+from rollout.record.casts import CASTS_DIR, cast_name
 
 log = logging.getLogger(__name__)
 

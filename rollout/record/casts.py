@@ -5,13 +5,13 @@ piece of output, `time` in seconds from the start of the recording
 (https://docs.asciinema.org/manual/asciicast/v2/). Two kinds are recorded:
 
 - `shell`: the plain `terminal` tool as a shell session: `$ command`, then its output;
-- `tmux`: the interactive terminal (rollout/tmux_tool.py) as the screens it showed: every
+- `tmux`: the interactive terminal (rollout/agent/tmux_tool.py) as the screens it showed: every
   screen change the tool saw while it waited, and the screen it returned, each one a full
   redraw (clear, home, the screen's lines), so a player needs no terminal state beyond
   the current frame and the final frame is exactly what the model was shown.
 
 Casts travel with the trajectory's event line (`Trace.casts`) and are written by the event
-log to `<run_dir>/casts/` (rollout/events.py); the HTML report plays them, replay compares
+log to `<run_dir>/casts/` (rollout/record/events.py); the HTML report plays them, replay compares
 its own tmux screens with them.
 
 `Screen` is the small terminal the report's JavaScript player also implements (printable

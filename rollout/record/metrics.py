@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from rollout.stats import ClusterStats, GroupStats, TrajectoryStats
+from rollout.record.stats import ClusterStats, GroupStats, TrajectoryStats
 
 log = logging.getLogger(__name__)
 # No `<name>_created` series beside every counter and histogram (a process-wide setting of

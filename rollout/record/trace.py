@@ -13,7 +13,7 @@ Line format (version 1), one object per trajectory:
      "ev": [[kind, offset_s, duration_s, {fields}], ...]}
 
 plus "casts": {kind: file under casts/} when the trajectory's terminals were recorded
-(rollout/casts.py; in the line a worker sends, the cast texts, written out by the event log),
+(rollout/record/casts.py; in the line a worker sends, the cast texts, written out by the event log),
 plus "queued": seconds it waited for its worker's `workers.trajectories_in_flight` share
 before it started (t0 and wall start after that wait), when that bound is set.
 
@@ -57,7 +57,7 @@ class Trace:
         self.events: list[list[Any]] = []
         self.last_exit: int | None = None  # set by TracedSandbox on every exec
         self.info = info
-        self.casts: dict[str, str] = {}  # kind -> asciinema cast text (rollout/casts.py)
+        self.casts: dict[str, str] = {}  # kind -> asciinema cast text (rollout/record/casts.py)
 
     def restart(self, **info: Any) -> None:
         """Start the clock now (a trajectory that waited for its turn to run: its wall is its

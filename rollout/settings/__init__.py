@@ -1,0 +1,1 @@
+"""The run's configuration and the checks a launch makes before it starts."""
