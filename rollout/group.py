@@ -83,13 +83,11 @@ async def run_trajectory(task: Task, setup: GroupSetup, attempt: int,
 async def _run(task: Task, setup: GroupSetup, attempt: int, index: int,
                info: dict[str, Any]) -> tuple[Trajectory, Trace | None]:
     traj_id = f"{setup.holder}/{task.task_id}/{attempt}/{index}-{uuid.uuid4().hex[:6]}"
-    trace = (Trace(traj_id, task.task_id, attempt=attempt, worker=setup.holder,
-                   image=task.image, kind=task.kind, **info)
-             if setup.record_events else None)
     stats = setup.stats
     stats.trajectories_in_flight += 1
     started = time.monotonic()
     spec: SandboxSpec | None = None
+    trace: Trace | None = None
     held = False
     try:
         kind_env = setup.envs.for_task(task)
@@ -97,6 +95,9 @@ async def _run(task: Task, setup: GroupSetup, attempt: int, index: int,
         env = setup.policy_envs.get(task.kind)
         if env is None:
             env = setup.policy_envs[task.kind] = setup.policy.task_env(kind_env)
+        if setup.record_events:
+            trace = Trace(traj_id, task.task_id, attempt=attempt, worker=setup.holder,
+                          image=task.image, kind=task.kind, **info)
         async with setup.slots.session(traj_id, spec) as sandbox:
             held = True
             slot = sandbox.slot

@@ -30,11 +30,10 @@ from rollout.record.events import read_events
 from rollout.group import LocalSlots
 from rollout.sandbox import SlotPool
 from rollout.tasks import load_tasks
-from rollout.tasks.base import sandbox_spec_for, tool_executor_for
+from rollout.tasks.base import sandbox_spec_for, task_toolset
 from rollout.tasks.mix import TaskEnvs
 from rollout.record.casts import CastError, final_screen, parse_cast
-from rollout.rollout import task_tools
-from rollout.agent.toolbox import Toolbox, with_extra_tools
+from rollout.agent.toolbox import Toolbox
 from rollout.toolserver.registry import is_external
 from rollout.record.trace import Trace, TracedSandbox
 from rollout.types import GradingError, SandboxError, ToolCall
@@ -151,8 +150,7 @@ class Replayer:
         try:
             await env.prepare(task, sandbox)
             agent = self.cfg.agent
-            local = tool_executor_for(env, task, sandbox, agent.tool_limits)
-            offered = with_extra_tools(env.tools(task), [*agent.tools, *task_tools(task)])
+            local, offered = task_toolset(env, task, sandbox, agent.tools, agent.tool_limits)
             # External tools are not replayed: they never touched the slot, and the run's
             # tool server (and its secrets) is not this process's.
             tools = Toolbox(local, sandbox, agent.tool_limits,

@@ -18,9 +18,9 @@ import time
 
 from rollout.agent.loop import AgentConfig, run_agent
 from rollout.protocols import Policy, Sandbox, TaskEnv, ToolExecutor
-from rollout.tasks.base import agent_config_for, tool_executor_for, tool_names
-from rollout.agent.toolbox import Toolbox, with_extra_tools
-from rollout.agent.tools import describe_tools
+from rollout.agent.toolbox import Toolbox
+from rollout.agent.tools import describe_tools, tool_names
+from rollout.tasks.base import agent_config_for, task_toolset
 from rollout.record.trace import Trace, TracedSandbox, verify_fields
 from rollout.types import (INFRA_OUTCOMES, GradingError, Outcome, SandboxError, Task,
                            TokenRecord, Trajectory)
@@ -41,7 +41,6 @@ async def run_rollout(
 ) -> Trajectory:
     """`trace` (optional) gets the prepare and verify events, and the agent's."""
     timings: dict[str, float] = {}
-    cfg = agent_config_for(env, task, cfg)
     if trace is not None:
         sandbox = TracedSandbox(sandbox, trace)
     started = time.monotonic()
@@ -58,11 +57,13 @@ async def run_rollout(
     if trace is not None:
         trace.add("prepare", started, ok=True)
 
+    cfg = agent_config_for(env, task, cfg)
     try:
-        offered = with_extra_tools(env.tools(task), [*cfg.tools, *task_tools(task)])
+        local, offered = task_toolset(env, task, sandbox, cfg.tools, cfg.tool_limits, tools)
         schemas = describe_tools(offered, cfg.tool_limits)
+        # The parser accepts exactly the tools this task offers.
+        limits = dataclasses.replace(cfg.parse_limits, known_tools=tool_names(schemas))
         conversation = policy.open(env.messages(task), schemas, task)
-        local = tools or tool_executor_for(env, task, sandbox, cfg.tool_limits)
         # Routed by schema: tmux in the slot, external tools to the tool server.
         toolbox = Toolbox(local, sandbox, cfg.tool_limits, offered,
                           server_url=cfg.tool_server_url, token_env=cfg.tool_server_token_env,
@@ -72,8 +73,6 @@ async def run_rollout(
         return _failed(task, trajectory_id, Outcome.POLICY_ERROR,
                        f"open: {type(exc).__name__}: {exc}", timings)
 
-    # The parser accepts exactly the tools this task offers.
-    limits = dataclasses.replace(cfg.parse_limits, known_tools=tool_names(schemas))
     try:
         traj = await run_agent(conversation, sandbox, cfg, trajectory_id=trajectory_id,
                                task_id=task.task_id, tools=toolbox, parse_limits=limits,
@@ -114,13 +113,6 @@ async def run_rollout(
     traj.metadata["timings"] = timings
     traj.metadata["policy"] = getattr(policy, "name", type(policy).__name__)
     return traj
-
-
-def task_tools(task: Task) -> list[str]:
-    """Extra tools a task itself asks for (its data's `tools`, e.g. a terminal task's
-    environment/tools file)."""
-    names = task.data.get("tools") if isinstance(task.data, dict) else None
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def _failed(task: Task, trajectory_id: str, outcome: Outcome, error: str,

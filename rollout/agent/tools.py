@@ -296,3 +296,9 @@ def _optional(args: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ToolArgumentError(f"Argument '{key}' must be a {names}, got {type(value).__name__}.")
     return value
+
+
+def tool_names(schemas: list[dict[str, Any]]) -> frozenset[str]:
+    """The names of OpenAI-style tool schemas (what the tool-call parser accepts)."""
+    return frozenset(s["function"]["name"] for s in schemas
+                     if isinstance(s, dict) and isinstance(s.get("function"), dict))

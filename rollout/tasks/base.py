@@ -14,6 +14,7 @@ import copy
 from typing import Any
 
 from rollout.protocols import Sandbox, TaskEnv, ToolExecutor
+from rollout.agent.toolbox import with_extra_tools
 from rollout.agent.tools import TOOL_SCHEMAS, SandboxTools, ToolLimits
 from rollout.types import ExecResult, SandboxError, SandboxSpec, Task
 
@@ -37,6 +38,19 @@ def tool_executor_for(env: TaskEnv, task: Task, sandbox: Sandbox,
     return make(task, sandbox, limits) if make is not None else SandboxTools(sandbox, limits)
 
 
+def task_toolset(env: TaskEnv, task: Task, sandbox: Sandbox,
+                 run_tools: list[str] | tuple[str, ...], limits: ToolLimits,
+                 executor: ToolExecutor | None = None,
+                 ) -> tuple[ToolExecutor, list[dict[str, Any]]]:
+    """A trajectory's tool executor (`executor`, else its kind's) and the tool schemas it
+    offers: its kind's, the run's extra tools (`agent.tools`) and the task's own (its
+    data's `tools`, e.g. a terminal task's environment/tools file)."""
+    local = executor or tool_executor_for(env, task, sandbox, limits)
+    names = task.data.get("tools") if isinstance(task.data, dict) else None
+    own = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return local, with_extra_tools(env.tools(task), [*run_tools, *own])
+
+
 def sandbox_spec_for(env: TaskEnv, task: Task) -> SandboxSpec | None:
     spec = getattr(env, "sandbox_spec", None)
     return spec(task) if spec is not None else SandboxSpec(image=task.image)
@@ -54,12 +68,6 @@ def agent_config_for(env: TaskEnv, task: Task, cfg: Any) -> Any:
     """The agent config of one trajectory: the run's, with the task's own budget if it has one."""
     budget = task_budget(env, task)
     return cfg.replace(wall_clock_budget=budget) if budget else cfg
-
-
-def tool_names(schemas: list[dict[str, Any]]) -> frozenset[str]:
-    """The names of OpenAI-style tool schemas (what the tool-call parser accepts)."""
-    return frozenset(s["function"]["name"] for s in schemas
-                     if isinstance(s, dict) and isinstance(s.get("function"), dict))
 
 
 class NoSlot:

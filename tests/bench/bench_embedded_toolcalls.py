@@ -48,7 +48,7 @@ from rollout.policy.template import (  # noqa: E402
     smollm2_tool_block,
 )
 from rollout.tasks import load_tasks, make_env  # noqa: E402
-from rollout.tasks.base import tool_names  # noqa: E402
+from rollout.agent.tools import tool_names  # noqa: E402
 from rollout.agent.toolcalls import parse_tool_calls  # noqa: E402
 from rollout.agent.tools import describe_tools  # noqa: E402
 
