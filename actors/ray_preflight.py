@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 
-from rollout.settings.preflight import PreflightError, probe_tcp
+from rollout.retry import probe_tcp
+from rollout.settings.preflight import PreflightError
 
 # A GCS that answers takes well under a second; one that does not would cost ray.init's 20-40 s
 # of retries.

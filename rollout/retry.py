@@ -29,7 +29,10 @@ event loop): the one wait-until-healthy loop. Guarantees:
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -141,3 +144,44 @@ def wait_until_blocking(check: Callable[[], T], *, what: str, timeout: float | N
             return check()
         except NotReady as e:
             time.sleep(pacing.next_pause(e))
+
+
+# Is it up? One look, the answer in words (launch checks, and wait_until's checks).
+PROBE_TIMEOUT = 5.0
+
+
+def probe_http(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if an HTTP server answers at `url` (any status), else why not, in words."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered: reachable, whatever it thinks of this path
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        if isinstance(reason, socket.gaierror):
+            return f"unknown host ({reason.strerror or reason})"
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"no answer within {timeout:g}s"
+        return str(reason)
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except (OSError, ValueError) as e:
+        return str(e)
+
+
+def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if something accepts a TCP connection at host:port, else why not, in words."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there"
+    except socket.gaierror as e:
+        return f"unknown host ({e.strerror or e})"
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except OSError as e:
+        return e.strerror or str(e)

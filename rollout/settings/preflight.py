@@ -8,40 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from rollout.retry import probe_http
+
 # A failed connect to a local port is immediate; a remote host that drops packets is not.
-PROBE_TIMEOUT = 5.0
 
 
 class PreflightError(RuntimeError):
     """A launch cannot work as configured; the message is one line."""
-
-
-def probe_http(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None if an HTTP server answers at `url` (any status), else why not, in words."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered: reachable, whatever it thinks of this path
-    except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, ConnectionRefusedError):
-            return "connection refused: nothing listens there"
-        if isinstance(reason, socket.gaierror):
-            return f"unknown host ({reason.strerror or reason})"
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            return f"no answer within {timeout:g}s"
-        return str(reason)
-    except (TimeoutError, socket.timeout):
-        return f"no answer within {timeout:g}s"
-    except (OSError, ValueError) as e:
-        return str(e)
 
 
 def check_policy(policy: Any) -> None:
@@ -259,21 +235,6 @@ def check_server_python(python: str, key: str, pythonpath: str | None = None,
 
 
 # --- generic probes ------------------------------------------------------------------------
-
-
-def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None if something accepts a TCP connection at host:port, else why not, in words."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except ConnectionRefusedError:
-        return "connection refused: nothing listens there"
-    except socket.gaierror as e:
-        return f"unknown host ({e.strerror or e})"
-    except (TimeoutError, socket.timeout):
-        return f"no answer within {timeout:g}s"
-    except OSError as e:
-        return e.strerror or str(e)
 
 
 # Sources named in place of an image that need no registry: archives, layouts, Dockerfiles.

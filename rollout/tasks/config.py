@@ -146,10 +146,9 @@ class TaskSourceConfig(KindSection):
     def _switch_hint(cls, kind: Any) -> str:
         # A preset (conf=swe_smith) sets its kind's keys: `tasks.kind=terminal` on top of it
         # meets them; the kind's own preset is what to pick.
-        from rollout.settings.overrides import group_options
-
+        presets = Path(__file__).resolve().parents[2] / "conf" / "conf"
         return (f" (conf={kind} is the preset of tasks.kind={kind})"
-                if kind in group_options("conf") else "")
+                if isinstance(kind, str) and (presets / f"{kind}.yaml").is_file() else "")
 
     @field_validator("sources")
     @classmethod

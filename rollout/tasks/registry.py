@@ -10,14 +10,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rollout.protocols import TaskEnv
 
 if TYPE_CHECKING:
-    from rollout.tasks.config import TaskSourceConfig
-    from rollout.tasks.loader import LoadReport
     from rollout.types import Task
+
+# The registry sits below the task-source config (tasks/config.py resolves a kind's settings
+# model here) and the loader, so their types are named, not imported: `Source` is a
+# `TaskSourceConfig` (or the kind's subclass of it), `Report` a loader `LoadReport`.
+Source = Any
+Report = Any
 
 # kind -> module that registers it when imported.
 BUILTIN = {"swe_smith": "rollout.tasks.swe_smith", "terminal": "rollout.tasks.terminal",
@@ -31,9 +35,9 @@ class TaskKind:
     lease budget and the host paths its slots need; None: the common settings only)."""
 
     name: str
-    make_env: Callable[[TaskSourceConfig], TaskEnv]
-    load: Callable[[TaskSourceConfig], tuple[list[Task], LoadReport]]
-    settings: type[TaskSourceConfig] | None = None
+    make_env: Callable[[Source], TaskEnv]
+    load: Callable[[Source], tuple[list[Task], Report]]
+    settings: type[Source] | None = None
 
 
 _REGISTRY: dict[str, TaskKind] = {}

@@ -97,7 +97,7 @@ class AtroposTrainerConfig(TrainerConfig):
     def preflight(self) -> str | None:
         # Something must listen at url (the trainer itself may register later: the run
         # waits for that, visibly).
-        from rollout.settings.preflight import probe_http
+        from rollout.retry import probe_http
 
         problem = probe_http(self.url.rstrip("/") + "/")
         if problem:
