@@ -46,15 +46,18 @@ def groups_jsonl(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def slot_server_procs() -> list[psutil.Process]:
-    """Slot-server processes descended from this test process (local Ray's actors are)."""
+    """Slot-server processes that local Ray's actors started (descendants of this test
+    process, not its own children: a session fixture's server, started by the test process
+    itself, is not the cluster's)."""
+    me = psutil.Process()
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in me.children(recursive=True):
         try:
             cmd = p.cmdline()
+            if "-m" in cmd and "sandbox_image" in cmd and p.ppid() != me.pid:
+                out.append(p)
         except psutil.Error:
             continue
-        if "-m" in cmd and "sandbox_image" in cmd:
-            out.append(p)
     return out
 
 
