@@ -40,8 +40,10 @@ async def main(n: int) -> None:
                                      "tmux send, wait=prompt": []}
     calls = {
         "terminal": ToolCall("terminal", {"command": "echo hi"}, "c"),
+        # wait=none is one look: `until` makes that look wait for the keys to show (on a
+        # loaded machine the shell may not have echoed them yet).
         "tmux send+capture": ToolCall("tmux", {"action": "send", "keys": ["echo hi", "Enter"],
-                                               "wait": "none"}, "c"),
+                                               "wait": "none", "until": "hi"}, "c"),
         "tmux send, wait=prompt": ToolCall("tmux", {"action": "send", "keys": ["clear; echo hi",
                                                     "Enter"], "wait": "prompt"}, "c"),
     }

@@ -172,8 +172,9 @@ def _tasks(root: Path, verifier: str = "auto") -> dict[str, object]:
 
 
 def _policy(env, kind):
-    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, responses=["Done."],
-                                    max_tokens=4096), env)
+    extra = {"responses": ["Done."]} if kind == "scripted" else {}  # a scripted policy's key
+    return make_policy(PolicyConfig(type=kind, tokenizer=QWEN_TOKENIZER, max_tokens=4096,
+                                    **extra), env)
 
 
 @pytest.mark.timeout(600)
