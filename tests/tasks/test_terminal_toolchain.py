@@ -28,6 +28,7 @@ from rollout.types import Outcome
 from sandbox_image import grading_view
 from tests.agent_support import QWEN_TOKENIZER
 from tests.sandbox_image.images.python_image import ENV, build_python_image
+from tests.tasks.terminal_layouts import HARBOR_TEST_STATE
 
 TERMINAL = {"kind": "terminal", "filter": "", "pytest_plugin_autoload": False}
 SITE = f"/{ENV}/lib/python3.11/site-packages"
@@ -41,13 +42,7 @@ else
   echo 0 > /logs/verifier/reward.txt
 fi
 """
-TEST_STATE = """\
-from pathlib import Path
-
-
-def test_sum_is_written():
-    assert Path("/app/sum.txt").read_text().strip() == "12"
-"""
+TEST_STATE = HARBOR_TEST_STATE  # the layouts' state test: /app/sum.txt holds 12
 DOCKERFILES = {
     "conda": f"ENV PATH=/{ENV}/bin:/usr/bin:/bin\n",
     # (the conda env gone: the slot server would put its bin/ first on PATH)
