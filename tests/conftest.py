@@ -81,9 +81,10 @@ def leftover_processes(me: int = 0) -> dict[int, str]:
     return out
 
 
-# The longest files first (pytest-xdist's --dist loadfile hands out files in collection order):
-# left to the alphabet, the end-to-end launch files come last and run one after another while
-# the other workers idle. Rough seconds per file under `-n 3` on 2 cores, longest first.
+# The longest files first: pytest-xdist's `--dist loadfile --no-loadscope-reorder` hands out
+# files in collection order (without the flag it orders them by their number of tests, which
+# puts the few-test end-to-end launch files last, where they run one after another while the
+# other workers idle). Rough seconds per file under `-n 3` on 2 cores, longest first.
 HEAVY_FIRST = (
     "tests/test_launch.py",  # ~260
     "tests/test_nomad_launch.py",  # ~250
