@@ -81,20 +81,20 @@ def leftover_processes(me: int = 0) -> dict[int, str]:
     return out
 
 
-# The longest files first: pytest-xdist's `--dist loadfile --no-loadscope-reorder` hands out
-# files in collection order (without the flag it orders them by their number of tests, which
-# puts the few-test end-to-end launch files last, where they run one after another while the
-# other workers idle). Rough seconds per file under `-n 3` on 2 cores, longest first.
+# The longest units of work first (the scheduler above hands them out in collection order;
+# xdist's own orders them by their number of tests, which puts the few-test end-to-end launch
+# files last, where they run one after another while the other workers idle). Rough seconds
+# per unit under `-n 3` on 2 cores, longest first.
 HEAVY_FIRST = (
+    "tests/policy_embedded/",  # ~400, its files together (SHARED_FIXTURE_DIRS)
+    "tests/observe/",  # ~200, likewise
     "tests/test_launch.py",  # ~260
     "tests/test_nomad_launch.py",  # ~250
     "tests/test_launch_modal.py",  # ~200
     "tests/test_first_hour.py",  # ~160
-    "tests/policy_embedded/test_logprobs.py",  # ~150
     "tests/test_main_job.py",  # ~120
     "tests/tasks/test_swe_smith_slots.py",  # ~110
     "tests/actors/test_cluster.py",  # ~90
-    "tests/policy_embedded/test_client_token_exact.py",
     "tests/test_policy_timeout.py",
     "tests/tasks/test_terminal_formats.py",
     "tests/tasks/test_terminal_dockerfile.py",
@@ -105,16 +105,39 @@ HEAVY_FIRST = (
 )
 
 
+# Folders whose tests share package- or session-scoped fixtures that are dear to make (the
+# observe tests' gold run, the embedded policy's converted model and server): their files go
+# to one worker together, so each fixture is made once, not once per worker.
+SHARED_FIXTURE_DIRS = ("tests/observe/", "tests/policy_embedded/")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` with two changes: the files of SHARED_FIXTURE_DIRS are one unit of
+    work, and units go out in collection order (HEAVY_FIRST below), not by test count."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((d for d in SHARED_FIXTURE_DIRS if path.startswith(d)), path)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
     root = Path(str(config.rootpath))
 
     def key(item: pytest.Item) -> int:
         try:
             rel = Path(str(item.path)).relative_to(root).as_posix()
         except ValueError:
-            return len(rank)
-        return rank.get(rel, len(rank))
+            return len(HEAVY_FIRST)
+        return next((i for i, p in enumerate(HEAVY_FIRST)
+                     if rel == p or (p.endswith("/") and rel.startswith(p))), len(HEAVY_FIRST))
 
     items.sort(key=key)  # stable: within a file, and among the rest, the order stays
 
