@@ -61,7 +61,10 @@ async def measure(rounds: int, slots: int, smoke: bool) -> dict:
     from rollout.sandbox import LocalConfig, SlotLimits, SlotPool
     from rollout.tasks import TaskSourceConfig, load_tasks
     from rollout.tasks.swe_smith import SweSmithEnv
-    from rollout.agent.tools import SandboxTools
+    try:
+        from rollout.agent.tools import SandboxTools
+    except ImportError:  # --compare against a revision from before rollout/agent/
+        from rollout.tools import SandboxTools  # type: ignore[no-redef]
 
     tasks = list({t.data["repo"]: t for t in load_tasks(TaskSourceConfig())}.values())
     tasks = tasks[:2] if smoke else tasks
