@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Claim = tuple[str, int]  # (host_id, slot index): a RESERVED slot, what a woken waiter gets
+DEFAULT_IMAGE = "default"  # stats' name for slots of no named image (the backend's default)
 
 
 class SlotState(enum.Enum):
@@ -239,13 +240,18 @@ class SlotTable:
         """Counts for the pool's stats."""
         per_image: dict[str, dict[str, int]] = {}
         in_use = total = free = 0
+        def of(image: str | None) -> dict[str, int]:
+            return per_image.setdefault(DEFAULT_IMAGE if image is None else image,
+                                        {"hosts": 0, "slots": 0, "in_use": 0})
+
         for h in self._hosts.values():
-            held = h.state.count(SlotState.LEASED)
-            d = per_image.setdefault(str(h.image), {"hosts": 0, "slots": 0, "in_use": 0})
-            d["hosts"] += 1
-            d["slots"] += len(h.state)
-            d["in_use"] += held
-            in_use += held
+            of(h.image)["hosts"] += 1
+            # a slot counts under the image it runs now (mix_images moves slots between images)
+            for state, image in zip(h.state, h.image_of):
+                d = of(image)
+                d["slots"] += 1
+                d["in_use"] += state is SlotState.LEASED
+            in_use += h.state.count(SlotState.LEASED)
             total += len(h.state)
             free += h.state.count(SlotState.FREE)
         return {"slots_total": total, "slots_in_use": in_use, "slots_free": free,

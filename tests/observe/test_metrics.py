@@ -70,10 +70,14 @@ def test_metrics_scraped_during_a_gold_run(gold_run):
     assert values(samples, "rollout_trajectory_score_sum")[0] >= GROUP_SIZE  # gold: all 1.0
     assert values(samples, "rollout_trajectory_tokens_sum")[0] > 0
     assert values(samples, "rollout_tool_calls_total", tool="terminal", status="ok")[0] >= 1
+    # Slots count under the image they run now: the tasks' image has its slots there even
+    # when they were moved from the default image's host (the local backend mixes images).
     image = "rollout-bundled:py311"
-    busy = values(samples, "rollout_slots", image=image, state="busy")[0]
-    free = values(samples, "rollout_slots", image=image, state="free")[0]
-    assert busy + free > 0 and values(samples, "rollout_hosts", state="up")[0] >= 1
+    busy = values(samples, "rollout_slots", image=image, state="busy")
+    free = values(samples, "rollout_slots", image=image, state="free")
+    assert len(busy) == len(free) == 1 and busy[0] + free[0] > 0, gold_run.scrape
+    assert not values(samples, "rollout_slots", image="None")
+    assert values(samples, "rollout_hosts", state="up")[0] >= 1
     assert values(samples, "rollout_tasks", state="completed")[0] >= 1
 
 

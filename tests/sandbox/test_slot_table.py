@@ -164,3 +164,13 @@ def test_held_by_finds_a_dead_holders_slots() -> None:
     (held,) = table.held_by("worker-1/")
     assert (held.host_id, held.index, held.image) == ("h1", 0, "a")
     assert table.holds(a, held.lease)
+
+
+def test_stats_count_a_slot_under_the_image_it_runs_now() -> None:
+    table = table_with(slots=2, image=None, mix_images=True)  # the default image's host
+    claim = table.take_free("py311", serves_all)  # another image takes a default slot
+    table.moved(claim, "py311")
+    table.lease(claim, "t1")
+    images = table.summary()["images"]
+    assert images == {"default": {"hosts": 1, "slots": 1, "in_use": 0},
+                      "py311": {"hosts": 0, "slots": 1, "in_use": 1}}
