@@ -249,9 +249,9 @@ def preflight(cfg: Any) -> tuple[list[Any], dict[str, int]]:
     pf.check_sandbox_specs(tasks, envs, cfg.sandbox)
     pf.check_task_budgets(tasks, envs, cfg)
     pf.check_images(tasks, cfg.backend.name, cfg.sandbox.images, cfg.sandbox.image_sources)
-    # The policy client every worker builds, built once here (it imports transformers and
-    # torch: seconds, in the main thread; torch loaded from a second thread while ray.init
-    # ran died in oneMKL's loader).
+    # The policy client every worker builds, built once here (it imports transformers, and
+    # torch where the tokenizer's class needs AutoTokenizer: in the main thread, as torch
+    # loaded from a second thread while ray.init ran died in oneMKL's loader).
     pf.check_tokenizer(cfg.policy, envs)
     return tasks, skipped
 

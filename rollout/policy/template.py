@@ -27,10 +27,9 @@ _SENTINEL = "\u2063ROLLOUT-SENTINEL-7f3a\u2063"
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
     """Load a Hugging Face tokenizer offline (a local dir or an already-cached hub name)."""
-    from transformers import AutoTokenizer
-
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        tok = _named_class(name_or_path) or _auto_class()
+        tok = tok.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"Cannot load tokenizer {name_or_path!r} offline: {exc}. "
@@ -45,6 +44,35 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
             "(a Jinja file or string)."
         )
     return tok
+
+
+def _auto_class() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
+
+
+def _named_class(name_or_path: str) -> Any:
+    """The tokenizer class a local directory's `tokenizer_config.json` names, taken from
+    `transformers` directly; None where `AutoTokenizer` has more to decide (remote code, no
+    class named, a name transformers does not export). It is the class `AutoTokenizer` picks
+    for such a directory, without `AutoTokenizer`'s import of the model configs, which
+    imports torch: a worker that only renders and counts tokens starts in half the CPU time
+    and never holds torch in memory."""
+    try:
+        config = json.loads((Path(name_or_path) / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("tokenizer_class") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name.isidentifier() or config.get("auto_map"):
+        return None
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    base = getattr(transformers, "PreTrainedTokenizerBase", None)
+    if isinstance(cls, type) and base is not None and issubclass(cls, base):
+        return cls
+    return None
 
 
 class ChatRenderer:
