@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from rollout.leases import read_state
+from rollout.tasks.loader import BUNDLED_DIR
 from tests.actors.helpers import assert_well_formed, groups_jsonl
 from tests.atropos_server import AtroposAPI, TestTrainer
 from tests.conftest import MARKER
@@ -56,12 +57,30 @@ def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
 
 
 def wait_for_first_group(proc: subprocess.Popen[str], run_dir: Path,
-                         timeout: float = 200.0) -> None:
+                         timeout: float = 200.0, more_than: int = 0) -> None:
+    """Until the run dir holds more than `more_than` groups (a relaunch's first group)."""
     deadline = time.monotonic() + timeout
-    while not groups_jsonl(run_dir):
+    while len(groups_jsonl(run_dir)) <= more_than:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no group was delivered"
         time.sleep(0.2)
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> str:
+    """The run's output up to the first line holding `text` (read off its pipe)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never came; the output:\n" + "".join(seen)[-3000:])
+
+
+def wait_for_a_relaunchs_group(proc: subprocess.Popen[str], run_dir: Path) -> None:
+    """Until a relaunch on `run_dir` delivered a group of its own: once its run started (by
+    then the earlier run's processes are gone and write no more groups), one more group."""
+    read_until(proc, "task(s) queued")
+    wait_for_first_group(proc, run_dir, more_than=len(groups_jsonl(run_dir)))
 
 
 def ctrl_c_twice(proc, run_dir: Path, timeout: float) -> str:
@@ -84,7 +103,21 @@ GOLD = ("policy=gold", f"policy.tokenizer={qwen_tokenizer_dir()}", "env.group_si
         "workers.num=2", "backend.slots_per_host=4")
 
 
-def test_gold_streams_every_bundled_instance_to_atropos(tmp_path: Path):
+def two_per_repo(path: Path) -> Path:
+    """Two bundled instances of each bundled repo (every instance is graded gold 1.0 and
+    no-op 0.0 through real slots in tests/tasks/test_swe_smith_slots.py; what this run adds
+    is the way to Atropos, for every repo)."""
+    rows, seen = [], {}
+    for line in (BUNDLED_DIR / "instances.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if seen.setdefault(row["repo"], 0) < 2:
+            seen[row["repo"]] += 1
+            rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_gold_streams_two_instances_of_every_bundled_repo_to_atropos(tmp_path: Path):
     api = AtroposAPI(log_dir=tmp_path)
     api.start()
     trainer = TestTrainer(api.url, batch_size=4)
@@ -100,14 +133,15 @@ def test_gold_streams_every_bundled_instance_to_atropos(tmp_path: Path):
     puller.start()
     before = our_processes("-m sandbox_image")
     try:
+        tasks = two_per_repo(tmp_path / "tasks.jsonl")
         proc = launch(*GOLD, "trainer=atropos", f"trainer.url={api.url}",
-                      "trainer.status_interval=0.2", run_dir=tmp_path / "run")
+                      "trainer.status_interval=0.2", f"tasks.source={tasks}",
+                      f"tasks.repo_sources=[{BUNDLED_DIR}]", run_dir=tmp_path / "run")
         out = finish(proc)
         assert proc.returncode == 0, out[-3000:]
         deadline = time.monotonic() + 30
-        from rollout.tasks import load_tasks
-
-        expected = sorted(t.task_id for t in load_tasks({"source": "bundled"}))
+        expected = sorted(json.loads(x)["instance_id"] for x in tasks.read_text().splitlines())
+        assert len(expected) == 12
         while len(trainer.groups()) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:

@@ -21,7 +21,7 @@ from rollout.tasks.loader import BUNDLED_DIR
 from tests.actors.helpers import groups_jsonl
 from tests.nomad_emulator.__main__ import READY
 from tests.launch_config import finish
-from tests.test_launch import GOLD, ROOT, launch, wait_for_first_group
+from tests.test_launch import GOLD, ROOT, launch, wait_for_a_relaunchs_group, wait_for_first_group
 
 TOKEN = "e2e-emulator-acl-token-42"
 
@@ -70,9 +70,10 @@ NOMAD = (*GOLD, "backend=nomad", f"backend.python={sys.executable}", "backend.mi
 SECOND_IMAGE = "rollout-bundled-py311-b"
 
 
-def _two_image_tasks(path: Path, n: int = 16) -> Path:
+def _two_image_tasks(path: Path, n: int = 8) -> Path:
     """`n` of the bundled instances, every other one on a second host image (every instance
-    runs end to end in tests/test_launch.py; here what is Nomad's is the jobs and images)."""
+    is graded through real slots in tests/tasks/test_swe_smith_slots.py; here what is
+    Nomad's is the jobs and images)."""
     rows = [json.loads(x) for x in (BUNDLED_DIR / "instances.jsonl").read_text().splitlines()
             if x.strip()][:n]
     for i, row in enumerate(rows):
@@ -94,19 +95,32 @@ def _wait(predicate: Any, timeout: float = 200.0) -> None:
         time.sleep(0.2)
 
 
-def test_gold_on_nomad_delivers_every_task_of_two_images(tmp_path: Path,
-                                                             emulator: Emulator) -> None:
+def test_gold_on_two_images_through_a_killed_allocation_and_an_api_outage(
+        tmp_path: Path, emulator: Emulator) -> None:
     tasks = _two_image_tasks(tmp_path / "two_images.jsonl")
     run_dir = tmp_path / "run"
     proc = launch(*NOMAD, f"tasks.source={tasks}", f"tasks.repo_sources=[{BUNDLED_DIR}]",
                   f"+sandbox.images.{SECOND_IMAGE}={{source: host}}", run_dir=run_dir)
+    wait_for_first_group(proc, run_dir)
+    victim = emulator.running()[0]
+    emulator.post(f"kill_alloc/{victim['ID']}")
+    emulator.post("outage", {"seconds": 30})
+    _wait(lambda: not emulator.get("state")["api_up"])
+    _wait(lambda: emulator.get("state")["api_up"], timeout=120)
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
+    # Every task delivered once, all gold, none dropped, through the fault and the outage.
     expected = sorted(json.loads(x)["instance_id"] for x in tasks.read_text().splitlines())
     groups = groups_jsonl(run_dir)
     assert sorted(g["task_id"] for g in groups) == expected
     assert all(g["scores"] == [1.0, 1.0] for g in groups), [g["scores"] for g in groups]
+    state = read_state(run_dir / "queue_state.json")
+    assert len(state["completed"]) == len(expected) and not state["dropped"]
     history = emulator.get("history")
+    assert any(e["event"] == "failed" and e["alloc"] == victim["ID"] for e in history)
+    placed_after = [e for e in history if e["event"] == "running"
+                    and e["t"] > next(h["t"] for h in history if h["event"] == "fault_kill")]
+    assert placed_after  # a replacement host joined
     # One job per host: registered to start it, purged to retire it (never a scale call).
     registers = [e for e in history if e["event"] == "register"]
     purges = [e for e in history if e["event"] == "deregister" and e["purge"]]
@@ -126,63 +140,30 @@ def test_gold_on_nomad_delivers_every_task_of_two_images(tmp_path: Path,
     _assert_nothing_left(emulator)
 
 
-def test_killed_allocation_and_api_outage_mid_run(tmp_path: Path, emulator: Emulator) -> None:
+def test_sigkilled_driver_then_a_sigterm_on_the_new_run_leaves_nothing(
+        tmp_path: Path, emulator: Emulator) -> None:
+    """SIGTERM here, SIGINT in tests/test_launch_modal.py and tests/test_launch.py: the driver
+    handles both the same way whatever the backend, so each backend's teardown mid-run is
+    driven once, and each signal once, end to end."""
     run_dir = tmp_path / "run"
-    proc = launch(*NOMAD, "tasks.max_items=8", "backend.idle_scale_down=600",
-                  run_dir=run_dir)
-    wait_for_first_group(proc, run_dir)
-    victim = emulator.running()[0]
-    emulator.post(f"kill_alloc/{victim['ID']}")
-    emulator.post("outage", {"seconds": 30})
-    _wait(lambda: not emulator.get("state")["api_up"])
-    _wait(lambda: emulator.get("state")["api_up"], timeout=120)
-    out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
-    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
-    assert len(ids) == len(set(ids)) == 8
-    state = read_state(run_dir / "queue_state.json")
-    assert len(state["completed"]) == 8 and not state["dropped"]
-    history = emulator.get("history")
-    assert any(e["event"] == "failed" and e["alloc"] == victim["ID"] for e in history)
-    placed_after = [e for e in history if e["event"] == "running"
-                    and e["t"] > next(h["t"] for h in history if h["event"] == "fault_kill")]
-    assert placed_after  # a replacement host joined
-    _assert_nothing_left(emulator)
-
-
-def test_sigkilled_driver_then_a_new_run_leaves_nothing(tmp_path: Path,
-                                                        emulator: Emulator) -> None:
-    run_dir = tmp_path / "run"
-    proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)
+    proc = launch(*NOMAD, "tasks.max_items=6", "workers.num=1", run_dir=run_dir)
     wait_for_first_group(proc, run_dir)
     assert emulator.get("state")["jobs"]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     leftover = emulator.get("state")["jobs"]
     assert leftover  # a dead driver cannot deregister: the job is still there
-    proc = launch(*NOMAD, "tasks.max_items=6", run_dir=run_dir)  # the same run resumes
-    out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
-    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
-    assert len(ids) == len(set(ids)) == 6
-    _assert_nothing_left(emulator)
-
-
-# SIGTERM here, SIGINT in tests/test_launch_modal.py: the driver handles both signals the same
-# way whatever the backend (tests/test_launch.py covers Ctrl-C with local slots), so each
-# backend's teardown is driven once, and each signal once, end to end.
-@pytest.mark.parametrize("sig", [signal.SIGTERM])
-def test_sigterm_leaves_no_job_and_no_slot_server(tmp_path: Path, emulator: Emulator,
-                                                  sig: signal.Signals) -> None:
-    run_dir = tmp_path / "run"
-    proc = launch(*NOMAD, "tasks.max_items=6", "workers.num=1", run_dir=run_dir)
-    wait_for_first_group(proc, run_dir)
-    assert emulator.get("state")["jobs"] and emulator.running()
-    proc.send_signal(sig)
+    before = len(groups_jsonl(run_dir))
+    proc = launch(*NOMAD, "tasks.max_items=6", "workers.num=1", run_dir=run_dir)  # resumes
+    wait_for_a_relaunchs_group(proc, run_dir)
+    assert emulator.running()
+    proc.send_signal(signal.SIGTERM)
     out = finish(proc)
     assert proc.returncode in (0, 1), out[-3000:]
-    assert f"run finished ({sig.name})" in out, out[-3000:]
-    _assert_nothing_left(emulator)
+    assert "run finished (SIGTERM)" in out, out[-3000:]
+    ids = [g["task_id"] for g in groups_jsonl(run_dir)]
+    assert len(ids) == len(set(ids)) > before  # the new run went on, never a task twice
+    _assert_nothing_left(emulator)  # the dead driver's job as well as the new run's
 
 
 def test_unreachable_nomad_is_one_line_and_exit_2(tmp_path: Path) -> None:
