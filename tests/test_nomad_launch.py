@@ -99,8 +99,11 @@ def test_gold_on_two_images_through_a_killed_allocation_and_an_api_outage(
         tmp_path: Path, emulator: Emulator) -> None:
     tasks = _two_image_tasks(tmp_path / "two_images.jsonl")
     run_dir = tmp_path / "run"
+    # No idle scale-down during the run: the allocation killed below is then a host the
+    # fleet still holds (one it retired itself would never fail).
     proc = launch(*NOMAD, f"tasks.source={tasks}", f"tasks.repo_sources=[{BUNDLED_DIR}]",
-                  f"+sandbox.images.{SECOND_IMAGE}={{source: host}}", run_dir=run_dir)
+                  f"+sandbox.images.{SECOND_IMAGE}={{source: host}}",
+                  "backend.idle_scale_down=600", run_dir=run_dir)
     wait_for_first_group(proc, run_dir)
     victim = emulator.running()[0]
     emulator.post(f"kill_alloc/{victim['ID']}")

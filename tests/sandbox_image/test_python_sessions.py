@@ -40,7 +40,8 @@ async def test_reset_kills_the_session_and_its_children(client: SlotServerClient
     r = await client.python(2, f"import subprocess\nkept = 5\n"
                                f"p = subprocess.Popen(['sleep', '{marker}'])")
     assert r.error is None, r.error
-    assert _procs_with(f"sleep\0{marker}")
+    # Popen returns once the child forked; it runs `sleep` a moment later.
+    assert wait_until(lambda: _procs_with(f"sleep\0{marker}"))
     assert (await client.health())["python_sessions"] >= 1
     await client.reset(2)
     assert wait_until(lambda: not _procs_with(f"sleep\0{marker}")), _procs_with(marker)
