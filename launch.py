@@ -278,6 +278,18 @@ def exit_code(snap: Any) -> int:
     return 0
 
 
+def _import_the_run() -> None:
+    """Import what the run needs before Ray starts. Under `ray job submit` this code lives in
+    the job's unpacked working dir, and Ray's working-dir plugin unpacks it afresh (removes
+    the directory, then unzips) when it creates a runtime env that names it: a module first
+    imported in that moment is missing from disk (seen once in the suite, under load, as
+    `FileNotFoundError: .../working_dir_files/_ray_pkg_.../actors/cluster.py`)."""
+    import actors.cluster  # noqa: F401
+    import actors.progress  # noqa: F401
+    import rollout.record.run_record  # noqa: F401
+    import rollout.report  # noqa: F401
+
+
 async def run_cluster(cfg: Any, run_dir: Path, tasks: list[Any], resumed: bool = False) -> int:
     from actors.cluster import RolloutCluster
     from actors.progress import ProgressView
@@ -388,6 +400,7 @@ def main(dcfg: DictConfig) -> None:
     try:
         tools, cfg = start_tool_server(cfg, run_dir)
         stage = "at start (Ray)"
+        _import_the_run()
         joined = init_ray(cfg.ray.address, cfg.ray.num_cpus)
         stage = "at start (policy server)"
         server, cfg = start_policy_server(cfg, run_dir, joined)
