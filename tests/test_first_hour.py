@@ -18,9 +18,13 @@ import pytest
 from rollout.leases import read_state
 from rollout.settings.overrides import OverrideError, normalize_overrides
 from tests.launch_config import compose_config, qwen_tokenizer_dir
-from tests.test_launch import GOLD, ROOT
+from tests.test_launch import GOLD as TWO_WORKERS, ROOT
 
 pytestmark = pytest.mark.timeout(600)
+
+# The runs here do one group or fail before any: one worker (each costs a process and its
+# tokenizer).
+GOLD = (*TWO_WORKERS, "workers.num=1")
 
 
 def run_launch(*overrides: str, run_dir: Path, env: dict[str, str] | None = None,
