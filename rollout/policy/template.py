@@ -28,8 +28,8 @@ _SENTINEL = "\u2063ROLLOUT-SENTINEL-7f3a\u2063"
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
     """Load a Hugging Face tokenizer offline (a local dir or an already-cached hub name)."""
     try:
-        tok = _named_class(name_or_path) or _auto_class()
-        tok = tok.from_pretrained(name_or_path, local_files_only=True)
+        cls = _named_class(name_or_path) or _auto_class()
+        tok = cls.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"Cannot load tokenizer {name_or_path!r} offline: {exc}. "

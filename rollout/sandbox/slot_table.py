@@ -240,6 +240,7 @@ class SlotTable:
         """Counts for the pool's stats."""
         per_image: dict[str, dict[str, int]] = {}
         in_use = total = free = 0
+
         def of(image: str | None) -> dict[str, int]:
             return per_image.setdefault(DEFAULT_IMAGE if image is None else image,
                                         {"hosts": 0, "slots": 0, "in_use": 0})
