@@ -23,6 +23,15 @@ import pytest
 MARKER = "ROLLOUT_TEST_SESSION"
 GRACE_S = 15.0  # Ray's own processes can take several seconds to exit after ray.shutdown()
 
+# One compute thread per process (torch, and BLAS where numpy uses one), inherited like the
+# marker below: the suite runs three workers on two cores, and the embedded model's OpenMP
+# threads (torch's default is one per core) spin while they wait for a core, which costs the
+# rest of the suite CPU. Measured on tests/policy_embedded/test_logprobs.py alone on a quiet
+# machine: 38.1 CPU-s with torch's default, 27.3 with one thread, the same wall time. A run
+# that sets these itself keeps its own.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 # At import (before collection and any fixture): every process started from now inherits it.
 # A nested pytest (a test running pytest) keeps the outer session's marker. Under pytest-xdist
 # each worker extends the controller's marker with its own id, so a test that looks for "its"
