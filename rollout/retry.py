@@ -146,7 +146,8 @@ def wait_until_blocking(check: Callable[[], T], *, what: str, timeout: float | N
             time.sleep(pacing.next_pause(e))
 
 
-# Is it up? One look, the answer in words (launch checks, and wait_until's checks).
+# Is it up? One look, the answer in words (launch checks, and wait_until's checks). A failed
+# connect to a local port is immediate; a remote host that drops packets is not.
 PROBE_TIMEOUT = 5.0
 
 

@@ -88,13 +88,7 @@ def ctrl_c_twice(proc, run_dir: Path, timeout: float) -> str:
     the run's output."""
     wait_for_first_group(proc, run_dir)
     proc.send_signal(signal.SIGINT)
-    seen = []
-    for line in proc.stdout:  # the first Ctrl-C is handled before the second is sent
-        seen.append(line)
-        if "Ctrl-C again to cancel" in line:
-            break
-    else:
-        raise AssertionError("".join(seen)[-3000:])
+    read_until(proc, "Ctrl-C again to cancel")  # the first is handled before the second is sent
     proc.send_signal(signal.SIGINT)
     return finish(proc, timeout)
 

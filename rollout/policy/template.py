@@ -27,8 +27,10 @@ _SENTINEL = "\u2063ROLLOUT-SENTINEL-7f3a\u2063"
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
     """Load a Hugging Face tokenizer offline (a local dir or an already-cached hub name)."""
+    cls = _named_class(name_or_path)
+    if cls is None:
+        from transformers import AutoTokenizer as cls
     try:
-        cls = _named_class(name_or_path) or _auto_class()
         tok = cls.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ValueError(
@@ -44,12 +46,6 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
             "(a Jinja file or string)."
         )
     return tok
-
-
-def _auto_class() -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer
 
 
 def _named_class(name_or_path: str) -> Any:
@@ -69,8 +65,7 @@ def _named_class(name_or_path: str) -> Any:
     import transformers
 
     cls = getattr(transformers, name, None)
-    base = getattr(transformers, "PreTrainedTokenizerBase", None)
-    if isinstance(cls, type) and base is not None and issubclass(cls, base):
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase):
         return cls
     return None
 

@@ -13,8 +13,6 @@ from typing import Any
 
 from rollout.retry import probe_http
 
-# A failed connect to a local port is immediate; a remote host that drops packets is not.
-
 
 class PreflightError(RuntimeError):
     """A launch cannot work as configured; the message is one line."""
@@ -232,9 +230,6 @@ def check_server_python(python: str, key: str, pythonpath: str | None = None,
             f"{key}={python} cannot run the slot server ({why}); install the project there "
             "(`pip install rollout-cluster`, or at least aiohttp and pydantic) or point "
             f"{key} at an interpreter that has it")
-
-
-# --- generic probes ------------------------------------------------------------------------
 
 
 # Sources named in place of an image that need no registry: archives, layouts, Dockerfiles.
